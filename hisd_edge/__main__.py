@@ -1,0 +1,3 @@
+from hisd_edge.cli import main
+
+raise SystemExit(main())

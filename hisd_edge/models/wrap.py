@@ -1,0 +1,121 @@
+"""Attach exit heads to an existing backbone at named module outputs.
+
+Use :func:`list_exit_points` to discover valid names (like torchvision's
+``get_graph_node_names``), then :class:`ExitsOnBackbone` to add a head at each. The backbone's
+own output can serve as the final exit. Forward hooks capture the intermediate features, so the
+backbone's code is untouched and ONNX export sees one ordinary graph.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from hisd_edge.errors import InputError
+from hisd_edge.models.protocol import ExitInfo
+
+
+def _feature_shapes(backbone: nn.Module, example: torch.Tensor) -> Dict[str, Tuple[int, ...]]:
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    handles = []
+    for name, module in backbone.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _i, out, name=name):  # type: ignore[no-untyped-def]
+            if isinstance(out, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(out.shape)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        was_training = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            backbone(example)
+        backbone.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def list_exit_points(backbone: nn.Module, example: torch.Tensor) -> List[Tuple[str, Tuple[int, ...]]]:
+    """Module names whose output is a feature map (N,C,H,W) or token sequence (N,T,D), in call order."""
+    return [(name, shape) for name, shape in _feature_shapes(backbone, example).items() if len(shape) in (3, 4)]
+
+
+class _Head(nn.Module):
+    """Exit head for a captured feature map (conv/pool/linear) or token sequence (norm/mean/linear)."""
+
+    def __init__(self, shape: Tuple[int, ...], hidden: int, num_classes: int):
+        super().__init__()
+        if len(shape) == 4:
+            self.body: nn.Module = nn.Sequential(
+                nn.Conv2d(shape[1], hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(hidden, num_classes),
+            )
+        else:
+            self.body = nn.Sequential(nn.LayerNorm(shape[2]), _MeanTokens(), nn.Linear(shape[2], num_classes))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.body(x)
+
+
+class _MeanTokens(nn.Module):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return x.mean(dim=1)
+
+
+class ExitsOnBackbone(nn.Module):
+    """A backbone plus exit heads at ``points``; the backbone's output is the last exit if ``final``."""
+
+    def __init__(self, backbone: nn.Module, points: Sequence[str], num_classes: int, example: torch.Tensor,
+                 hidden: int = 64, final: bool = True):
+        super().__init__()
+        valid = dict(list_exit_points(backbone, example))
+        unknown = [p for p in points if p not in valid]
+        if unknown or not points:
+            raise InputError(
+                f"unknown exit point(s) {', '.join(unknown) or '(none given)'}; valid names: {', '.join(valid)}"
+            )
+        order = list(valid)
+        points = sorted(points, key=order.index)
+        self.backbone = backbone
+        self.points = list(points)
+        self.heads = nn.ModuleList(_Head(valid[p], hidden, num_classes) for p in points)
+        self.final = final
+        self._captured: Dict[str, torch.Tensor] = {}
+        modules = dict(backbone.named_modules())
+        for point in points:
+            modules[point].register_forward_hook(self._capture(point))
+        in_h = example.shape[-1]
+        self.exit_info: List[ExitInfo] = []
+        for k, point in enumerate(points):
+            shape = valid[point]
+            channels = shape[1] if len(shape) == 4 else shape[2]
+            reduction = max(in_h // shape[-1], 1) if len(shape) == 4 else 1
+            self.exit_info.append(ExitInfo(f"exit{k}", k, channels, reduction, point))
+        if final:
+            k = len(points)
+            self.exit_info.append(ExitInfo(f"exit{k}", k, num_classes, 1, "backbone"))
+        self.arch: Optional[dict] = None  # not rebuildable from metadata: load with the backbone in hand
+
+    def _capture(self, name: str):  # type: ignore[no-untyped-def]
+        def hook(_m, _i, out):  # type: ignore[no-untyped-def]
+            self._captured[name] = out
+        return hook
+
+    def forward_features(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        self._captured = {}
+        final_out = self.backbone(x)
+        feats = [self._captured[p] for p in self.points]
+        outs = [head(f) for head, f in zip(self.heads, feats)]
+        if self.final:
+            feats.append(final_out)
+            outs.append(final_out)
+        return feats, outs
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
+        return self.forward_features(x)[1]

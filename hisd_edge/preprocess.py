@@ -1,0 +1,151 @@
+"""Image preprocessing, described once and applied identically everywhere.
+
+The checkpoint records a :class:`Preprocessing`; the converter copies it into the bundle manifest;
+training, calibration, validation and the runtime all call :func:`preprocess_batch` with it, so
+calibration sees exactly what inference sees. Only numpy is needed unless an image must be
+resized (then OpenCV, imported lazily, as on a Jetson it comes from JetPack).
+
+Images arrive in OpenCV's convention: ``HxW`` (gray), ``HxWx3`` (BGR) or ``HxWx4`` (BGRA), uint8
+(0..255) or float already on the 0..255 scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hisd_edge.errors import DependencyError, InputError
+
+COLOR_ORDERS = ("gray", "rgb", "bgr")
+RESIZE_MODES = ("stretch", "shorter_side_crop")
+# ITU-R BT.601 luma, the weights OpenCV's BGR2GRAY uses.
+_LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How raw images become the network's input tensor (NCHW, float32).
+
+    ``mean``/``std`` are per channel on the 0..1 scale, in the model's channel order.
+    ``resize="shorter_side_crop"`` scales the shorter side to ``resize_to`` then centre-crops to
+    ``input_size``; ``"stretch"`` resizes straight to ``input_size``.
+    """
+
+    input_size: Tuple[int, int]  # (height, width)
+    channels: int
+    color_order: str
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    resize: str = "stretch"
+    resize_to: Optional[int] = None
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.color_order not in COLOR_ORDERS:
+            raise InputError(f"preprocessing color_order {self.color_order!r} is not one of {COLOR_ORDERS}")
+        if self.resize not in RESIZE_MODES:
+            raise InputError(f"preprocessing resize {self.resize!r} is not one of {RESIZE_MODES}")
+        expected = 1 if self.color_order == "gray" else 3
+        if self.channels != expected:
+            raise InputError(f"preprocessing says {self.channels} channels but color_order {self.color_order!r} has {expected}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise InputError("preprocessing mean/std must have one value per channel")
+        if self.layout != "NCHW":
+            raise InputError(f"preprocessing layout {self.layout!r} is not supported (only NCHW)")
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        """(C, H, W) of one preprocessed sample."""
+        return (self.channels, self.input_size[0], self.input_size[1])
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["input_size"] = list(self.input_size)
+        out["mean"] = list(self.mean)
+        out["std"] = list(self.std)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Preprocessing":
+        try:
+            return cls(
+                input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
+                channels=int(data["channels"]),
+                color_order=str(data["color_order"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                resize=str(data.get("resize", "stretch")),
+                resize_to=None if data.get("resize_to") is None else int(data["resize_to"]),
+                layout=str(data.get("layout", "NCHW")),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"preprocessing description is incomplete or malformed ({exc!r})") from None
+
+
+def _to_model_channels(image: np.ndarray, spec: Preprocessing, name: str) -> np.ndarray:
+    """Return HxWxC float32 in the model's channel order, 0..255 scale."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        gray = img.astype(np.float32)
+        if spec.channels == 1:
+            return gray[:, :, None]
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        shape = "x".join(str(s) for s in img.shape)
+        raise InputError(
+            f"{name}: image of shape {shape} has an unsupported channel count; "
+            "give a gray (HxW), BGR (HxWx3) or BGRA (HxWx4) image"
+        )
+    bgr = img[:, :, :3].astype(np.float32)
+    if spec.color_order == "gray":
+        return (bgr @ _LUMA_BGR)[:, :, None]
+    if spec.color_order == "rgb":
+        return bgr[:, :, ::-1]
+    return bgr
+
+
+def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    height, width = spec.input_size
+    if image.shape[:2] == (height, width):
+        return image
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - exercised only where OpenCV is absent
+        raise DependencyError(
+            "resizing images needs OpenCV: pip install opencv-python-headless (on Jetson: the JetPack python3-opencv)"
+        ) from None
+    channels = image.shape[2]
+    if spec.resize == "shorter_side_crop":
+        target = spec.resize_to or min(height, width)
+        scale = target / min(image.shape[0], image.shape[1])
+        new_h = max(height, int(round(image.shape[0] * scale)))
+        new_w = max(width, int(round(image.shape[1] * scale)))
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        top = (new_h - height) // 2
+        left = (new_w - width) // 2
+        image = image[top : top + height, left : left + width]
+    else:
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return image.reshape(height, width, channels)
+
+
+def preprocess_image(image: np.ndarray, spec: Preprocessing, name: str = "image") -> np.ndarray:
+    """One raw image -> (C, H, W) float32, normalised as the model expects."""
+    img = _to_model_channels(image, spec, name)
+    img = _resize(img, spec)
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    std = np.asarray(spec.std, dtype=np.float32) * 255.0
+    out = (img - mean) / std
+    return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_batch(images: Iterable[np.ndarray], spec: Preprocessing, names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Raw images (a sequence, or an N x H x W[xC] array) -> (N, C, H, W) float32."""
+    out = [preprocess_image(img, spec, names[i] if names else f"image {i}") for i, img in enumerate(images)]
+    if not out:
+        return np.zeros((0,) + spec.input_shape, dtype=np.float32)
+    return np.stack(out)

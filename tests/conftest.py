@@ -1,0 +1,74 @@
+"""Shared fixtures and the hardware markers.
+
+Tests that need a GPU, TensorRT or a Jetson carry the ``gpu`` / ``tensorrt`` / ``jetson`` marker
+and are skipped, with the reason, where that hardware or package is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def _has_cuda_gpu() -> bool:
+    try:
+        from cuda.bindings import runtime  # type: ignore[import-not-found]
+
+        err, count = runtime.cudaGetDeviceCount()
+        return int(err) == 0 and count > 0
+    except Exception:
+        return False
+
+
+def _is_jetson() -> bool:
+    return Path("/etc/nv_tegra_release").exists()
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    reasons = {}
+    if not _has_cuda_gpu():
+        reasons["gpu"] = "needs a CUDA GPU; none found on this machine"
+    if importlib.util.find_spec("tensorrt") is None:
+        reasons["tensorrt"] = "needs TensorRT (python3-libnvinfer on JetPack, or NVIDIA's pip index); not installed here"
+    if not _is_jetson():
+        reasons["jetson"] = "needs a Jetson board (/etc/nv_tegra_release absent)"
+    for item in items:
+        for marker, reason in reasons.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_threads():
+    """Keep the suite polite on 2-core CI machines."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real checkpoint of the tiny CNN, trained for one epoch on the default data (a second or two)."""
+    from hisd_edge.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    train(TrainConfig(arch="tiny_cnn", epochs=1, seed=0, progress=False), out, argv=["--arch", "tiny_cnn"])
+    return out
+
+
+@pytest.fixture()
+def copy_of(tmp_path):
+    """copy_of(path) -> a private copy under tmp_path (files or directories)."""
+
+    def _copy(path: Path) -> Path:
+        dst = tmp_path / ("copy_" + Path(path).name)
+        if Path(path).is_dir():
+            shutil.copytree(path, dst)
+        else:
+            shutil.copy2(path, dst)
+        return dst
+
+    return _copy
