@@ -37,13 +37,13 @@ def _header(path: Path) -> Dict[str, Any]:
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise CheckpointError(f"{path}: file is empty or truncated; not a hisd-edge checkpoint")
-        if prefix[:1] == b"\x80" or prefix[:2] == b"PK":
-            raise CheckpointError(
-                f"{path}: looks like a pickle / torch.save file; hisd-edge never unpickles (it can run code). "
-                "Re-save the weights with hisd-edge train or hisd_edge.checkpoint.save_checkpoint"
-            )
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len <= 0 or header_len > min(_MAX_HEADER_BYTES, size - 8):
+            if prefix[:1] == b"\x80" or prefix[:2] == b"PK":
+                raise CheckpointError(
+                    f"{path}: looks like a pickle / torch.save file; hisd-edge never unpickles (it can run code). "
+                    "Re-save the weights with hisd-edge train or hisd_edge.checkpoint.save_checkpoint"
+                )
             raise CheckpointError(f"{path}: not a safetensors file (bad header length); not a hisd-edge checkpoint")
         raw = handle.read(header_len)
     try:

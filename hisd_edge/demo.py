@@ -1,0 +1,63 @@
+"""The demo: the main job, end to end, on the embedded default model.
+
+Step 1 (workstation): evaluate the shipped HiSD checkpoint per exit on the default test split.
+Later steps (convert, early-exit run, profile) are added as they become real.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from hisd_edge.errors import InputError
+
+
+def _section(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+def exit_table(checkpoint_path: Path) -> List[dict]:
+    """Per-exit parameters and accuracy of a checkpoint, measured now on the default test split."""
+    import torch
+
+    from hisd_edge.checkpoint import load_checkpoint
+    from hisd_edge.data import load_samples
+    from hisd_edge.preprocess import Preprocessing
+    from hisd_edge.train import evaluate
+
+    model, meta = load_checkpoint(checkpoint_path)
+    spec = Preprocessing.from_dict(meta["preprocessing"])
+    test = load_samples("default:test")
+    accuracy = evaluate(model, torch.from_numpy(test.tensors(spec)), torch.from_numpy(test.labels))
+    rows = []
+    trunk_params = 0
+    for k, info in enumerate(meta["exits"]):
+        trunk_params += sum(p.numel() for p in model.stages[k].parameters())
+        head_params = sum(p.numel() for p in model.exits[k].parameters())
+        rows.append({"exit": k, "params_to_exit": trunk_params + head_params, "channels": info["channels"],
+                     "reduction": info["reduction"], "val_top1": (meta.get("metrics", {}).get("val_accuracy") or [None] * (k + 1))[k],
+                     "test_top1": accuracy[k], "test_count": len(test)})
+    return rows
+
+
+def run_demo(checkpoint: Optional[str] = None) -> int:
+    from hisd_edge.checkpoint import default_checkpoint_path, read_metadata
+
+    path = Path(checkpoint) if checkpoint else default_checkpoint_path()
+    if not path.exists() and checkpoint is None:
+        raise InputError(f"{path}: the embedded default checkpoint is missing from this install; reinstall hisd-edge")
+    meta = read_metadata(path)
+    _section("1. The embedded default model")
+    print(f"checkpoint   {path.name}  ({meta['arch'].get('name')}, {len(meta['exits'])} exits, "
+          f"classes {','.join(meta['class_names'])})")
+    print(f"trained with {meta.get('training', {}).get('command', '(unknown)')}")
+    rows = exit_table(path)
+    print(f"\nper-exit top-1 on the default test split ({rows[0]['test_count']} real MNIST digits):")
+    print(f"{'exit':>4}  {'params':>9}  {'features':>12}  {'val top-1':>9}  {'test top-1':>10}")
+    for row in rows:
+        val = f"{100 * row['val_top1']:.2f}%" if row["val_top1"] is not None else "–"
+        print(f"{row['exit']:>4}  {row['params_to_exit']:>9,}  {row['channels']:>4} ch /{row['reduction']:<3}  {val:>9}  "
+              f"{100 * row['test_top1']:>9.2f}%")
+    sys.stdout.flush()
+    return 0

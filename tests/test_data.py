@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from hisd_edge.data import DEFAULT_SPLITS, default_split, load_samples  # noqa: E402
+from hisd_edge.errors import InputError  # noqa: E402
+from hisd_edge.preprocess import Preprocessing  # noqa: E402
+
+GRAY = Preprocessing(input_size=(28, 28), channels=1, color_order="gray", mean=(0.5,), std=(0.25,))
+
+
+def test_default_splits_are_stratified_disjoint_and_stable():
+    splits = {name: default_split(name) for name in DEFAULT_SPLITS}
+    assert [len(splits[s]) for s in DEFAULT_SPLITS] == [3500, 500, 1000]
+    for s in splits.values():
+        assert set(np.bincount(s.labels).tolist()) == {len(s) // 10}
+    flat = {name: {img.tobytes() for img in s.images} for name, s in splits.items()}
+    # Real MNIST has a few duplicate digits; the splits must be (almost) disjoint.
+    assert len(flat["train"] & flat["test"]) <= 2
+    again = default_split("test")
+    assert np.array_equal(again.labels, splits["test"].labels)
+
+
+def test_unknown_split():
+    with pytest.raises(InputError, match="no split"):
+        load_samples("default:holdout")
+
+
+def _write_class_folder(root, per_class=3):
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            img = np.full((20, 24, 3), 40 * i + (100 if cls == "dog" else 0), np.uint8)
+            cv2.imwrite(str(root / cls / f"{i}.png"), img)
+
+
+def test_labelled_folder_and_undecodable_images(tmp_path):
+    _write_class_folder(tmp_path)
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"not an image")
+    samples = load_samples(str(tmp_path))
+    assert samples.class_names == ["cat", "dog"]
+    assert len(samples) == 6 and samples.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert samples.skipped and "broken.jpg" in samples.skipped[0][0]
+    assert samples.tensors(GRAY).shape == (6, 1, 28, 28)
+    with pytest.raises(InputError, match="broken.jpg"):
+        load_samples(str(tmp_path), strict=True)
+
+
+def test_empty_and_classless_folders(tmp_path):
+    with pytest.raises(InputError, match="no image files"):
+        load_samples(str(tmp_path))
+    (tmp_path / "a").mkdir()
+    with pytest.raises(InputError, match="class folders hold no image"):
+        load_samples(str(tmp_path))
+
+
+def test_missing_path_and_unknown_type(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_samples(str(tmp_path / "nope"))
+    odd = tmp_path / "x.txt"
+    odd.write_text("x")
+    with pytest.raises(InputError, match="unsupported file type"):
+        load_samples(str(odd))
+
+
+def test_numpy_sources(tmp_path):
+    raw = np.random.default_rng(0).integers(0, 255, (4, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "raw.npy", raw)
+    assert load_samples(str(tmp_path / "raw.npy")).tensors(GRAY).shape == (4, 1, 28, 28)
+    np.savez(tmp_path / "lab.npz", images=raw, labels=np.arange(4))
+    assert load_samples(str(tmp_path / "lab.npz")).labels.tolist() == [0, 1, 2, 3]
+    pre = np.zeros((3, 1, 28, 28), np.float32)
+    np.save(tmp_path / "pre.npy", pre)
+    assert load_samples(str(tmp_path / "pre.npy")).tensors(GRAY) is not None
+    np.save(tmp_path / "two.npy", np.zeros((2, 28, 28, 2), np.uint8))
+    with pytest.raises(InputError, match="channel count"):
+        load_samples(str(tmp_path / "two.npy")).tensors(GRAY)
+
+
+def test_video_frames_sampled_evenly(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for i in range(20):
+        writer.write(np.full((24, 32, 3), i * 10, np.uint8))
+    writer.release()
+    samples = load_samples(str(path), count=5)
+    assert len(samples) == 5
+    assert samples.names[0].endswith("#frame0") and samples.names[-1].endswith("#frame19")
+    with pytest.raises(InputError, match="cannot be opened as a video"):
+        bad = tmp_path / "bad.mp4"
+        bad.write_bytes(b"garbage")
+        load_samples(str(bad))
+
+
+def test_count_subsets_deterministically():
+    a = load_samples("default:val", count=50, seed=3)
+    b = load_samples("default:val", count=50, seed=3)
+    assert len(a) == 50 and np.array_equal(a.labels, b.labels)

@@ -1,0 +1,113 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hisd_edge.checkpoint import load_checkpoint, read_metadata
+from hisd_edge.train import TrainConfig, train
+
+cv2 = pytest.importorskip("cv2")
+
+
+def test_training_is_deterministic_and_learns(tmp_path, tiny_checkpoint):
+    second = tmp_path / "again.safetensors"
+    train(TrainConfig(arch="tiny_cnn", epochs=1, seed=0, progress=False), second, argv=["--arch", "tiny_cnn"])
+    a, meta = load_checkpoint(tiny_checkpoint)
+    b, _ = load_checkpoint(second)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    # One epoch of the tiny model is far above chance (10%) at the final exit.
+    assert meta["metrics"]["val_accuracy"][-1] > 0.5
+    assert meta["training"]["command"] == "hisd-edge train --arch tiny_cnn"
+    assert meta["training"]["config"]["distill"] == "hisd"
+    assert meta["preprocessing"]["mean"] == [0.1307]
+
+
+def test_dedicated_single_exit_model():
+    result = train(TrainConfig(arch="tiny_cnn", epochs=1, seed=0, single_exit=0, progress=False), None)
+    assert len(result.val_accuracy) == 1 and len(result.test_accuracy) == 1
+
+
+def _image_folder(root, classes=("a", "b"), per_class=6, channels=3):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            shape = (28, 28, 3) if channels == 3 else (28, 28)
+            img = rng.integers(0, 60, shape, dtype=np.uint8) + (150 if c else 0)
+            cv2.imwrite(str(root / name / f"{i}.png"), img)
+    return root
+
+
+def test_trains_on_a_user_image_folder(tmp_path):
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / "m.safetensors"
+    train(TrainConfig(arch="tiny_cnn", data=str(data), epochs=2, seed=0, progress=False), out, argv=[])
+    meta = read_metadata(out)
+    assert meta["class_names"] == ["a", "b"]
+    assert meta["arch"]["config"]["num_classes"] == 2
+    assert len(meta["preprocessing"]["mean"]) == 1  # tiny_cnn is a gray model: images converted
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "hisd_edge", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--arch", "resnet9000", "--out", "x.safetensors"], "unknown architecture"),
+    (["--data", "/nonexistent/folder", "--arch", "tiny_cnn", "--out", "x.safetensors"], "no such file"),
+    (["--arch", "tiny_cnn"], "--out is required"),
+    (["--arch", "tiny_cnn", "--out", "model.pt"], "safetensors"),
+    (["--arch", "tiny_cnn", "--out", "x.safetensors", "--exit-weights", "1,a"], "comma-separated"),
+])
+def test_train_cli_bad_input_is_one_line(tmp_path, args, needle):
+    proc = _cli("train", "--no-progress", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    assert not any(p.suffix == ".safetensors" for p in tmp_path.iterdir())
+
+
+def test_train_cli_bad_folders(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _cli("train", "--arch", "tiny_cnn", "--data", str(empty), "--out", str(tmp_path / "m.safetensors"))
+    assert proc.returncode == 2 and "no image files" in proc.stderr
+    single = _image_folder(tmp_path / "one", classes=("only",))
+    proc = _cli("train", "--arch", "tiny_cnn", "--data", str(single), "--out", str(tmp_path / "m.safetensors"))
+    assert proc.returncode == 2 and "at least 2" in proc.stderr
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    cv2.imwrite(str(flat / "x.png"), np.zeros((8, 8), np.uint8))
+    proc = _cli("train", "--arch", "tiny_cnn", "--data", str(flat), "--out", str(tmp_path / "m.safetensors"))
+    assert proc.returncode == 2 and "labels" in proc.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_cli_wrong_channel_count(tmp_path):
+    np.savez(tmp_path / "two.npz", images=np.zeros((20, 28, 28, 2), np.uint8), labels=np.arange(20) % 2)
+    proc = _cli("train", "--arch", "tiny_cnn", "--data", str(tmp_path / "two.npz"), "--out", str(tmp_path / "m.safetensors"))
+    assert proc.returncode == 2 and "channel count" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    """torchrun with 2 gloo processes trains and rank 0 alone writes the checkpoint."""
+    out = tmp_path / "ddp.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "hisd_edge", "train", "--arch", "tiny_cnn", "--epochs", "1", "--threads", "1", "--no-progress",
+         "--json", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = read_metadata(out)
+    assert meta["training"]["world_size"] == 2
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert any(s["val_accuracy"] for s in summaries)
