@@ -25,9 +25,43 @@ Manifest, schema version 1 (keys in order of appearance)::
                       "thresholds": [float | null per exit; the last exit always accepts],
                       "calibrated": bool, ... (calibration details)}
     validation       {"data", "count", "rows": [{"exit", "precision", "top1", "agreement_with_fp32"}]}
-    engines          [build records added on the target by ``hisd-edge build``]
+    engines          [build records added on the target by ``hisd-edge build`` (hisd_edge.build.store), one per
+                      (device key, TensorRT version, precision); a rebuild replaces its record:
+        device             {"name", "compute_capability": "8.7", "integrated", "key": "orin-sm87"}
+        tensorrt_version   trt.__version__ of the build; precision "fp32" | "fp16" | "int8"; requested_precision (+ "best")
+        recipe             {"typing": "strong" | "weak", "onnx_precision", "network_flags", "builder_flags",
+                            "calibration_cache", "dla_core", "notes", ...}
+        batch              {"min", "opt", "max"}: the optimization profile of the dynamic batch
+        workspace_mib, dla_core, builder_optimization_level, cuda_binding, features (detected TensorRT API)
+        files              [{"path": "engines/<key>/trt-<version>/<precision>/stage<k>.plan", "sha256", "bytes", "stage": k}]
+        stages             [{"index", "onnx_precision", "onnx", "onnx_sha256" (engines from an older ONNX are refused),
+                             "plan_sha256", "build_seconds", "device_memory_bytes", "weights_bytes" (TRT 10.14+),
+                             "io": [{"name", "mode", "dtype", "shape"}]}]
+        timing_cache       where the timing cache was read from and saved (bundle-relative when inside it)
+        toolkit_version, created
+    ]
     provenance       {"checkpoint_sha256", "toolkit_version", "torch_version", "onnx_version",
                       "onnxruntime_version", "opset", "command", "created"}
+
+Added by the converter (additive; readers must not require them):
+
+    model            + "num_exits"; "source" may also be "module" (Python API, an in-memory nn.Module)
+    stages[k]        + "macs_complete" (false: some shape was unknown, MACs are a lower bound)
+    files[p]         "io_dtype" is "float32" for every precision (fp16 keeps fp32 I/O, so any precision
+                     of stage k chains with any precision of stage k+1); fp16 + "compute_dtype";
+                     int8 + "quantization" {"format": "QDQ", ...}; calibration_cache + "trt_version",
+                     "algorithm" (header of the TensorRT text cache; retarget with
+                     hisd_edge.convert.calib_cache.retarget), "tensors" (lines in the cache)
+    exits[k]         + "name" (the model's own name for the exit, e.g. the ONNX tensor name)
+    validation       + "labelled", "int8_execution" (how INT8 was evaluated), "mixed_plan";
+                     rows of embedding exits have "cosine_with_fp32" instead of top1/agreement
+    calibration      {"source", "count", "method", "seed", "recipe", "trt_cache_version", "skipped",
+                      "skipped_files"} or null when no INT8 was made
+    verification     {"samples", "chain_max_abs_diff": [per exit], "torch_max_abs_diff": [per exit] | null,
+                      "chain_tolerance", "torch_tolerance"}
+    mixed_precision  {"stages": ["int8" | "fp16" | "fp32" per stage], "max_drop_pp"}: only with
+                     --precision mixed; the per-stage plan a runtime should use for "mixed"
+    provenance       + "source_path"
 
 Every file the manifest names carries a sha256; :meth:`Bundle.open` verifies them and names the
 first file that is missing or altered.

@@ -1,0 +1,192 @@
+"""Engines inside the bundle, keyed by device, TensorRT version and precision.
+
+A TensorRT plan runs only on the GPU model and TensorRT version that built it (hardware- and
+version-compatible plans are not available on Jetson), so ``hisd-edge build`` runs on the target
+and stores its plans at::
+
+    engines/<device-key>/trt-<tensorrt version>/<precision>/stage<k>.plan
+
+where ``<device-key>`` is the GPU name and compute capability (:attr:`DeviceInfo.key`, e.g.
+``orin-sm87``). Each build appends one *build record* to the manifest's ``engines`` list (the
+schema is in :mod:`hisd_edge.bundle`); its ``files`` carry sha256 checksums, so
+:meth:`Bundle.open` verifies the plans like every other bundle file. A new build for the same key
+replaces the old record and directory.
+
+Publishing is crash-safe for the usual failures: plans are written to a temporary directory
+inside the bundle, swapped in, and the manifest is updated last; if the manifest update fails the
+swap is undone. A failed *build* never touches the bundle at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hisd_edge import __version__, atomic
+from hisd_edge.bundle import Bundle, file_record
+from hisd_edge.cuda.api import DeviceInfo
+from hisd_edge.errors import BundleError
+
+ENGINES_DIR = "engines"
+
+
+def engine_dir(device_key: str, trt_version: str, precision: str) -> str:
+    """Bundle-relative directory of one build's plans."""
+    return f"{ENGINES_DIR}/{device_key}/trt-{trt_version}/{precision}"
+
+
+def engine_path(device_key: str, trt_version: str, precision: str, stage: int) -> str:
+    return f"{engine_dir(device_key, trt_version, precision)}/stage{stage}.plan"
+
+
+def default_timing_cache(device_key: str, trt_version: str) -> str:
+    """Bundle-relative default timing cache: tied to the device and TensorRT version like the plans."""
+    return f"{ENGINES_DIR}/{device_key}/trt-{trt_version}/timing.cache"
+
+
+def _matches(record: Dict[str, Any], device_key: str, trt_version: str, precision: str) -> bool:
+    return (record.get("device", {}).get("key") == device_key and record.get("tensorrt_version") == trt_version
+            and record.get("precision") == precision)
+
+
+def find_record(manifest: Dict[str, Any], device_key: str, trt_version: str, precision: str) -> Optional[Dict[str, Any]]:
+    for record in manifest.get("engines", []):
+        if _matches(record, device_key, trt_version, precision):
+            return record
+    return None
+
+
+def _describe(record: Dict[str, Any]) -> str:
+    device = record.get("device", {})
+    return (f"{device.get('name', '?')} (sm {device.get('compute_capability', '?')}) with TensorRT "
+            f"{record.get('tensorrt_version', '?')}, {record.get('precision', '?')}")
+
+
+def require_record(bundle: Bundle, device: DeviceInfo, trt_version: str, precision: str) -> Dict[str, Any]:
+    """The build record for this device, TensorRT version and precision, or a BundleError saying to build."""
+    how = f"run hisd-edge build {bundle.root} --precision {precision} on this device"
+    record = find_record(bundle.manifest, device.key, trt_version, precision)
+    if record is None:
+        records = list(bundle.manifest.get("engines", []))
+        here = f"{device.name} (sm {device.compute_capability_str}) with TensorRT {trt_version}"
+        local = sorted({str(r.get("precision")) for r in records
+                        if r.get("device", {}).get("key") == device.key and r.get("tensorrt_version") == trt_version})
+        if local:
+            raise BundleError(
+                f"{bundle.root}: no {precision} TensorRT engines for this {here} (built: {', '.join(local)}); "
+                f"{how}, or run with --precision {local[0]}"
+            )
+        others = [r for r in records if r.get("precision") == precision] or records
+        if others:
+            built = "; ".join(_describe(r) for r in others)
+            raise BundleError(
+                f"{bundle.root}: its TensorRT engines were built for {built}, not for this {here}; "
+                f"TensorRT engines do not move between devices or TensorRT versions: {how}"
+            )
+        raise BundleError(f"{bundle.root}: no TensorRT engines built yet (this is {here}); {how}")
+    # Engines built from stage ONNX that has since been replaced (converted again) are stale.
+    for stage in record.get("stages", []):
+        k = int(stage["index"])
+        onnx = bundle.manifest["stages"][k]["files"].get(stage.get("onnx_precision", ""), {})
+        if stage.get("onnx_sha256") and onnx.get("sha256") != stage["onnx_sha256"]:
+            raise BundleError(
+                f"{bundle.root}: the {precision} engine of stage {k} was built from a different stage ONNX "
+                f"(the bundle was converted again); {how}"
+            )
+    return record
+
+
+def read_plan(bundle: Bundle, record: Dict[str, Any], stage: int) -> bytes:
+    """Stage ``stage``'s plan bytes, checked against the record (missing, truncated, replaced)."""
+    entry = next((f for f in record.get("files", [])
+                  if int(f.get("stage", -1)) == stage and f.get("kind", "plan") == "plan"), None)
+    if entry is None:
+        raise BundleError(f"{bundle.root}: the {_describe(record)} build record has no engine for stage {stage}; "
+                          f"run hisd-edge build {bundle.root} again")
+    path = bundle.root / entry["path"]
+    if not path.is_file():
+        raise BundleError(f"{path}: engine file missing from the bundle; run hisd-edge build {bundle.root} on this device")
+    data = path.read_bytes()
+    if len(data) != int(entry["bytes"]):
+        raise BundleError(
+            f"{path}: engine file is {len(data)} bytes, the build record says {entry['bytes']} (truncated or replaced); "
+            f"run hisd-edge build {bundle.root} on this device"
+        )
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise BundleError(f"{path}: engine file checksum mismatch (altered or replaced); run hisd-edge build {bundle.root} on this device")
+    return data
+
+
+def new_record(device: DeviceInfo, trt_version: str, recipe: Dict[str, Any], **fields: Any) -> Dict[str, Any]:
+    """A build record without ``files`` (added by :func:`publish`)."""
+    return {
+        "device": device.to_dict(),
+        "tensorrt_version": trt_version,
+        "precision": recipe["precision"],
+        "requested_precision": recipe["requested"],
+        "recipe": recipe,
+        **fields,
+        "toolkit_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def publish(bundle: Bundle, record: Dict[str, Any], plans: List[bytes],
+            calibration_caches: Optional[List[bytes]] = None) -> Dict[str, Any]:
+    """Write ``plans`` (and the calibration caches a legacy INT8 build used) under the record's key,
+    then add the record to the manifest, atomically enough.
+
+    Returns the record as stored (with its ``files``: ``kind`` "plan" or "calibration_cache").
+    """
+    device_key, trt_version, precision = record["device"]["key"], record["tensorrt_version"], record["precision"]
+    rel_dir = engine_dir(device_key, trt_version, precision)
+    target = bundle.root / rel_dir
+    created_parents = [p for p in reversed(target.parents) if not p.exists() and bundle.root in p.parents]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{precision}.", suffix=".tmp", dir=target.parent))
+    old: Optional[Path] = None
+    swapped = False
+    try:
+        for k, plan in enumerate(plans):
+            atomic.write_bytes(tmp / f"stage{k}.plan", plan)
+        for k, cache in enumerate(calibration_caches or []):
+            atomic.write_bytes(tmp / f"stage{k}.calib", cache)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{precision}.", suffix=".old", dir=target.parent))
+            os.rmdir(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        swapped = True
+        stored = dict(record)
+        stored["files"] = [file_record(bundle.root, engine_path(device_key, trt_version, precision, k), stage=k, kind="plan")
+                           for k in range(len(plans))]
+        stored["files"] += [file_record(bundle.root, f"{rel_dir}/stage{k}.calib", stage=k, kind="calibration_cache")
+                            for k in range(len(calibration_caches or []))]
+
+        def change(manifest: Dict[str, Any]) -> None:
+            kept = [r for r in manifest.get("engines", []) if not _matches(r, device_key, trt_version, precision)]
+            manifest["engines"] = kept + [stored]
+
+        bundle.update(change)
+    except BaseException:
+        if swapped:  # undo: the manifest still names the old plans
+            shutil.rmtree(target, ignore_errors=True)
+            if old is not None:
+                os.replace(old, target)
+        elif old is not None and not target.exists():
+            os.replace(old, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(created_parents):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return stored

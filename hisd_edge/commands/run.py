@@ -1,0 +1,118 @@
+"""hisd-edge run: early-exit inference on images, folders, videos, cameras, pipelines or arrays."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser(
+        "run",
+        help="early-exit inference on images, folders, videos, cameras, GStreamer pipelines or .npy",
+        description="Run a bundle stage by stage and stop at the first confident exit. INPUT is an image file, a folder "
+        "of images, a video file, a camera index (0), a device (/dev/video0), a GStreamer pipeline ending in appsink "
+        "(quote it; needs OpenCV with GStreamer), a stream URL, a .npy/.npz array, or default[:split]. Images are "
+        "preprocessed with the bundle's preprocessing. Prints a table, or JSON lines with --json.",
+    )
+    p.add_argument("bundle", help="bundle directory (engines/NAME) written by hisd-edge convert")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to classify (see above)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"], help="default: onnxruntime")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="stage files to run (default fp32)")
+    p.add_argument("--providers", default=None,
+                   help="ONNX Runtime execution providers, comma-separated: cpu, cuda, tensorrt, or auto (default cpu)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--policy", default=None, help="exit policy (max_prob, entropy, margin, patience, stability); default: the manifest's")
+    p.add_argument("--thresholds", default=None,
+                   help="comma-separated threshold per exit, 'none' for never (overrides the manifest), e.g. 0.9,0.8,none")
+    p.add_argument("--exit-at", type=int, default=None, metavar="K", help="force every input to leave at exit K (fixed budget)")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per batch (rows that exit leave the batch); default 16")
+    p.add_argument("--frames", type=int, default=None, help="at most this many frames from each video, camera or stream")
+    p.add_argument("--every", type=int, default=1, help="keep every N-th frame of videos, cameras and streams")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input (JSON lines)")
+    p.set_defaults(func=run)
+
+
+def parse_thresholds(text: str) -> list:
+    from hisd_edge.errors import InputError
+
+    out: list = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part in ("none", "null", "never", "-"):
+            out.append(None)
+            continue
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise InputError(f"--thresholds {text!r}: give comma-separated numbers or 'none', e.g. 0.9,0.8,none") from None
+    return out
+
+
+def _row(result, width: int) -> str:  # type: ignore[no-untyped-def]
+    name = result.name if len(result.name) <= width else "…" + result.name[-(width - 1):]
+    if not result.ok:
+        return f"{name:<{width}}  error: {result.error}"
+    what = result.class_name if result.class_name is not None else f"embedding[{len(result.embedding or [])}]"
+    conf = f"{result.confidence:.3f}" if result.confidence is not None and result.confidence == result.confidence else "-"
+    flags = ",".join(result.flags)
+    return f"{name:<{width}}  {result.exit:>4}  {what:>10}  {conf:>6}  {result.latency_ms:>9.3f}  {flags}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import numpy as np
+
+    from hisd_edge.errors import InputError
+    from hisd_edge.runtime.early_exit import open_runtime
+    from hisd_edge.runtime.sources import batched, open_inputs
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.frames is not None and args.frames < 1:
+        raise InputError(f"--frames must be >= 1, got {args.frames}")
+    options = {"intra_op_threads": args.threads}
+    if args.providers:
+        options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
+    runtime = open_runtime(args.bundle, backend=args.backend, precision=args.precision, policy=args.policy,
+                           thresholds=thresholds, exit_at=args.exit_at, **options)
+    items = open_inputs(args.inputs, max_frames=args.frames, every=args.every)
+    width = 36
+    done = errors = correct = labelled = 0
+    exit_counts = [0] * runtime.bundle.num_stages
+    latencies = []
+    if not args.json:
+        print(f"{'input':<{width}}  {'exit':>4}  {'class':>10}  {'conf':>6}  {'latency ms':>9}  flags")
+    with runtime:
+        for batch in batched(items, args.batch_size):
+            results, _ = runtime.infer_items(batch, first_index=done)
+            for item, result in zip(batch, results):
+                if result.ok and result.exit is not None:
+                    exit_counts[result.exit] += 1
+                    latencies.append(result.latency_ms)
+                    if item.label is not None and result.class_index is not None:
+                        labelled += 1
+                        correct += int(result.class_index == item.label)
+                else:
+                    errors += 1
+                if args.json:
+                    record = result.to_dict()
+                    if item.label is not None:
+                        record["label"] = item.label
+                    print(json.dumps(record), flush=True)
+                else:
+                    print(_row(result, width), flush=True)
+            done += len(batch)
+    ok = done - errors
+    summary = [f"{done} input(s), {ok} ran, {errors} error(s)"]
+    if ok:
+        dist = ", ".join(f"exit {k}: {100 * c / ok:.1f}%" for k, c in enumerate(exit_counts))
+        summary.append(f"exits {dist}; mean latency {np.mean(latencies):.3f} ms")
+    if labelled:
+        summary.append(f"accuracy {100 * correct / labelled:.2f}% on {labelled} labelled input(s)")
+    print("; ".join(summary), file=sys.stderr if args.json else sys.stdout)
+    if done and not ok:
+        raise InputError(f"none of the {done} input(s) could be used (first error above); check the inputs")
+    return 0

@@ -1,0 +1,252 @@
+"""Step 4: calibration statistics for every stage, along the chain, from real images.
+
+Stage 0 sees the preprocessed calibration images; stage k sees the ``feat{k-1}`` activations that
+the fp32 stages before it produce from those same images, so each stage is calibrated on exactly
+the distribution it meets at inference time (never on random data). The statistics are ONNX
+Runtime's own (its calibrators: entropy, minmax, percentile); they feed both the Q/DQ
+quantization (:mod:`hisd_edge.convert.quantize`) and the TensorRT calibration cache
+(:mod:`hisd_edge.convert.calib_cache`), so the two INT8 paths agree.
+
+A calibration set is a source string (see :mod:`hisd_edge.data`: ``default:train``, an image
+folder, a video, a ``.npy``/``.npz``) or a JSON definition like those under ``calibration/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hisd_edge.errors import ConversionError, InputError
+
+LOG = logging.getLogger("hisd_edge.convert")
+
+METHODS = ("entropy", "minmax", "percentile")
+DEFAULT_SOURCE = "default:train"
+DEFAULT_COUNT = 256
+DEFAULT_METHOD = "entropy"
+DEFAULT_PERCENTILE = 99.999
+_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationRecipe:
+    """What to calibrate on and how (the content of a ``calibration/*.json`` definition)."""
+
+    source: str = DEFAULT_SOURCE
+    count: int = DEFAULT_COUNT
+    method: str = DEFAULT_METHOD
+    seed: int = 0
+    percentile: float = DEFAULT_PERCENTILE
+    name: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"calibration method {self.method!r} is not one of {', '.join(METHODS)}")
+        if int(self.count) <= 0:
+            raise InputError(f"calibration count must be positive, got {self.count}")
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise InputError(f"calibration percentile must be in (50, 100], got {self.percentile}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_recipe(path: Path) -> CalibrationRecipe:
+    """A calibration definition from JSON (keys of :class:`CalibrationRecipe`; ``source`` relative to the file)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable calibration definition ({exc.__class__.__name__}); see calibration/README.md") from None
+    if not isinstance(data, dict) or "source" not in data:
+        raise InputError(f"{path}: a calibration definition is a JSON object with at least a 'source'; see calibration/README.md")
+    known = {f.name for f in dataclasses.fields(CalibrationRecipe)}
+    unknown = sorted(set(data) - known - {"description"})
+    if unknown:
+        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} in the calibration definition (known: {', '.join(sorted(known))})")
+    source = str(data["source"])
+    if not source.startswith("default") and not Path(source).is_absolute():
+        source = str((Path(path).parent / source).resolve())
+    fields = {k: v for k, v in data.items() if k in known}
+    fields["source"] = source
+    fields.setdefault("name", Path(path).stem)
+    try:
+        return CalibrationRecipe(**fields)
+    except TypeError as exc:
+        raise InputError(f"{path}: malformed calibration definition ({exc})") from None
+
+
+def resolve_recipe(calib: Optional[str], count: Optional[int] = None, method: Optional[str] = None,
+                   default_source: str = DEFAULT_SOURCE) -> CalibrationRecipe:
+    """``--calib`` (a source string or a ``.json`` definition) plus overrides -> a recipe."""
+    if calib and calib.endswith(".json"):
+        recipe = load_recipe(Path(calib))
+    else:
+        recipe = CalibrationRecipe(source=calib or default_source, name="cli" if calib else "default")
+    overrides: Dict[str, Any] = {}
+    if count is not None:
+        overrides["count"] = count
+    if method is not None:
+        overrides["method"] = method
+    return dataclasses.replace(recipe, **overrides) if overrides else recipe
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Preprocessed calibration inputs plus what was skipped on the way."""
+
+    inputs: np.ndarray
+    source: str
+    skipped: List[Tuple[str, str]]
+
+
+def load_calibration_set(recipe: CalibrationRecipe, spec: Any, strict: bool = False) -> CalibrationSet:
+    """Read the recipe's images and preprocess them with the model's own preprocessing."""
+    from hisd_edge.data import load_samples
+
+    samples = load_samples(recipe.source, count=recipe.count, strict=strict, seed=recipe.seed)
+    inputs = samples.tensors(spec)
+    if len(inputs) == 0:
+        raise InputError(f"{recipe.source}: the calibration source holds no usable images")
+    if not np.all(np.isfinite(inputs)):
+        raise InputError(f"{recipe.source}: calibration inputs contain NaN or infinity; check the source")
+    return CalibrationSet(inputs=inputs, source=recipe.source, skipped=list(samples.skipped))
+
+
+def equal_batch_size(count: int, limit: int = _BATCH) -> int:
+    """The largest batch size <= ``limit`` that divides ``count``: ONNX Runtime's histogram
+    calibrators stack per-batch outputs and fail on a short last batch."""
+    for size in range(min(limit, max(count, 1)), 0, -1):
+        if count % size == 0:
+            return size
+    return 1
+
+
+class ArrayReader:
+    """An ONNX Runtime ``CalibrationDataReader`` over an in-memory array, in batches."""
+
+    def __init__(self, input_name: str, data: np.ndarray, batch_size: int = _BATCH):
+        self.input_name = input_name
+        self.data = data
+        self.batch_size = equal_batch_size(len(data), batch_size)
+        self.position = 0
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self.position >= len(self.data):
+            return None
+        batch = self.data[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+    def __len__(self) -> int:
+        return (len(self.data) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.rewind()
+        while True:
+            item = self.get_next()
+            if item is None:
+                return
+            yield item
+
+
+def ort_method(method: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+def _as_reader(reader: ArrayReader) -> Any:
+    """Make ``reader`` an instance of ORT's CalibrationDataReader (its calibrators check the type)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return reader.get_next()
+
+        def __len__(self) -> int:
+            return len(reader)
+
+        def set_range(self, start_index: int, end_index: int) -> None:  # CalibStridedMinMax support
+            reader.position = start_index
+
+    return Reader()
+
+
+def compute_stage_statistics(stage_path: Path, stage_input: np.ndarray, recipe: CalibrationRecipe, scratch: Path,
+                             batch_size: int = _BATCH) -> Any:
+    """ONNX Runtime calibration statistics (``TensorsData``) of one fp32 stage on its real input."""
+    from onnxruntime.quantization import create_calibrator
+
+    session_inputs = input_name(stage_path)
+    extra: Dict[str, Any] = {"symmetric": True}
+    if recipe.method == "percentile":
+        extra["percentile"] = float(recipe.percentile)
+    if recipe.method == "minmax":
+        extra = {"symmetric": True}
+    sink = io.StringIO()
+    try:
+        # ORT's calibrators print progress to stdout; keep --json output clean.
+        with contextlib.redirect_stdout(sink):
+            calibrator = create_calibrator(
+                Path(stage_path), [], augmented_model_path=str(scratch / f"{Path(stage_path).stem}.augmented.onnx"),
+                calibrate_method=ort_method(recipe.method), extra_options=extra,
+            )
+            calibrator.collect_data(_as_reader(ArrayReader(session_inputs, stage_input, batch_size)))
+            data = calibrator.compute_data()
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise ConversionError(f"{Path(stage_path).name}: calibration failed ({text[0] if text else exc.__class__.__name__})") from None
+    return data
+
+
+def input_name(stage_path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(stage_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits][0]
+
+
+def amax_table(tensors_data: Any) -> Dict[str, float]:
+    """Per-tensor absolute maximum (symmetric range) from ONNX Runtime statistics."""
+    table: Dict[str, float] = {}
+    for name, data in tensors_data.data.items():
+        low, high = data.range_value
+        table[name] = float(max(abs(float(np.max(low))), abs(float(np.max(high)))))
+    return table
+
+
+@dataclasses.dataclass
+class StageCalibration:
+    """One stage's calibration: ORT's statistics and the real input they were computed on."""
+
+    statistics: Any  # onnxruntime.quantization.TensorsData
+    inputs: np.ndarray
+    batch_size: int = _BATCH
+
+    def amax(self) -> Dict[str, float]:
+        return amax_table(self.statistics)
+
+
+def calibrate_chain(stage_paths: Sequence[Path], chain: Any, calibration: CalibrationSet, recipe: CalibrationRecipe,
+                    scratch: Path, batch_size: int = _BATCH) -> List[StageCalibration]:
+    """Statistics for every stage, each on the activations the fp32 stages before it produce."""
+    results = []
+    stage_input = calibration.inputs
+    for k, path in enumerate(stage_paths):
+        statistics = compute_stage_statistics(Path(path), stage_input, recipe, scratch, batch_size)
+        results.append(StageCalibration(statistics, stage_input, batch_size))
+        if k < len(stage_paths) - 1:
+            stage_input = chain.run(stage_input, start=k, stop=k + 1)[f"feat{k}"]
+    return results

@@ -1,0 +1,160 @@
+"""Turn ``profile.json`` into a report directory, and compare reports side by side.
+
+A report directory holds ``profile.json`` (the data), ``exits.csv``/``stages.csv``/``sweep.csv``,
+the PNG plots and ``report.html`` (self-contained). It is written atomically as a whole: a failed
+run leaves the previous report untouched. ``hisd-edge report`` re-renders everything from the
+JSON alone, so a profile taken on a Jetson without matplotlib can be rendered elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hisd_edge import atomic
+from hisd_edge.errors import DependencyError, InputError
+from hisd_edge.profile.report import html, plots, tables
+from hisd_edge.profile.schema import FILENAME
+
+HTML_NAME = "report.html"
+COMPARE_HTML_NAME = "compare.html"
+
+
+def render_images(profile: Dict[str, Any]) -> Dict[str, Optional[bytes]]:
+    """{file name: PNG bytes or None} for one profile; {} when matplotlib is missing."""
+    if not plots.matplotlib_available():
+        return {}
+    return {
+        "accuracy_vs_latency.png": plots.tradeoff(profile, "mean_latency_ms"),
+        "accuracy_vs_energy.png": plots.tradeoff(profile, "mean_energy_mj"),
+        "exit_distribution.png": plots.exit_distribution(profile),
+        "stage_breakdown.png": plots.stage_breakdown(profile),
+        "power_trace.png": plots.power_trace(profile),
+    }
+
+
+def _render_notes(profile: Dict[str, Any], images: Dict[str, Optional[bytes]]) -> List[str]:
+    notes = []
+    if not images:
+        notes.append("plots left out: matplotlib is not installed here (pip install matplotlib, then hisd-edge report DIR)")
+    elif images.get("accuracy_vs_energy.png") is None and (profile.get("accuracy") or {}).get("sweep"):
+        if (profile.get("power") or {}).get("available"):
+            notes.append("no accuracy-vs-energy plot: not every exit has an energy figure (see the power gaps)")
+        else:
+            notes.append("no accuracy-vs-energy plot: energy was not measured on this run")
+    return notes
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Only an empty directory or an earlier report may be replaced: never a user's folder."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise InputError(f"--out {out_dir}: exists and is not a directory; choose another path")
+        entries = [p for p in out_dir.iterdir()]
+        if entries and not (out_dir / FILENAME).exists() and not (out_dir / COMPARE_HTML_NAME).exists():
+            raise InputError(f"--out {out_dir}: exists and is not a hisd-edge report; choose a new or empty directory")
+
+
+def write_report(profile: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
+    """Write profile.json, the CSV tables, the plots and report.html into ``out_dir`` (atomically)."""
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    images = render_images(profile)
+    notes = _render_notes(profile, images)
+    page = html.render_html(profile, images, notes)
+    written: List[str] = []
+    with atomic.atomic_dir(out_dir, replace=True) as tmp:
+        (tmp / FILENAME).write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+        written.append(FILENAME)
+        for name, text in tables.all_tables(profile).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+            written.append(name)
+        for name, png in images.items():
+            if png:
+                (tmp / name).write_bytes(png)
+                written.append(name)
+        (tmp / HTML_NAME).write_text(page, encoding="utf-8")
+        written.append(HTML_NAME)
+    return {"out": str(out_dir), "files": written, "html": str(out_dir / HTML_NAME), "notes": notes}
+
+
+def _labels(profiles: Sequence[Dict[str, Any]], paths: Sequence[str]) -> List[str]:
+    """Short distinct labels: the report directory names, made unique."""
+    labels: List[str] = []
+    for profile, path in zip(profiles, paths):
+        p = Path(path)
+        base = (p.parent.name if p.name == FILENAME else p.name) or (profile.get("bundle") or {}).get("name", "profile")
+        label, n = base, 2
+        while label in labels:
+            label, n = f"{base}#{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def _comparison_notes(profiles: Sequence[Dict[str, Any]], labels: Sequence[str]) -> List[str]:
+    notes = []
+    batches = {p.get("batch") for p in profiles}
+    if len(batches) > 1:
+        notes.append(f"the profiles' headline batch sizes differ ({', '.join(map(str, sorted(b for b in batches if b is not None)))}): "
+                     "per-call latencies are not directly comparable")
+    names = {(p.get("bundle") or {}).get("name") for p in profiles}
+    if len(names) > 1:
+        notes.append("different bundles: accuracy differences come from the models, not only from the settings")
+    for p, label in zip(profiles, labels):
+        if not (p.get("power") or {}).get("available"):
+            notes.append(f"{label}: energy not measured ({(p.get('power') or {}).get('reason', 'no power source')})")
+    return notes
+
+
+def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], out_dir: Path) -> Dict[str, Any]:
+    """compare.html (+ plots, + one CSV per cost) for two or more profiles, side by side."""
+    if len(profiles) < 2:
+        raise InputError("a comparison needs two or more profiles")
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    labels = _labels(profiles, paths)
+    images: Dict[str, Optional[bytes]] = {}
+    if plots.matplotlib_available():
+        images = {
+            "compare_accuracy_vs_latency.png": plots.compare_tradeoff(profiles, labels, "mean_latency_ms"),
+            "compare_accuracy_vs_energy.png": plots.compare_tradeoff(profiles, labels, "mean_energy_mj"),
+            "compare_exit_latency.png": plots.compare_exits(profiles, labels, "mean_latency_ms"),
+            "compare_exit_energy.png": plots.compare_exits(profiles, labels, "mean_energy_mj"),
+        }
+    notes = _comparison_notes(profiles, labels)
+    if not images:
+        notes.append("plots left out: matplotlib is not installed here")
+    page = html.render_compare_html(profiles, labels, images, notes)
+    header = "exit," + ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', l)}_latency_p50_ms" for l in labels) + "," + \
+        ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', l)}_energy_total_mj" for l in labels)
+    lines = [header]
+    for k in range(max(len(p.get("exits") or []) for p in profiles)):
+        cells = [str(k)]
+        for key in ("latency", "energy"):
+            for p in profiles:
+                exits = p.get("exits") or []
+                value = None
+                if k < len(exits):
+                    value = (exits[k].get("latency_ms") or {}).get("p50") if key == "latency" else \
+                        (exits[k].get("energy_mj") or {}).get("total") if isinstance(exits[k].get("energy_mj"), dict) else None
+                cells.append("" if value is None else f"{value:.6g}")
+        lines.append(",".join(cells))
+    written = []
+    with atomic.atomic_dir(out_dir, replace=True) as tmp:
+        (tmp / COMPARE_HTML_NAME).write_text(page, encoding="utf-8")
+        written.append(COMPARE_HTML_NAME)
+        (tmp / "compare_exits.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        written.append("compare_exits.csv")
+        (tmp / "sources.json").write_text(json.dumps({"labels": labels, "profiles": list(map(str, paths))}, indent=2) + "\n",
+                                          encoding="utf-8")
+        written.append("sources.json")
+        for name, png in images.items():
+            if png:
+                (tmp / name).write_bytes(png)
+                written.append(name)
+    return {"out": str(out_dir), "files": written, "html": str(out_dir / COMPARE_HTML_NAME), "labels": labels, "notes": notes}
+
+
+__all__ = ["HTML_NAME", "COMPARE_HTML_NAME", "render_images", "write_report", "write_comparison"]

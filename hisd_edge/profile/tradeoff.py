@@ -1,0 +1,94 @@
+"""Accuracy and exit distribution across thresholds, priced with the measured per-exit costs.
+
+The profiler runs every sample through every exit once and keeps, per sample and exit, the
+policy's score and whether the exit's prediction is right. Any threshold setting can then be
+evaluated exactly without running the model again: a sample leaves at the first exit whose score
+reaches its threshold (the last exit always accepts). Its expected cost is the measured cost of
+reaching that exit, so the mean latency/energy of a setting is ``sum_k fraction_k * cost_k``.
+
+The sweep moves one shared threshold over the non-final exits; the Pareto front keeps the
+settings that no other setting beats on both cost and accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def exit_indices(scores: np.ndarray, thresholds: Sequence[Optional[float]]) -> np.ndarray:
+    """Index of the exit each sample leaves at: first k with scores[:, k] >= thresholds[k].
+
+    ``scores`` is (N, K), higher = more confident; ``None`` thresholds never accept (the last exit
+    always does, whatever its threshold).
+    """
+    n, k_total = scores.shape
+    chosen = np.full(n, k_total - 1, dtype=np.int64)
+    undecided = np.ones(n, dtype=bool)
+    for k in range(k_total - 1):
+        t = thresholds[k] if k < len(thresholds) else None
+        if t is None:
+            continue
+        leave = undecided & (scores[:, k] >= t)
+        chosen[leave] = k
+        undecided &= ~leave
+    return chosen
+
+
+def evaluate(scores: np.ndarray, correct: Optional[np.ndarray], thresholds: Sequence[Optional[float]],
+             exit_latency_ms: Sequence[Optional[float]], exit_energy_mj: Sequence[Optional[float]]) -> Dict[str, Any]:
+    """Accuracy, exit fractions and expected mean costs of one threshold setting."""
+    chosen = exit_indices(scores, thresholds)
+    n, k_total = scores.shape
+    fractions = np.bincount(chosen, minlength=k_total).astype(np.float64) / max(n, 1)
+    accuracy = float(correct[np.arange(n), chosen].mean()) if correct is not None and n else None
+
+    def expected(costs: Sequence[Optional[float]]) -> Optional[float]:
+        if len(costs) != k_total or any(c is None for c in costs):
+            return None
+        return float(np.dot(fractions, np.asarray(costs, dtype=np.float64)))
+
+    return {"thresholds": [None if t is None else float(t) for t in thresholds], "accuracy": accuracy,
+            "exit_fraction": fractions.tolist(), "mean_latency_ms": expected(exit_latency_ms),
+            "mean_energy_mj": expected(exit_energy_mj)}
+
+
+def pareto_flags(costs: Sequence[Optional[float]], accuracies: Sequence[Optional[float]]) -> List[bool]:
+    """True for points no other point beats: lower-or-equal cost and higher-or-equal accuracy, one strictly."""
+    flags = []
+    points = list(zip(costs, accuracies))
+    for i, (c, a) in enumerate(points):
+        if c is None or a is None:
+            flags.append(False)
+            continue
+        dominated = any(
+            j != i and cj is not None and aj is not None and cj <= c and aj >= a and (cj < c or aj > a)
+            for j, (cj, aj) in enumerate(points)
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def default_grid(points: int = 41) -> List[float]:
+    """Shared thresholds from 0 (everything leaves at exit 0) to 1 (nothing leaves early), denser near 1."""
+    u = np.linspace(0.0, 1.0, points)
+    return sorted(set(np.round(1.0 - (1.0 - u) ** 2, 6).tolist()))
+
+
+def sweep(scores: np.ndarray, correct: Optional[np.ndarray], exit_latency_ms: Sequence[Optional[float]],
+          exit_energy_mj: Sequence[Optional[float]], grid: Optional[Sequence[float]] = None) -> List[Dict[str, Any]]:
+    """Evaluate a shared threshold over the non-final exits at every grid value, Pareto-flagged."""
+    k_total = scores.shape[1]
+    points = []
+    for t in grid if grid is not None else default_grid():
+        point = evaluate(scores, correct, [float(t)] * (k_total - 1) + [None], exit_latency_ms, exit_energy_mj)
+        point["threshold"] = float(t)
+        points.append(point)
+    accuracies = [p["accuracy"] for p in points]
+    for key, flag in (("mean_latency_ms", "pareto_latency"), ("mean_energy_mj", "pareto_energy")):
+        for p, f in zip(points, pareto_flags([p[key] for p in points], accuracies)):
+            p[flag] = f
+    ordered = ["threshold", "thresholds", "accuracy", "exit_fraction", "mean_latency_ms", "mean_energy_mj",
+               "pareto_latency", "pareto_energy"]
+    return [{key: p[key] for key in ordered} for p in points]

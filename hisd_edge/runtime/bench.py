@@ -1,0 +1,314 @@
+"""Side-by-side benchmark of one bundle on this machine, in one run (``hisd-edge bench``).
+
+Rows, each measured with its comparison partner in the same loop, the variants interleaved in a
+freshly shuffled order on every repetition (so drift and cache warmth hit both alike), medians
+reported:
+
+* **chain overhead**: the monolithic full model vs all stages chained, batch 1 and batch 32;
+* **per-exit cost**: latency of reaching exit k (forced exit, batch 1) vs the full model;
+* **early exit** at the bundle's thresholds vs the monolithic model, per sample at batch 1:
+  mean latency, speedup and top-1 accuracy (labelled data only);
+* **oracle exit**: each sample leaves at the first exit that is right (the limit for any policy);
+* **throughput** at batch 32 with per-sample exits (compaction) vs the monolithic model;
+* **exit decision cost**: the time the early-exit loop spends outside the stages (scoring,
+  compaction, bookkeeping), per batch.
+
+Latencies are wall-clock around the whole call (what an application waits for).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from hisd_edge.errors import InputError
+from hisd_edge.runtime.backend import create_backend
+from hisd_edge.runtime.early_exit import run_early_exit
+from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, make_policy, policy_from_manifest
+from hisd_edge.runtime.thresholds import collect_exit_outputs, exit_predictions, fit_thresholds
+
+TARGETS = {"chain_overhead": 1.03, "speedup": 3.0, "accuracy_drop_points": 0.5, "vs_oracle": 1.2}
+
+
+def _interleaved(variants: Dict[str, Callable[[], Any]], reps: int, rng: np.random.Generator) -> Dict[str, List[float]]:
+    """Run every variant ``reps`` times, shuffled anew each repetition; wall times in ms."""
+    times: Dict[str, List[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for _ in range(reps):
+        rng.shuffle(names)
+        for name in names:
+            begin = time.perf_counter()
+            variants[name]()
+            times[name].append((time.perf_counter() - begin) * 1e3)
+    return times
+
+
+def _reps_for(seconds: float, one_ms: float, low: int, high: int) -> int:
+    return int(min(high, max(low, seconds * 1e3 / max(one_ms, 1e-3))))
+
+
+def _tile(tensors: np.ndarray, rows: int) -> np.ndarray:
+    reps = -(-rows // len(tensors))
+    return np.ascontiguousarray(np.concatenate([tensors] * reps)[:rows])
+
+
+def synthetic_inputs(shape: tuple, count: int, seed: int = 0) -> np.ndarray:
+    """Preprocessed-scale random inputs (for models with random weights: latency rows only)."""
+    return np.random.default_rng(seed).standard_normal((count,) + tuple(shape)).astype(np.float32)
+
+
+def compare_per_sample(runner: Any, policy: ExitPolicy, tensors: np.ndarray, labels: Optional[np.ndarray], *, passes: int = 1,
+                       oracle_exit: Optional[np.ndarray] = None, exit_kind: str = "logits",
+                       rng: Optional[np.random.Generator] = None, progress: bool = False) -> Dict[str, Any]:
+    """Early exit vs the monolithic model (and the oracle exit, when given), one sample at a time.
+
+    For every sample the variants run back to back in a shuffled order, ``passes`` times over
+    the data; a sample's latency is its median over passes, and means are over samples.
+    """
+    rng = rng or np.random.default_rng(0)
+    n = len(tensors)
+    num = runner.num_stages
+    ee_ms = np.zeros((passes, n))
+    full_ms = np.zeros((passes, n))
+    oracle_ms = np.zeros((passes, n))
+    decision_ms = np.zeros((passes, n))
+    ee_exit = np.zeros(n, dtype=np.int64)
+    ee_class = np.zeros(n, dtype=np.int64)
+    full_class = np.zeros(n, dtype=np.int64)
+    order = ["ee", "full", "oracle"] if oracle_exit is not None else ["ee", "full"]
+    steps: Any = range(passes * n)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="batch-1 early exit vs full", unit="sample", leave=False)
+    for step in steps:
+        p, i = divmod(step, n)
+        x = tensors[i : i + 1]
+        rng.shuffle(order)
+        for name in order:
+            begin = time.perf_counter()
+            if name == "ee":
+                results, trace = run_early_exit(runner, policy, x)
+                ee_ms[p, i] = (time.perf_counter() - begin) * 1e3
+                decision_ms[p, i] = trace.decision_ms
+                ee_exit[i] = -1 if results[0].exit is None else int(results[0].exit)
+                ee_class[i] = -1 if results[0].class_index is None else int(results[0].class_index)
+            elif name == "full":
+                full_out = runner.run_full(x)
+                full_ms[p, i] = (time.perf_counter() - begin) * 1e3
+                full_class[i] = int(np.argmax(full_out.outputs[-1][0])) if exit_kind == "logits" else -1
+            else:
+                assert oracle_exit is not None
+                run_early_exit(runner, policy, x, exit_at=int(oracle_exit[i]))
+                oracle_ms[p, i] = (time.perf_counter() - begin) * 1e3
+    ee_mean = float(np.median(ee_ms, axis=0).mean())
+    full_mean = float(np.median(full_ms, axis=0).mean())
+    early: Dict[str, Any] = {"mean_latency_ms": ee_mean, "full_mean_latency_ms": full_mean, "speedup": full_mean / ee_mean,
+                             "exit_fractions": (np.bincount(ee_exit, minlength=num) / n).tolist(), "passes": passes}
+    if labels is not None and exit_kind == "logits":
+        early["accuracy"] = float((ee_class == labels).mean())
+        early["full_accuracy"] = float((full_class == labels).mean())
+        early["accuracy_drop_points"] = 100.0 * (early["full_accuracy"] - early["accuracy"])
+    out: Dict[str, Any] = {"early_exit": early, "decision_ms": decision_ms, "exit_index": ee_exit.tolist()}
+    if oracle_exit is not None:
+        oracle_mean = float(np.median(oracle_ms, axis=0).mean())
+        out["oracle"] = {"mean_latency_ms": oracle_mean,
+                         "exit_fractions": (np.bincount(oracle_exit, minlength=num) / n).tolist(),
+                         "early_exit_vs_oracle": ee_mean / oracle_mean}
+    return out
+
+
+def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optional[int] = None, calibrate_on: Optional[str] = None,
+              backend: str = "onnxruntime", precision: str = "fp32", seconds: float = 60.0, batch: int = 32,
+              backend_options: Optional[Dict[str, Any]] = None, progress: bool = False, seed: int = 0) -> Dict[str, Any]:
+    """Measure everything in the module docstring; returns a JSON-ready report.
+
+    ``data=None`` uses random inputs (latency rows only). ``calibrate_on`` fits thresholds on that
+    data first (not written to the bundle); by default an uncalibrated bundle benchmarked on
+    ``default:test`` is fitted on ``default:val``. ``seconds`` is a rough total time budget.
+    """
+    from hisd_edge.data import load_samples
+
+    rng = np.random.default_rng(seed)
+    exit_kind = bundle_exit_kind(bundle.exits)
+    num = bundle.num_stages
+    labels: Optional[np.ndarray] = None
+    if data is None:
+        tensors = synthetic_inputs(bundle.preprocessing.input_shape, count or 64, seed)
+        data_label = f"random inputs ({len(tensors)})"
+    else:
+        samples = load_samples(data, count=count)
+        tensors = samples.tensors(bundle.preprocessing)
+        labels = samples.labels
+        data_label = f"{data} ({len(tensors)} samples)"
+    recorded = bundle.policy
+    policy_note = "manifest (calibrated)" if recorded.get("calibrated") else "manifest (not calibrated)"
+    if calibrate_on is None and not recorded.get("calibrated") and data == "default:test":
+        calibrate_on = "default:val"
+    if calibrate_on is not None:
+        calibration, _ = fit_thresholds(bundle, calibrate_on, policy_kind=recorded.get("kind"), backend=backend,
+                                        precision=precision, write=False, backend_options=backend_options)
+        policy: ExitPolicy = calibration.policy
+        policy_note = f"fitted on {calibrate_on} for this run (max drop 0.5 points; not written)"
+    else:
+        policy = policy_from_manifest(recorded, num, exit_kind)
+    report: Dict[str, Any] = {
+        "bundle": str(bundle.root), "name": bundle.name, "data": data_label,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor() or None},
+        "policy": policy.to_manifest(), "policy_source": policy_note,
+    }
+    budget = max(seconds, 1.0)
+    with create_backend(backend, bundle, precision=precision, load_full_model=True, **(backend_options or {})) as runner:
+        report["backend"] = runner.describe()
+        if not runner.supports_full_model:
+            raise InputError(f"{bundle.root}: no full model in the bundle to compare with; convert again")
+
+        def chain(x: np.ndarray) -> None:
+            runner.start(x)
+            for k in range(num):
+                runner.run_stage(k)
+
+        # Warm-up (first runs allocate and pick kernels).
+        for x in (tensors[:1], _tile(tensors, batch)):
+            for _ in range(3):
+                runner.run_full(x)
+                chain(x)
+
+        # 1. chain vs monolithic.
+        report["chain"] = []
+        for rows in (1, batch):
+            x = _tile(tensors, rows)
+            probe = _interleaved({"full": lambda: runner.run_full(x), "chain": lambda: chain(x)}, 2, rng)
+            one = float(np.median(probe["full"]) + np.median(probe["chain"]))
+            reps = _reps_for(budget * 0.2 / 2, one, 5, 2000)
+            times = _interleaved({"full": lambda: runner.run_full(x), "chain": lambda: chain(x)}, reps, rng)
+            full_ms, chain_ms = float(np.median(times["full"])), float(np.median(times["chain"]))
+            report["chain"].append({"batch": rows, "full_ms": full_ms, "chain_ms": chain_ms, "ratio": chain_ms / full_ms, "reps": reps})
+
+        # 2. cost of reaching each exit (forced exit, batch 1) next to the full model.
+        x1 = tensors[:1]
+        variants: Dict[str, Callable[[], Any]] = {"full": lambda: runner.run_full(x1)}
+        for k in range(num):
+            variants[f"exit{k}"] = functools.partial(run_early_exit, runner, policy, x1, exit_at=k)
+        one = sum(float(np.median(v)) for v in _interleaved(variants, 2, rng).values())
+        times = _interleaved(variants, _reps_for(budget * 0.15, one, 5, 1000), rng)
+        full1 = float(np.median(times["full"]))
+        report["exits"] = [{"exit": k, "latency_ms": float(np.median(times[f"exit{k}"])),
+                            "fraction_of_full": float(np.median(times[f"exit{k}"])) / full1} for k in range(num)]
+
+        # 3. early exit vs monolithic vs oracle, per sample at batch 1.
+        outputs = collect_exit_outputs(runner, tensors)
+        oracle_exit: Optional[np.ndarray] = None
+        if labels is not None:
+            preds = exit_predictions(outputs, exit_kind, labels)
+            right = preds == labels[:, None]
+            oracle_exit = np.where(right.any(axis=1), right.argmax(axis=1), num - 1)
+        n = len(tensors)
+        per_sample_ms = (report["exits"][-1]["latency_ms"] + full1 + report["exits"][0]["latency_ms"] * 2)
+        passes = max(1, min(5, int(budget * 0.4 * 1e3 / max(per_sample_ms * n, 1e-3))))
+        compared = compare_per_sample(runner, policy, tensors, labels, passes=passes, oracle_exit=oracle_exit,
+                                      exit_kind=exit_kind, rng=rng, progress=progress)
+        ee_mean = compared["early_exit"]["mean_latency_ms"]
+        early = compared["early_exit"]
+        if exit_kind == "embedding" and labels is not None:  # nearest-centroid class at the exit each sample left at
+            ee_exit = np.asarray(compared["exit_index"])
+            early["accuracy"] = float((preds[np.arange(n), ee_exit] == labels).mean())
+            early["full_accuracy"] = float((preds[:, -1] == labels).mean())
+            early["accuracy_drop_points"] = 100.0 * (early["full_accuracy"] - early["accuracy"])
+        report["early_exit"] = early
+        if oracle_exit is not None:
+            report["oracle"] = {**compared["oracle"], "accuracy": float(right.any(axis=1).mean())}
+        decision_ms = compared["decision_ms"]
+
+        # 4. batch throughput with per-sample exits vs monolithic.
+        batches = [np.ascontiguousarray(tensors[s : s + batch]) for s in range(0, n, batch)]
+        if n < batch:
+            batches = [_tile(tensors, batch)]
+        rows_total = sum(len(b) for b in batches)
+        ee_batch_decision: List[float] = []
+
+        def ee_all() -> None:
+            for b in batches:
+                _, trace = run_early_exit(runner, policy, b)
+                ee_batch_decision.append(trace.decision_ms)
+
+        def full_all() -> None:
+            for b in batches:
+                runner.run_full(b)
+
+        probe = _interleaved({"ee": ee_all, "full": full_all}, 1, rng)
+        one = float(probe["ee"][0] + probe["full"][0])
+        times = _interleaved({"ee": ee_all, "full": full_all}, _reps_for(budget * 0.25, one, 2, 50), rng)
+        ee_tp = rows_total / (float(np.median(times["ee"])) / 1e3)
+        full_tp = rows_total / (float(np.median(times["full"])) / 1e3)
+        report["throughput"] = {"batch": batch, "early_exit_samples_per_s": ee_tp, "full_samples_per_s": full_tp,
+                                "ratio": ee_tp / full_tp, "reps": len(times["ee"])}
+
+        # 5. the exit decision itself.
+        dec1 = float(np.median(decision_ms))
+        decb = float(np.median(ee_batch_decision))
+        report["decision"] = {"batch1_us": dec1 * 1e3, "batch1_share_of_latency": dec1 / ee_mean,
+                              f"batch{batch}_us": decb * 1e3, f"batch{batch}_us_per_sample": decb * 1e3 / batch}
+
+    targets = [{"name": "chain overhead, batch 1", "value": report["chain"][0]["ratio"], "target": f"<= {TARGETS['chain_overhead']}",
+                "met": report["chain"][0]["ratio"] <= TARGETS["chain_overhead"]},
+               {"name": f"chain overhead, batch {batch}", "value": report["chain"][1]["ratio"], "target": f"<= {TARGETS['chain_overhead']}",
+                "met": report["chain"][1]["ratio"] <= TARGETS["chain_overhead"]},
+               {"name": "early-exit speedup", "value": early["speedup"], "target": f">= {TARGETS['speedup']}",
+                "met": early["speedup"] >= TARGETS["speedup"]}]
+    if "accuracy_drop_points" in early:
+        targets.append({"name": "accuracy drop (points)", "value": early["accuracy_drop_points"],
+                        "target": f"<= {TARGETS['accuracy_drop_points']}",
+                        "met": early["accuracy_drop_points"] <= TARGETS["accuracy_drop_points"]})
+    if "oracle" in report:
+        ratio = report["oracle"]["early_exit_vs_oracle"]
+        targets.append({"name": "mean latency vs oracle", "value": ratio, "target": f"<= {TARGETS['vs_oracle']}",
+                        "met": ratio <= TARGETS["vs_oracle"]})
+    report["targets"] = targets
+    return report
+
+
+def format_bench(report: Dict[str, Any]) -> str:
+    """The report as a readable table."""
+    b = report["backend"]
+    lines = [f"bench {report['name']}  ({report['bundle']})",
+             f"backend {b.get('backend')} {b.get('precision')} {','.join(b.get('providers', []))} threads={b.get('intra_op_threads')}"
+             f"  machine: {report['machine']['cpu_count']} CPUs, {report['machine']['platform']}",
+             f"data {report['data']}; policy {report['policy']['kind']} "
+             + ",".join("never" if t is None else f"{t:.4g}" for t in report["policy"]["thresholds"][:-1])
+             + f" ({report['policy_source']})", "",
+             "monolithic full model vs all stages chained (median ms)"]
+    for row in report["chain"]:
+        lines.append(f"  batch {row['batch']:>3}: full {row['full_ms']:9.3f}  chain {row['chain_ms']:9.3f}  ratio {row['ratio']:.3f}x  ({row['reps']} reps)")
+    lines.append("cost of reaching each exit, batch 1 (median ms, fraction of the full model)")
+    for row in report["exits"]:
+        lines.append(f"  exit {row['exit']}: {row['latency_ms']:9.3f}  ({100 * row['fraction_of_full']:.1f}%)")
+    e = report["early_exit"]
+    lines.append("early exit vs monolithic, batch 1, mean over samples")
+    acc = ""
+    if "accuracy" in e:
+        acc = f"  accuracy {100 * e['accuracy']:.2f}% vs {100 * e['full_accuracy']:.2f}% (drop {e['accuracy_drop_points']:.2f} points)"
+    lines.append(f"  early exit {e['mean_latency_ms']:.3f} ms vs full {e['full_mean_latency_ms']:.3f} ms: speedup {e['speedup']:.2f}x{acc}")
+    lines.append("  exits " + ", ".join(f"{k}: {100 * f:.1f}%" for k, f in enumerate(e["exit_fractions"])))
+    if "oracle" in report:
+        o = report["oracle"]
+        lines.append(f"oracle exit: {o['mean_latency_ms']:.3f} ms mean, accuracy {100 * o['accuracy']:.2f}%, "
+                     f"early exit / oracle latency {o['early_exit_vs_oracle']:.3f}x; exits "
+                     + ", ".join(f"{k}: {100 * f:.1f}%" for k, f in enumerate(o["exit_fractions"])))
+    t = report["throughput"]
+    lines.append(f"throughput, batch {t['batch']}: early exit {t['early_exit_samples_per_s']:.0f}/s vs full "
+                 f"{t['full_samples_per_s']:.0f}/s ({t['ratio']:.2f}x)")
+    d = report["decision"]
+    batch = report["throughput"]["batch"]
+    lines.append(f"exit decision cost: {d['batch1_us']:.1f} us per sample at batch 1 ({100 * d['batch1_share_of_latency']:.1f}% of its latency); "
+                 f"{d[f'batch{batch}_us']:.1f} us per batch of {batch}")
+    lines.append("")
+    lines.append("targets")
+    for row in report["targets"]:
+        lines.append(f"  {row['name']:<28} {row['value']:8.3f}  {row['target']:<8} {'met' if row['met'] else 'MISSED'}")
+    return "\n".join(lines)

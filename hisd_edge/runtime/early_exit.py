@@ -1,0 +1,333 @@
+"""The early-exit loop, the same for every backend.
+
+Run stage 0 on the whole batch, score exit 0 with the policy, let the confident rows leave (their
+exit outputs are fetched now, only for them), compact the batch to the rest, run stage 1 on those,
+and so on; the last exit takes whoever is left. Results come back in input order. ``exit_at=K``
+forces every row to leave at exit K (a fixed budget).
+
+:class:`EarlyExitRuntime` is the public API: open a bundle (its checksums are verified), pick a
+backend, and infer on raw images (preprocessed with the manifest's preprocessing, the function
+the converter used) or on already-preprocessed tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from hisd_edge.bundle import Bundle
+from hisd_edge.errors import HisdError, InputError
+from hisd_edge.preprocess import preprocess_image
+from hisd_edge.runtime.backend import Backend, create_backend
+from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, make_policy, policy_from_manifest
+
+FLAG_NONFINITE_INPUT = "nonfinite_input"  # NaN or inf in the (preprocessed) input
+FLAG_NONFINITE_OUTPUT = "nonfinite_output"  # NaN or inf in the exit output
+
+
+@dataclasses.dataclass
+class ExitResult:
+    """The answer for one input.
+
+    ``exit`` is the exit index it left at; ``class_index``/``class_name`` for logits exits,
+    ``embedding`` for embedding exits; ``confidence`` the max softmax probability at that exit
+    (None for embeddings); ``score`` the policy's score there. ``stage_latency_ms[k]`` is the
+    latency of the stage-k run this input took part in (the whole batch's run: rows of one batch
+    run together), so ``latency_ms`` (their sum) is the compute time this input waited for.
+    ``error`` is set (and everything else empty) when the input could not be used at all.
+    """
+
+    index: int
+    name: str
+    exit: Optional[int] = None
+    class_index: Optional[int] = None
+    class_name: Optional[str] = None
+    confidence: Optional[float] = None
+    score: Optional[float] = None
+    embedding: Optional[List[float]] = None
+    stage_latency_ms: List[float] = dataclasses.field(default_factory=list)
+    flags: List[str] = dataclasses.field(default_factory=list)
+    error: Optional[str] = None
+
+    @property
+    def latency_ms(self) -> float:
+        return float(sum(self.stage_latency_ms))
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["latency_ms"] = round(self.latency_ms, 4) if self.ok else None
+        out["stage_latency_ms"] = [round(v, 4) for v in self.stage_latency_ms]
+        for key in ("confidence", "score"):
+            value = out[key]
+            if value is not None and not math.isfinite(value):
+                out[key] = None  # JSON has no NaN/inf; the flags say why
+        return out
+
+
+@dataclasses.dataclass
+class BatchTrace:
+    """What one batch cost: per-stage latency and rows, and the time spent outside the stages
+    (policy scoring, compaction and bookkeeping: the price of deciding to exit)."""
+
+    stage_latency_ms: List[float]
+    stage_rows: List[int]
+    total_ms: float
+
+    @property
+    def decision_ms(self) -> float:
+        return max(self.total_ms - sum(self.stage_latency_ms), 0.0)
+
+
+def _nonfinite_rows(array: np.ndarray) -> Optional[np.ndarray]:
+    """Boolean per row: NaN or inf anywhere in it; None when every value is finite.
+
+    Fast path: the dot product of the values with themselves is finite when they all are (it can
+    also overflow for huge finite values; then the exact check below decides).
+    """
+    flat = array.reshape(-1)
+    if math.isfinite(float(np.dot(flat, flat))):
+        return None
+    rows = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return rows if rows.any() else None
+
+
+def run_early_exit(backend: Backend, policy: ExitPolicy, batch: np.ndarray, *, class_names: Sequence[str] = (),
+                   exit_at: Optional[int] = None, names: Optional[Sequence[str]] = None,
+                   first_index: int = 0) -> "Tuple[List[ExitResult], BatchTrace]":
+    """Run one preprocessed batch with per-sample exits; results in input order.
+
+    The backend must be active. ``exit_at`` forces every row to leave at that exit (the policy
+    is not consulted). Written for a small constant cost per stage: this loop is the price of
+    early exit (see ``hisd-edge bench``, "exit decision cost").
+    """
+    begin = time.perf_counter()
+    num = backend.num_stages
+    if exit_at is not None and not 0 <= exit_at < num:
+        raise InputError(f"--exit-at {exit_at}: the bundle has exits 0..{num - 1}")
+    backend.start(batch)
+    n = len(batch)
+    if n == 1 and exit_at is None:
+        return _run_one(backend, policy, batch, begin, class_names, names[0] if names else f"#{first_index}", first_index)
+    nonfinite_in = _nonfinite_rows(batch)
+    embedding = policy.exit_kind == "embedding"
+    needs_outputs = policy.needs_outputs
+    results: List[Optional[ExitResult]] = [None] * n
+    active = np.arange(n)  # input positions of the rows still running
+    state = policy.init_state(n)
+    keep: Optional[np.ndarray] = None
+    stage_ms: List[float] = []
+    stage_rows: List[int] = []
+    last_stage = num - 1 if exit_at is None else exit_at
+    for k in range(last_stage + 1):
+        res = backend.run_stage(k, keep)
+        stage_ms.append(res.latency_ms)
+        stage_rows.append(res.rows)
+        final = k == last_stage
+        keep = None  # unless rows leave below, the held features stay as they are
+        if not final and exit_at is not None and not needs_outputs:
+            continue  # forced exit further on and no policy state to update
+        outputs = res.exit_output() if (needs_outputs or final) else None
+        scores = policy.step(k, res.confidence, outputs, state)
+        mask: Optional[np.ndarray] = None
+        if not final:
+            if exit_at is not None:
+                continue
+            mask = policy.leaves(k, scores)
+            count = int(np.count_nonzero(mask))
+            if count == 0:
+                continue
+            if count == len(active):
+                mask = None  # everyone leaves
+        if mask is None:
+            rows: Any = range(len(active))
+            leaving_out = outputs if outputs is not None else res.exit_output()
+            conf = res.confidence
+        else:
+            rows = np.flatnonzero(mask)
+            leaving_out = outputs[rows] if outputs is not None else res.exit_output(rows)
+            conf = None if res.confidence is None else res.confidence[rows]
+        nonfinite_out = _nonfinite_rows(leaving_out)
+        classes = None if embedding else leaving_out.argmax(axis=1)
+        for j, row in enumerate(rows):
+            pos = int(active[row])
+            flags = []
+            if nonfinite_in is not None and nonfinite_in[pos]:
+                flags.append(FLAG_NONFINITE_INPUT)
+            if nonfinite_out is not None and nonfinite_out[j]:
+                flags.append(FLAG_NONFINITE_OUTPUT)
+            item = ExitResult(index=first_index + pos, name=names[pos] if names else f"#{first_index + pos}", exit=k,
+                              score=float(scores[row]), stage_latency_ms=list(stage_ms), flags=flags)
+            if classes is not None:
+                cls = int(classes[j])
+                item.class_index = cls
+                item.class_name = class_names[cls] if cls < len(class_names) else str(cls)
+                item.confidence = None if conf is None else float(conf[j])
+            else:
+                item.embedding = leaving_out[j].tolist()
+            results[pos] = item
+        if mask is None:
+            break
+        keep = np.flatnonzero(~mask)
+        active = active[keep]
+        if state:
+            state = policy.compact(state, keep)
+    total_ms = (time.perf_counter() - begin) * 1e3
+    return [r for r in results if r is not None], BatchTrace(stage_ms, stage_rows, total_ms)
+
+
+def _run_one(backend: Backend, policy: ExitPolicy, batch: np.ndarray, begin: float, class_names: Sequence[str],
+             name: str, index: int) -> "Tuple[List[ExitResult], BatchTrace]":
+    """:func:`run_early_exit` for a single input (a camera stream's case), with Python scalars for
+    the bookkeeping: the same scores and the same comparison, a third of the overhead."""
+    num = backend.num_stages
+    state = policy.init_state(1)
+    thresholds = policy._score_thresholds
+    needs_outputs = policy.needs_outputs
+    stage_ms: List[float] = []
+    for k in range(num):
+        res = backend.run_stage(k)
+        stage_ms.append(res.latency_ms)
+        scores = policy.step(k, res.confidence, res.exit_output() if needs_outputs else None, state)
+        score = float(scores[0])
+        if k == num - 1 or score >= thresholds[k]:  # NaN never leaves early, as in ExitPolicy.leaves
+            break
+    out = res.exit_output()
+    flags = []
+    if _nonfinite_rows(batch) is not None:
+        flags.append(FLAG_NONFINITE_INPUT)
+    if _nonfinite_rows(out) is not None:
+        flags.append(FLAG_NONFINITE_OUTPUT)
+    item = ExitResult(index=index, name=name, exit=k, score=score, stage_latency_ms=stage_ms, flags=flags)
+    if policy.exit_kind == "embedding":
+        item.embedding = out[0].tolist()
+    else:
+        cls = int(out[0].argmax())
+        item.class_index = cls
+        item.class_name = class_names[cls] if cls < len(class_names) else str(cls)
+        item.confidence = None if res.confidence is None else float(res.confidence[0])
+    total_ms = (time.perf_counter() - begin) * 1e3
+    return [item], BatchTrace(stage_ms, [1] * len(stage_ms), total_ms)
+
+
+class EarlyExitRuntime:
+    """A bundle, a backend and an exit policy, ready to infer.
+
+    ``policy`` may be None (use the manifest's), a policy kind (thresholds from the manifest when
+    it records that kind), a manifest-style dict, or an :class:`ExitPolicy`. Use as a context
+    manager, or call :meth:`activate` / :meth:`deactivate`.
+    """
+
+    def __init__(self, bundle: Union[Bundle, str, Path], backend: str = "onnxruntime", precision: str = "fp32",
+                 policy: Union[None, str, Dict[str, Any], ExitPolicy] = None, exit_at: Optional[int] = None,
+                 thresholds: Optional[Sequence[Optional[float]]] = None, **backend_options: Any):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        self.exit_kind = bundle_exit_kind(self.bundle.exits)
+        self.policy = self._resolve_policy(policy, thresholds)
+        self.exit_at = exit_at
+        if exit_at is not None and not 0 <= exit_at < self.bundle.num_stages:
+            raise InputError(f"--exit-at {exit_at}: the bundle has exits 0..{self.bundle.num_stages - 1}")
+        self.preprocessing = self.bundle.preprocessing
+        self.class_names = self.bundle.class_names
+        self.backend: Backend = create_backend(backend, self.bundle, precision=precision, **backend_options)
+
+    def _resolve_policy(self, policy: Any, thresholds: Optional[Sequence[Optional[float]]]) -> ExitPolicy:
+        num = self.bundle.num_stages
+        if isinstance(policy, ExitPolicy):
+            return policy
+        if isinstance(policy, dict):
+            return policy_from_manifest(policy, num, self.exit_kind)
+        recorded = self.bundle.policy
+        if isinstance(policy, str):
+            make_policy(policy, [None] * num, num, self.exit_kind)  # unknown kind / wrong exit kind: say so first
+        if policy is None:
+            if thresholds is not None:
+                return make_policy(str(recorded.get("kind", "max_prob")), thresholds, num, self.exit_kind)
+            return policy_from_manifest(recorded, num, self.exit_kind)
+        if thresholds is not None:
+            return make_policy(policy, thresholds, num, self.exit_kind)
+        if recorded.get("kind") == policy:
+            return policy_from_manifest(recorded, num, self.exit_kind)
+        raise InputError(f"the bundle records no thresholds for policy {policy!r} (it has {recorded.get('kind')!r}); "
+                         f"run hisd-edge thresholds --policy {policy} or give --thresholds")
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def activate(self) -> "EarlyExitRuntime":
+        self.backend.activate()
+        return self
+
+    def deactivate(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> "EarlyExitRuntime":
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    # -- inference -----------------------------------------------------------------------------
+    def infer_tensors(self, batch: np.ndarray, names: Optional[Sequence[str]] = None, first_index: int = 0,
+                      exit_at: Optional[int] = None) -> "Tuple[List[ExitResult], BatchTrace]":
+        """Preprocessed (N, C, H, W) float32 -> results in input order, plus the batch's trace."""
+        if not self.backend.is_active:
+            self.activate()
+        return run_early_exit(self.backend, self.policy, batch, class_names=self.class_names,
+                              exit_at=self.exit_at if exit_at is None else exit_at, names=names, first_index=first_index)
+
+    def infer(self, images: Sequence[Optional[np.ndarray]], names: Optional[Sequence[str]] = None, first_index: int = 0) -> List[ExitResult]:
+        """Raw images (OpenCV convention; None for an image that could not be read) -> one result each.
+
+        An image that cannot be preprocessed (unreadable, unsupported channel count) gets an error
+        result; the others still run.
+        """
+        from hisd_edge.runtime.sources import InputItem
+
+        names = list(names) if names is not None else [f"#{first_index + i}" for i in range(len(images))]
+        items = [InputItem(name=names[i], image=image, error=None if image is not None else "cannot be decoded as an image")
+                 for i, image in enumerate(images)]
+        return self.infer_items(items, first_index=first_index)[0]
+
+    def infer_items(self, items: Sequence[Any], first_index: int = 0) -> "Tuple[List[ExitResult], Optional[BatchTrace]]":
+        """:class:`~hisd_edge.runtime.sources.InputItem` s -> one result each, in order (errors included)."""
+        results: List[Optional[ExitResult]] = [None] * len(items)
+        tensors, positions = [], []
+        shape = self.preprocessing.input_shape
+        for i, item in enumerate(items):
+            if item.error is not None:
+                results[i] = ExitResult(index=first_index + i, name=item.name, error=item.error)
+                continue
+            if item.tensor is not None:
+                if tuple(item.tensor.shape) != shape:
+                    raise InputError(f"{item.name}: preprocessed sample of shape {tuple(item.tensor.shape)}, the model expects "
+                                     f"{shape}; pass raw images instead")
+                tensors.append(np.asarray(item.tensor, dtype=np.float32))
+                positions.append(i)
+                continue
+            try:
+                tensors.append(preprocess_image(item.image, self.preprocessing, item.name))
+                positions.append(i)
+            except HisdError as exc:
+                results[i] = ExitResult(index=first_index + i, name=item.name, error=" ".join(str(exc).split()))
+        trace = None
+        if tensors:
+            ran, trace = self.infer_tensors(np.stack(tensors), names=[items[i].name for i in positions])
+            for pos, result in zip(positions, ran):
+                result.index = first_index + pos
+                results[pos] = result
+        return [r for r in results if r is not None], trace
+
+    def infer_one(self, image: np.ndarray, name: str = "#0") -> ExitResult:
+        return self.infer([image], [name])[0]
+
+
+def open_runtime(path: Union[str, Path], backend: str = "onnxruntime", **kwargs: Any) -> EarlyExitRuntime:
+    """Open the bundle at ``path`` (verifying its checksums) with the given backend; not yet activated."""
+    return EarlyExitRuntime(Bundle.open(path), backend=backend, **kwargs)

@@ -1,0 +1,411 @@
+"""Per-exit thresholds from validation data and measured costs.
+
+One pass runs every stage on every validation sample (no exits) and keeps all exits' outputs.
+From those, each policy's scores at every exit are computed with the same code the runtime uses
+(:meth:`ExitPolicy.step`), so every candidate set of thresholds can be evaluated exactly, offline:
+which exit each sample would leave at, whether it would be right there, and what it would cost.
+
+The search is a plain grid: the candidate thresholds of exit k are the distinct validation
+scores at exit k (quantiles when there are more than ``grid`` of them) plus "never leave here".
+With up to 4 exits every combination is evaluated (exhaustive); with more, coordinate descent
+over the same grids. The chosen thresholds minimise the expected cost per sample subject to top-1
+accuracy no more than ``max_drop`` points below the final exit's; ties go to higher accuracy.
+
+Costs are per stage: latencies measured here with the chosen backend (batch 1), or a profile
+report from the target device (see :func:`read_profile_costs` for the JSON it reads).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hisd_edge import atomic
+from hisd_edge.errors import InputError
+from hisd_edge.runtime.backend import Backend
+from hisd_edge.runtime.policies import ExitPolicy, make_policy
+
+OBJECTIVES = {"latency": ("latency_ms", "ms"), "energy": ("energy_mj", "mJ")}
+
+
+# -- one pass over the validation data -------------------------------------------------------------
+@dataclasses.dataclass
+class ExitOutputs:
+    """Every exit's outputs on a dataset: ``outputs[k]`` (N, C), ``confidences[k]`` (N,) or None."""
+
+    outputs: List[np.ndarray]
+    confidences: List[Optional[np.ndarray]]
+
+    @property
+    def count(self) -> int:
+        return len(self.outputs[0])
+
+
+def collect_exit_outputs(backend: Backend, tensors: np.ndarray, batch_size: int = 64, progress: bool = False) -> ExitOutputs:
+    """Run all stages on all rows (no early exit) and keep every exit's outputs and confidences."""
+    num = backend.num_stages
+    outputs: List[List[np.ndarray]] = [[] for _ in range(num)]
+    confs: List[List[np.ndarray]] = [[] for _ in range(num)]
+    starts = range(0, len(tensors), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="all-exit pass", unit="batch", leave=False)
+    for start in starts:
+        backend.start(tensors[start : start + batch_size])
+        for k in range(num):
+            res = backend.run_stage(k)
+            outputs[k].append(res.exit_output())
+            if res.confidence is not None:
+                confs[k].append(np.array(res.confidence))
+    return ExitOutputs(outputs=[np.concatenate(o) for o in outputs],
+                       confidences=[np.concatenate(c) if c else None for c in confs])
+
+
+def exit_predictions(outputs: ExitOutputs, exit_kind: str, labels: Optional[np.ndarray]) -> np.ndarray:
+    """(N, K) predicted class per exit.
+
+    Logits: argmax. Embeddings: nearest class centroid (cosine), centroids from ``labels`` at that exit.
+    """
+    if exit_kind == "logits":
+        return np.stack([np.argmax(o, axis=1) for o in outputs.outputs], axis=1)
+    if labels is None:
+        raise InputError("calibrating embedding exits needs labelled validation data (class folders, or default:val)")
+    preds = []
+    classes = np.unique(labels)
+    for emb in outputs.outputs:
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        centroids = np.stack([unit[labels == c].mean(axis=0) for c in classes])
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        preds.append(classes[np.argmax(unit @ centroids.T, axis=1)])
+    return np.stack(preds, axis=1)
+
+
+# -- costs ------------------------------------------------------------------------------------------
+def measure_stage_latency_ms(backend: Backend, sample: np.ndarray, reps: int = 50, warmup: int = 5) -> List[float]:
+    """Median latency of each stage at batch 1 on this machine (all stages run in each repetition)."""
+    sample = sample[:1]
+    per_stage: List[List[float]] = [[] for _ in range(backend.num_stages)]
+    for rep in range(warmup + reps):
+        backend.start(sample)
+        for k in range(backend.num_stages):
+            res = backend.run_stage(k)
+            if rep >= warmup:
+                per_stage[k].append(res.latency_ms)
+    return [float(np.median(v)) for v in per_stage]
+
+
+def _pick(value: Any, path: str) -> float:
+    """A number, or the p50 / median / mean of a statistics dict."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        for key in ("p50", "median", "mean", "total"):  # "total": profile.json energy_mj {"total", "dynamic"}
+            if isinstance(value.get(key), (int, float)):
+                return float(value[key])
+    raise InputError(f"{path}: expected a number or an object with p50/median/mean; fix the profile report")
+
+
+def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") -> Tuple[List[float], Dict[str, Any]]:
+    """Per-stage costs from a profile report (``reports/NAME/profile.json`` of ``hisd-edge profile``).
+
+    Keys read (everything else is ignored)::
+
+        {
+          "stages": [                       # one entry per stage, in order (or with "index")
+            {"index": 0,
+             "latency_ms": {"p50": 1.23},   # or a plain number; "median"/"mean" also accepted
+             "energy_mj":  {"p50": 4.5}},   # or a plain number; needed for --objective energy
+            ...
+          ],
+          "device": "...", "precision": "...", "batch_size": 1     # optional, echoed in reports
+        }
+
+    Alternatively ``"exits": [{"index": k, "latency_ms": ..., "energy_mj": ...}]`` holding the
+    *cumulative* cost of reaching exit k (input to exit k); it is differenced into per-stage costs.
+    Costs are per batch of ``batch_size`` (default 1); thresholds use them per sample.
+    """
+    if objective not in OBJECTIVES:
+        raise InputError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    key, _unit = OBJECTIVES[objective]
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.__class__.__name__}); give the profile.json that hisd-edge profile wrote") from None
+    if not isinstance(report, dict):
+        raise InputError(f"{path}: not a profile report object")
+    cumulative = False
+    entries = report.get("stages")
+    if not isinstance(entries, list):
+        entries = report.get("exits")
+        cumulative = True
+    if not isinstance(entries, list):
+        raise InputError(f"{path}: no 'stages' (or 'exits') list; give the profile.json that hisd-edge profile wrote")
+    if len(entries) != num_stages:
+        raise InputError(f"{path}: profiles {len(entries)} stages but the bundle has {num_stages}; profile this bundle")
+    ordered = sorted(entries, key=lambda e: e.get("index", 0)) if all(isinstance(e, dict) and "index" in e for e in entries) else entries
+    values = []
+    for i, entry in enumerate(ordered):
+        if not isinstance(entry, dict) or key not in entry:
+            hint = " (measure energy on the target: hisd-edge profile --energy)" if objective == "energy" else ""
+            raise InputError(f"{path}: stage {i} has no {key!r}{hint}")
+        values.append(_pick(entry[key], f"{path}: stage {i} {key}"))
+    if cumulative:
+        values = [values[0]] + [values[i] - values[i - 1] for i in range(1, len(values))]
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        raise InputError(f"{path}: {key} values must be finite and non-negative (got {values})")
+    batch = report.get("batch_size", 1)
+    if isinstance(batch, (int, float)) and batch > 1:
+        values = [v / float(batch) for v in values]
+    meta = {"source": str(path), "device": report.get("device"), "precision": report.get("precision"), "key": key}
+    return values, meta
+
+
+# -- the search -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Calibration:
+    """The chosen thresholds, what they are expected to do on the validation data, and the sweep."""
+
+    policy: ExitPolicy
+    accuracy: float
+    final_accuracy: float
+    expected_cost: float
+    full_cost: float  # cost of running every stage (leaving at the last exit)
+    exit_fractions: List[float]
+    cost_unit: str
+    sweep_header: List[str]
+    sweep_rows: List[List[Any]]
+    count: int
+    label_source: str  # "labels" or "final exit" (agreement with the last exit when unlabelled)
+
+    @property
+    def speedup(self) -> float:
+        return self.full_cost / self.expected_cost if self.expected_cost > 0 else float("inf")
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return 100.0 * (self.final_accuracy - self.accuracy)
+
+
+def _candidates(scores: np.ndarray, grid: int) -> np.ndarray:
+    """Candidate score-space thresholds for one exit: distinct values (or quantiles), plus +inf."""
+    finite = np.unique(scores[np.isfinite(scores)])  # sorted
+    if len(finite) > grid - 1:  # evenly spaced ranks of the distinct values (quantiles, "nearest")
+        finite = finite[np.unique(np.linspace(0, len(finite) - 1, grid - 1).round().astype(np.int64))]
+    return np.concatenate([finite, [np.inf]])
+
+
+def calibrate(policy_kind: str, outputs: ExitOutputs, labels: Optional[np.ndarray], stage_costs: Sequence[float],
+              max_drop_points: float, *, exit_kind: str = "logits", grid: int = 40, cost_unit: str = "ms") -> Calibration:
+    """Choose thresholds for ``policy_kind`` (see the module docstring)."""
+    num = len(outputs.outputs)
+    if len(stage_costs) != num:
+        raise InputError(f"{len(stage_costs)} stage costs for {num} stages")
+    if max_drop_points < 0:
+        raise InputError(f"--max-drop must be >= 0 accuracy points, got {max_drop_points}")
+    if grid < 2:
+        raise InputError("the grid needs at least 2 candidates per exit")
+    probe = make_policy(policy_kind, [None] * num, num, exit_kind)
+    scores = probe.all_scores(outputs.confidences, outputs.outputs)  # (N, K), score space
+    preds = exit_predictions(outputs, exit_kind, labels)
+    label_source = "labels"
+    if labels is None:
+        labels, label_source = preds[:, -1], "final exit"
+    correct = preds == np.asarray(labels)[:, None]
+    n = len(correct)
+    cum = np.cumsum(np.asarray(stage_costs, dtype=np.float64))
+    final_acc = float(correct[:, -1].mean())
+    floor = final_acc - max_drop_points / 100.0 - 1e-12
+    free = num - 1
+    cands = [_candidates(scores[:, k], grid) for k in range(free)]
+    header = [f"threshold{k}" for k in range(free)] + ["accuracy", "expected_cost", "speedup", "feasible"] + \
+             [f"exit{k}_fraction" for k in range(num)]
+    rows: List[List[Any]] = []
+    best: Optional[Tuple[float, float, Tuple[float, ...], np.ndarray]] = None  # (cost, -acc, thresholds, fractions)
+
+    def record(ths: Tuple[float, ...], acc: float, cost: float, counts: np.ndarray) -> None:
+        nonlocal best
+        feasible = acc >= floor
+        fractions = counts / n
+        rows.append([("never" if math.isinf(t) else probe.to_stored(t)) for t in ths] +
+                    [acc, cost, cum[-1] / cost if cost > 0 else float("inf"), feasible] + fractions.tolist())
+        if feasible and (best is None or (cost, -acc) < (best[0], best[1])):
+            best = (cost, -acc, ths, fractions)
+
+    if free == 0:
+        record((), final_acc, float(cum[-1]), np.array([float(n)]))
+    elif num <= 4:
+        # Exhaustive: enumerate the first free-1 exits, vectorise over the last free exit's grid.
+        passes = [scores[:, k][:, None] >= cands[k][None, :] for k in range(free)]  # (N, G_k) each
+        j = free - 1
+        for prefix in itertools.product(*[range(len(c)) for c in cands[:j]]):
+            active = np.ones(n, dtype=bool)
+            counts = np.zeros(num)
+            hits = 0.0
+            cost = 0.0
+            for k, g in enumerate(prefix):
+                leave = active & passes[k][:, g]
+                counts[k] = leave.sum()
+                hits += correct[leave, k].sum()
+                cost += counts[k] * cum[k]
+                active &= ~leave
+            leave_j = active[:, None] & passes[j]  # (N, G)
+            n_j = leave_j.sum(axis=0)
+            hits_j = (leave_j & correct[:, j][:, None]).sum(axis=0)
+            rest = active.sum() - n_j
+            hits_rest = (active & correct[:, -1]).sum() - (leave_j & correct[:, -1][:, None]).sum(axis=0)
+            accs = (hits + hits_j + hits_rest) / n
+            costs = (cost + n_j * cum[j] + rest * cum[-1]) / n
+            for g in range(len(cands[j])):
+                counts[j], counts[-1] = n_j[g], rest[g]
+                ths = tuple(cands[k][prefix[k]] for k in range(j)) + (cands[j][g],)
+                record(ths, float(accs[g]), float(costs[g]), counts.copy())
+    else:
+        # Coordinate descent from "never exit early" over the same grids.
+        choice = [len(c) - 1 for c in cands]
+
+        def evaluate(sel: Sequence[int]) -> Tuple[float, float, np.ndarray]:
+            exit_idx = np.full(n, num - 1)
+            undecided = np.ones(n, dtype=bool)
+            for k in range(free):
+                leave = undecided & (scores[:, k] >= cands[k][sel[k]])
+                exit_idx[leave] = k
+                undecided &= ~leave
+            acc = float(correct[np.arange(n), exit_idx].mean())
+            cost = float(cum[exit_idx].mean())
+            return acc, cost, np.bincount(exit_idx, minlength=num).astype(float)
+
+        for _sweep in range(10):
+            changed = False
+            for k in range(free):
+                results = []
+                for g in range(len(cands[k])):
+                    sel = list(choice)
+                    sel[k] = g
+                    acc, cost, counts = evaluate(sel)
+                    record(tuple(cands[i][sel[i]] for i in range(free)), acc, cost, counts)
+                    results.append((acc < floor, cost, -acc, g))
+                g_best = min(results)[3]
+                if g_best != choice[k]:
+                    choice[k], changed = g_best, True
+            if not changed:
+                break
+    if best is None:  # cannot happen: "never exit early" is always feasible
+        raise RuntimeError("no feasible thresholds")
+    cost, neg_acc, ths, fractions = best
+    stored = [probe.to_stored(t) for t in ths] + [None]
+    policy = make_policy(policy_kind, stored, num, exit_kind)
+    return Calibration(policy=policy, accuracy=-neg_acc, final_accuracy=final_acc, expected_cost=cost,
+                       full_cost=float(cum[-1]), exit_fractions=[float(f) for f in fractions], cost_unit=cost_unit,
+                       sweep_header=header, sweep_rows=rows, count=n, label_source=label_source)
+
+
+def write_sweep_csv(path: Path, calibration: Calibration) -> None:
+    """The whole sweep (every evaluated threshold set: accuracy vs expected cost), written atomically."""
+    with atomic.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(calibration.sweep_header)
+            for row in calibration.sweep_rows:
+                writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+
+
+def policy_record(calibration: Calibration, **details: Any) -> Dict[str, Any]:
+    """The manifest ``policy`` entry for a calibration (see hisd_edge.bundle)."""
+    return calibration.policy.to_manifest(
+        calibrated=True,
+        calibration={
+            "count": calibration.count,
+            "labels": calibration.label_source,
+            "accuracy": round(calibration.accuracy, 6),
+            "final_accuracy": round(calibration.final_accuracy, 6),
+            "expected_cost": round(calibration.expected_cost, 6),
+            "full_cost": round(calibration.full_cost, 6),
+            "cost_unit": calibration.cost_unit,
+            "speedup": round(calibration.speedup, 4),
+            "exit_fractions": [round(f, 6) for f in calibration.exit_fractions],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **details,
+        },
+    )
+
+
+def default_policy_kind(bundle: Any, exit_kind: str) -> str:
+    recorded = (bundle.policy or {}).get("kind")
+    if recorded:
+        return str(recorded)
+    return "stability" if exit_kind == "embedding" else "max_prob"
+
+
+def fit_thresholds(bundle: Any, data_source: str = "default:val", *, max_drop_points: float = 0.5,
+                   policy_kind: Optional[str] = None, costs: Optional[Path] = None, objective: str = "latency",
+                   backend: str = "onnxruntime", precision: str = "fp32", count: Optional[int] = None, grid: int = 40,
+                   write: bool = True, progress: bool = False, backend_options: Optional[Dict[str, Any]] = None,
+                   ) -> Tuple[Calibration, Dict[str, Any]]:
+    """Calibrate ``bundle`` on ``data_source`` and (if ``write``) record the policy in its manifest.
+
+    Returns the calibration and the details recorded with it (data, costs and where they came from).
+    """
+    from hisd_edge.data import load_samples
+    from hisd_edge.runtime.backend import create_backend
+    from hisd_edge.runtime.policies import bundle_exit_kind
+
+    if objective not in OBJECTIVES:
+        raise InputError(f"--objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if objective == "energy" and costs is None:
+        raise InputError("--objective energy needs measured energy: give --costs reports/NAME/profile.json from hisd-edge profile")
+    exit_kind = bundle_exit_kind(bundle.exits)
+    kind = policy_kind or default_policy_kind(bundle, exit_kind)
+    make_policy(kind, [None] * bundle.num_stages, bundle.num_stages, exit_kind)  # validate before the long pass
+    if max_drop_points < 0:
+        raise InputError(f"--max-drop must be >= 0 accuracy points, got {max_drop_points}")
+    profile_costs = read_profile_costs(Path(costs), bundle.num_stages, objective) if costs is not None else None
+    samples = load_samples(data_source, count=count)
+    tensors = samples.tensors(bundle.preprocessing)
+    labels = samples.labels
+    with create_backend(backend, bundle, precision=precision, **(backend_options or {})) as runner:
+        outputs = collect_exit_outputs(runner, tensors, progress=progress)
+        if profile_costs is None:
+            stage_costs = measure_stage_latency_ms(runner, tensors[:1])
+            cost_meta: Dict[str, Any] = {"source": "measured here", **runner.describe(), "batch_size": 1}
+        else:
+            stage_costs, cost_meta = profile_costs
+    calibration = calibrate(kind, outputs, labels, stage_costs, max_drop_points, exit_kind=exit_kind, grid=grid,
+                            cost_unit=OBJECTIVES[objective][1])
+    details = {"data": data_source, "precision": precision, "max_drop_points": max_drop_points, "objective": objective,
+               "stage_cost": [round(c, 6) for c in stage_costs], "costs": cost_meta}
+    if write:
+        record = policy_record(calibration, **details)
+        bundle.update(lambda manifest: manifest.__setitem__("policy", record))
+    return calibration, details
+
+
+def format_calibration(calibration: Calibration, details: Dict[str, Any]) -> str:
+    """Human-readable summary: thresholds, expected exit distribution, accuracy, speedup."""
+    policy = calibration.policy
+    unit = calibration.cost_unit
+    lines = [f"policy {policy.kind}: thresholds "
+             + ", ".join("never" if t is None else f"{t:.4g}" for t in policy.thresholds[:-1])
+             + (", (last exit accepts all)" if len(policy.thresholds) > 1 else "(single exit)")]
+    lines.append(f"validation: {calibration.count} samples from {details.get('data')}"
+                 + (" (accuracy = agreement with the last exit: no labels)" if calibration.label_source != "labels" else ""))
+    cum = np.cumsum(details.get("stage_cost", []))
+    lines.append(f"{'exit':>4}  {'expected share':>14}  {'cost to reach':>14}")
+    for k, frac in enumerate(calibration.exit_fractions):
+        cost = f"{cum[k]:.4g} {unit}" if k < len(cum) else "-"
+        lines.append(f"{k:>4}  {100 * frac:>13.1f}%  {cost:>14}")
+    lines.append(f"accuracy {100 * calibration.accuracy:.2f}% vs {100 * calibration.final_accuracy:.2f}% at the last exit "
+                 f"(drop {calibration.accuracy_drop_points:.2f} points, allowed {details.get('max_drop_points')})")
+    lines.append(f"expected cost {calibration.expected_cost:.4g} {unit} per sample vs {calibration.full_cost:.4g} {unit} "
+                 f"for all stages: speedup {calibration.speedup:.2f}x ({details.get('objective')}, costs {details.get('costs', {}).get('source')})")
+    return "\n".join(lines)

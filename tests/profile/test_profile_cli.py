@@ -1,0 +1,274 @@
+"""``hisd-edge profile`` and ``hisd-edge report`` end to end on a real tiny bundle, and their error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hisd_edge.cli import main
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def none_profile(tiny_bundle_dir, tmp_path_factory):
+    """One profile with no power source (this machine), batch 1 and 4."""
+    out = tmp_path_factory.mktemp("reports") / "tiny_none"
+    argv = ["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(out),
+            "--data", "default:test", "--samples", "120", "--repeats", "12", "--warmup", "2", "--sweep-points", "11",
+            "--no-progress", "--json"]
+    assert main(argv) == 0
+    return out, json.loads((out / "profile.json").read_text())
+
+
+def test_help_of_both_verbs():
+    for verb in ("profile", "report"):
+        done = subprocess.run([sys.executable, "-m", "hisd_edge", verb, "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and f"usage: hisd-edge {verb}" in done.stdout
+
+
+def test_profile_without_power_reports_energy_as_unavailable(none_profile):
+    out, profile = none_profile
+    assert {p.name for p in out.iterdir()} >= {"profile.json", "report.html", "exits.csv", "stages.csv", "sweep.csv",
+                                               "accuracy_vs_latency.png", "exit_distribution.png", "stage_breakdown.png"}
+    assert not (out / "accuracy_vs_energy.png").exists()
+    assert profile["schema_version"] == 1 and profile["power"] == {**profile["power"], "source": "none", "available": False}
+    for block in profile["batches"]:
+        for e in block["exits"]:
+            assert e["energy_mj"] is None and e["energy_unavailable_reason"] == "no power source"
+        for s in block["stages"]:
+            assert s["energy_mj"] is None and s["model_bytes"] > 0
+    assert profile["overhead"]["sampler"] is None
+    assert any("energy not measured" in n for n in profile["notes"])
+
+
+def test_latency_figures_are_consistent(none_profile):
+    _, profile = none_profile
+    assert [b["batch"] for b in profile["batches"]] == [1, 4] and profile["batch"] == 1
+    for block in profile["batches"]:
+        previous = 0.0
+        for e in block["exits"]:
+            lat = e["latency_ms"]
+            assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["count"] == 12
+            previous = lat["p50"]
+        assert previous > 0
+        assert all(s["latency_ms"]["count"] >= 12 for s in block["stages"])
+    # reaching a deeper exit runs more stages: the median cannot be below the first exit's by much
+    exits = profile["exits"]
+    assert exits[-1]["latency_ms"]["p50"] > 0.8 * exits[0]["latency_ms"]["p50"]
+
+
+def test_accuracy_sweep_and_current_thresholds_match_the_runtime(none_profile, tiny_bundle_dir):
+    _, profile = none_profile
+    accuracy = profile["accuracy"]
+    assert accuracy["labelled"] and accuracy["samples"] == 120
+    current = accuracy["current"]
+    # the simulated exit distribution equals what the real early-exit loop did on the same data
+    assert current["exit_fraction"] == pytest.approx(current["measured_exit_fraction"])
+    assert sum(current["exit_fraction"]) == pytest.approx(1.0)
+    assert current["thresholds"] == profile["policy"]["thresholds"] == [0.9, 0.9, None]
+    sweep = accuracy["sweep"]
+    never = [p for p in sweep if p["threshold"] is None][0]
+    assert never["exit_fraction"][-1] == 1.0 and never["accuracy"] == pytest.approx(accuracy["per_exit_top1"][-1])
+    assert any(p["pareto_latency"] for p in sweep)
+    # expected latency = fractions x per-exit p50
+    p50 = [e["latency_ms"]["p50"] for e in profile["exits"]]
+    for point in sweep:
+        assert point["mean_latency_ms"] == pytest.approx(float(np.dot(point["exit_fraction"], p50)))
+    # per-exit top-1 recomputed independently with ONNX Runtime on the same samples
+    from hisd_edge.bundle import Bundle
+    from hisd_edge.data import load_samples
+    import onnxruntime as ort
+
+    bundle = Bundle.open(tiny_bundle_dir)
+    samples = load_samples("default:test", count=120)
+    session = ort.InferenceSession(str(bundle.full_model_path()), providers=["CPUExecutionProvider"])
+    outputs = session.run([e["output"] for e in bundle.exits], {session.get_inputs()[0].name: samples.tensors(bundle.preprocessing)})
+    top1 = [float((np.argmax(o, axis=1) == samples.labels).mean()) for o in outputs]
+    assert accuracy["per_exit_top1"] == pytest.approx(top1)
+
+
+def test_uncalibrated_policy_is_said(none_profile):
+    _, profile = none_profile
+    assert profile["policy"]["calibrated"] is False
+    assert any("not calibrated" in n for n in profile["notes"])
+
+
+def test_bundle_without_a_policy_is_profiled_with_defaults(bundle_copy, tmp_path, fast_args, capsys):
+    bundle = bundle_copy(lambda m: m.pop("policy"))
+    out = tmp_path / "report"
+    code, stdout, _ = _run(["profile", str(bundle), "--power", "none", "--out", str(out)] + fast_args, capsys)
+    assert code == 0 and "has no exit policy" in stdout
+    profile = json.loads((out / "profile.json").read_text())
+    assert profile["policy"] == {**profile["policy"], "kind": "max_prob", "thresholds": [0.9, 0.9, None], "calibrated": False}
+    assert "has no exit policy" in (out / "report.html").read_text()
+
+
+def test_profile_with_a_recorded_orin_tree_measures_energy_exactly(board_tree, tiny_bundle_dir, tmp_path, fast_args, capsys):
+    root = board_tree("orin_nano_jp6")
+    out = tmp_path / "orin"
+    code, stdout, _ = _run(["profile", str(tiny_bundle_dir), "--sysfs-root", str(root), "--batch", "2", "--out", str(out),
+                            "--overhead-pairs", "2"] + fast_args, capsys)
+    assert code == 0, stdout
+    profile = json.loads((out / "profile.json").read_text())
+    power = profile["power"]
+    assert power["source"] == "ina3221-hwmon" and power["total"] == "VDD_IN" and power["available"]
+    assert profile["device"]["model"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    constant_mw = 5064 * 1130 / 1000.0  # the recorded tree holds still: power is constant
+    assert profile["idle"]["complete"] and profile["idle"]["power_mw"] == pytest.approx(constant_mw)
+    for e in profile["exits"]:
+        detail = e["energy"]
+        assert detail["complete"] and detail["samples"] >= 3 and detail["sampling_period_ms"] == 20.0
+        assert e["energy_mj"]["total"] == pytest.approx(constant_mw * detail["window_s"] / detail["inferences"])
+        assert e["energy_mj"]["dynamic"] == pytest.approx(0.0, abs=1e-9)
+        assert detail["inferences"] % 2 == 0  # counted per sample: calls x batch 2
+        assert detail["per_call_mj"]["total"] == pytest.approx(2 * e["energy_mj"]["total"])
+    stages = profile["stages"]
+    assert sum(s["energy_mj"]["total"] for s in stages) == pytest.approx(profile["exits"][-1]["energy_mj"]["total"])
+    overhead = profile["overhead"]["sampler"]
+    assert overhead["block_pairs"] == 2 and overhead["overhead_pct"] is not None and overhead["block_s"] >= 0.25
+    assert overhead["runs_with"] >= 20 and overhead["runs_without"] >= 20
+    assert (out / "accuracy_vs_energy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trace_rows = (out / "power_trace.csv").read_text().splitlines()
+    assert trace_rows[0] == "time_s,total_mw" and len(trace_rows) - 1 == power["samples"] == len(power["trace"]["time_s"])
+
+
+def test_power_source_stopping_mid_run_keeps_what_was_measured(tegrastats_lines, tiny_bundle_dir, tmp_path, capsys):
+    log = tmp_path / "tegrastats.log"
+    log.write_text("\n".join([tegrastats_lines["orin_nano_jp6"]] * 25) + "\n")
+    out = tmp_path / "gap"
+    argv = ["profile", str(tiny_bundle_dir), "--tegrastats-log", str(log), "--tegrastats-interval-ms", "20", "--out", str(out),
+            "--data", "default:test", "--samples", "60", "--repeats", "5", "--warmup", "1", "--energy-seconds", "0.5",
+            "--energy-inferences", "5", "--idle-seconds", "0.2", "--sweep-points", "5", "--overhead-pairs", "0", "--no-progress"]
+    code, stdout, _ = _run(argv, capsys)
+    assert code == 0
+    profile = json.loads((out / "profile.json").read_text())
+    assert profile["power"]["gaps"] and "ended after 25 samples" in profile["power"]["gaps"][0]["reason"]
+    assert any("gap" in n for n in profile["notes"]) and "gap" in stdout
+    last = profile["exits"][-1]
+    assert last["energy_mj"] is None and "ended after 25 samples" in last["energy_unavailable_reason"]
+    assert all(e["latency_ms"]["p50"] > 0 for e in profile["exits"])  # everything else was still measured
+    assert profile["idle"]["complete"]
+    measured = [e for e in profile["exits"] if e["energy_mj"] is not None]
+    assert all(e["energy"]["complete"] or e["energy"]["gaps"] for e in measured)
+
+
+def test_unreadable_sysfs_fails_before_work_naming_path_and_fix(board_tree, deny_read, tiny_bundle_dir, tmp_path, fast_args,
+                                                                capsys):
+    root = board_tree("agx_orin_jp5")
+    path = root / "sys/bus/i2c/drivers/ina3221/1-0041/hwmon/hwmon4/curr2_input"
+    deny_read(path)
+    out = tmp_path / "never"
+    code, _, err = _run(["profile", str(tiny_bundle_dir), "--sysfs-root", str(root), "--out", str(out)] + fast_args, capsys)
+    _one_line_error(code, err, str(path), "sudo chmod a+r", "--power tegrastats")
+    assert not out.exists()
+
+
+def test_tegrastats_missing(tiny_bundle_dir, tmp_path, fast_args, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "tegrastats", "--out", str(tmp_path / "r")] + fast_args,
+                        capsys)
+    _one_line_error(code, err, "tegrastats", "not found on PATH")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--batch", "0,4"], "--batch"),
+    (["--batch", "x"], "--batch"),
+    (["--samples", "0"], "--samples"),
+    (["--backend", "nope"], "unknown backend"),
+])
+def test_bad_flags(extra, needle, tiny_bundle_dir, tmp_path, fast_args, capsys):
+    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--out", str(tmp_path / "r")] + fast_args + extra,
+                        capsys)
+    _one_line_error(code, err, needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_bundle_and_foreign_out_dir(tiny_bundle_dir, tmp_path, fast_args, capsys):
+    code, _, err = _run(["profile", str(tmp_path / "absent"), "--power", "none"] + fast_args, capsys)
+    _one_line_error(code, err, "no such bundle")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--out", str(foreign)] + fast_args, capsys)
+    _one_line_error(code, err, "not a hisd-edge report")
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+
+
+def test_report_rerenders_and_compares(none_profile, tmp_path, capsys):
+    src, profile = none_profile
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(src, copy)
+    (copy / "report.html").unlink()
+    (copy / "exits.csv").unlink()
+    code, stdout, _ = _run(["report", str(copy)], capsys)
+    assert code == 0 and (copy / "report.html").is_file() and (copy / "exits.csv").is_file()
+    assert json.loads((copy / "profile.json").read_text()) == profile
+    # a second profile with another "precision" label stands in for an fp16 run
+    other = json.loads(json.dumps(profile))
+    other["precision"] = "fp16"
+    (tmp_path / "fp16").mkdir()
+    (tmp_path / "fp16" / "profile.json").write_text(json.dumps(other))
+    out = tmp_path / "cmp"
+    code, stdout, _ = _run(["report", str(copy), str(tmp_path / "fp16" / "profile.json"), "--out", str(out), "--json"], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["labels"] == ["copy", "fp16"] and (out / "compare.html").is_file()
+    page = (out / "compare.html").read_text()
+    assert "fp16" in page and "<img" in page and "http" not in page.split("<body>")[1]
+    header = (out / "compare_exits.csv").read_text().splitlines()[0]
+    assert header.startswith("exit,copy_latency_p50_ms,fp16_latency_p50_ms")
+
+
+def test_report_errors(none_profile, tmp_path, capsys):
+    src, profile = none_profile
+    code, _, err = _run(["report", str(src), str(src)], capsys)
+    _one_line_error(code, err, "--out")
+    code, _, err = _run(["report", str(tmp_path)], capsys)
+    _one_line_error(code, err, "no profile.json")
+    (tmp_path / "profile.json").write_text("{broken")
+    code, _, err = _run(["report", str(tmp_path)], capsys)
+    _one_line_error(code, err, "not valid JSON")
+    future = dict(profile, schema_version=99)
+    (tmp_path / "profile.json").write_text(json.dumps(future))
+    code, _, err = _run(["report", str(tmp_path)], capsys)
+    _one_line_error(code, err, "schema version 99")
+
+
+def test_demo_entry_point_writes_the_html_and_is_honest_about_energy(tiny_bundle_dir, tmp_path, monkeypatch):
+    from hisd_edge.profile import profile_default
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tegrastats here, whatever the machine
+    result = profile_default(str(tiny_bundle_dir), str(tmp_path / "demo"), samples=60, power="none")
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert result["report"]["html"].endswith("report.html") and "energy unavailable" in page
+    assert "n/a" in result["summary"].splitlines()[2] and result["profile"]["power"]["available"] is False
+
+
+def test_policy_resolution_calibrated_and_not(bundle_copy):
+    from hisd_edge.bundle import Bundle
+    from hisd_edge.profile.runner import resolve_policy
+
+    calibrated = bundle_copy(lambda m: m.update(policy={"kind": "margin", "thresholds": [0.3, 0.2, None], "calibrated": True}))
+    policy, block, note = resolve_policy(Bundle.open(calibrated))
+    assert (policy.kind, block["thresholds"], block["calibrated"], note) == ("margin", [0.3, 0.2, None], True, None)

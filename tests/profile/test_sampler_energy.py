@@ -1,0 +1,168 @@
+"""The sampler (start/stop robustness, gaps) and exact energy arithmetic on a controlled clock."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hisd_edge.errors import DeviceError
+from hisd_edge.profile.energy import integrate_window, per_inference
+from hisd_edge.profile.power.base import NullSource, PowerSample, PowerSource
+from hisd_edge.profile.sampler import Gap, PowerSampler, PowerTrace
+
+
+class ScriptedSource(PowerSource):
+    """Power follows a function of the clock; raises while ``failing`` is set."""
+
+    name = "scripted"
+
+    def __init__(self, clock, power_of_t, counter_of_t=None):
+        super().__init__(clock)
+        self.power_of_t = power_of_t
+        self.counter_of_t = counter_of_t
+        self.failing = False
+        self.opened = 0
+
+    def open_impl(self):
+        self.opened += 1
+
+    def read_impl(self):
+        if self.failing:
+            raise DeviceError("sensor went away")
+        t = self.clock()
+        energy = self.counter_of_t(t) if self.counter_of_t else None
+        return PowerSample(time_s=t, total_mw=self.power_of_t(t), rails_mw={"VDD_IN": self.power_of_t(t)}, energy_mj=energy)
+
+
+def _step(sampler, clock, times):
+    for t in times:
+        clock.now = t
+        sampler.sample_once()
+
+
+def test_constant_power_integrates_exactly(counter_clock):
+    source = ScriptedSource(counter_clock, lambda t: 1000.0)
+    sampler = PowerSampler(source, period_s=0.1)
+    _step(sampler, counter_clock, [i * 0.1 for i in range(31)])
+    window = integrate_window(sampler.trace(), 0.5, 2.5)
+    assert window.energy_mj == pytest.approx(2000.0, abs=1e-9)  # 1 W for 2 s
+    assert window.complete and window.coverage == pytest.approx(1.0) and window.samples == 21
+
+
+def test_linear_ramp_and_window_edges_between_samples(counter_clock):
+    source = ScriptedSource(counter_clock, lambda t: 100.0 * t)
+    sampler = PowerSampler(source, period_s=1.0)
+    _step(sampler, counter_clock, [0.0, 1.0, 2.0, 3.0, 4.0])
+    window = integrate_window(sampler.trace(), 0.25, 3.5)
+    # integral of 100 t dt from 0.25 to 3.5 = 50 * (3.5^2 - 0.25^2): trapezoids are exact on a ramp
+    assert window.energy_mj == pytest.approx(50.0 * (3.5 ** 2 - 0.25 ** 2), abs=1e-9)
+    assert window.mean_power_mw == pytest.approx(window.energy_mj / 3.25)
+
+
+def test_energy_counter_is_used_when_present(counter_clock):
+    source = ScriptedSource(counter_clock, lambda t: 0.0, counter_of_t=lambda t: 5000.0 + 300.0 * t)
+    sampler = PowerSampler(source, period_s=0.5)
+    _step(sampler, counter_clock, [0.0, 0.5, 1.0, 1.5, 2.0])
+    window = integrate_window(sampler.trace(), 0.25, 1.75)
+    assert window.method == "counter" and window.energy_mj == pytest.approx(450.0)  # 300 mW for 1.5 s
+
+
+def test_per_inference_total_and_dynamic(counter_clock):
+    source = ScriptedSource(counter_clock, lambda t: 1500.0)
+    sampler = PowerSampler(source, period_s=0.1)
+    _step(sampler, counter_clock, [i * 0.1 for i in range(21)])
+    window = integrate_window(sampler.trace(), 0.0, 2.0)
+    result = per_inference(window, inferences=400, idle_power_mw=1000.0, period_s=0.1)
+    assert result["total"] == pytest.approx(1500.0 * 2.0 / 400)  # 7.5 mJ
+    assert result["dynamic"] == pytest.approx(500.0 * 2.0 / 400)  # 2.5 mJ
+    detail = result["detail"]
+    assert detail["samples"] == 21 and detail["sampling_period_ms"] == pytest.approx(100.0)
+    assert detail["complete"] and detail["idle_power_mw"] == 1000.0
+    assert per_inference(window, 400, None, 0.1)["dynamic"] is None
+
+
+def test_source_stopping_mid_run_opens_a_gap_and_keeps_what_was_measured(counter_clock):
+    source = ScriptedSource(counter_clock, lambda t: 2000.0)
+    sampler = PowerSampler(source, period_s=0.1)
+    _step(sampler, counter_clock, [i * 0.1 for i in range(11)])  # good until 1.0 s
+    source.failing = True
+    _step(sampler, counter_clock, [1.1, 1.2, 1.3])
+    trace = sampler.trace()
+    assert len(trace.samples) == 11
+    assert len(trace.gaps) == 1 and trace.gaps[0].end_s is None and trace.gaps[0].failures == 3
+    assert trace.gaps[0].start_s == pytest.approx(1.0) and "sensor went away" in trace.gaps[0].reason
+    window = integrate_window(trace, 0.0, 2.0)
+    assert not window.complete and window.covered_s == pytest.approx(1.0)
+    assert window.energy_mj == pytest.approx(2000.0)  # only the covered second, nothing invented
+    assert window.gaps[-1]["reason"] == "sensor went away"
+    result = per_inference(window, inferences=100, idle_power_mw=None, period_s=0.1)
+    assert result["total"] == pytest.approx(2000.0 * 2.0 / 100) and result["detail"]["coverage"] == pytest.approx(0.5)
+    # the source comes back: the gap closes and its stretch stays uncovered
+    source.failing = False
+    _step(sampler, counter_clock, [1.5, 1.6])
+    trace = sampler.trace()
+    assert trace.gaps[0].end_s == pytest.approx(1.5)
+    window = integrate_window(trace, 0.0, 1.6)
+    assert window.covered_s == pytest.approx(1.1) and window.gaps[0]["start_s"] == pytest.approx(1.0)
+
+
+def test_window_with_no_samples_has_no_energy(counter_clock):
+    trace = PowerTrace(samples=[], gaps=[Gap(0.0, None, "tegrastats stopped")], period_s=0.1, source={})
+    window = integrate_window(trace, 0.0, 1.0)
+    assert window.covered_s == 0 and window.mean_power_mw is None
+    assert per_inference(window, 10, 500.0, 0.1) is None
+    assert window.gaps[0]["reason"] == "tegrastats stopped"
+
+
+def test_samples_too_far_apart_are_a_gap(counter_clock):
+    source = ScriptedSource(counter_clock, lambda t: 1000.0)
+    sampler = PowerSampler(source, period_s=0.1)
+    _step(sampler, counter_clock, [0.0, 0.1, 0.2, 2.2, 2.3])
+    window = integrate_window(sampler.trace(), 0.0, 2.3)
+    assert window.covered_s == pytest.approx(0.3) and "apart" in window.gaps[0]["reason"]
+
+
+def test_start_twice_stop_without_start_and_thread_lifecycle():
+    never = PowerSampler(NullSource())
+    assert never.stop().samples == [] and never.stop().gaps == []
+    source = ScriptedSource(time.perf_counter, lambda t: 1234.0)
+    sampler = PowerSampler(source, period_s=0.005)
+    sampler.start()
+    first_thread = sampler._thread
+    sampler.start()  # no second thread
+    assert sampler._thread is first_thread and source.opened == 1
+    deadline = time.monotonic() + 5.0
+    while len(sampler.trace().samples) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    begin = time.monotonic()
+    trace = sampler.stop()
+    assert time.monotonic() - begin < 1.0  # stop is prompt: the wait is interruptible
+    assert not sampler.running and len(trace.samples) >= 5
+    times = [s.time_s for s in trace.samples]
+    assert times == sorted(times) and trace.started_s <= times[0] and trace.stopped_s >= times[-1]
+    sampler.stop()  # stopping again is harmless
+    with PowerSampler(source, period_s=0.005) as again:  # and it restarts cleanly
+        assert again.running
+
+
+def test_a_raising_source_never_kills_the_thread():
+    source = ScriptedSource(time.perf_counter, lambda t: 1.0)
+    source.failing = True
+    sampler = PowerSampler(source, period_s=0.002).start()
+    time.sleep(0.05)
+    assert sampler.running
+    source.failing = False
+    deadline = time.monotonic() + 5.0
+    while not sampler.trace().samples and time.monotonic() < deadline:
+        time.sleep(0.005)
+    trace = sampler.stop()
+    assert trace.samples and len(trace.gaps) == 1 and trace.gaps[0].end_s is not None
+
+
+def test_period_is_never_faster_than_the_source(counter_clock):
+    source = ScriptedSource(counter_clock, lambda t: 1.0)
+    source.min_period_s = 0.25
+    assert PowerSampler(source, period_s=0.01).period_s == 0.25
+    with pytest.raises(ValueError):
+        PowerSampler(source, period_s=0)
