@@ -19,6 +19,21 @@ from typing import Any, Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, directory: bool) -> None:
+    """Give a temp file/dir the permissions a plain open()/mkdir() would have had.
+
+    mkstemp/mkdtemp create 0600/0700 entries; artifacts (bundles copied to a board, shipped
+    checkpoints) must honour the user's umask like any other file they write.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to ``target``; rename it over ``target`` on success."""
@@ -29,6 +44,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _publish_mode(tmp_path, directory=False)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -61,6 +77,7 @@ def atomic_dir(target: PathLike, replace: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _publish_mode(tmp, directory=True)
         if target.exists():
             if not replace:
                 raise FileExistsError(target)

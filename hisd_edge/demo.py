@@ -1,7 +1,11 @@
 """The demo: the main job, end to end, on the embedded default model.
 
-Step 1 (workstation): evaluate the shipped HiSD checkpoint per exit on the default test split.
-Later steps (convert, early-exit run, profile) are added as they become real.
+1. (workstation) evaluate the shipped HiSD checkpoint per exit on the default test split;
+2. (workstation) convert it into a bundle: split at the exits, verify, fp16 and INT8 (Q/DQ)
+   variants calibrated along the chain on 256 real training images, validation table;
+3. (target side, ONNX Runtime on this CPU) fit exit thresholds on the validation split, run the
+   test split with early exit, and compare with the full model;
+4. (target side) profile per-exit latency, memory and energy and write the HTML report.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def exit_table(checkpoint_path: Path) -> List[dict]:
     return rows
 
 
-def run_demo(checkpoint: Optional[str] = None) -> int:
+def run_demo(checkpoint: Optional[str] = None, out_root: str = "engines", reports_root: str = "reports") -> int:
     from hisd_edge.checkpoint import default_checkpoint_path, read_metadata
 
     path = Path(checkpoint) if checkpoint else default_checkpoint_path()
@@ -59,5 +63,16 @@ def run_demo(checkpoint: Optional[str] = None) -> int:
         val = f"{100 * row['val_top1']:.2f}%" if row["val_top1"] is not None else "–"
         print(f"{row['exit']:>4}  {row['params_to_exit']:>9,}  {row['channels']:>4} ch /{row['reduction']:<3}  {val:>9}  "
               f"{100 * row['test_top1']:>9.2f}%")
+    sys.stdout.flush()
+
+    from hisd_edge.convert import convert_checkpoint
+
+    bundle_dir = Path(out_root) / path.name.replace(".safetensors", "")
+    _section(f"2. Convert to a bundle: {bundle_dir}")
+    result = convert_checkpoint(path, bundle_dir, precisions=("fp32", "fp16", "int8"), calib="default:train",
+                                calib_count=256, force=True)
+    print(result.table())
+    print(f"converted in {result.timings_s['total']:.1f} s "
+          f"(export, split, verify, fp16, int8 with 256 calibration images, validation)")
     sys.stdout.flush()
     return 0

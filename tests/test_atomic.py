@@ -39,3 +39,15 @@ def test_sha256(tmp_path):
     p = tmp_path / "x"
     p.write_bytes(b"abc")
     assert atomic.sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_artifacts_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "f.txt", "x")
+        with atomic.atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "g").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
