@@ -49,14 +49,25 @@ def _quiet_threads():
     yield
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A real checkpoint of the tiny CNN: 3 epochs on the default data (seconds), ~93% val top-1 at the last exit."""
-    from hisd_edge.train import TrainConfig, train
+TINY_TRAIN_ARGV = ["--arch", "tiny_cnn", "--epochs", "3", "--lr", "0.1", "--threads", "1", "--seed", "0"]
 
+
+@pytest.fixture(scope="session")
+def tiny_train_config():
+    """The training recipe of ``tiny_checkpoint`` (and the command line it records)."""
+    from hisd_edge.train import TrainConfig
+
+    return TrainConfig(arch="tiny_cnn", epochs=3, lr=0.1, threads=1, seed=0, progress=False), list(TINY_TRAIN_ARGV)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_train_config) -> Path:
+    """A real checkpoint of the tiny CNN: 3 epochs on the default data (seconds), ~93% val top-1 at the last exit."""
+    from hisd_edge.train import train
+
+    config, argv = tiny_train_config
     out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    train(TrainConfig(arch="tiny_cnn", epochs=3, lr=0.1, threads=1, seed=0, progress=False), out,
-          argv=["--arch", "tiny_cnn", "--epochs", "3", "--lr", "0.1", "--threads", "1"])
+    train(config, out, argv=argv)
     return out
 
 

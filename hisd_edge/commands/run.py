@@ -21,6 +21,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--providers", default=None,
                    help="ONNX Runtime execution providers, comma-separated: cpu, cuda, tensorrt, or auto (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--allow-spinning", action="store_true",
+                   help="let ONNX Runtime's idle threads spin (lower latency on a dedicated CPU, much worse on a busy one)")
     p.add_argument("--policy", default=None, help="exit policy (max_prob, entropy, margin, patience, stability); default: the manifest's")
     p.add_argument("--thresholds", default=None,
                    help="comma-separated threshold per exit, 'none' for never (overrides the manifest), e.g. 0.9,0.8,none")
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.frames is not None and args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
-    options = {"intra_op_threads": args.threads}
+    options = {"intra_op_threads": args.threads, "allow_spinning": args.allow_spinning}
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else None

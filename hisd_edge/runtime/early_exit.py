@@ -115,8 +115,9 @@ def run_early_exit(backend: Backend, policy: ExitPolicy, batch: np.ndarray, *, c
         raise InputError(f"--exit-at {exit_at}: the bundle has exits 0..{num - 1}")
     backend.start(batch)
     n = len(batch)
-    if n == 1 and exit_at is None:
-        return _run_one(backend, policy, batch, begin, class_names, names[0] if names else f"#{first_index}", first_index)
+    if n == 1:
+        return _run_one(backend, policy, batch, begin, class_names, names[0] if names else f"#{first_index}", first_index,
+                        exit_at)
     nonfinite_in = _nonfinite_rows(batch)
     embedding = policy.exit_kind == "embedding"
     needs_outputs = policy.needs_outputs
@@ -185,20 +186,20 @@ def run_early_exit(backend: Backend, policy: ExitPolicy, batch: np.ndarray, *, c
 
 
 def _run_one(backend: Backend, policy: ExitPolicy, batch: np.ndarray, begin: float, class_names: Sequence[str],
-             name: str, index: int) -> "Tuple[List[ExitResult], BatchTrace]":
+             name: str, index: int, exit_at: Optional[int]) -> "Tuple[List[ExitResult], BatchTrace]":
     """:func:`run_early_exit` for a single input (a camera stream's case), with Python scalars for
     the bookkeeping: the same scores and the same comparison, a third of the overhead."""
-    num = backend.num_stages
+    last = backend.num_stages - 1 if exit_at is None else exit_at
     state = policy.init_state(1)
     thresholds = policy._score_thresholds
     needs_outputs = policy.needs_outputs
     stage_ms: List[float] = []
-    for k in range(num):
+    for k in range(last + 1):
         res = backend.run_stage(k)
         stage_ms.append(res.latency_ms)
         scores = policy.step(k, res.confidence, res.exit_output() if needs_outputs else None, state)
         score = float(scores[0])
-        if k == num - 1 or score >= thresholds[k]:  # NaN never leaves early, as in ExitPolicy.leaves
+        if k == last or (exit_at is None and score >= thresholds[k]):  # NaN never leaves early (as in leaves())
             break
     out = res.exit_output()
     flags = []

@@ -296,7 +296,7 @@ class OnnxRuntimeBackend(Backend):
         assert held is not None
         if keep_rows is not None:
             held = stage.gather(held, keep_rows)
-        elif held.dtype != stage.input_dtype:
+        if held.dtype != stage.input_dtype:  # e.g. an fp16 stage after an fp32 one
             held = held.astype(stage.input_dtype)
         outs = stage.run(held)
         self._held = outs[stage.feat_index] if stage.feat_index >= 0 else None

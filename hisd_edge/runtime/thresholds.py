@@ -104,34 +104,38 @@ def measure_stage_latency_ms(backend: Backend, sample: np.ndarray, reps: int = 5
 
 
 def _pick(value: Any, path: str) -> float:
-    """A number, or the p50 / median / mean of a statistics dict."""
+    """A number, or from a statistics dict its p50 / median / mean / total (first present)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, dict):
-        for key in ("p50", "median", "mean", "total"):  # "total": profile.json energy_mj {"total", "dynamic"}
-            if isinstance(value.get(key), (int, float)):
+        for key in ("p50", "median", "mean", "total"):
+            if isinstance(value.get(key), (int, float)) and not isinstance(value.get(key), bool):
                 return float(value[key])
-    raise InputError(f"{path}: expected a number or an object with p50/median/mean; fix the profile report")
+    raise InputError(f"{path}: expected a number or an object with p50/median/mean/total; fix the profile report")
 
 
 def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") -> Tuple[List[float], Dict[str, Any]]:
-    """Per-stage costs from a profile report (``reports/NAME/profile.json`` of ``hisd-edge profile``).
+    """Per-stage costs per sample from a profile report (``reports/NAME/profile.json``, see
+    :mod:`hisd_edge.profile.schema`).
 
     Keys read (everything else is ignored)::
 
         {
-          "stages": [                       # one entry per stage, in order (or with "index")
+          "batch": 1,                       # batch size the top-level lists describe (default 1;
+                                            # "batch_size" also accepted)
+          "stages": [                       # one entry per stage, in order (or each with "index")
             {"index": 0,
-             "latency_ms": {"p50": 1.23},   # or a plain number; "median"/"mean" also accepted
-             "energy_mj":  {"p50": 4.5}},   # or a plain number; needed for --objective energy
-            ...
+             "latency_ms": {"p50": 1.23},   # per batch; a plain number, or p50/median/mean
+             "energy_mj": {"total": 4.5}},  # per sample; a number, or p50/median/mean/total;
+            ...                             # null when not measured (then --objective energy fails)
           ],
-          "device": "...", "precision": "...", "batch_size": 1     # optional, echoed in reports
+          "batches": [{"batch": 1, "stages": [...]}, ...],   # optional: the batch-1 entry is preferred
+          "exits": [...],                   # used only without "stages": cumulative cost of reaching
+                                            # exit k, differenced into per-stage costs
+          "device": ..., "precision": ...   # optional, echoed in the calibration record
         }
 
-    Alternatively ``"exits": [{"index": k, "latency_ms": ..., "energy_mj": ...}]`` holding the
-    *cumulative* cost of reaching exit k (input to exit k); it is differenced into per-stage costs.
-    Costs are per batch of ``batch_size`` (default 1); thresholds use them per sample.
+    Latency of a batch of B > 1 (when no batch-1 entry exists) is divided by B, i.e. amortised.
     """
     if objective not in OBJECTIVES:
         raise InputError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -144,30 +148,40 @@ def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") 
         raise InputError(f"{path}: not valid JSON ({exc.__class__.__name__}); give the profile.json that hisd-edge profile wrote") from None
     if not isinstance(report, dict):
         raise InputError(f"{path}: not a profile report object")
+    source: Dict[str, Any] = report
+    batch = report.get("batch", report.get("batch_size", 1))
+    for entry in report.get("batches") or []:
+        if isinstance(entry, dict) and entry.get("batch") == 1 and isinstance(entry.get("stages"), list):
+            source, batch = entry, 1
+            break
     cumulative = False
-    entries = report.get("stages")
+    entries = source.get("stages")
     if not isinstance(entries, list):
-        entries = report.get("exits")
+        entries = source.get("exits")
         cumulative = True
     if not isinstance(entries, list):
         raise InputError(f"{path}: no 'stages' (or 'exits') list; give the profile.json that hisd-edge profile wrote")
     if len(entries) != num_stages:
         raise InputError(f"{path}: profiles {len(entries)} stages but the bundle has {num_stages}; profile this bundle")
-    ordered = sorted(entries, key=lambda e: e.get("index", 0)) if all(isinstance(e, dict) and "index" in e for e in entries) else entries
+    if all(isinstance(e, dict) and "index" in e for e in entries):
+        entries = sorted(entries, key=lambda e: e["index"])
     values = []
-    for i, entry in enumerate(ordered):
-        if not isinstance(entry, dict) or key not in entry:
-            hint = " (measure energy on the target: hisd-edge profile --energy)" if objective == "energy" else ""
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or entry.get(key) is None:
+            why = entry.get("energy_unavailable_reason") if isinstance(entry, dict) else None
+            hint = f" ({why})" if why else (" (measure energy on the target with hisd-edge profile)" if objective == "energy" else "")
             raise InputError(f"{path}: stage {i} has no {key!r}{hint}")
         values.append(_pick(entry[key], f"{path}: stage {i} {key}"))
     if cumulative:
         values = [values[0]] + [values[i] - values[i - 1] for i in range(1, len(values))]
     if any(not math.isfinite(v) or v < 0 for v in values):
         raise InputError(f"{path}: {key} values must be finite and non-negative (got {values})")
-    batch = report.get("batch_size", 1)
-    if isinstance(batch, (int, float)) and batch > 1:
+    if objective == "latency" and isinstance(batch, (int, float)) and batch > 1:
         values = [v / float(batch) for v in values]
-    meta = {"source": str(path), "device": report.get("device"), "precision": report.get("precision"), "key": key}
+    device = report.get("device")
+    if isinstance(device, dict):
+        device = device.get("model") or device.get("hostname")
+    meta = {"source": str(path), "device": device, "precision": report.get("precision"), "key": key, "batch": batch}
     return values, meta
 
 

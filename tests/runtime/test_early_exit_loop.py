@@ -159,6 +159,10 @@ def test_single_input_path_flags_and_matches_the_batched_path(setup, embedding_b
             (one,), trace = run_early_exit(backend, policy, x[i : i + 1], first_index=i)
             assert (one.index, one.exit, one.class_index) == (i, batched[i].exit, batched[i].class_index)
             assert one.score == pytest.approx(batched[i].score, abs=1e-6) and trace.stage_rows == [1] * (one.exit + 1)
+        for k in range(3):
+            (forced,), trace = run_early_exit(backend, policy, x[:1], exit_at=k)
+            assert forced.exit == k and trace.stage_rows == [1] * (k + 1)
+            assert forced.class_index == int(np.argmax(outputs.outputs[k][0]))
         bad = x[:1].copy()
         bad[0, 0, 0, 0] = np.inf
         (flagged,), _ = run_early_exit(backend, policy, bad)

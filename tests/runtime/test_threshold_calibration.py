@@ -109,6 +109,25 @@ def test_profile_reader(tmp_path):
     assert read_profile_costs(path, 2, "latency")[0] == [1.0, 1.5]  # cumulative, per batch of 4
     with pytest.raises(InputError, match="no 'energy_mj'"):
         read_profile_costs(path, 2, "energy")
+    # The shape hisd-edge profile writes (hisd_edge/profile/schema.py): stats dicts, energy total/dynamic
+    # or null with a reason, a batch-1 entry under "batches".
+    stats = lambda p50: {"p50": p50, "p90": 2 * p50, "mean": 1.1 * p50, "count": 50}  # noqa: E731
+    path.write_text(json.dumps({
+        "schema_version": 1, "kind": "hisd-edge-profile", "device": {"model": "Jetson Orin Nano"}, "batch": 8,
+        "stages": [{"index": k, "latency_ms": stats(8.0 * (k + 1)), "energy_mj": None,
+                    "energy_unavailable_reason": "no power sensor"} for k in range(2)],
+        "batches": [{"batch": 8, "stages": []},
+                    {"batch": 1, "stages": [{"index": k, "latency_ms": stats(k + 0.5),
+                                             "energy_mj": {"total": 3.0 + k, "dynamic": 1.0}} for k in range(2)]}]}))
+    values, meta = read_profile_costs(path, 2, "latency")
+    assert values == [0.5, 1.5] and meta["device"] == "Jetson Orin Nano" and meta["batch"] == 1
+    assert read_profile_costs(path, 2, "energy")[0] == [3.0, 4.0]
+    report = json.loads(path.read_text())
+    del report["batches"]
+    path.write_text(json.dumps(report))
+    assert read_profile_costs(path, 2, "latency")[0] == [1.0, 2.0]  # per batch of 8, amortised
+    with pytest.raises(InputError, match="no power sensor"):
+        read_profile_costs(path, 2, "energy")
     with pytest.raises(InputError, match="profiles 2 stages but the bundle has 3"):
         read_profile_costs(path, 3, "latency")
     path.write_text("{not json")
@@ -146,3 +165,16 @@ def test_fit_writes_the_policy_atomically(tiny_bundle, copy_of):
         fit_thresholds(Bundle.open(root), "default:val", objective="energy", count=20)
     assert (root / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+
+
+def test_embedding_exits_calibrate_stability_with_class_centroids(embedding_bundle, copy_of):
+    root = copy_of(embedding_bundle)
+    cal, details = fit_thresholds(Bundle.open(root), "default:val", max_drop_points=5.0, count=80, grid=10)
+    assert cal.policy.kind == "stability" and cal.policy.thresholds[-1] is None
+    assert cal.accuracy >= cal.final_accuracy - 0.05 - 1e-9
+    # exit 0 has no previous embedding: its score is -inf, so it can never be chosen to leave there
+    assert cal.exit_fractions[0] == 0.0
+    assert Bundle.open(root).policy["kind"] == "stability"
+    with pytest.raises(InputError, match="labelled"):
+        from hisd_edge.runtime.thresholds import exit_predictions
+        exit_predictions(ExitOutputs([np.ones((2, 3))], [None]), "embedding", None)
