@@ -6,7 +6,6 @@ and are skipped, with the reason, where that hardware or package is missing.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +23,15 @@ def _has_cuda_gpu() -> bool:
         return False
 
 
+def _has_tensorrt() -> bool:
+    """TensorRT itself, not the tensorrt-stubs namespace package CI installs for type checking."""
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    return hasattr(tensorrt, "Builder")
+
+
 def _is_jetson() -> bool:
     return Path("/etc/nv_tegra_release").exists()
 
@@ -32,7 +40,7 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
     reasons = {}
     if not _has_cuda_gpu():
         reasons["gpu"] = "needs a CUDA GPU; none found on this machine"
-    if importlib.util.find_spec("tensorrt") is None:
+    if not _has_tensorrt():
         reasons["tensorrt"] = "needs TensorRT (python3-libnvinfer on JetPack, or NVIDIA's pip index); not installed here"
     if not _is_jetson():
         reasons["jetson"] = "needs a Jetson board (/etc/nv_tegra_release absent)"

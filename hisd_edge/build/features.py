@@ -38,6 +38,13 @@ def import_tensorrt() -> Any:
     except ImportError as exc:
         detail = "" if isinstance(exc, ModuleNotFoundError) and exc.name == "tensorrt" else f" ({exc})"
         raise DependencyError(f"TensorRT's Python package is not importable{detail}; {TENSORRT_INSTALL_HINT}") from None
+    if not hasattr(tensorrt, "Builder"):
+        # A bare ``tensorrt/`` directory (the tensorrt-stubs type stubs, or a broken install)
+        # imports as an empty namespace package: that is not TensorRT.
+        where = ", ".join(getattr(tensorrt, "__path__", [])) or "?"
+        raise DependencyError(
+            f"'tensorrt' at {where} is not TensorRT itself (only type stubs or an incomplete install); {TENSORRT_INSTALL_HINT}"
+        )
     return tensorrt
 
 

@@ -85,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
     done = errors = correct = labelled = 0
     exit_counts = [0] * runtime.bundle.num_stages
     latencies = []
-    if not args.json:
-        print(f"{'input':<{width}}  {'exit':>4}  {'class':>10}  {'conf':>6}  {'latency ms':>9}  flags")
-    with runtime:
+    with runtime:  # activate first: a backend that cannot start fails before anything is printed
+        if not args.json:
+            print(f"{'input':<{width}}  {'exit':>4}  {'class':>10}  {'conf':>6}  {'latency ms':>9}  flags")
         for batch in batched(items, args.batch_size):
             results, _ = runtime.infer_items(batch, first_index=done)
             for item, result in zip(batch, results):

@@ -44,3 +44,16 @@ def test_build_help_and_missing_tensorrt_in_a_bare_environment(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "TensorRT's Python package is not importable" in lines[0] and "python3-libnvinfer" in lines[0]
+
+
+def test_type_stubs_alone_are_not_mistaken_for_tensorrt(tmp_path):
+    """tensorrt-stubs installs a bare tensorrt/ directory, which imports as an empty namespace package."""
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Builder: ...\n")
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+            "import tensorrt  # the namespace package imports fine...\n"
+            "from hisd_edge.build import import_tensorrt\n"
+            "import_tensorrt()  # ...but is refused here\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "DependencyError" in proc.stderr and "not TensorRT itself" in proc.stderr and "python3-libnvinfer" in proc.stderr
