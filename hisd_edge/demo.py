@@ -84,10 +84,7 @@ def run_demo(checkpoint: Optional[str] = None, out_root: str = "engines", report
     from hisd_edge.runtime import evaluate_early_exit, format_early_exit
 
     _section("3. Early exit on this CPU (ONNX Runtime): thresholds fitted on default:val, run on default:test")
-    # One intra-op thread: at batch 1 on a model this small, waking a second thread per stage
-    # costs more than it saves (see the bench figures in the README).
-    summary = evaluate_early_exit(result.bundle, val="default:val", test="default:test", max_drop_points=DEMO_MAX_DROP_POINTS,
-                                  backend_options={"intra_op_threads": 1})
+    summary = evaluate_early_exit(result.bundle, val="default:val", test="default:test", max_drop_points=DEMO_MAX_DROP_POINTS)
     print(format_early_exit(summary))
     sys.stdout.flush()
 

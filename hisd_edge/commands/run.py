@@ -20,7 +20,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="stage files to run (default fp32)")
     p.add_argument("--providers", default=None,
                    help="ONNX Runtime execution providers, comma-separated: cpu, cuda, tensorrt, or auto (default cpu)")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads (default: 1 for models under 50 M MACs per sample, "
+                   "where a second thread per stage costs more than it saves; else one per physical core)")
     p.add_argument("--allow-spinning", action="store_true",
                    help="let ONNX Runtime's idle threads spin (lower latency on a dedicated CPU, much worse on a busy one)")
     p.add_argument("--policy", default=None, help="exit policy (max_prob, entropy, margin, patience, stability); default: the manifest's")

@@ -135,3 +135,17 @@ def test_describe_and_options(tiny_bundle):
     assert info["graph_optimization"] == "basic" and info["allow_spinning"] is False
     with pytest.raises(InputError, match="graph optimization"):
         create_backend("onnxruntime", bundle, graph_optimization="max").activate()
+
+
+def test_intra_op_threads_default_to_one_for_small_models(converted_bundle):
+    from hisd_edge.runtime.ort_backend import SMALL_MODEL_MACS, OnnxRuntimeBackend
+
+    bundle = Bundle.open(converted_bundle)
+    assert 0 < sum(s["macs"] for s in bundle.stages) < SMALL_MODEL_MACS
+    assert OnnxRuntimeBackend(bundle).intra_op_threads == 1
+    assert OnnxRuntimeBackend(bundle, intra_op_threads=None).intra_op_threads == 1
+    assert OnnxRuntimeBackend(bundle, intra_op_threads=3).intra_op_threads == 3
+    big = Bundle(bundle.root, {**bundle.manifest, "stages": [{**s, "macs": SMALL_MODEL_MACS} for s in bundle.stages]})
+    assert OnnxRuntimeBackend(big).intra_op_threads == 0  # ONNX Runtime's default: one per physical core
+    with OnnxRuntimeBackend(bundle) as backend:
+        assert backend.describe()["intra_op_threads"] == 1
