@@ -27,7 +27,8 @@ Manifest, schema version 1 (keys in order of appearance)::
     validation       {"data", "count", "rows": [{"exit", "precision", "top1", "agreement_with_fp32"}]}
     engines          [build records added on the target by ``hisd-edge build`` (hisd_edge.build.store), one per
                       (device key, TensorRT version, precision); a rebuild replaces its record:
-        device             {"name", "compute_capability": "8.7", "integrated", "key": "orin-sm87"}
+        device             {"name", "compute_capability": "8.7", "integrated", "multiprocessor_count": 16 (0: unknown),
+                            "key": "orin-sm87-16sm" (without "-<n>sm" when the count is unknown)}
         tensorrt_version   trt.__version__ of the build; precision "fp32" | "fp16" | "int8"; requested_precision (+ "best")
         recipe             {"typing": "strong" | "weak", "onnx_precision", "network_flags", "builder_flags",
                             "calibration_cache", "dla_core", "notes", ...}

@@ -64,6 +64,29 @@ class Samples:
             return self.preprocessed
         return preprocess_batch(self.images, spec, self.names)
 
+    def labels_for(self, model_classes: Sequence[str], name: str = "data") -> Optional[np.ndarray]:
+        """Labels as indices into ``model_classes`` (None for unlabelled samples).
+
+        A labelled folder numbers its sub-folders alphabetically, which is the model's class order
+        only by luck, so folder labels are mapped by class name. Sources without class names
+        (.npy/.npz) carry class indices already and are only range-checked.
+        """
+        labels = self.labels
+        if labels is None:
+            return None
+        folders = list(self.class_names or [])
+        model_classes = list(model_classes)
+        if folders and model_classes:
+            unknown = [f for f in folders if f not in model_classes]
+            if unknown:
+                shown = ", ".join(model_classes[:12]) + (" ..." if len(model_classes) > 12 else "")
+                raise InputError(f"{name}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes "
+                                 f"({shown}); name the sub-folders after the model's classes")
+            return np.array([model_classes.index(f) for f in folders], dtype=np.int64)[labels]
+        if model_classes and len(labels) and int(labels.max()) >= len(model_classes):
+            raise InputError(f"{name}: labels go up to {int(labels.max())} but the model has {len(model_classes)} classes")
+        return labels
+
     def subset(self, indices: Sequence[int]) -> "Samples":
         idx = list(indices)
         return Samples(
@@ -170,8 +193,21 @@ def _read_files(files: Sequence[Path], strict: bool) -> Tuple[List[np.ndarray], 
     return images, names, kept, skipped
 
 
-def image_folder(folder: Path, strict: bool = False) -> Samples:
-    """A labelled folder (one sub-folder per class) or a flat folder of unlabelled images."""
+def _choose(count: Optional[int], total: int, seed: int) -> Optional[List[int]]:
+    """Sorted indices of a seeded random subset of ``count`` of ``total`` items (None: keep all)."""
+    if count is None or count >= total:
+        return None
+    if count <= 0:
+        raise InputError(f"sample count must be positive, got {count}")
+    return sorted(np.random.default_rng(seed).choice(total, size=count, replace=False).tolist())
+
+
+def image_folder(folder: Path, strict: bool = False, count: Optional[int] = None, seed: int = 0) -> Samples:
+    """A labelled folder (one sub-folder per class) or a flat folder of unlabelled images.
+
+    With ``count``, a seeded random subset of the files is chosen *before* decoding, so taking
+    256 calibration images from a large folder decodes 256 images.
+    """
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if class_dirs:
         files: List[Path] = []
@@ -182,6 +218,9 @@ def image_folder(folder: Path, strict: bool = False) -> Samples:
             file_labels.extend([label] * len(class_files))
         if not files:
             raise InputError(f"{folder}: the class folders hold no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        chosen = _choose(count, len(files), seed)
+        if chosen is not None:
+            files, file_labels = [files[i] for i in chosen], [file_labels[i] for i in chosen]
         images, names, kept, skipped = _read_files(files, strict)
         labels = np.asarray([file_labels[i] for i in kept], dtype=np.int64)
         samples = Samples(images=images, names=names, labels=labels, class_names=[d.name for d in class_dirs], skipped=skipped)
@@ -191,6 +230,9 @@ def image_folder(folder: Path, strict: bool = False) -> Samples:
             raise InputError(
                 f"{folder}: no image files and no class sub-folders; give a folder with one sub-folder per class, or images"
             )
+        chosen = _choose(count, len(files), seed)
+        if chosen is not None:
+            files = [files[i] for i in chosen]
         images, names, _, skipped = _read_files(files, strict)
         samples = Samples(images=images, names=names, skipped=skipped)
     if len(samples) == 0:
@@ -249,11 +291,12 @@ def numpy_file(path: Path) -> Samples:
         array = loaded
     if array.ndim < 3 or len(array) == 0:
         raise InputError(f"{path}: expected a non-empty stack of images (N x H x W[xC] or N x C x H x W), got shape {array.shape}")
+    if labels is not None and len(labels) != len(array):
+        raise InputError(f"{path}: {len(labels)} labels for {len(array)} images; give one label per image")
     names = [f"{path}[{i}]" for i in range(len(array))]
-    class_names = None if labels is None else [str(c) for c in range(int(labels.max()) + 1)]
     if array.dtype == np.float32 and array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4):
-        return Samples(images=[], names=names, labels=labels, class_names=class_names, preprocessed=array)
-    return Samples(images=list(array), names=names, labels=labels, class_names=class_names)
+        return Samples(images=[], names=names, labels=labels, preprocessed=array)  # labels are class indices
+    return Samples(images=list(array), names=names, labels=labels)
 
 
 def load_samples(source: str, *, count: Optional[int] = None, strict: bool = False, seed: int = 0) -> Samples:
@@ -270,7 +313,7 @@ def load_samples(source: str, *, count: Optional[int] = None, strict: bool = Fal
             raise InputError(f"{source}: no such file or directory; give an image folder, image, video, .npy/.npz, or 'default[:split]'")
         suffix = path.suffix.lower()
         if path.is_dir():
-            samples = image_folder(path, strict=strict)
+            samples = image_folder(path, strict=strict, count=count, seed=seed)
         elif suffix in (".npy", ".npz"):
             samples = numpy_file(path)
         elif suffix in VIDEO_EXTENSIONS:
@@ -282,9 +325,7 @@ def load_samples(source: str, *, count: Optional[int] = None, strict: bool = Fal
             raise InputError(f"{source}: unsupported file type {suffix!r}; give an image folder, image, video or .npy/.npz")
     if len(samples) == 0:
         raise InputError(f"{source}: the source holds no samples")
-    if count is not None and count < len(samples):
-        if count <= 0:
-            raise InputError(f"sample count must be positive, got {count}")
-        rng = np.random.default_rng(seed)
-        samples = samples.subset(sorted(rng.choice(len(samples), size=count, replace=False).tolist()))
+    chosen = _choose(count, len(samples), seed)
+    if chosen is not None:
+        samples = samples.subset(chosen)
     return samples

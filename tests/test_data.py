@@ -97,3 +97,39 @@ def test_count_subsets_deterministically():
     a = load_samples("default:val", count=50, seed=3)
     b = load_samples("default:val", count=50, seed=3)
     assert len(a) == 50 and np.array_equal(a.labels, b.labels)
+
+
+def test_folder_labels_are_mapped_to_the_model_class_order(tmp_path):
+    for cls in ("7", "3"):
+        (tmp_path / cls).mkdir()
+        cv2.imwrite(str(tmp_path / cls / "a.png"), np.zeros((28, 28), np.uint8))
+    samples = load_samples(str(tmp_path))
+    assert samples.labels.tolist() == [0, 1]  # folders "3", "7" in alphabetical order
+    assert samples.labels_for([str(d) for d in range(10)]).tolist() == [3, 7]
+    with pytest.raises(InputError, match="not among the model's classes"):
+        samples.labels_for(["cat", "dog"], "val/")
+
+
+def test_npz_labels_are_class_indices_and_must_match_images(tmp_path):
+    np.savez(tmp_path / "ok.npz", images=np.zeros((3, 28, 28), np.uint8), labels=np.array([2, 0, 9]))
+    samples = load_samples(str(tmp_path / "ok.npz"))
+    assert samples.class_names is None and samples.labels_for([str(d) for d in range(10)]).tolist() == [2, 0, 9]
+    with pytest.raises(InputError, match="labels go up to 9"):
+        samples.labels_for(["a", "b"])
+    np.savez(tmp_path / "bad.npz", images=np.zeros((10, 28, 28), np.uint8), labels=np.arange(5))
+    with pytest.raises(InputError, match="5 labels for 10 images"):
+        load_samples(str(tmp_path / "bad.npz"))
+
+
+def test_count_on_a_folder_decodes_only_the_chosen_files(tmp_path, monkeypatch):
+    _write_class_folder(tmp_path, per_class=4)
+    import hisd_edge.data as data
+
+    decoded = []
+    real = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda p: decoded.append(p) or real(p))
+    samples = load_samples(str(tmp_path), count=3, seed=1)
+    assert len(samples) == 3 and len(decoded) == 3  # of 8 files
+    assert samples.names == load_samples(str(tmp_path), count=3, seed=1).names
+    with pytest.raises(InputError, match="positive"):
+        load_samples(str(tmp_path), count=0)

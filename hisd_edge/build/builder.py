@@ -10,7 +10,8 @@ The work, in order (nothing in the bundle changes until every stage has built):
    timing cache (tied to device and version like the plans), DLA with GPU fallback, and the
    legacy calibration-cache calibrator where asked;
 4. read each plan back to record its I/O tensors and scratch memory;
-5. publish plans + build record (:func:`hisd_edge.build.store.publish`), then save the timing cache.
+5. publish plans + build record (:func:`hisd_edge.build.store.publish`), then save the timing cache
+   (best effort: its path is checked before building; a failed save is a logged warning).
 
 Build failures become one-line :class:`EngineBuildError` messages: parser errors per stage; out of
 memory with workspace advice; anything else with TensorRT's own error lines.
@@ -397,9 +398,45 @@ def _build_all(bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, featu
 
     # 2. timing cache: tied to device + TensorRT version, persisted across builds
     cache_path = Path(options.timing_cache) if options.timing_cache else bundle.root / default_timing_cache(device.key, trt_version)
+    timing_blob, created_dirs = _open_timing_cache(cache_path)
+    try:
+        return _build_and_publish(bundle, options, recipe, features, cuda, builder, logger, parsed, cache_path,
+                                  timing_blob, begin)
+    except BaseException:
+        for directory in reversed(created_dirs):  # innermost first; only the ones still empty
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _open_timing_cache(cache_path: Path) -> Tuple[bytes, List[Path]]:
+    """The timing cache's bytes (empty when new), checked before any build work: its parent is
+    created here (returned, outermost first, so a failed build can remove them) and a path that
+    cannot be read or created is a one-line InputError instead of a failure after the build."""
     if cache_path.is_dir():
         raise InputError(f"--timing-cache {cache_path}: is a directory; give a file path, e.g. {cache_path}/timing.cache")
-    timing_blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    created = [p for p in reversed(cache_path.parents) if not p.exists()]
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        return (cache_path.read_bytes() if cache_path.is_file() else b""), created
+    except OSError as exc:
+        for directory in reversed(created):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"--timing-cache {cache_path}: cannot read it or create its folder ({reason}); give a readable, "
+                         f"writable file path or leave --timing-cache out to use the one inside the bundle") from None
+
+
+def _build_and_publish(bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, features: TrtFeatures, cuda: CudaBackend,
+                       builder: Any, logger: Any, parsed: List[_ParsedStage], cache_path: Path, timing_blob: bytes,
+                       begin: float) -> BuildResult:
+    device = cuda.device
+    trt_version = features.version
 
     # 3. build every stage (nothing written yet)
     plans: List[bytes] = []
@@ -429,7 +466,11 @@ def _build_all(bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, featu
                         features=features.to_dict(), stages=stage_records,
                         timing_cache=_relative_if_inside(cache_path, bundle.root))
     stored = publish(bundle, record, plans, caches)
-    atomic.write_bytes(cache_path, timing_blob)
+    try:  # the engines are in: a cache that cannot be saved only costs the next build time
+        atomic.write_bytes(cache_path, timing_blob)
+    except OSError as exc:
+        log.warning("could not save the timing cache %s (%s); the engines are built and stored, the next build "
+                    "starts without the cache", cache_path, exc.strerror or exc)
     commands = []
     for stage in parsed:
         k = stage.index

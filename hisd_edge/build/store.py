@@ -6,9 +6,10 @@ and stores its plans at::
 
     engines/<device-key>/trt-<tensorrt version>/<precision>/stage<k>.plan
 
-where ``<device-key>`` is the GPU name and compute capability (:attr:`DeviceInfo.key`, e.g.
-``orin-sm87``). Each build appends one *build record* to the manifest's ``engines`` list (the
-schema is in :mod:`hisd_edge.bundle`); its ``files`` carry sha256 checksums, so
+where ``<device-key>`` is the GPU name, compute capability and multiprocessor count
+(:attr:`DeviceInfo.key`, e.g. ``orin-sm87-16sm``: all Orin modules share name and capability).
+Each build appends one *build record* to the manifest's ``engines`` list (the schema is in
+:mod:`hisd_edge.bundle`); its ``files`` carry sha256 checksums, so
 :meth:`Bundle.open` verifies the plans like every other bundle file. A new build for the same key
 replaces the old record and directory.
 
@@ -61,10 +62,17 @@ def find_record(manifest: Dict[str, Any], device_key: str, trt_version: str, pre
     return None
 
 
+def _device_text(name: Any, compute_capability: Any, multiprocessor_count: Any, trt_version: Any) -> str:
+    """``Orin (sm 8.7) with 16 SMs and TensorRT 10.3.0``: the SM count tells Orin modules apart."""
+    sms = f"with {multiprocessor_count} SMs and" if multiprocessor_count else "with"
+    return f"{name} (sm {compute_capability}) {sms} TensorRT {trt_version}"
+
+
 def _describe(record: Dict[str, Any]) -> str:
     device = record.get("device", {})
-    return (f"{device.get('name', '?')} (sm {device.get('compute_capability', '?')}) with TensorRT "
-            f"{record.get('tensorrt_version', '?')}, {record.get('precision', '?')}")
+    where = _device_text(device.get("name", "?"), device.get("compute_capability", "?"), device.get("multiprocessor_count"),
+                         record.get("tensorrt_version", "?"))
+    return f"{where}, {record.get('precision', '?')}"
 
 
 def require_record(bundle: Bundle, device: DeviceInfo, trt_version: str, precision: str) -> Dict[str, Any]:
@@ -73,7 +81,7 @@ def require_record(bundle: Bundle, device: DeviceInfo, trt_version: str, precisi
     record = find_record(bundle.manifest, device.key, trt_version, precision)
     if record is None:
         records = list(bundle.manifest.get("engines", []))
-        here = f"{device.name} (sm {device.compute_capability_str}) with TensorRT {trt_version}"
+        here = _device_text(device.name, device.compute_capability_str, device.multiprocessor_count, trt_version)
         local = sorted({str(r.get("precision")) for r in records
                         if r.get("device", {}).get("key") == device.key and r.get("tensorrt_version") == trt_version})
         if local:

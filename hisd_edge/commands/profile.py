@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-POWER_CHOICES = ("auto", "ina3221", "tegrastats", "jtop", "nvml", "rapl", "none")  # = hisd_edge.profile.power
+# Kept here so --help imports nothing heavy (any hisd_edge.profile module loads the whole profiler);
+# tests/profile/test_profile_cli.py asserts it equals hisd_edge.profile.power.POWER_CHOICES.
+POWER_CHOICES = ("auto", "ina3221", "tegrastats", "jtop", "nvml", "rapl", "none")
 
 
 def register(sub: "argparse._SubParsersAction") -> None:

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from hisd_edge.convert.trt_ops import FAMILIES, Family, family
-from hisd_edge.errors import DependencyError
+from hisd_edge.errors import DependencyError, InputError
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 _SHAPE_LIKE_MAX_ELEMENTS = 16  # small INT64 constants are shapes/axes/indices, which TensorRT handles
@@ -117,11 +117,6 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
     for node in graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        if len(node.input) < 3 or not node.input[2]:
-            if node.op_type == "QuantizeLinear":
-                add("error", "all", "uint8_qdq", f"{node.name or node.op_type} has no zero point, so it quantizes to uint8; "
-                    "TensorRT needs int8 with zero point 0")
-            continue
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             data_type = inits[node.input[0]].data_type
             if data_type == onnx.TensorProto.INT32:
@@ -132,6 +127,11 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
                     if not fam.native_int64:  # 8.x: a DequantizeLinear input must be an activation (float Q output)
                         add("error", fam.name, "int8_weight_constant", f"{node.name}: weights stored as INT8 constants; "
                             f"{fam.label} needs float weights behind a Q/DQ pair (AddQDQPairToWeight=True)")
+        if len(node.input) < 3 or not node.input[2]:
+            if node.op_type == "QuantizeLinear":
+                add("error", "all", "uint8_qdq", f"{node.name or node.op_type} has no zero point, so it quantizes to uint8; "
+                    "TensorRT needs int8 with zero point 0")
+            continue
         zero = _constant_value(node.input[2], inits, constants)
         if zero is None:
             add("error", "all", "dynamic_zero_point", f"{node.name}: zero point {node.input[2]} is not a constant")
@@ -212,6 +212,10 @@ def check_bundle(path: Any, targets: Optional[Iterable[str]] = None, precisions:
     bundle = Bundle.open(path, verify=True)
     families = [family(t) for t in (targets or FAMILIES)]
     wanted = list(precisions) if precisions else bundle.precisions()
+    absent = [p for p in wanted if p not in bundle.precisions()]
+    if absent:
+        raise InputError(f"{bundle.root}: no {', '.join(absent)} stage files to check (the bundle has "
+                         f"{', '.join(bundle.precisions())}); pick from those with --precision")
     findings: List[Finding] = []
     checked = 0
     for stage in bundle.stages:

@@ -407,30 +407,10 @@ def _validation_data(source: _Source, opts: ConvertOptions) -> Optional[Any]:
         if opts.val_count is not None and opts.val_count < len(samples):
             samples = samples.subset(range(opts.val_count))
     inputs = samples.tensors(source.spec)
-    labels = _model_labels(samples, source.class_names, name)
+    labels = samples.labels_for(source.class_names, name)
     if samples.skipped:
         LOG.warning("%s: skipped %d undecodable image(s)", name, len(samples.skipped))
     return ValidationData(inputs=inputs, labels=labels, source=name)
-
-
-def _model_labels(samples: Any, class_names: Sequence[str], name: str) -> Optional[np.ndarray]:
-    """Labels as the model's class indices: a labelled folder numbers its sub-folders alphabetically,
-    which is the model's order only by luck, so map them by class name."""
-    labels = samples.labels
-    if labels is None:
-        return None
-    folders = list(samples.class_names or [])
-    if folders and class_names:
-        unknown = [f for f in folders if f not in class_names]
-        if unknown:
-            shown = ", ".join(list(class_names)[:12]) + (" ..." if len(class_names) > 12 else "")
-            raise InputError(f"{name}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes ({shown}); "
-                             "name the sub-folders after the model's classes")
-        mapping = np.array([list(class_names).index(f) for f in folders], dtype=np.int64)
-        return mapping[labels]
-    if class_names and int(labels.max(initial=0)) >= len(class_names):
-        raise InputError(f"{name}: labels go up to {int(labels.max())} but the model has {len(class_names)} classes")
-    return labels
 
 
 def _convert(source: _Source, out: Path, opts: ConvertOptions) -> ConvertResult:
@@ -496,6 +476,11 @@ def _build_bundle(source: _Source, proto: Any, split_tensors: Optional[List[str]
         split.check_model(proto, "the monolithic model")
         stages = split.split_stages(proto, exit_outputs)
         fixed = export.fixed_batch(proto)
+        if fixed and fixed != 1:
+            raise InputError(
+                f"the model's input has a fixed batch of {fixed}; early exit drops finished samples from the batch, so "
+                "stages need a dynamic batch axis (or batch 1): re-export with dynamic_axes={'input': {0: 'batch'}}"
+            )
         run_batch, calib_batch = (fixed, fixed) if fixed else (256, 64)
         if fixed:
             verify_inputs, calibration, validation_data = _trim_to_batch(fixed, verify_inputs, calibration, validation_data)

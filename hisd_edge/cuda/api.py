@@ -33,6 +33,7 @@ class DeviceInfo:
     integrated: bool  # shares DRAM with the CPU (Jetson): mapped pinned memory is zero-copy
     can_map_host_memory: bool
     total_memory_bytes: int
+    multiprocessor_count: int = 0  # SMs; 0: unknown. Tells apart GPUs of one name and capability (Orin Nano / NX / AGX)
 
     @property
     def compute_capability_str(self) -> str:
@@ -40,16 +41,19 @@ class DeviceInfo:
 
     @property
     def key(self) -> str:
-        """Directory-safe identity of the device model, e.g. ``orin-sm87``, ``nvidia-geforce-rtx-4090-sm89``.
+        """Directory-safe identity of the device model, e.g. ``orin-sm87-16sm``, ``nvidia-geforce-rtx-4090-sm89-128sm``.
 
-        TensorRT plans are tied to the GPU model (name and compute capability), not to one board.
+        TensorRT plans are tied to the GPU model, not to one board. Name and compute capability
+        alone do not identify it: every Jetson Orin module reports "Orin" sm 8.7, and TensorRT
+        tunes its tactics for the multiprocessor count, so that is part of the key too.
         """
         slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or "gpu"
-        return f"{slug}-sm{self.compute_capability[0]}{self.compute_capability[1]}"
+        key = f"{slug}-sm{self.compute_capability[0]}{self.compute_capability[1]}"
+        return f"{key}-{self.multiprocessor_count}sm" if self.multiprocessor_count > 0 else key
 
     def to_dict(self) -> dict:
         return {"name": self.name, "compute_capability": self.compute_capability_str, "integrated": self.integrated,
-                "key": self.key}
+                "multiprocessor_count": self.multiprocessor_count, "key": self.key}
 
 
 class DeviceBuffer(abc.ABC):

@@ -164,7 +164,8 @@ class CudaPythonBackend(CudaBackend):
             name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
         self._device = DeviceInfo(index=index, name=str(name).strip(), compute_capability=(int(prop.major), int(prop.minor)),
                                   integrated=bool(prop.integrated), can_map_host_memory=bool(prop.canMapHostMemory),
-                                  total_memory_bytes=int(prop.totalGlobalMem))
+                                  total_memory_bytes=int(prop.totalGlobalMem),
+                                  multiprocessor_count=int(prop.multiProcessorCount))
 
     @property
     def device(self) -> DeviceInfo:

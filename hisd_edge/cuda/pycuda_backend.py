@@ -106,7 +106,8 @@ class PyCudaBackend(CudaBackend):
         self._device = DeviceInfo(index=index, name=str(dev.name()).strip(), compute_capability=(int(major), int(minor)),
                                   integrated=bool(dev.get_attribute(attr.INTEGRATED)),
                                   can_map_host_memory=bool(dev.get_attribute(attr.CAN_MAP_HOST_MEMORY)),
-                                  total_memory_bytes=int(dev.total_memory()))
+                                  total_memory_bytes=int(dev.total_memory()),
+                                  multiprocessor_count=int(dev.get_attribute(attr.MULTIPROCESSOR_COUNT)))
 
     @property
     def device(self) -> DeviceInfo:

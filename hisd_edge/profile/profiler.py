@@ -209,7 +209,9 @@ class _Measurer:
 
         Each pair (off, on) gives a ratio of block medians; the overhead is the median ratio minus
         one, which cancels slow drifts (thermal, other processes) that a single before/after would
-        fold into the figure.
+        fold into the figure. Only the sampler thread is stopped in "off" blocks: a source that runs
+        in the background (a tegrastats process, jtop) keeps running, so its own cost is in both
+        blocks and not in the figure; ``source_kept_running`` records that.
         """
         if self.sampler is None or self.config.overhead_blocks <= 0:
             return None
@@ -243,7 +245,9 @@ class _Measurer:
         return {"batch": batch, "exit": last, "latency_ms_without": float(np.median(without)),
                 "latency_ms_with": float(np.median(with_sampler)),
                 "overhead_pct": 100.0 * (float(np.median(ratios)) - 1.0) if ratios else None,
-                "block_pairs": len(ratios), "block_s": block_s, "runs_without": len(without), "runs_with": len(with_sampler)}
+                "block_pairs": len(ratios), "block_s": block_s, "runs_without": len(without), "runs_with": len(with_sampler),
+                "source": self.sampler.source.name,
+                "source_kept_running": bool(getattr(self.sampler.source, "runs_in_background", False))}
 
 
 def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
@@ -251,6 +255,7 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
     from hisd_edge.bundle import Bundle
     from hisd_edge.data import load_samples
     from hisd_edge.profile import runner
+    from hisd_edge.runtime.thresholds import collect_exit_outputs
 
     if not config.batches or any(int(b) <= 0 for b in config.batches):
         raise InputError(f"--batch {','.join(map(str, config.batches))}: give positive batch sizes, e.g. 1,8,32")
@@ -288,6 +293,11 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
         before = memory_mod.snapshot()
         backend = runner.open_backend(bundle, config.backend, config.precision, config.backend_options)
         with backend:
+            max_batch = int(getattr(backend, "max_batch", 0) or 0)
+            if max_batch > 0 and batches[-1] > max_batch:
+                raise InputError(f"--batch {','.join(map(str, batches))}: the {config.backend} engines take at most "
+                                 f"{max_batch} rows; rebuild with a larger --batch MAX (hisd-edge build --batch "
+                                 f"1,{batches[-1]}) or pass --batch values up to {max_batch}")
             after_load = memory_mod.snapshot()
             memory = {"before": before.to_dict(), "after_load": after_load.to_dict(),
                       "load": memory_mod.difference(before, after_load)}
@@ -299,7 +309,8 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
                 notes.append("no complete idle baseline: dynamic energy is not reported")
             blocks = [measurer.measure_batch(b, stage_bytes) for b in batches]
             overhead = measurer.sampler_overhead(batches[0])
-            outputs, confidences = runner.all_exits(backend, tensors)
+            every_exit = collect_exit_outputs(backend, tensors)
+            outputs, confidences = every_exit.outputs, every_exit.confidences
             measurer.step("all exits on the data")
             headline = blocks[0]
             accuracy = _accuracy(policy, outputs, confidences, samples.labels, headline, config.sweep_points)
@@ -335,6 +346,9 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
     if overhead and overhead.get("overhead_pct") is not None and overhead["overhead_pct"] > 2.0:
         notes.append(f"the power sampler slowed inference by {overhead['overhead_pct']:.1f}% (target <= 2%): "
                      "use a longer --period-ms")
+    if overhead and overhead.get("source_kept_running"):
+        notes.append(f"the sampler-overhead figure covers only the sampling thread: the {overhead['source']} source kept "
+                     "running during the 'sampler off' blocks, so its own cost is not in it (a polled source such as --power ina3221 has no such background cost)")
     if samples.labels is None:
         notes.append("the data has no labels: accuracy is not reported, only exit distributions")
 
@@ -412,34 +426,20 @@ def _accuracy(policy: Any, outputs: List[np.ndarray], confidences: List[Optional
     grid: List[float] = []
     if finite.size:
         grid = sorted(set(np.quantile(finite, np.linspace(0.0, 1.0, max(2, sweep_points))).tolist()))
-    sweep = tradeoff.sweep(scores, correct, latency, energy, grid)
-    sweep.append(_never_early(scores, correct, latency, energy))
-    for point in sweep:
+    sweep = tradeoff.sweep(scores, correct, latency, energy, [*grid, None])  # None: never leave early
+    for point in sweep:  # report thresholds as the policy stores them (Pareto flags do not depend on them)
         stored = policy.to_stored(point["threshold"]) if point["threshold"] is not None else None
         point["threshold"] = stored
         point["thresholds"] = [stored] * (n_exits - 1) + [None]
-    accuracies = [p["accuracy"] for p in sweep]
-    for key, flag in (("mean_latency_ms", "pareto_latency"), ("mean_energy_mj", "pareto_energy")):
-        for p, f in zip(sweep, tradeoff.pareto_flags([p[key] for p in sweep], accuracies)):
-            p[flag] = f
     return {"samples": int(len(outputs[0])), "labelled": correct is not None, "policy": policy.kind,
             "per_exit_top1": per_exit, "current": current, "sweep": sweep}
 
 
-def _never_early(scores: np.ndarray, correct: Optional[np.ndarray], latency: Sequence[Optional[float]],
-                 energy: Sequence[Optional[float]]) -> Dict[str, Any]:
-    n_exits = scores.shape[1]
-    point = tradeoff.evaluate(scores, correct, [None] * n_exits, latency, energy)
-    point["threshold"] = None
-    return {"threshold": None, "thresholds": point["thresholds"], "accuracy": point["accuracy"],
-            "exit_fraction": point["exit_fraction"], "mean_latency_ms": point["mean_latency_ms"],
-            "mean_energy_mj": point["mean_energy_mj"], "pareto_latency": False, "pareto_energy": False}
-
-
 def run_profile(config: ProfileConfig, out_dir: Path) -> Dict[str, Any]:
     """Profile and write the report directory; returns {"profile", "report"}."""
-    from hisd_edge.profile.report import write_report
+    from hisd_edge.profile.report import check_replaceable, write_report
 
+    check_replaceable(Path(out_dir))  # before minutes of measuring, not after
     profile = profile_bundle(config)
     report = write_report(profile, Path(out_dir))
     return {"profile": profile, "report": report}

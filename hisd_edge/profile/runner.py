@@ -7,7 +7,8 @@ The profiler needs four things from a backend, all through the runtime's public 
   with ``perf_counter_ns`` and keeping the backend's own per-stage latency (CUDA events on a GPU
   backend, host wall time on the CPU);
 * run every sample through every exit once, keeping each exit's output and confidence, for the
-  accuracy and the threshold sweep;
+  accuracy and the threshold sweep (the runtime's own ``thresholds.collect_exit_outputs``, which
+  also keeps each chunk within a TensorRT backend's ``max_batch``);
 * run the real early-exit loop at given thresholds, to measure what a user would get;
 * the bundle's policy, or the defaults when it has none.
 
@@ -79,22 +80,6 @@ def loop_to_exit(backend: Backend, batch: np.ndarray, k: int, min_seconds: float
         calls += 1
         now = time.perf_counter()
     return start, now, calls
-
-
-def all_exits(backend: Backend, tensors: np.ndarray, chunk: int = 64) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
-    """Every sample through every exit: (outputs per exit, confidences per exit)."""
-    outputs: List[List[np.ndarray]] = [[] for _ in range(backend.num_stages)]
-    confidences: List[List[np.ndarray]] = [[] for _ in range(backend.num_stages)]
-    for begin in range(0, len(tensors), chunk):
-        backend.start(tensors[begin:begin + chunk])
-        for k in range(backend.num_stages):
-            result = backend.run_stage(k)
-            outputs[k].append(result.exit_output())
-            if result.confidence is not None:
-                confidences[k].append(np.asarray(result.confidence, dtype=np.float32).copy())
-    outs = [np.concatenate(o) for o in outputs]
-    confs = [np.concatenate(c) if c else None for c in confidences]
-    return outs, confs
 
 
 def early_exit_pass(backend: Backend, policy: ExitPolicy, tensors: np.ndarray, batch: int,

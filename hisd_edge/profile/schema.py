@@ -49,7 +49,8 @@ Top level (keys in order)::
                                   "mean_energy_mj" | null, "measured_mean_latency_ms"},
                       "sweep": [{"threshold", "thresholds", "accuracy", "exit_fraction", "mean_latency_ms",
                                  "mean_energy_mj", "pareto_latency": bool, "pareto_energy": bool}]}
-    overhead         {"sampler": {"latency_ms_without", "latency_ms_with", "overhead_pct", "repeats"} | null}
+    overhead         {"sampler": {"latency_ms_without", "latency_ms_with", "overhead_pct", "repeats", "source",
+                                  "source_kept_running": bool (the source ran on in the "off" blocks)} | null}
     notes            [str]: what a reader must know (defaults used, energy unavailable, gaps, mode changes)
 
 "accuracy" uses the real per-exit outputs on the data; "mean_latency_ms"/"mean_energy_mj" of a

@@ -77,13 +77,17 @@ def default_grid(points: int = 41) -> List[float]:
 
 
 def sweep(scores: np.ndarray, correct: Optional[np.ndarray], exit_latency_ms: Sequence[Optional[float]],
-          exit_energy_mj: Sequence[Optional[float]], grid: Optional[Sequence[float]] = None) -> List[Dict[str, Any]]:
-    """Evaluate a shared threshold over the non-final exits at every grid value, Pareto-flagged."""
+          exit_energy_mj: Sequence[Optional[float]], grid: Optional[Sequence[Optional[float]]] = None) -> List[Dict[str, Any]]:
+    """Evaluate a shared threshold over the non-final exits at every grid value, Pareto-flagged.
+
+    A ``None`` grid value is the "no early exit" setting (every sample runs to the last exit).
+    """
     k_total = scores.shape[1]
     points = []
     for t in grid if grid is not None else default_grid():
-        point = evaluate(scores, correct, [float(t)] * (k_total - 1) + [None], exit_latency_ms, exit_energy_mj)
-        point["threshold"] = float(t)
+        shared = None if t is None else float(t)
+        point = evaluate(scores, correct, [shared] * (k_total - 1) + [None], exit_latency_ms, exit_energy_mj)
+        point["threshold"] = shared
         points.append(point)
     accuracies = [p["accuracy"] for p in points]
     for key, flag in (("mean_latency_ms", "pareto_latency"), ("mean_energy_mj", "pareto_energy")):

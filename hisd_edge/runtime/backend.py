@@ -141,11 +141,7 @@ class Backend(abc.ABC):
     def activate(self) -> "Backend":
         if self._active:
             return self
-        if self.precision not in self.bundle.precisions():
-            raise BundleError(
-                f"{self.bundle.root}: no {self.precision} stage files (has {', '.join(self.bundle.precisions()) or 'none'}); "
-                f"pick one of those with --precision or convert with --precision {self.precision}"
-            )
+        self.check_precision()
         try:
             self.activate_impl()
         except BaseException:
@@ -153,6 +149,19 @@ class Backend(abc.ABC):
             raise
         self._active = True
         return self
+
+    def check_precision(self) -> None:
+        """Refuse, before anything is allocated, a precision this backend has nothing to run for.
+
+        The default needs a stage ONNX file of ``precision`` (what ONNX Runtime runs). A backend
+        that runs something else overrides it: a weakly typed TensorRT "fp16" build is made from
+        the fp32 ONNX, so the TensorRT backend checks its build records instead.
+        """
+        if self.precision not in self.bundle.precisions():
+            raise BundleError(
+                f"{self.bundle.root}: no {self.precision} stage files (has {', '.join(self.bundle.precisions()) or 'none'}); "
+                f"pick one of those with --precision or convert with --precision {self.precision}"
+            )
 
     def deactivate(self) -> None:
         if self._active:

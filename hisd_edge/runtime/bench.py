@@ -146,7 +146,7 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
     else:
         samples = load_samples(data, count=count)
         tensors = samples.tensors(bundle.preprocessing)
-        labels = samples.labels
+        labels = samples.labels_for(bundle.class_names, data)
         data_label = f"{data} ({len(tensors)} samples)"
     recorded = bundle.policy
     policy_note = "manifest (calibrated)" if recorded.get("calibrated") else "manifest (not calibrated)"

@@ -277,11 +277,25 @@ class EarlyExitRuntime:
     # -- inference -----------------------------------------------------------------------------
     def infer_tensors(self, batch: np.ndarray, names: Optional[Sequence[str]] = None, first_index: int = 0,
                       exit_at: Optional[int] = None) -> "Tuple[List[ExitResult], BatchTrace]":
-        """Preprocessed (N, C, H, W) float32 -> results in input order, plus the batch's trace."""
+        """Preprocessed (N, C, H, W) float32 -> results in input order, plus the batch's trace.
+
+        A batch larger than the backend takes per run (``max_batch``) runs in chunks; the trace is
+        then the last chunk's.
+        """
         if not self.backend.is_active:
             self.activate()
-        return run_early_exit(self.backend, self.policy, batch, class_names=self.class_names,
-                              exit_at=self.exit_at if exit_at is None else exit_at, names=names, first_index=first_index)
+        exit_at = self.exit_at if exit_at is None else exit_at
+        limit = int(getattr(self.backend, "max_batch", 0) or 0)
+        if limit <= 0 or len(batch) <= limit:
+            return run_early_exit(self.backend, self.policy, batch, class_names=self.class_names, exit_at=exit_at,
+                                  names=names, first_index=first_index)
+        results: List[ExitResult] = []
+        for start in range(0, len(batch), limit):
+            part, trace = run_early_exit(self.backend, self.policy, batch[start : start + limit], class_names=self.class_names,
+                                         exit_at=exit_at, names=None if names is None else names[start : start + limit],
+                                         first_index=first_index + start)
+            results.extend(part)
+        return results, trace
 
     def infer(self, images: Sequence[Optional[np.ndarray]], names: Optional[Sequence[str]] = None, first_index: int = 0) -> List[ExitResult]:
         """Raw images (OpenCV convention; None for an image that could not be read) -> one result each.

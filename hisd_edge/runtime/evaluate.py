@@ -63,7 +63,7 @@ def evaluate_early_exit(bundle: Union[str, Path, Bundle], *, val: str = "default
     with create_backend(backend, opened, load_full_model=True, **(backend_options or {})) as runner:
         for _ in range(3):  # warm-up
             runner.run_full(tensors[:1])
-        compared = compare_per_sample(runner, calibration.policy, tensors, samples.labels, passes=passes,
+        compared = compare_per_sample(runner, calibration.policy, tensors, samples.labels_for(opened.class_names, test), passes=passes,
                                       exit_kind=exit_kind, progress=progress)
     early = compared["early_exit"]
     accuracy = early.get("accuracy", float("nan"))

@@ -188,6 +188,7 @@ class OnnxRuntimeBackend(Backend):
         self._held: Optional[np.ndarray] = None
         self._providers: List[str] = []
         self._exit_meta: List[Dict[str, Any]] = []
+        self.max_batch = 0  # rows per run; set from the stage files at activation (0 = any)
 
     # -- sessions ------------------------------------------------------------------------------
     @property
@@ -244,6 +245,9 @@ class OnnxRuntimeBackend(Backend):
         return _Session(session, label)
 
     def activate_impl(self) -> None:
+        first_dim = self.bundle.stages[0]["inputs"][0]["shape"][0]
+        # Rows per run: 0 = any (dynamic batch axis); 1 for a model exported with a fixed batch of 1.
+        self.max_batch = first_dim if isinstance(first_dim, int) else 0
         self._providers = resolve_providers(self.options.get("providers"))
         self._exit_meta = self.bundle.exits
         shape: Tuple[int, ...] = self.input_shape
@@ -307,6 +311,11 @@ class OnnxRuntimeBackend(Backend):
 
     # -- running -------------------------------------------------------------------------------
     def start_impl(self, batch: np.ndarray) -> None:
+        if self.max_batch and len(batch) > self.max_batch:
+            raise InputError(
+                f"{self.bundle.root}: the stages take {self.max_batch} sample per run (exported with a fixed batch of 1); "
+                "pass one sample at a time (--batch-size 1), or re-export the model with a dynamic batch axis"
+            )
         dtype = self._stages[0].input_dtype
         self._held = batch if batch.dtype == dtype else batch.astype(dtype)
 

@@ -128,6 +128,16 @@ class TensorRTBackend(Backend):
         self.max_batch = 0
 
     # -- lifetime ------------------------------------------------------------------------------
+    def check_precision(self) -> None:
+        """Engines, not stage ONNX files, are what runs: a weakly typed "fp16" build comes from the fp32
+        ONNX, so the bundle need not hold fp16 files. Which builds exist for this device and TensorRT
+        version is checked (with the build command to run) when the engines are loaded."""
+        from hisd_edge.bundle import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision {self.precision!r}: TensorRT engines are built as {', '.join(PRECISIONS)}; "
+                             f"pick one of those with --precision")
+
     def activate_impl(self) -> None:
         from hisd_edge.build.features import dims_to_tuple, import_tensorrt
         from hisd_edge.build.loader import load_engines

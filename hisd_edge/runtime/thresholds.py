@@ -50,7 +50,14 @@ class ExitOutputs:
 
 
 def collect_exit_outputs(backend: Backend, tensors: np.ndarray, batch_size: int = 64, progress: bool = False) -> ExitOutputs:
-    """Run all stages on all rows (no early exit) and keep every exit's outputs and confidences."""
+    """Run all stages on all rows (no early exit) and keep every exit's outputs and confidences.
+
+    Rows go in chunks of ``batch_size``, or fewer where the backend takes fewer per run
+    (``max_batch``: a TensorRT engine's profile maximum, a fixed-batch-1 model).
+    """
+    limit = int(getattr(backend, "max_batch", 0) or 0)
+    if limit > 0:
+        batch_size = min(batch_size, limit)
     num = backend.num_stages
     outputs: List[List[np.ndarray]] = [[] for _ in range(num)]
     confs: List[List[np.ndarray]] = [[] for _ in range(num)]
@@ -400,7 +407,7 @@ def fit_thresholds(bundle: Any, data_source: str = "default:val", *, max_drop_po
     profile_costs = read_profile_costs(Path(costs), bundle.num_stages, objective) if costs is not None else None
     samples = load_samples(data_source, count=count)
     tensors = samples.tensors(bundle.preprocessing)
-    labels = samples.labels
+    labels = samples.labels_for(bundle.class_names, data_source)
     with create_backend(backend, bundle, precision=precision, **(backend_options or {})) as runner:
         outputs = collect_exit_outputs(runner, tensors, progress=progress)
         if profile_costs is None:

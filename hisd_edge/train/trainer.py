@@ -113,6 +113,8 @@ def load_training_data(config: TrainConfig) -> Tuple[Samples, Samples, Optional[
     samples = load_samples(config.data, strict=config.strict)
     if samples.labels is None:
         raise InputError(f"{config.data}: training needs labels; give a folder with one sub-folder per class")
+    if samples.class_names is None:  # .npz labels are class indices: name the classes after them
+        samples.class_names = [str(c) for c in range(int(samples.labels.max()) + 1)]
     if len(samples.class_names or []) < 2:
         raise InputError(f"{config.data}: found {len(samples.class_names or [])} class folder(s); training needs at least 2")
     if config.val:

@@ -214,3 +214,36 @@ def test_a_failed_manifest_update_rolls_the_engines_back(fake_trt, bundle_copy, 
     with pytest.raises(OSError, match="disk full"):
         main(["build", str(bundle_copy), "--precision", "fp32", "--no-progress"])
     assert tree_digest(bundle_copy) == before
+
+
+@pytest.mark.parametrize("where", ["/proc/hisd-nope/timing.cache", "manifest.json/timing.cache"])
+def test_an_unusable_timing_cache_path_is_one_line_before_building(fake_trt, bundle_copy, capsys, tree_digest, where):
+    trt, _ = fake_trt("10.13")
+    path = where if where.startswith("/") else str(bundle_copy / where)  # a folder that cannot be made / a file as folder
+    manifest = (bundle_copy / "manifest.json").read_bytes()
+    before = tree_digest(bundle_copy)
+    line = _one_line_error(*_cli(capsys, bundle_copy, "--timing-cache", path)[::2])
+    assert f"--timing-cache {path}" in line and "leave --timing-cache out" in line
+    assert trt.builds == []  # refused before any engine was built
+    assert (bundle_copy / "manifest.json").read_bytes() == manifest and tree_digest(bundle_copy) == before
+
+
+def test_a_timing_cache_that_cannot_be_saved_is_a_warning_after_publishing(fake_trt, bundle_copy, capsys, monkeypatch,
+                                                                           caplog):
+    from hisd_edge import atomic
+
+    fake_trt("10.13")
+    real_write = atomic.write_bytes
+
+    def failing_write(path, data):
+        if str(path).endswith("timing.cache"):
+            raise OSError(28, "No space left on device")
+        return real_write(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", failing_write)
+    code, out, err = _cli(capsys, bundle_copy, "--precision", "fp32")
+    assert code == 0, err
+    assert Bundle.open(bundle_copy).manifest["engines"][0]["precision"] == "fp32"  # the engines are in
+    assert any("could not save the timing cache" in r.getMessage() and "No space left" in r.getMessage()
+               for r in caplog.records)
+    assert not list((bundle_copy / "engines").rglob("timing.cache"))

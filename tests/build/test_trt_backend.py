@@ -193,6 +193,17 @@ def test_engines_for_another_device_are_refused(built, trt_double, monkeypatch):
     assert "run hisd-edge build" in message and "on this device" in message
 
 
+def test_engines_from_an_orin_nano_are_refused_on_an_agx_orin(built, trt_double, monkeypatch):
+    path, trt, cuda = built("10.3", "jetson")  # an Orin Nano: "Orin", sm 8.7, 8 SMs
+    agx = trt_double.cuda_double.FakeCuda(trt_double.cuda_double.AGX_ORIN)  # also "Orin", sm 8.7: 16 SMs
+    monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10.3", agx))
+    with pytest.raises(BundleError) as err:
+        _activate(path, cuda=agx)
+    message = str(err.value)
+    assert "Orin (sm 8.7) with 8 SMs" in message and "this Orin (sm 8.7) with 16 SMs" in message
+    assert "run hisd-edge build" in message
+
+
 def test_engines_for_another_tensorrt_version_are_refused(built, trt_double, monkeypatch):
     path, trt, cuda = built("10.13")
     monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10.3", cuda))
@@ -306,3 +317,28 @@ def test_missing_cuda_binding_for_the_backend(built, monkeypatch):
     monkeypatch.setattr(hc, "available_bindings", lambda: [])
     with pytest.raises(DependencyError, match="pip install pycuda.*pip install cuda-python"):
         _activate(path)
+
+
+def _drop_fp16_onnx(path):
+    """The bundle as ``convert --precision fp32,int8`` leaves it: no fp16 stage files at all."""
+    bundle = Bundle.open(path, verify=False)
+    bundle.update(lambda m: [s["files"].pop("fp16") for s in m["stages"]])
+    for plan in path.glob("stage*.fp16.onnx"):
+        plan.unlink()
+    assert "fp16" not in Bundle.open(path).precisions()
+
+
+def test_weakly_typed_fp16_engines_from_an_fp32_only_bundle_load(fake_trt, bundle_copy, images):
+    trt, cuda = fake_trt("8.5")
+    _drop_fp16_onnx(bundle_copy)
+    result = build_engines(Bundle.open(bundle_copy), BuildOptions(precision="fp16", progress=False), cuda=cuda)
+    assert result.record["precision"] == "fp16" and result.recipe.onnx_precision == "fp32"
+    with create_backend("tensorrt", Bundle.open(bundle_copy), precision="fp16", cuda=cuda) as backend:
+        backend.start(images[:4])
+        assert backend.run_stage(0).confidence.shape == (4,)
+    # the ONNX Runtime backend still needs fp16 stage files, and says so
+    with pytest.raises(BundleError, match="no fp16 stage files.*convert with --precision fp16"):
+        create_backend("onnxruntime", Bundle.open(bundle_copy), precision="fp16").activate()
+    # a precision TensorRT never builds is refused up front, naming the choices
+    with pytest.raises(InputError, match="'fp8'.*fp32, fp16, int8"):
+        create_backend("tensorrt", Bundle.open(bundle_copy), precision="fp8", cuda=cuda).activate()

@@ -138,6 +138,18 @@ def test_int32_bias_and_int8_weight_constants_are_flagged():
     findings = check_model(_model(nodes, [x], [y], inits), ALL)
     assert "int32_dequantize" in _codes(findings, "10")
     assert "int8_weight_constant" in _codes(findings, "8.5") and "int8_weight_constant" not in _codes(findings, "11")
+    # The same constants without zero-point inputs (optional in ONNX) are flagged just the same.
+    bare = [helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], axis=0),
+            helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], axis=0), nodes[2]]
+    findings = check_model(_model(bare, [x], [y], inits), ALL)
+    assert "int32_dequantize" in _codes(findings, "10") and "int8_weight_constant" in _codes(findings, "8.5")
+
+
+def test_check_a_precision_the_bundle_lacks_is_an_error(vit_bundles, capsys):
+    bundle = vit_bundles["opset17"].bundle
+    assert main(["check", str(bundle), "--precision", "int4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no int4 stage files" in err[0]
 
 
 def test_inspect_runs_without_torch_or_onnx(vit_bundles):

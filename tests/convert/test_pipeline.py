@@ -10,6 +10,7 @@ from onnx import numpy_helper
 from hisd_edge.bundle import Bundle
 from hisd_edge.convert import calib_cache, calibrate, verify
 from hisd_edge.data import load_samples
+from hisd_edge.errors import InputError
 from hisd_edge.preprocess import Preprocessing
 
 
@@ -231,3 +232,28 @@ def test_user_onnx_with_a_fixed_batch_of_one(tiny_model_and_meta, tmp_path):
     assert manifest["stages"][0]["inputs"][0]["shape"] == [1, 1, 28, 28]
     assert manifest["calibration"]["count"] == 9 and result.validation["count"] == 11
     assert max(result.verification["chain_max_abs_diff"]) <= 1e-5 and result.verification["samples"] == 5
+    # The runtime feeds such a bundle one sample per run, whatever batch it is given.
+    from hisd_edge.runtime import open_runtime
+    from hisd_edge.runtime.thresholds import fit_thresholds
+
+    cal, _ = fit_thresholds(Bundle.open(tmp_path / "b1"), "default:val", count=7, write=False)
+    assert len(cal.exit_fractions) == 3
+    with open_runtime(tmp_path / "b1") as runtime:
+        results, _ = runtime.infer_tensors(np.zeros((5, 1, 28, 28), np.float32))
+    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+
+
+def test_user_onnx_with_a_fixed_batch_above_one_is_refused(tiny_model_and_meta, tmp_path):
+    import torch
+
+    from hisd_edge.convert import convert_onnx
+
+    model, meta = tiny_model_and_meta
+    path = tmp_path / "batch4.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(4, 1, 28, 28),), str(path), input_names=["pixels"],
+                          output_names=["e0", "e1", "e2"], opset_version=17, dynamo=False)
+    with pytest.raises(InputError, match="fixed batch of 4.*dynamic batch axis"):
+        convert_onnx(path, tmp_path / "b4", ["e0", "e1", "e2"], preprocessing=meta["preprocessing"], precisions=("fp32",),
+                     calib_count=8, val="default:val", val_count=8)
+    assert not (tmp_path / "b4").exists()

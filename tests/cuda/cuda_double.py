@@ -26,9 +26,12 @@ import numpy as np
 from hisd_edge.cuda.api import CudaBackend, DeviceBuffer, DeviceInfo, Event, Graph, HostBuffer, Stream, nbytes_of
 
 DISCRETE = DeviceInfo(index=0, name="Fake RTX 4090", compute_capability=(8, 9), integrated=False,
-                      can_map_host_memory=True, total_memory_bytes=24 << 30)
+                      can_map_host_memory=True, total_memory_bytes=24 << 30, multiprocessor_count=128)
+# An Orin Nano 8GB (8 SMs); an AGX Orin reports the same name and capability with 16 SMs.
 JETSON_ORIN = DeviceInfo(index=0, name="Orin", compute_capability=(8, 7), integrated=True,
-                         can_map_host_memory=True, total_memory_bytes=8 << 30)
+                         can_map_host_memory=True, total_memory_bytes=8 << 30, multiprocessor_count=8)
+AGX_ORIN = DeviceInfo(index=0, name="Orin", compute_capability=(8, 7), integrated=True,
+                      can_map_host_memory=True, total_memory_bytes=64 << 30, multiprocessor_count=16)
 
 
 class FakeCudaError(RuntimeError):

@@ -85,6 +85,38 @@ def test_device_key_is_directory_safe_and_names_the_compute_capability():
     assert info.to_dict()["compute_capability"] == "8.9"
 
 
+def test_device_key_tells_orin_modules_apart_by_their_multiprocessors():
+    nano, agx = cuda_double.JETSON_ORIN, cuda_double.AGX_ORIN
+    assert (nano.name, nano.compute_capability) == (agx.name, agx.compute_capability)  # what CUDA reports for both
+    assert (nano.key, agx.key) == ("orin-sm87-8sm", "orin-sm87-16sm")
+    assert agx.to_dict()["multiprocessor_count"] == 16 and agx.to_dict()["key"] == "orin-sm87-16sm"
+
+
+def test_both_bindings_read_the_multiprocessor_count(monkeypatch):
+    from types import SimpleNamespace as NS
+
+    import hisd_edge.cuda.cudart_backend as cudart
+    import hisd_edge.cuda.pycuda_backend as pyc
+
+    ok = object()
+    prop = NS(name=b"Orin\0\0", major=8, minor=7, integrated=1, canMapHostMemory=1, totalGlobalMem=64 << 30,
+              multiProcessorCount=16)
+    rt = NS(cudaError_t=NS(cudaSuccess=ok), cudaGetDeviceCount=lambda: (ok, 1), cudaSetDevice=lambda i: (ok,),
+            cudaDeviceMapHost=8, cudaDeviceScheduleSpin=1, cudaDeviceScheduleAuto=0, cudaSetDeviceFlags=lambda f: (ok,),
+            cudaGetDeviceProperties=lambda i: (ok, prop))
+    monkeypatch.setattr(cudart, "_runtime", lambda: rt)
+    assert cudart.CudaPythonBackend(0).device.key == "orin-sm87-16sm"
+
+    attrs = NS(INTEGRATED="integrated", CAN_MAP_HOST_MEMORY="map", MULTIPROCESSOR_COUNT="sms")
+    dev = NS(make_context=lambda flags: None, compute_capability=lambda: (8, 7), name=lambda: "Orin",
+             get_attribute=lambda a: {"integrated": 1, "map": 1, "sms": 8}[a], total_memory=lambda: 8 << 30)
+    driver = NS(init=lambda: None, Device=NS(count=lambda: 1), Error=RuntimeError, device_attribute=attrs,
+                ctx_flags=NS(MAP_HOST=8, SCHED_SPIN=1, SCHED_AUTO=0))
+    driver.Device = type("Device", (), {"count": staticmethod(lambda: 1), "__new__": lambda cls, i: dev})
+    monkeypatch.setattr(pyc, "_driver", lambda: driver)
+    assert pyc.PyCudaBackend(0).device.key == "orin-sm87-8sm"
+
+
 def test_cuda_python_host_array_is_a_view_of_the_pinned_memory():
     from hisd_edge.cuda.cudart_backend import _host_array
 

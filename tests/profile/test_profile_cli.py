@@ -272,3 +272,84 @@ def test_policy_resolution_calibrated_and_not(bundle_copy):
     calibrated = bundle_copy(lambda m: m.update(policy={"kind": "margin", "thresholds": [0.3, 0.2, None], "calibrated": True}))
     policy, block, note = resolve_policy(Bundle.open(calibrated))
     assert (policy.kind, block["thresholds"], block["calibrated"], note) == ("margin", [0.3, 0.2, None], True, None)
+
+
+# -- review fixes ---------------------------------------------------------------------------------------
+def test_report_refuses_to_swap_out_a_directory_with_a_users_file(none_profile, tmp_path, capsys):
+    import shutil
+
+    src, _ = none_profile
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    (copy / "notes.txt").write_text("precious")
+    before = sorted(p.name for p in copy.iterdir())
+    code, _, err = _run(["report", str(copy / "profile.json")], capsys)
+    _one_line_error(code, err, "notes.txt", "choose another --out or remove them")
+    assert (copy / "notes.txt").read_text() == "precious" and sorted(p.name for p in copy.iterdir()) == before
+    (copy / "notes.txt").unlink()
+    code, _, _ = _run(["report", str(copy / "profile.json")], capsys)  # what the report wrote itself is replaceable
+    assert code == 0
+
+
+def test_profile_checks_out_before_measuring(tiny_bundle_dir, tmp_path, monkeypatch):
+    from hisd_edge.errors import InputError
+    from hisd_edge.profile import profiler
+
+    def must_not_measure(config):
+        raise AssertionError("profile_bundle ran before --out was checked")
+
+    monkeypatch.setattr(profiler, "profile_bundle", must_not_measure)
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "profile.json").write_text("{}")
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match="thesis.tex"):
+        profiler.run_profile(profiler.ProfileConfig(bundle=str(tiny_bundle_dir), power="none"), out)
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def _with_max_batch(monkeypatch, max_batch):
+    """Open the real backend but give it a TensorRT-like max_batch; record every batch the all-exit pass feeds."""
+    from hisd_edge.profile import runner
+    from hisd_edge.runtime import thresholds
+
+    real_open, real_collect = runner.open_backend, thresholds.collect_exit_outputs
+    calls = []
+
+    def open_backend(*args, **kwargs):
+        backend = real_open(*args, **kwargs)
+        backend.max_batch = max_batch
+        return backend
+
+    def collect(backend, tensors, *args, **kwargs):
+        calls.append(len(tensors))
+        return real_collect(backend, tensors, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "open_backend", open_backend)
+    monkeypatch.setattr(thresholds, "collect_exit_outputs", collect)
+    return calls
+
+
+def test_batch_over_the_backends_max_batch_fails_before_measuring(tiny_bundle_dir, tmp_path, fast_args, monkeypatch, capsys):
+    calls = _with_max_batch(monkeypatch, 2)
+    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(tmp_path / "r")]
+                        + fast_args, capsys)
+    _one_line_error(code, err, "--batch 1,4", "at most 2 rows", "rebuild with a larger --batch MAX")
+    assert calls == [] and not (tmp_path / "r").exists()
+
+
+def test_all_exit_pass_is_the_runtimes_collect_exit_outputs(tiny_bundle_dir, tmp_path, fast_args, monkeypatch, capsys):
+    calls = _with_max_batch(monkeypatch, 4)
+    out = tmp_path / "r"
+    code, _, _ = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(out)] + fast_args,
+                      capsys)
+    assert code == 0 and calls == [120]
+    profile = json.loads((out / "profile.json").read_text())
+    assert profile["accuracy"]["samples"] == 120 and profile["accuracy"]["sweep"][-1]["threshold"] is None
+
+
+def test_power_choices_match_the_library():
+    from hisd_edge.commands.profile import POWER_CHOICES as cli_choices
+    from hisd_edge.profile.power import POWER_CHOICES
+
+    assert cli_choices == POWER_CHOICES

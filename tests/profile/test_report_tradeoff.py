@@ -144,3 +144,55 @@ def test_sweep_is_monotone_in_depth_and_flags_pareto():
     assert all(set(p) >= {"threshold", "pareto_energy"} for p in points)
     grid = tradeoff.default_grid(11)
     assert grid[0] == 0.0 and grid[-1] == 1.0 and len(grid) == 11
+
+
+# -- what a report directory may hold (review fixes) --------------------------------------------------
+def test_a_profile_json_next_to_a_users_file_is_not_replaced(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "profile.json").write_text(json.dumps(make_profile()))
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"'notes\.txt'.*choose another --out or remove them") as caught:
+        write_report(make_profile(), out)
+    assert "\n" not in str(caught.value)
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt", "profile.json"]
+    with pytest.raises(InputError, match="notes.txt"):
+        write_comparison([make_profile(), make_profile(name="b")], ["a", "b"], out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_every_file_the_writers_produce_is_replaceable(tmp_path):
+    from hisd_edge.profile.report import WRITTEN_NAMES, check_replaceable
+
+    profile = make_profile()
+    profile["power"]["trace"] = {"time_s": [0.0, 0.02, 0.04], "total_mw": [5000.0, 5100.0, 5050.0]}  # power_trace.csv/.png
+    out = tmp_path / "r"
+    first = write_report(profile, out)
+    assert {"power_trace.csv", "power_trace.png"} <= set(first["files"])
+    assert set(first["files"]) <= WRITTEN_NAMES and {p.name for p in out.iterdir()} == set(first["files"])
+    check_replaceable(out)
+    write_report(make_profile(energy=False), out)  # an earlier report is still replaced
+    cmp_out = tmp_path / "cmp"
+    result = write_comparison([profile, make_profile(name="b")], ["a", "b"], cmp_out)
+    assert set(result["files"]) <= WRITTEN_NAMES and {p.name for p in cmp_out.iterdir()} == set(result["files"])
+    write_comparison([profile, make_profile(name="c")], ["a", "c"], cmp_out)
+
+
+def test_sweep_with_a_none_grid_value_never_leaves_early():
+    points = tradeoff.sweep(SCORES, CORRECT, [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], grid=[0.5, None])
+    never = points[-1]
+    assert never["threshold"] is None and never["thresholds"] == [None, None, None]
+    assert never["exit_fraction"] == [0.0, 0.0, 1.0] and never["accuracy"] == 1.0 and never["mean_latency_ms"] == 3.0
+    # the most accurate setting is on both fronts; flags come from sweep itself, over every point
+    assert never["pareto_latency"] and never["pareto_energy"]
+    assert points[0]["accuracy"] == 0.25 and points[0]["mean_latency_ms"] == 1.25 and points[0]["pareto_latency"]
+
+
+def test_report_says_when_the_source_kept_running_during_the_overhead_blocks(tmp_path):
+    profile = make_profile()
+    profile["overhead"] = {"sampler": {"overhead_pct": 0.4, "source": "tegrastats", "source_kept_running": True}}
+    write_report(profile, tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "sampling thread only: the tegrastats source kept running while the sampler was off" in page
+    write_report(make_profile(), tmp_path / "r2")
+    assert "sampling thread only" not in (tmp_path / "r2" / "report.html").read_text()

@@ -178,3 +178,17 @@ def test_embedding_exits_calibrate_stability_with_class_centroids(embedding_bund
     with pytest.raises(InputError, match="labelled"):
         from hisd_edge.runtime.thresholds import exit_predictions
         exit_predictions(ExitOutputs([np.ones((2, 3))], [None]), "embedding", None)
+
+
+def test_a_folder_of_some_classes_is_scored_in_the_model_class_order(converted_bundle, tmp_path):
+    """Sub-folders '3' and '7' are labels 0 and 1 to the folder, classes 3 and 7 to the model."""
+    cv2 = pytest.importorskip("cv2")
+    from hisd_edge.data import load_samples
+
+    val = load_samples("default:val")
+    for cls in (3, 7):
+        (tmp_path / str(cls)).mkdir()
+        for i in np.flatnonzero(val.labels == cls)[:20]:
+            cv2.imwrite(str(tmp_path / str(cls) / f"{i}.png"), val.images[i])
+    cal, _ = fit_thresholds(Bundle.open(converted_bundle), str(tmp_path), max_drop_points=0.0, write=False)
+    assert cal.final_accuracy > 0.8  # scored against classes 0/1 it would be ~0

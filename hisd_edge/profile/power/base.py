@@ -119,11 +119,14 @@ class PowerSource(abc.ABC):
     sampling period worth using (twice the sensor's own update interval, where known): sampling
     faster only repeats values. ``streaming`` sources (a ``tegrastats`` process) produce samples on
     their own schedule and stamp them themselves; ``read()`` returns the newest one, or ``None``
-    before the first.
+    before the first. ``runs_in_background`` sources (a ``tegrastats`` process, a jtop client) keep
+    working between ``open()`` and ``close()`` whether or not anything polls them, so stopping the
+    sampler does not stop their cost (the sampler-overhead figure then leaves it out).
     """
 
     name = "source"
     streaming = False
+    runs_in_background = False
     available = True  # False only for NullSource: energy cannot be measured
 
     def __init__(self, clock: Clock = time.perf_counter):

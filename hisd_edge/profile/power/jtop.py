@@ -19,6 +19,7 @@ INSTALL_HINT = "install jetson-stats (sudo pip3 install -U jetson-stats, then re
 
 class JtopSource(PowerSource):
     name = "jtop"
+    runs_in_background = True  # the jtop client thread keeps reading the service until close()
 
     def __init__(self, interval_s: float = 0.1, clock: Clock = time.perf_counter):
         super().__init__(clock)

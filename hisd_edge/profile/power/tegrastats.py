@@ -107,6 +107,7 @@ class TegrastatsProcessSource(PowerSource):
 
     name = "tegrastats"
     streaming = True
+    runs_in_background = True  # the tegrastats process runs until close()
 
     def __init__(self, interval_ms: int = 100, executable: Optional[str] = None, clock: Clock = time.perf_counter,
                  first_line_timeout_s: float = 5.0):

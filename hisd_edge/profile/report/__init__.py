@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hisd_edge import atomic
 from hisd_edge.errors import DependencyError, InputError
@@ -20,19 +20,33 @@ from hisd_edge.profile.schema import FILENAME
 
 HTML_NAME = "report.html"
 COMPARE_HTML_NAME = "compare.html"
+COMPARE_CSV_NAME = "compare_exits.csv"
+SOURCES_NAME = "sources.json"
+
+# {file name: renderer}: the plots of one report, and of a comparison.
+REPORT_PLOTS: Dict[str, Callable[[Dict[str, Any]], Optional[bytes]]] = {
+    "accuracy_vs_latency.png": lambda p: plots.tradeoff(p, "mean_latency_ms"),
+    "accuracy_vs_energy.png": lambda p: plots.tradeoff(p, "mean_energy_mj"),
+    "exit_distribution.png": plots.exit_distribution,
+    "stage_breakdown.png": plots.stage_breakdown,
+    "power_trace.png": plots.power_trace,
+}
+COMPARE_PLOTS: Dict[str, Callable[[Sequence[Dict[str, Any]], Sequence[str]], Optional[bytes]]] = {
+    "compare_accuracy_vs_latency.png": lambda ps, ls: plots.compare_tradeoff(ps, ls, "mean_latency_ms"),
+    "compare_accuracy_vs_energy.png": lambda ps, ls: plots.compare_tradeoff(ps, ls, "mean_energy_mj"),
+    "compare_exit_latency.png": lambda ps, ls: plots.compare_exits(ps, ls, "mean_latency_ms"),
+    "compare_exit_energy.png": lambda ps, ls: plots.compare_exits(ps, ls, "mean_energy_mj"),
+}
+# Every name write_report or write_comparison can put in a directory: only these may be replaced.
+WRITTEN_NAMES = frozenset((FILENAME, HTML_NAME, COMPARE_HTML_NAME, COMPARE_CSV_NAME, SOURCES_NAME)
+                          + tables.TABLE_NAMES + tuple(REPORT_PLOTS) + tuple(COMPARE_PLOTS))
 
 
 def render_images(profile: Dict[str, Any]) -> Dict[str, Optional[bytes]]:
     """{file name: PNG bytes or None} for one profile; {} when matplotlib is missing."""
     if not plots.matplotlib_available():
         return {}
-    return {
-        "accuracy_vs_latency.png": plots.tradeoff(profile, "mean_latency_ms"),
-        "accuracy_vs_energy.png": plots.tradeoff(profile, "mean_energy_mj"),
-        "exit_distribution.png": plots.exit_distribution(profile),
-        "stage_breakdown.png": plots.stage_breakdown(profile),
-        "power_trace.png": plots.power_trace(profile),
-    }
+    return {name: render(profile) for name, render in REPORT_PLOTS.items()}
 
 
 def _render_notes(profile: Dict[str, Any], images: Dict[str, Optional[bytes]]) -> List[str]:
@@ -47,20 +61,34 @@ def _render_notes(profile: Dict[str, Any], images: Dict[str, Optional[bytes]]) -
     return notes
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Only an empty directory or an earlier report may be replaced: never a user's folder."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise InputError(f"--out {out_dir}: exists and is not a directory; choose another path")
-        entries = [p for p in out_dir.iterdir()]
-        if entries and not (out_dir / FILENAME).exists() and not (out_dir / COMPARE_HTML_NAME).exists():
-            raise InputError(f"--out {out_dir}: exists and is not a hisd-edge report; choose a new or empty directory")
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an ``--out`` that is not new, empty or an earlier report/comparison (checked before any work).
+
+    The directory is swapped out as a whole, so it may hold only files a report writes
+    (:data:`WRITTEN_NAMES`): a user's file next to a profile.json would otherwise be deleted.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a directory; choose another path")
+    names = sorted(p.name for p in out_dir.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in WRITTEN_NAMES]
+    if foreign:
+        shown = ", ".join(map(repr, foreign[:5])) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(f"--out {out_dir}: not a hisd-edge report (it holds {shown}, which the report would delete); "
+                         "choose another --out or remove them")
+    if FILENAME not in names and COMPARE_HTML_NAME not in names:
+        raise InputError(f"--out {out_dir}: not a hisd-edge report (no {FILENAME} or {COMPARE_HTML_NAME}); "
+                         "choose a new or empty directory")
 
 
 def write_report(profile: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
     """Write profile.json, the CSV tables, the plots and report.html into ``out_dir`` (atomically)."""
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     images = render_images(profile)
     notes = _render_notes(profile, images)
     page = html.render_html(profile, images, notes)
@@ -113,16 +141,11 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
     if len(profiles) < 2:
         raise InputError("a comparison needs two or more profiles")
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     labels = _labels(profiles, paths)
     images: Dict[str, Optional[bytes]] = {}
     if plots.matplotlib_available():
-        images = {
-            "compare_accuracy_vs_latency.png": plots.compare_tradeoff(profiles, labels, "mean_latency_ms"),
-            "compare_accuracy_vs_energy.png": plots.compare_tradeoff(profiles, labels, "mean_energy_mj"),
-            "compare_exit_latency.png": plots.compare_exits(profiles, labels, "mean_latency_ms"),
-            "compare_exit_energy.png": plots.compare_exits(profiles, labels, "mean_energy_mj"),
-        }
+        images = {name: render(profiles, labels) for name, render in COMPARE_PLOTS.items()}
     notes = _comparison_notes(profiles, labels)
     if not images:
         notes.append("plots left out: matplotlib is not installed here")
@@ -145,11 +168,11 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
     with atomic.atomic_dir(out_dir, replace=True) as tmp:
         (tmp / COMPARE_HTML_NAME).write_text(page, encoding="utf-8")
         written.append(COMPARE_HTML_NAME)
-        (tmp / "compare_exits.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        written.append("compare_exits.csv")
-        (tmp / "sources.json").write_text(json.dumps({"labels": labels, "profiles": list(map(str, paths))}, indent=2) + "\n",
+        (tmp / COMPARE_CSV_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        written.append(COMPARE_CSV_NAME)
+        (tmp / SOURCES_NAME).write_text(json.dumps({"labels": labels, "profiles": list(map(str, paths))}, indent=2) + "\n",
                                           encoding="utf-8")
-        written.append("sources.json")
+        written.append(SOURCES_NAME)
         for name, png in images.items():
             if png:
                 (tmp / name).write_bytes(png)
@@ -157,4 +180,5 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
     return {"out": str(out_dir), "files": written, "html": str(out_dir / COMPARE_HTML_NAME), "labels": labels, "notes": notes}
 
 
-__all__ = ["HTML_NAME", "COMPARE_HTML_NAME", "render_images", "write_report", "write_comparison"]
+__all__ = ["HTML_NAME", "COMPARE_HTML_NAME", "WRITTEN_NAMES", "check_replaceable", "render_images", "write_report",
+           "write_comparison"]

@@ -182,7 +182,9 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
         ("sampling period (ms)", num(power.get("sampling_period_ms"))),
         ("idle power (mW)", num(idle.get("power_mw"), 4)),
         ("energy unavailable because", _e(power.get("reason")) if not power.get("available") else "-"),
-        ("sampler overhead on latency", f"{overhead['overhead_pct']:.2f}%" if overhead.get("overhead_pct") is not None else num(None)),
+        ("sampler overhead on latency", (f"{overhead['overhead_pct']:.2f}%" if overhead.get("overhead_pct") is not None else num(None))
+         + (_e(f" (sampling thread only: the {overhead.get('source')} source kept running while the sampler was off)")
+            if overhead.get("source_kept_running") else "")),
         ("settings", _e(", ".join(f"{k}={v}" for k, v in (profile.get("settings") or {}).items()))),
         ("command", _e(profile.get("command", ""))),
     ]))

@@ -87,8 +87,11 @@ def power_trace_csv(profile: Dict[str, Any]) -> Optional[str]:
     return _csv(["time_s", "total_mw"], [[t, p] for t, p in zip(trace["time_s"], trace["total_mw"])])
 
 
+TABLE_NAMES = ("exits.csv", "stages.csv", "sweep.csv", "power_trace.csv")  # every name all_tables may return
+
+
 def all_tables(profile: Dict[str, Any]) -> Dict[str, str]:
-    """{file name: CSV text}."""
+    """{file name: CSV text}; the names are among :data:`TABLE_NAMES`."""
     tables = {"exits.csv": exits_csv(profile), "stages.csv": stages_csv(profile)}
     if _get(profile, "accuracy", "sweep"):
         tables["sweep.csv"] = sweep_csv(profile)
