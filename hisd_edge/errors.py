@@ -8,6 +8,13 @@ and keeps its traceback. Messages name the failing thing and say what to do abou
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its class name): what a one-line error quotes
+    of a library's multi-line complaint."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
 class HisdError(Exception):
     """Base class: a problem with the user's input or environment, not a bug."""
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hisd_edge.errors import ConversionError, InputError
+from hisd_edge.errors import ConversionError, InputError, first_line
 
 LOG = logging.getLogger("hisd_edge.convert")
 
@@ -205,8 +205,7 @@ def compute_stage_statistics(stage_path: Path, stage_input: np.ndarray, recipe: 
             calibrator.collect_data(_as_reader(ArrayReader(session_inputs, stage_input, batch_size)))
             data = calibrator.compute_data()
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ConversionError(f"{Path(stage_path).name}: calibration failed ({text[0] if text else exc.__class__.__name__})") from None
+        raise ConversionError(f"{Path(stage_path).name}: calibration failed ({first_line(exc)})") from None
     return data
 
 

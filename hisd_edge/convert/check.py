@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from hisd_edge.convert.trt_ops import FAMILIES, Family, family
-from hisd_edge.errors import DependencyError, InputError
+from hisd_edge.errors import DependencyError, InputError, first_line
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 _SHAPE_LIKE_MAX_ELEMENTS = 16  # small INT64 constants are shapes/axes/indices, which TensorRT handles
@@ -146,7 +146,7 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:
-        add("error", "all", "shape_inference", f"shape inference fails ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})")
+        add("error", "all", "shape_inference", f"shape inference fails ({first_line(exc)})")
         inferred = model
     known = {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
              if v.type.tensor_type.HasField("shape")} | set(inits)

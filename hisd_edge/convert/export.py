@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hisd_edge.errors import ConversionError, InputError
+from hisd_edge.errors import ConversionError, InputError, first_line
 
 LOG = logging.getLogger("hisd_edge.convert")
 
@@ -55,12 +55,9 @@ def infer_shapes(model: Any) -> Any:
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises several types here; all mean "this graph is inconsistent"
-        raise ConversionError(f"ONNX shape inference failed ({_first_line(exc)}); the graph is inconsistent") from None
+        raise ConversionError(f"ONNX shape inference failed ({first_line(exc)}); the graph is inconsistent") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 # -- torch -----------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ def export_module(model: Any, input_shape: Sequence[int], *, opset: int = DEFAUL
         try:
             outs = model(example)
         except Exception as exc:
-            raise ConversionError(f"the model fails on an input of shape {tuple(example.shape)} ({_first_line(exc)})") from None
+            raise ConversionError(f"the model fails on an input of shape {tuple(example.shape)} ({first_line(exc)})") from None
     if not isinstance(outs, (list, tuple)) or len(outs) != num_exits:
         got = len(outs) if isinstance(outs, (list, tuple)) else 1
         raise ConversionError(f"the model declares {num_exits} exits (exit_info) but forward returned {got} output(s)")
@@ -161,7 +158,7 @@ def export_module(model: Any, input_shape: Sequence[int], *, opset: int = DEFAUL
             )
     except Exception as exc:
         raise ConversionError(
-            f"torch.onnx.export failed at opset {opset} ({_first_line(exc)}); if an operator is unsupported try "
+            f"torch.onnx.export failed at opset {opset} ({first_line(exc)}); if an operator is unsupported try "
             "another --opset, or export the model to ONNX yourself and convert that"
         ) from None
     finally:
@@ -228,13 +225,13 @@ def load_onnx(path: Path, exits: Sequence[str]) -> Tuple[Any, Dict[str, str]]:
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise InputError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     if not model.graph.node:
         raise InputError(f"{path}: the ONNX graph has no nodes")
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise InputError(f"{path}: the ONNX model is invalid ({_first_line(exc)}); fix or re-export it") from None
+        raise InputError(f"{path}: the ONNX model is invalid ({first_line(exc)}); fix or re-export it") from None
     model = infer_shapes(model)
     graph = model.graph
     inits = {i.name for i in graph.initializer}

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from hisd_edge.errors import ConversionError
+from hisd_edge.errors import ConversionError, first_line
 
 LOG = logging.getLogger("hisd_edge.convert")
 
@@ -88,8 +88,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Any, method: str
     except ConversionError:
         raise
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ConversionError(f"{Path(fp32_path).name}: INT8 quantization failed ({text[0] if text else exc.__class__.__name__})") from None
+        raise ConversionError(f"{Path(fp32_path).name}: INT8 quantization failed ({first_line(exc)})") from None
 
 
 @contextlib.contextmanager
@@ -115,8 +114,7 @@ def convert_fp16(model: Any, keep_fp32_nodes: Optional[Sequence[str]] = None) ->
             half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
                                             node_block_list=list(keep_fp32_nodes or []))
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ConversionError(f"fp16 conversion failed ({text[0] if text else exc.__class__.__name__})") from None
+        raise ConversionError(f"fp16 conversion failed ({first_line(exc)})") from None
     toposort(half)
     return half
 

@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
 from hisd_edge.convert.export import BATCH_DIM, INPUT_NAME, exit_name, feat_name, infer_shapes, model_opset, rename_tensor
-from hisd_edge.errors import ConversionError, InputError
+from hisd_edge.errors import ConversionError, InputError, first_line
 
 
 @dataclasses.dataclass
@@ -282,5 +282,4 @@ def check_model(model: Any, what: str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ConversionError(f"{what} fails onnx.checker ({text[0] if text else exc.__class__.__name__})") from None
+        raise ConversionError(f"{what} fails onnx.checker ({first_line(exc)})") from None

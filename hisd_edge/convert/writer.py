@@ -11,7 +11,6 @@ unrelated files.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -45,20 +44,9 @@ def bundle_dir(out: Path, force: bool) -> Iterator[Path]:
     check_output_dir(out, force)
     try:
         with atomic.atomic_dir(out, replace=force) as tmp:
-            yield tmp
-            _publishable(tmp)
+            yield tmp  # atomic_dir gives the published bundle the modes the user's umask would
     except FileExistsError:
         raise InputError(f"{out}: appeared while converting; choose another --out, or pass --force") from None
-
-
-def _publishable(root: Path) -> None:
-    """Temporary files and directories are created private (0600/0700); a bundle is meant to be
-    copied and read by others, so give it the modes the user's umask would give new files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o777 & ~umask)
-    for path in root.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def tensor_records(infos: Any) -> List[Dict[str, Any]]:

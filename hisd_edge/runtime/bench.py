@@ -30,7 +30,7 @@ import numpy as np
 from hisd_edge.errors import InputError
 from hisd_edge.runtime.backend import create_backend
 from hisd_edge.runtime.early_exit import run_early_exit
-from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, make_policy, policy_from_manifest
+from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, policy_from_manifest
 from hisd_edge.runtime.thresholds import collect_exit_outputs, exit_predictions, fit_thresholds
 
 TARGETS = {"chain_overhead": 1.03, "speedup": 3.0, "accuracy_drop_points": 0.5, "vs_oracle": 1.2}

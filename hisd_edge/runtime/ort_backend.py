@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hisd_edge.errors import BundleError, DependencyError, InputError
+from hisd_edge.errors import BundleError, DependencyError, InputError, first_line
 from hisd_edge.runtime.backend import Backend, FullResult, StageResult, softmax_max
 
 LOG = logging.getLogger("hisd_edge.runtime")
@@ -240,7 +240,7 @@ class OnnxRuntimeBackend(Backend):
             session = ort.InferenceSession(str(path), options, providers=self._providers,
                                            provider_options=provider_options)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            first = first_line(exc)
             raise BundleError(f"{path}: ONNX Runtime cannot load it ({first}); convert the model again") from None
         return _Session(session, label)
 
