@@ -152,21 +152,20 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
     policy_note = "manifest (calibrated)" if recorded.get("calibrated") else "manifest (not calibrated)"
     if calibrate_on is None and not recorded.get("calibrated") and data == "default:test":
         calibrate_on = "default:val"
-    if calibrate_on is not None:
-        calibration, _ = fit_thresholds(bundle, calibrate_on, policy_kind=recorded.get("kind"), backend=backend,
-                                        precision=precision, write=False, backend_options=backend_options,
-                                        max_drop_points=max_drop_points)
-        policy: ExitPolicy = calibration.policy
-        policy_note = f"fitted on {calibrate_on} for this run (max drop {max_drop_points:g} points; not written)"
-    else:
-        policy = policy_from_manifest(recorded, num, exit_kind)
-    report: Dict[str, Any] = {
-        "bundle": str(bundle.root), "name": bundle.name, "data": data_label,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor() or None},
-        "policy": policy.to_manifest(), "policy_source": policy_note,
-    }
     budget = max(seconds, 1.0)
     with create_backend(backend, bundle, precision=precision, load_full_model=True, **(backend_options or {})) as runner:
+        if calibrate_on is not None:
+            calibration, _ = fit_thresholds(bundle, calibrate_on, policy_kind=recorded.get("kind"), write=False,
+                                            max_drop_points=max_drop_points, runner=runner)
+            policy: ExitPolicy = calibration.policy
+            policy_note = f"fitted on {calibrate_on} for this run (max drop {max_drop_points:g} points; not written)"
+        else:
+            policy = policy_from_manifest(recorded, num, exit_kind)
+        report: Dict[str, Any] = {
+            "bundle": str(bundle.root), "name": bundle.name, "data": data_label,
+            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor() or None},
+            "policy": policy.to_manifest(), "policy_source": policy_note,
+        }
         report["backend"] = runner.describe()
         if not runner.supports_full_model:
             raise InputError(f"{bundle.root}: no full model in the bundle to compare with; convert again")

@@ -55,12 +55,12 @@ def evaluate_early_exit(bundle: Union[str, Path, Bundle], *, val: str = "default
     from hisd_edge.runtime.thresholds import fit_thresholds
 
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-    calibration, _details = fit_thresholds(opened, val, max_drop_points=max_drop_points, policy_kind=policy_kind,
-                                           backend=backend, write=write, progress=progress, backend_options=backend_options)
     samples = load_samples(test)
     tensors = samples.tensors(opened.preprocessing)
     exit_kind = bundle_exit_kind(opened.exits)
     with create_backend(backend, opened, load_full_model=True, **(backend_options or {})) as runner:
+        calibration, _details = fit_thresholds(opened, val, max_drop_points=max_drop_points, policy_kind=policy_kind,
+                                               write=write, progress=progress, runner=runner)
         for _ in range(3):  # warm-up
             runner.run_full(tensors[:1])
         compared = compare_per_sample(runner, calibration.policy, tensors, samples.labels_for(opened.class_names, test), passes=passes,

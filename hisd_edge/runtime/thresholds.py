@@ -17,6 +17,7 @@ report from the target device (see :func:`read_profile_costs` for the JSON it re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -386,7 +387,7 @@ def fit_thresholds(bundle: Any, data_source: str = "default:val", *, max_drop_po
                    policy_kind: Optional[str] = None, costs: Optional[Path] = None, objective: str = "latency",
                    backend: str = "onnxruntime", precision: str = "fp32", count: Optional[int] = None, grid: int = 40,
                    write: bool = True, progress: bool = False, backend_options: Optional[Dict[str, Any]] = None,
-                   ) -> Tuple[Calibration, Dict[str, Any]]:
+                   runner: Optional[Backend] = None) -> Tuple[Calibration, Dict[str, Any]]:
     """Calibrate ``bundle`` on ``data_source`` and (if ``write``) record the policy in its manifest.
 
     Returns the calibration and the details recorded with it (data, costs and where they came from).
@@ -408,7 +409,11 @@ def fit_thresholds(bundle: Any, data_source: str = "default:val", *, max_drop_po
     samples = load_samples(data_source, count=count)
     tensors = samples.tensors(bundle.preprocessing)
     labels = samples.labels_for(bundle.class_names, data_source)
-    with create_backend(backend, bundle, precision=precision, **(backend_options or {})) as runner:
+    # An already active backend (``runner``, e.g. bench's) is used as it is instead of opening another.
+    opened = contextlib.nullcontext(runner) if runner is not None else \
+        create_backend(backend, bundle, precision=precision, **(backend_options or {}))
+    with opened as runner:
+        precision = runner.precision
         outputs = collect_exit_outputs(runner, tensors, progress=progress)
         if profile_costs is None:
             stage_costs = measure_stage_latency_ms(runner, make_policy(kind, [None] * bundle.num_stages, bundle.num_stages, exit_kind),
