@@ -295,9 +295,11 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
         with backend:
             max_batch = int(getattr(backend, "max_batch", 0) or 0)
             if max_batch > 0 and batches[-1] > max_batch:
-                raise InputError(f"--batch {','.join(map(str, batches))}: the {config.backend} engines take at most "
-                                 f"{max_batch} rows; rebuild with a larger --batch MAX (hisd-edge build --batch "
-                                 f"1,{batches[-1]}) or pass --batch values up to {max_batch}")
+                how = (f"hisd-edge build --batch 1,{batches[-1]}" if config.backend == "tensorrt"
+                       else "re-export the model with a dynamic batch axis")
+                raise InputError(f"--batch {','.join(map(str, batches))}: the {config.backend} backend takes at most "
+                                 f"{max_batch} rows per run; rebuild with a larger --batch MAX ({how}) "
+                                 f"or pass --batch values up to {max_batch}")
             after_load = memory_mod.snapshot()
             memory = {"before": before.to_dict(), "after_load": after_load.to_dict(),
                       "load": memory_mod.difference(before, after_load)}

@@ -318,7 +318,14 @@ def _with_max_batch(monkeypatch, max_batch):
 
     def open_backend(*args, **kwargs):
         backend = real_open(*args, **kwargs)
-        backend.max_batch = max_batch
+        real_activate = backend.activate_impl
+
+        def activate_impl():  # the backend sets max_batch when it opens: override it then
+            opened = real_activate()
+            backend.max_batch = max_batch  # the onnxruntime backend then refuses larger batches, as TensorRT does
+            return opened
+
+        backend.activate_impl = activate_impl
         return backend
 
     def collect(backend, tensors, *args, **kwargs):

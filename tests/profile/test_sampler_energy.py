@@ -166,3 +166,51 @@ def test_period_is_never_faster_than_the_source(counter_clock):
     assert PowerSampler(source, period_s=0.01).period_s == 0.25
     with pytest.raises(ValueError):
         PowerSampler(source, period_s=0)
+
+
+class _StubStage:
+    latency_ms = 0.01
+
+
+class _StubBackend:
+    """Just enough of a backend for the overhead blocks: start + run_stage."""
+
+    num_stages = 2
+
+    def start(self, batch):
+        pass
+
+    def run_stage(self, k):
+        return _StubStage()
+
+
+class _Bar:
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def update(self, n):
+        pass
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_overhead_records_whether_the_source_kept_running_while_the_sampler_was_off(background):
+    import numpy as np
+
+    from hisd_edge.profile.power.jtop import JtopSource
+    from hisd_edge.profile.power.tegrastats import TegrastatsProcessSource
+    from hisd_edge.profile.profiler import ProfileConfig, _Measurer
+
+    assert TegrastatsProcessSource.runs_in_background and JtopSource.runs_in_background
+    assert not PowerSource.runs_in_background
+    source = ScriptedSource(time.perf_counter, lambda t: 1000.0)
+    source.runs_in_background = background
+    sampler = PowerSampler(source, period_s=0.01)
+    config = ProfileConfig(bundle="x", overhead_blocks=1)
+    measurer = _Measurer(config, _StubBackend(), sampler, np.zeros((1, 3), dtype=np.float32), _Bar())
+    try:
+        sampler.start()
+        overhead = measurer.sampler_overhead(1)
+    finally:
+        sampler.stop()
+    assert overhead["source"] == "scripted" and overhead["source_kept_running"] is background
+    assert overhead["block_pairs"] == 1
