@@ -29,6 +29,10 @@ Options: ``cuda`` ("auto", "pycuda", "cuda-python" or a :class:`~hisd_edge.cuda.
 ``spin_wait`` (False: lowest wake-up latency at the cost of a busy CPU), ``max_batch`` (default:
 the engines' profile maximum).
 
+I/O buffers are allocated once, at the maximum batch; running out of memory there is a one-line
+DeviceError suggesting a smaller ``max_batch``. :meth:`TensorRTBackend.memory_info` reports what
+the engines and buffers take (``hisd-edge profile`` records it).
+
 The scratch memory TensorRT needs per context is allocated by TensorRT itself (one per stage);
 sharing one scratch buffer across the stages (USER_MANAGED contexts) is left for later.
 """
@@ -84,6 +88,19 @@ class _Stage:
     end: "Event"
 
 
+_MIB = float(1 << 20)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure for lack of memory, from either binding: pycuda raises its own
+    ``pycuda.driver.MemoryError``; cuda-python's calls raise CudaCallError naming
+    ``cudaErrorMemoryAllocation``."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "MemoryError":
+        return True
+    text = str(exc)
+    return "cudaErrorMemoryAllocation" in text or "out of memory" in text.lower()
+
+
 def row_runs(rows: np.ndarray) -> List[Tuple[int, int, int]]:
     """(source row, destination row, count) for each run of consecutive source rows, in order.
 
@@ -122,7 +139,6 @@ class TensorRTBackend(Backend):
         self._fetch_event: Optional["Event"] = None
         self._held_ptr = 0
         self._held_count = 0
-        self._batch_serial = 0
         self.zero_copy = False
         self.cuda_graphs = bool(options.get("cuda_graphs", False))
         self.max_batch = 0
@@ -245,11 +261,38 @@ class TensorRTBackend(Backend):
 
     def _device(self, nbytes: int) -> "DeviceBuffer":
         assert self._cuda is not None
-        return self._own(self._cuda.alloc_device(nbytes))
+        try:
+            return self._own(self._cuda.alloc_device(nbytes))
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise self._out_of_memory("device", nbytes) from None
+            raise
 
     def _host(self, shape: Tuple[int, ...], dtype: Any, mapped: bool) -> "HostBuffer":
         assert self._cuda is not None
-        return self._own(self._cuda.alloc_host(shape, dtype, mapped=mapped))
+        try:
+            return self._own(self._cuda.alloc_host(shape, dtype, mapped=mapped))
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise self._out_of_memory("mapped host" if mapped else "pinned host",
+                                          int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize) from None
+            raise
+
+    def _out_of_memory(self, kind: str, nbytes: int) -> DeviceError:
+        """The one-line error for a buffer that did not fit: how much, what is free, and the fix."""
+        free = ""
+        try:
+            info = self._cuda.memory_info() if self._cuda is not None else None
+        except Exception:  # noqa: BLE001 - the figure is a hint only
+            info = None
+        if info is not None:
+            free = f" ({info[0] / _MIB:.0f} MiB of {info[1] / _MIB:.0f} MiB free)"
+        if self.max_batch > 1:
+            fix = f"use max_batch={max(1, self.max_batch // 2)} or rebuild with a smaller --batch"
+        else:
+            fix = "close other GPU programs to free memory"
+        return DeviceError(f"TensorRT backend: out of {kind} memory allocating {nbytes / _MIB:.1f} MiB for "
+                           f"{self.max_batch}-row buffers{free}; {fix}")
 
     def _output(self, tensor: _Tensor, n: int) -> _Output:
         shape = (n,) + tensor.sample_shape
@@ -280,6 +323,44 @@ class TensorRTBackend(Backend):
                 "device": device, "zero_copy": self.zero_copy, "cuda_graphs": self.cuda_graphs, "max_batch": self.max_batch,
                 "engine_precision": record.get("precision"), "typing": record.get("recipe", {}).get("typing")}
 
+    def memory_info(self) -> Dict[str, int]:
+        """Memory this backend holds, in bytes (for ``hisd-edge profile``; keys carry their units).
+
+        Per stage (``stage<k>_...``) and in total: ``device_memory_bytes`` (the scratch TensorRT
+        allocates per execution context, from the build record), ``weights_bytes`` (TensorRT 10.14+
+        records it; absent otherwise) and ``plan_bytes`` (the engine file); then the I/O buffers this
+        backend allocated (``device_buffers_bytes``, pinned or mapped ``host_buffers_bytes``) and CUDA's
+        ``cuda_free_bytes`` / ``cuda_total_bytes`` where the binding tells (on a Jetson: shared DRAM).
+        """
+        from hisd_edge.cuda.api import DeviceBuffer, HostBuffer
+
+        self._check_active()
+        assert self._loaded is not None and self._cuda is not None
+        record = self._loaded.record
+        info: Dict[str, int] = {}
+        plan_sizes = {int(f["stage"]): int(f["bytes"]) for f in record.get("files", []) if f.get("kind", "plan") == "plan"}
+        totals: Dict[str, List[int]] = {"device_memory_bytes": [], "weights_bytes": [], "plan_bytes": []}
+        for stage in sorted(record.get("stages", []), key=lambda s: int(s["index"])):
+            k = int(stage["index"])
+            figures = {"device_memory_bytes": stage.get("device_memory_bytes"), "weights_bytes": stage.get("weights_bytes"),
+                       "plan_bytes": plan_sizes.get(k)}
+            for name, value in figures.items():
+                if value is not None:
+                    info[f"stage{k}_{name}"] = int(value)
+                    totals[name].append(int(value))
+        for name, values in totals.items():
+            if values and len(values) == self.num_stages:  # a total only where every stage is known
+                info[name] = sum(values)
+        info["device_buffers_bytes"] = sum(int(a.nbytes) for a in self._allocations if isinstance(a, DeviceBuffer))
+        info["host_buffers_bytes"] = sum(int(a.nbytes) for a in self._allocations if isinstance(a, HostBuffer))
+        try:
+            cuda_memory = self._cuda.memory_info()
+        except Exception:  # noqa: BLE001 - optional figure
+            cuda_memory = None
+        if cuda_memory is not None:
+            info["cuda_free_bytes"], info["cuda_total_bytes"] = int(cuda_memory[0]), int(cuda_memory[1])
+        return info
+
     # -- running -------------------------------------------------------------------------------
     def start_impl(self, batch: np.ndarray) -> None:
         rows = int(batch.shape[0])
@@ -294,7 +375,6 @@ class TensorRTBackend(Backend):
         if not self.zero_copy:
             self._cuda.copy_htod_async(self._input_ptr, view, self._stream)
         self._held_ptr, self._held_count = self._input_ptr, rows
-        self._batch_serial += 1
 
     def _gather(self, src_ptr: int, dst_ptr: int, rows: np.ndarray, row_bytes: int) -> None:
         assert self._cuda is not None and self._stream is not None
@@ -380,12 +460,13 @@ class TensorRTBackend(Backend):
         return StageResult(k, rows, confidence, latency_ms, fetch)
 
     def _fetcher(self, stage: _Stage, rows: int) -> Any:
-        batch_serial = self._batch_serial
+        """Reads this stage's exit output buffer. Results of an earlier batch never get here:
+        :meth:`StageResult.exit_output` refuses them (the base class's batch id)."""
         out = stage.exit
 
         def fetch(which: Optional[np.ndarray]) -> np.ndarray:
-            if batch_serial != self._batch_serial or not self.is_active:
-                raise RuntimeError("exit outputs are only available until the next batch starts")
+            if not self.is_active:
+                raise RuntimeError("exit outputs are only available while the backend is active; fetch them before deactivate()")
             assert self._cuda is not None and self._stream is not None and self._fetch_event is not None
             index = np.arange(rows) if which is None else np.asarray(which, dtype=np.int64).reshape(-1)
             if out.mapped:  # zero-copy: the engine wrote straight into this host memory

@@ -18,7 +18,7 @@ import pytest
 from hisd_edge.build import BuildOptions, build_engines
 from hisd_edge.cuda import open_cuda as real_open_cuda
 from hisd_edge.bundle import Bundle, file_record
-from hisd_edge.errors import BundleError, DependencyError, InputError
+from hisd_edge.errors import BundleError, DependencyError, DeviceError, InputError
 from hisd_edge.runtime import create_backend, open_runtime
 
 
@@ -309,6 +309,42 @@ def test_engines_of_another_precision_on_this_device(built):
             pass
 
 
+def _cuda_python_oom(nbytes):
+    from hisd_edge.cuda.cudart_backend import CudaCallError
+
+    return CudaCallError(f"cudaMalloc({nbytes}) failed (cudaErrorMemoryAllocation: out of memory)")
+
+
+def _pycuda_oom(nbytes):
+    pycuda_memory_error = type("MemoryError", (RuntimeError,), {"__module__": "pycuda._driver"})  # not the builtin
+    return pycuda_memory_error("cuMemAlloc failed: out of memory")
+
+
+@pytest.mark.parametrize("make_error", [_cuda_python_oom, _pycuda_oom])
+@pytest.mark.parametrize("first_fit_bytes", [0, 128 << 10])  # the first (host) buffer fails / a later device one does
+def test_out_of_memory_allocating_buffers_is_one_line_with_the_fix(built, make_error, first_fit_bytes):
+    path, trt, cuda = built("10.13")
+    cuda.allocated_bytes, cuda.alloc_limit_bytes, cuda.alloc_error = 0, first_fit_bytes, make_error
+    backend = create_backend("tensorrt", Bundle.open(path), precision="fp32", cuda=cuda)
+    with pytest.raises(DeviceError) as err:
+        backend.activate()
+    message = str(err.value)
+    assert "\n" not in message and "out of" in message and "memory allocating" in message and "MiB" in message
+    assert "max_batch=16" in message and "smaller --batch" in message and "MiB free" in message
+    assert ("out of pinned host memory" if first_fit_bytes == 0 else "out of device memory") in message
+    assert not backend.is_active and backend._allocations == [] and cuda.memory._blocks == {}  # nothing left behind
+    cuda.alloc_limit_bytes = None
+    with backend:  # with the memory back it activates
+        assert backend.max_batch == 32
+
+
+def test_an_allocation_failure_that_is_not_memory_is_not_disguised(built):
+    path, trt, cuda = built("10.13")
+    cuda.alloc_limit_bytes, cuda.alloc_error = 0, lambda n: RuntimeError("cudaErrorIllegalAddress: an illegal memory access")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        create_backend("tensorrt", Bundle.open(path), precision="fp32", cuda=cuda).activate()
+
+
 def test_missing_cuda_binding_for_the_backend(built, monkeypatch):
     import hisd_edge.cuda as hc
 
@@ -342,3 +378,40 @@ def test_weakly_typed_fp16_engines_from_an_fp32_only_bundle_load(fake_trt, bundl
     # a precision TensorRT never builds is refused up front, naming the choices
     with pytest.raises(InputError, match="'fp8'.*fp32, fp16, int8"):
         create_backend("tensorrt", Bundle.open(bundle_copy), precision="fp8", cuda=cuda).activate()
+
+
+@pytest.mark.parametrize("generation", ["10.13", "11.1"])
+def test_memory_info_reports_the_build_record_plans_buffers_and_cuda(built, generation):
+    from hisd_edge.profile.memory import backend_memory
+
+    path, trt, cuda = built(generation)
+    bundle = Bundle.open(path)
+    record = bundle.manifest["engines"][0]
+    with create_backend("tensorrt", bundle, precision="fp32", cuda=cuda) as backend:
+        info = backend_memory(backend)
+        buffers = [a for a in backend._allocations if hasattr(a, "nbytes")]
+    assert info is not None and all(key.endswith("_bytes") for key in info)
+    for k, stage in enumerate(record["stages"]):
+        assert info[f"stage{k}_device_memory_bytes"] == stage["device_memory_bytes"] > 0
+        assert info[f"stage{k}_plan_bytes"] == (path / record["files"][k]["path"]).stat().st_size
+        assert (f"stage{k}_weights_bytes" in info) is ("weights_bytes" in stage)
+    assert info["device_memory_bytes"] == sum(s["device_memory_bytes"] for s in record["stages"])
+    assert info["plan_bytes"] == sum(info[f"stage{k}_plan_bytes"] for k in range(3))
+    assert ("weights_bytes" in info) is (generation == "11.1")  # TensorRT 10.14+ records weights
+    assert info["device_buffers_bytes"] + info["host_buffers_bytes"] == sum(a.nbytes for a in buffers) > 0
+    assert (info["cuda_free_bytes"], info["cuda_total_bytes"]) == cuda.memory_info()
+    with pytest.raises(RuntimeError, match="before activate"):
+        backend.memory_info()
+
+
+def test_exit_outputs_after_deactivate_are_refused(built, images):
+    path, trt, cuda = built("10.13")
+    with create_backend("tensorrt", Bundle.open(path), precision="fp32", cuda=cuda) as backend:
+        backend.start(images[:4])
+        r0 = backend.run_stage(0)
+        backend.start(images[:4])  # a new batch: the base class's batch id refuses r0's lazy reads
+        with pytest.raises(RuntimeError, match="earlier batch"):
+            r0.exit_output([0])
+        r0 = backend.run_stage(0)
+    with pytest.raises(RuntimeError, match="only available while the backend is active"):
+        r0.exit_output([0])

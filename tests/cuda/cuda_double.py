@@ -173,6 +173,17 @@ class FakeCuda(CudaBackend):
         self.streams: Dict[int, FakeStream] = {}
         self.stats: collections.Counter = collections.Counter()
         self.closed = False
+        # Out-of-memory on demand: once ``alloc_limit_bytes`` (device + pinned host bytes allocated
+        # so far) would be passed, allocations raise ``alloc_error(nbytes)``, e.g. cuda-python's
+        # CudaCallError("cudaMalloc(...) failed (cudaErrorMemoryAllocation: out of memory)").
+        self.alloc_limit_bytes: Optional[int] = None
+        self.alloc_error: Callable[[int], Exception] = lambda n: FakeCudaError(f"out of memory allocating {n} bytes")
+        self.allocated_bytes = 0
+
+    def _charge(self, nbytes: int) -> None:
+        if self.alloc_limit_bytes is not None and self.allocated_bytes + nbytes > self.alloc_limit_bytes:
+            raise self.alloc_error(nbytes)
+        self.allocated_bytes += nbytes
 
     @property
     def device(self) -> DeviceInfo:
@@ -200,10 +211,12 @@ class FakeCuda(CudaBackend):
 
     # -- CudaBackend ------------------------------------------------------------------------------
     def alloc_device(self, nbytes: int) -> DeviceBuffer:
+        self._charge(int(nbytes))
         self.stats["device_allocs"] += 1
         return self._own(_DeviceBuffer(self, int(nbytes)))
 
     def alloc_host(self, shape: Tuple[int, ...], dtype: Any, mapped: bool = False) -> HostBuffer:
+        self._charge(nbytes_of(tuple(shape), dtype))
         self.stats["mapped_allocs" if mapped else "pinned_allocs"] += 1
         return self._own(_HostBuffer(self, tuple(shape), dtype, mapped))
 

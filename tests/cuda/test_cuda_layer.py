@@ -110,7 +110,7 @@ def test_both_bindings_read_the_multiprocessor_count(monkeypatch):
     attrs = NS(INTEGRATED="integrated", CAN_MAP_HOST_MEMORY="map", MULTIPROCESSOR_COUNT="sms")
     dev = NS(make_context=lambda flags: None, compute_capability=lambda: (8, 7), name=lambda: "Orin",
              get_attribute=lambda a: {"integrated": 1, "map": 1, "sms": 8}[a], total_memory=lambda: 8 << 30)
-    driver = NS(init=lambda: None, Device=NS(count=lambda: 1), Error=RuntimeError, device_attribute=attrs,
+    driver = NS(init=lambda: None, Error=RuntimeError, device_attribute=attrs,
                 ctx_flags=NS(MAP_HOST=8, SCHED_SPIN=1, SCHED_AUTO=0))
     driver.Device = type("Device", (), {"count": staticmethod(lambda: 1), "__new__": lambda cls, i: dev})
     monkeypatch.setattr(pyc, "_driver", lambda: driver)
