@@ -293,7 +293,7 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
         before = memory_mod.snapshot()
         backend = runner.open_backend(bundle, config.backend, config.precision, config.backend_options)
         with backend:
-            max_batch = int(getattr(backend, "max_batch", 0) or 0)
+            max_batch = backend.max_batch
             if max_batch > 0 and batches[-1] > max_batch:
                 how = (f"hisd-edge build --batch 1,{batches[-1]}" if config.backend == "tensorrt"
                        else "re-export the model with a dynamic batch axis")

@@ -121,6 +121,9 @@ class Backend(abc.ABC):
     """
 
     name = "backend"
+    # Most rows one start() takes (a TensorRT engine's profile maximum, a model exported with a
+    # fixed batch of 1); 0 = any. Set at activation; callers that feed larger batches chunk by it.
+    max_batch: int = 0
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", **options: Any):
         self.bundle = bundle

@@ -285,7 +285,7 @@ class EarlyExitRuntime:
         if not self.backend.is_active:
             self.activate()
         exit_at = self.exit_at if exit_at is None else exit_at
-        limit = int(getattr(self.backend, "max_batch", 0) or 0)
+        limit = self.backend.max_batch
         if limit <= 0 or len(batch) <= limit:
             return run_early_exit(self.backend, self.policy, batch, class_names=self.class_names, exit_at=exit_at,
                                   names=names, first_index=first_index)

@@ -188,7 +188,6 @@ class OnnxRuntimeBackend(Backend):
         self._held: Optional[np.ndarray] = None
         self._providers: List[str] = []
         self._exit_meta: List[Dict[str, Any]] = []
-        self.max_batch = 0  # rows per run; set from the stage files at activation (0 = any)
 
     # -- sessions ------------------------------------------------------------------------------
     @property

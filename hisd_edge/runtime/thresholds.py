@@ -56,9 +56,8 @@ def collect_exit_outputs(backend: Backend, tensors: np.ndarray, batch_size: int 
     Rows go in chunks of ``batch_size``, or fewer where the backend takes fewer per run
     (``max_batch``: a TensorRT engine's profile maximum, a fixed-batch-1 model).
     """
-    limit = int(getattr(backend, "max_batch", 0) or 0)
-    if limit > 0:
-        batch_size = min(batch_size, limit)
+    if backend.max_batch > 0:
+        batch_size = min(batch_size, backend.max_batch)
     num = backend.num_stages
     outputs: List[List[np.ndarray]] = [[] for _ in range(num)]
     confs: List[List[np.ndarray]] = [[] for _ in range(num)]
