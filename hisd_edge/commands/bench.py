@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hisd_edge.commands import add_threads_argument
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
@@ -25,9 +27,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--batch", type=int, default=32, help="batch size for the batched rows (default 32)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads (default: 1 for models under 50 M MACs per sample, "
-                   "where a second thread per stage costs more than it saves; else one per physical core)")
+    add_threads_argument(p)
     p.add_argument("--allow-spinning", action="store_true",
                    help="let ONNX Runtime's idle threads spin (lower latency on a dedicated CPU, much worse on a busy one)")
     p.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt, auto)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hisd_edge.commands import add_threads_argument
+
 
 def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser(
@@ -26,9 +28,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--count", type=int, default=None, help="use a seeded subset of this many validation samples")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads (default: 1 for models under 50 M MACs per sample, "
-                   "where a second thread per stage costs more than it saves; else one per physical core)")
+    add_threads_argument(p)
     p.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt, auto)")
     p.add_argument("--dry-run", action="store_true", help="print the result but leave the manifest unchanged")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
