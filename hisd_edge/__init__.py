@@ -8,6 +8,6 @@ Importing ``hisd_edge`` itself is cheap and imports neither torch nor onnx.
 
 __version__ = "0.1.0"
 
-from hisd_edge.errors import HisdError  # noqa: E402  (re-export: the one user-error family)
+from hisd_edge.errors import HisdError
 
-__all__ = ["__version__", "HisdError"]
+__all__ = ["HisdError", "__version__"]

@@ -25,7 +25,7 @@ Manifest, schema version 1 (keys in order of appearance)::
                       "thresholds": [float | null per exit; the last exit always accepts],
                       "calibrated": bool, ... (calibration details)}
     validation       {"data", "count", "rows": [{"exit", "precision", "top1", "agreement_with_fp32"}]}
-    engines          [build records added on the target by ``hisd-edge build`` (hisd_edge.build.store), one per
+    engines          [build records added on the target by ``hisd-edge build`` (hisd_edge.engine.store), one per
                       (device key, TensorRT version, precision); a rebuild replaces its record:
         device             {"name", "compute_capability": "8.7", "integrated", "multiprocessor_count": 16 (0: unknown),
                             "key": "orin-sm87-16sm" (without "-<n>sm" when the count is unknown)}
@@ -114,7 +114,7 @@ class Bundle:
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: Union[str, "os.PathLike[str]"], verify: bool = True) -> "Bundle":
+    def open(cls, path: Union[str, os.PathLike[str]], verify: bool = True) -> Bundle:
         root = Path(path)
         if root.is_file() and root.name == MANIFEST:
             root = root.parent
@@ -126,7 +126,9 @@ class Bundle:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{manifest_path}: not valid JSON ({exc.__class__.__name__}); the bundle is damaged, convert again") from None
+            raise BundleError(
+                f"{manifest_path}: not valid JSON ({exc.__class__.__name__}); the bundle is damaged, convert again"
+            ) from None
         if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
             raise BundleError(f"{manifest_path}: not a hisd-edge bundle manifest")
         version = manifest.get("schema_version")
@@ -147,7 +149,9 @@ class Bundle:
             if not path.is_file():
                 raise BundleError(f"{path}: missing from the bundle; copy the whole bundle again or re-run convert")
             if atomic.sha256_file(path) != record["sha256"]:
-                raise BundleError(f"{path}: checksum mismatch (file altered or truncated); copy it again or re-run convert")
+                raise BundleError(
+                    f"{path}: checksum mismatch (file altered or truncated); copy it again or re-run convert"
+                )
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -175,7 +179,7 @@ class Bundle:
         return dict(self.manifest.get("policy") or {})
 
     @property
-    def preprocessing(self):  # type: ignore[no-untyped-def]
+    def preprocessing(self):
         from hisd_edge.preprocess import Preprocessing
 
         return Preprocessing.from_dict(self.manifest["preprocessing"])
@@ -211,5 +215,9 @@ class Bundle:
 
 def write_manifest(root: Path, manifest: Dict[str, Any]) -> None:
     """Write ``root/manifest.json`` atomically."""
-    manifest = {"schema_version": SCHEMA_VERSION, "kind": KIND, **{k: v for k, v in manifest.items() if k not in ("schema_version", "kind")}}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND,
+        **{k: v for k, v in manifest.items() if k not in ("schema_version", "kind")},
+    }
     atomic.write_json(root / MANIFEST, manifest)

@@ -52,8 +52,14 @@ def _header(path: Path) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt safetensors header; not a hisd-edge checkpoint") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header; not a hisd-edge checkpoint")
-    data_end = max((entry["data_offsets"][1] for key, entry in header.items()
-                    if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry), default=0)
+    data_end = max(
+        (
+            entry["data_offsets"][1]
+            for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+        ),
+        default=0,
+    )
     if 8 + header_len + data_end > size:
         raise CheckpointError(
             f"{path}: truncated ({size} bytes, header promises {8 + header_len + data_end}); copy the file again"
@@ -88,8 +94,14 @@ def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return meta
 
 
-def build_metadata(model: Any, *, class_names: list, preprocessing: Dict[str, Any], metrics: Optional[Dict[str, Any]] = None,
-                   training: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def build_metadata(
+    model: Any,
+    *,
+    class_names: list,
+    preprocessing: Dict[str, Any],
+    metrics: Optional[Dict[str, Any]] = None,
+    training: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     import torch
 
     return {

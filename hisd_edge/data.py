@@ -80,14 +80,18 @@ class Samples:
             unknown = [f for f in folders if f not in model_classes]
             if unknown:
                 shown = ", ".join(model_classes[:12]) + (" ..." if len(model_classes) > 12 else "")
-                raise InputError(f"{name}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes "
-                                 f"({shown}); name the sub-folders after the model's classes")
+                raise InputError(
+                    f"{name}: class folder(s) {', '.join(unknown[:5])} are not among the model's classes "
+                    f"({shown}); name the sub-folders after the model's classes"
+                )
             return np.array([model_classes.index(f) for f in folders], dtype=np.int64)[labels]
         if model_classes and len(labels) and int(labels.max()) >= len(model_classes):
-            raise InputError(f"{name}: labels go up to {int(labels.max())} but the model has {len(model_classes)} classes")
+            raise InputError(
+                f"{name}: labels go up to {int(labels.max())} but the model has {len(model_classes)} classes"
+            )
         return labels
 
-    def subset(self, indices: Sequence[int]) -> "Samples":
+    def subset(self, indices: Sequence[int]) -> Samples:
         idx = list(indices)
         return Samples(
             images=[self.images[i] for i in idx] if self.preprocessed is None else [],
@@ -111,8 +115,8 @@ def _stratified_split(labels: np.ndarray, seed: int) -> Dict[str, np.ndarray]:
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         rng.shuffle(idx)
-        n_train = int(round(len(idx) * _SPLIT_FRACTIONS["train"]))
-        n_val = int(round(len(idx) * _SPLIT_FRACTIONS["val"]))
+        n_train = round(len(idx) * _SPLIT_FRACTIONS["train"])
+        n_val = round(len(idx) * _SPLIT_FRACTIONS["val"])
         parts["train"].append(idx[:n_train])
         parts["val"].append(idx[n_train : n_train + n_val])
         parts["test"].append(idx[n_train + n_val :])
@@ -144,9 +148,8 @@ def default_split(split: str) -> Samples:
         for name in DEFAULT_SPLITS:
             arrays[f"{name}_images"] = images[index[name]]
             arrays[f"{name}_labels"] = labels[index[name]]
-        with atomic.atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
     with np.load(path) as cached:
         images = cached[f"{split}_images"]
         labels = cached[f"{split}_labels"]
@@ -177,7 +180,9 @@ def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _read_files(files: Sequence[Path], strict: bool) -> Tuple[List[np.ndarray], List[str], List[int], List[Tuple[str, str]]]:
+def _read_files(
+    files: Sequence[Path], strict: bool
+) -> Tuple[List[np.ndarray], List[str], List[int], List[Tuple[str, str]]]:
     images, names, kept, skipped = [], [], [], []
     for i, path in enumerate(files):
         image = read_image(path)
@@ -223,7 +228,9 @@ def image_folder(folder: Path, strict: bool = False, count: Optional[int] = None
             files, file_labels = [files[i] for i in chosen], [file_labels[i] for i in chosen]
         images, names, kept, skipped = _read_files(files, strict)
         labels = np.asarray([file_labels[i] for i in kept], dtype=np.int64)
-        samples = Samples(images=images, names=names, labels=labels, class_names=[d.name for d in class_dirs], skipped=skipped)
+        samples = Samples(
+            images=images, names=names, labels=labels, class_names=[d.name for d in class_dirs], skipped=skipped
+        )
     else:
         files = _image_files(folder)
         if not files:
@@ -290,7 +297,9 @@ def numpy_file(path: Path) -> Samples:
     else:
         array = loaded
     if array.ndim < 3 or len(array) == 0:
-        raise InputError(f"{path}: expected a non-empty stack of images (N x H x W[xC] or N x C x H x W), got shape {array.shape}")
+        raise InputError(
+            f"{path}: expected a non-empty stack of images (N x H x W[xC] or N x C x H x W), got shape {array.shape}"
+        )
     if labels is not None and len(labels) != len(array):
         raise InputError(f"{path}: {len(labels)} labels for {len(array)} images; give one label per image")
     names = [f"{path}[{i}]" for i in range(len(array))]
@@ -310,7 +319,9 @@ def load_samples(source: str, *, count: Optional[int] = None, strict: bool = Fal
     else:
         path = Path(source)
         if not path.exists():
-            raise InputError(f"{source}: no such file or directory; give an image folder, image, video, .npy/.npz, or 'default[:split]'")
+            raise InputError(
+                f"{source}: no such file or directory; give an image folder, image, video, .npy/.npz, or 'default[:split]'"
+            )
         suffix = path.suffix.lower()
         if path.is_dir():
             samples = image_folder(path, strict=strict, count=count, seed=seed)
@@ -322,7 +333,9 @@ def load_samples(source: str, *, count: Optional[int] = None, strict: bool = Fal
             images, names, _, _ = _read_files([path], strict=True)
             samples = Samples(images=images, names=names)
         else:
-            raise InputError(f"{source}: unsupported file type {suffix!r}; give an image folder, image, video or .npy/.npz")
+            raise InputError(
+                f"{source}: unsupported file type {suffix!r}; give an image folder, image, video or .npy/.npz"
+            )
     if len(samples) == 0:
         raise InputError(f"{source}: the source holds no samples")
     chosen = _choose(count, len(samples), seed)

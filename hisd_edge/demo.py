@@ -44,9 +44,17 @@ def exit_table(checkpoint_path: Path) -> List[dict]:
     for k, info in enumerate(meta["exits"]):
         trunk_params += sum(p.numel() for p in model.stages[k].parameters())
         head_params = sum(p.numel() for p in model.exits[k].parameters())
-        rows.append({"exit": k, "params_to_exit": trunk_params + head_params, "channels": info["channels"],
-                     "reduction": info["reduction"], "val_top1": (meta.get("metrics", {}).get("val_accuracy") or [None] * (k + 1))[k],
-                     "test_top1": accuracy[k], "test_count": len(test)})
+        rows.append(
+            {
+                "exit": k,
+                "params_to_exit": trunk_params + head_params,
+                "channels": info["channels"],
+                "reduction": info["reduction"],
+                "val_top1": (meta.get("metrics", {}).get("val_accuracy") or [None] * (k + 1))[k],
+                "test_top1": accuracy[k],
+                "test_count": len(test),
+            }
+        )
     return rows
 
 
@@ -58,33 +66,42 @@ def run_demo(checkpoint: Optional[str] = None, out_root: str = "engines", report
         raise InputError(f"{path}: the embedded default checkpoint is missing from this install; reinstall hisd-edge")
     meta = read_metadata(path)
     _section("1. The embedded default model" if checkpoint is None else f"1. The model: {path}")
-    print(f"checkpoint   {path.name}  ({meta['arch'].get('name')}, {len(meta['exits'])} exits, "
-          f"classes {','.join(meta['class_names'])})")
+    print(
+        f"checkpoint   {path.name}  ({meta['arch'].get('name')}, {len(meta['exits'])} exits, "
+        f"classes {','.join(meta['class_names'])})"
+    )
     print(f"trained with {meta.get('training', {}).get('command', '(unknown)')}")
     rows = exit_table(path)
     print(f"\nper-exit top-1 on the default test split ({rows[0]['test_count']} real MNIST digits):")
     print(f"{'exit':>4}  {'params':>9}  {'features':>12}  {'val top-1':>9}  {'test top-1':>10}")
     for row in rows:
         val = f"{100 * row['val_top1']:.2f}%" if row["val_top1"] is not None else "–"
-        print(f"{row['exit']:>4}  {row['params_to_exit']:>9,}  {row['channels']:>4} ch /{row['reduction']:<3}  {val:>9}  "
-              f"{100 * row['test_top1']:>9.2f}%")
+        print(
+            f"{row['exit']:>4}  {row['params_to_exit']:>9,}  {row['channels']:>4} ch /{row['reduction']:<3}  {val:>9}  "
+            f"{100 * row['test_top1']:>9.2f}%"
+        )
     sys.stdout.flush()
 
     from hisd_edge.convert import convert_checkpoint
 
     bundle_dir = Path(out_root) / path.name.replace(".safetensors", "")
     _section(f"2. Convert to a bundle: {bundle_dir}")
-    result = convert_checkpoint(path, bundle_dir, precisions=("fp32", "fp16", "int8"), calib="default:train",
-                                calib_count=256, force=True)
+    result = convert_checkpoint(
+        path, bundle_dir, precisions=("fp32", "fp16", "int8"), calib="default:train", calib_count=256, force=True
+    )
     print(result.table())
-    print(f"converted in {result.timings_s['total']:.1f} s "
-          f"(export, split, verify, fp16, int8 with 256 calibration images, validation)")
+    print(
+        f"converted in {result.timings_s['total']:.1f} s "
+        f"(export, split, verify, fp16, int8 with 256 calibration images, validation)"
+    )
     sys.stdout.flush()
 
     from hisd_edge.runtime import evaluate_early_exit, format_early_exit
 
     _section("3. Early exit on this CPU (ONNX Runtime): thresholds fitted on default:val, run on default:test")
-    summary = evaluate_early_exit(result.bundle, val="default:val", test="default:test", max_drop_points=DEMO_MAX_DROP_POINTS)
+    summary = evaluate_early_exit(
+        result.bundle, val="default:val", test="default:test", max_drop_points=DEMO_MAX_DROP_POINTS
+    )
     print(format_early_exit(summary))
     sys.stdout.flush()
 

@@ -49,7 +49,9 @@ class Preprocessing:
             raise InputError(f"preprocessing resize {self.resize!r} is not one of {RESIZE_MODES}")
         expected = 1 if self.color_order == "gray" else 3
         if self.channels != expected:
-            raise InputError(f"preprocessing says {self.channels} channels but color_order {self.color_order!r} has {expected}")
+            raise InputError(
+                f"preprocessing says {self.channels} channels but color_order {self.color_order!r} has {expected}"
+            )
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise InputError("preprocessing mean/std must have one value per channel")
         if self.layout != "NCHW":
@@ -68,7 +70,7 @@ class Preprocessing:
         return out
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: Dict[str, Any]) -> Preprocessing:
         try:
             return cls(
                 input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
@@ -122,8 +124,8 @@ def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
     if spec.resize == "shorter_side_crop":
         target = spec.resize_to or min(height, width)
         scale = target / min(image.shape[0], image.shape[1])
-        new_h = max(height, int(round(image.shape[0] * scale)))
-        new_w = max(width, int(round(image.shape[1] * scale)))
+        new_h = max(height, round(image.shape[0] * scale))
+        new_w = max(width, round(image.shape[1] * scale))
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         top = (new_h - height) // 2
         left = (new_w - width) // 2
@@ -143,9 +145,11 @@ def preprocess_image(image: np.ndarray, spec: Preprocessing, name: str = "image"
     return np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_batch(images: Iterable[np.ndarray], spec: Preprocessing, names: Optional[Sequence[str]] = None) -> np.ndarray:
+def preprocess_batch(
+    images: Iterable[np.ndarray], spec: Preprocessing, names: Optional[Sequence[str]] = None
+) -> np.ndarray:
     """Raw images (a sequence, or an N x H x W[xC] array) -> (N, C, H, W) float32."""
     out = [preprocess_image(img, spec, names[i] if names else f"image {i}") for i, img in enumerate(images)]
     if not out:
-        return np.zeros((0,) + spec.input_shape, dtype=np.float32)
+        return np.zeros((0, *spec.input_shape), dtype=np.float32)
     return np.stack(out)

@@ -41,7 +41,9 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
     if not _has_cuda_gpu():
         reasons["gpu"] = "needs a CUDA GPU; none found on this machine"
     if not _has_tensorrt():
-        reasons["tensorrt"] = "needs TensorRT (python3-libnvinfer on JetPack, or NVIDIA's pip index); not installed here"
+        reasons["tensorrt"] = (
+            "needs TensorRT (python3-libnvinfer on JetPack, or NVIDIA's pip index); not installed here"
+        )
     if not _is_jetson():
         reasons["jetson"] = "needs a Jetson board (/etc/nv_tegra_release absent)"
     for item in items:

@@ -8,10 +8,9 @@ from hisd_edge import atomic
 def test_atomic_path_failure_leaves_old_file_and_no_temp(tmp_path):
     target = tmp_path / "a.json"
     atomic.write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic.atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
     assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
     assert os.listdir(tmp_path) == ["a.json"]
 
@@ -20,14 +19,12 @@ def test_atomic_dir_replace_and_refuse(tmp_path):
     target = tmp_path / "bundle"
     with atomic.atomic_dir(target) as tmp:
         (tmp / "f").write_text("one")
-    with pytest.raises(FileExistsError):
-        with atomic.atomic_dir(target) as tmp:
-            (tmp / "f").write_text("two")
+    with pytest.raises(FileExistsError), atomic.atomic_dir(target) as tmp:
+        (tmp / "f").write_text("two")
     assert (target / "f").read_text() == "one"
-    with pytest.raises(RuntimeError):
-        with atomic.atomic_dir(target, replace=True) as tmp:
-            (tmp / "f").write_text("two")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic.atomic_dir(target, replace=True) as tmp:
+        (tmp / "f").write_text("two")
+        raise RuntimeError("crash")
     assert (target / "f").read_text() == "one"
     with atomic.atomic_dir(target, replace=True) as tmp:
         (tmp / "f").write_text("three")

@@ -11,9 +11,11 @@ from hisd_edge.models import create_model
 
 
 def _meta(model):
-    return checkpoint.build_metadata(model, class_names=list("0123456789"),
-                                     preprocessing={"input_size": [28, 28], "channels": 1, "color_order": "gray",
-                                                    "mean": [0.5], "std": [0.25]})
+    return checkpoint.build_metadata(
+        model,
+        class_names=list("0123456789"),
+        preprocessing={"input_size": [28, 28], "channels": 1, "color_order": "gray", "mean": [0.5], "std": [0.25]},
+    )
 
 
 def test_round_trip_reproduces_outputs_exactly(tmp_path):

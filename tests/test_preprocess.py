@@ -44,8 +44,15 @@ def test_resize_modes():
     img = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
     out = preprocess_image(img, RGB)
     assert out.shape == (3, 8, 8)
-    crop = Preprocessing(input_size=(8, 8), channels=3, color_order="bgr", mean=(0,) * 3, std=(1,) * 3,
-                         resize="shorter_side_crop", resize_to=10)
+    crop = Preprocessing(
+        input_size=(8, 8),
+        channels=3,
+        color_order="bgr",
+        mean=(0,) * 3,
+        std=(1,) * 3,
+        resize="shorter_side_crop",
+        resize_to=10,
+    )
     assert preprocess_image(img, crop).shape == (3, 8, 8)
 
 
@@ -56,11 +63,17 @@ def test_batch_and_dict_round_trip():
     assert Preprocessing.from_dict(GRAY.to_dict()) == GRAY
 
 
-@pytest.mark.parametrize("bad", [
-    dict(color_order="hsv"), dict(channels=3), dict(mean=(0.1, 0.2)), dict(resize="zoom"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"color_order": "hsv"},
+        {"channels": 3},
+        {"mean": (0.1, 0.2)},
+        {"resize": "zoom"},
+    ],
+)
 def test_invalid_specs_rejected(bad):
-    args = dict(input_size=(28, 28), channels=1, color_order="gray", mean=(0.5,), std=(0.25,))
+    args = {"input_size": (28, 28), "channels": 1, "color_order": "gray", "mean": (0.5,), "std": (0.25,)}
     args.update(bad)
     with pytest.raises(InputError):
         Preprocessing(**args)

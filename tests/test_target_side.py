@@ -9,8 +9,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hisd_edge"
 # Modules a Jetson imports: everything except the workstation-only steps.
-TARGET_SIDE = ["__init__.py", "__main__.py", "errors.py", "atomic.py", "preprocess.py", "data.py", "bundle.py",
-               "checkpoint.py", "cli.py", "commands", "runtime", "build", "cuda", "profile"]
+TARGET_SIDE = [
+    "__init__.py",
+    "__main__.py",
+    "errors.py",
+    "atomic.py",
+    "preprocess.py",
+    "data.py",
+    "bundle.py",
+    "checkpoint.py",
+    "cli.py",
+    "commands",
+    "runtime",
+    "engine",
+    "cuda",
+    "profile",
+]
 
 
 def test_target_side_needs_at_most_python_3_8():
@@ -18,8 +32,9 @@ def test_target_side_needs_at_most_python_3_8():
     if not Path(vermin).exists():
         pytest.skip("vermin is not installed (pip install vermin)")
     paths = [str(PACKAGE / p) for p in TARGET_SIDE if (PACKAGE / p).exists()]
-    proc = subprocess.run([vermin, "--no-tips", "-t=3.8-", "--eval-annotations", "--violations", *paths],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [vermin, "--no-tips", "-t=3.8-", "--eval-annotations", "--violations", *paths], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
 
 
@@ -34,7 +49,9 @@ sys.meta_path.insert(0, _Block())
 """
 
 
-@pytest.mark.parametrize("module", ["hisd_edge", "hisd_edge.bundle", "hisd_edge.data", "hisd_edge.checkpoint", "hisd_edge.cli"])
+@pytest.mark.parametrize(
+    "module", ["hisd_edge", "hisd_edge.bundle", "hisd_edge.data", "hisd_edge.checkpoint", "hisd_edge.cli"]
+)
 def test_imports_without_torch(module):
     code = BLOCKER + f"import importlib; importlib.import_module({module!r}); print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -42,6 +59,9 @@ def test_imports_without_torch(module):
 
 
 def test_checkpoint_metadata_readable_without_torch(tiny_checkpoint):
-    code = BLOCKER + f"from hisd_edge.checkpoint import read_metadata; print(read_metadata({str(tiny_checkpoint)!r})['arch']['name'])"
+    code = (
+        BLOCKER
+        + f"from hisd_edge.checkpoint import read_metadata; print(read_metadata({str(tiny_checkpoint)!r})['arch']['name'])"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "tiny_cnn", proc.stderr[-2000:]

@@ -28,11 +28,25 @@ INT8_DROP_TARGET_PP = 0.3
 
 
 def _convert(checkpoint: Path, out: Path, args: argparse.Namespace) -> dict:
-    command = [sys.executable, "-m", "hisd_edge", "convert", str(checkpoint), "--out", str(out), "--force",
-               "--precision", "fp32,fp16,int8", "--calib-count", str(args.calib_count), "--calib-method", args.calib_method,
-               "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "hisd_edge",
+        "convert",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--force",
+        "--precision",
+        "fp32,fp16,int8",
+        "--calib-count",
+        str(args.calib_count),
+        "--calib-method",
+        args.calib_method,
+        "--json",
+    ]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     wall_s = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"convert failed ({result.returncode}): {result.stderr.strip()}")
@@ -58,7 +72,9 @@ def _test_split_accuracy(bundle_dir: Path) -> dict:
     accuracy = {}
     for precision in files:
         out = chains.run([precision] * bundle.num_stages, x)
-        accuracy[precision] = [100.0 * float(np.mean(out[f"exit{k}"].argmax(1) == test.labels)) for k in range(bundle.num_stages)]
+        accuracy[precision] = [
+            100.0 * float(np.mean(out[f"exit{k}"].argmax(1) == test.labels)) for k in range(bundle.num_stages)
+        ]
     return accuracy
 
 
@@ -82,9 +98,11 @@ def main() -> int:
         walls = [r["wall_s"] for r in reports]
         last = reports[-1]
         print(f"checkpoint {checkpoint}")
-        print(f"convert fp32+fp16+int8, {args.calib_count} calibration images ({args.calib_method}), {args.runs} runs, "
-              f"fresh process each: wall median {statistics.median(walls):.2f} s, min {min(walls):.2f} s, max {max(walls):.2f} s "
-              f"(target <= {TIME_TARGET_S:.0f} s)")
+        print(
+            f"convert fp32+fp16+int8, {args.calib_count} calibration images ({args.calib_method}), {args.runs} runs, "
+            f"fresh process each: wall median {statistics.median(walls):.2f} s, min {min(walls):.2f} s, max {max(walls):.2f} s "
+            f"(target <= {TIME_TARGET_S:.0f} s)"
+        )
         steps = last["timings_s"]
         print("  steps of the last run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
         print(f"  imports + interpreter + checkpoint load: {walls[-1] - steps['total']:.2f} s")
@@ -102,12 +120,16 @@ def main() -> int:
         test_drops = []
         for k in exits:
             test_drops.append(test["fp32"][k] - test["int8"][k])
-            print(f"  exit {k}: fp32 {test['fp32'][k]:.2f}  fp16 {test['fp16'][k]:.2f}  int8 {test['int8'][k]:.2f}  "
-                  f"(int8 drop {test['fp32'][k] - test['int8'][k]:+.2f} pp)")
+            print(
+                f"  exit {k}: fp32 {test['fp32'][k]:.2f}  fp16 {test['fp16'][k]:.2f}  int8 {test['int8'][k]:.2f}  "
+                f"(int8 drop {test['fp32'][k] - test['int8'][k]:+.2f} pp)"
+            )
         time_ok = statistics.median(walls) <= TIME_TARGET_S
         acc_ok = max(drops) <= INT8_DROP_TARGET_PP + 1e-9 and max(test_drops) <= INT8_DROP_TARGET_PP + 1e-9
-        print(f"time target: {'PASS' if time_ok else 'FAIL'}; INT8 accuracy target (<= {INT8_DROP_TARGET_PP} pp drop at every "
-              f"exit, val and test): {'PASS' if acc_ok else 'FAIL'}")
+        print(
+            f"time target: {'PASS' if time_ok else 'FAIL'}; INT8 accuracy target (<= {INT8_DROP_TARGET_PP} pp drop at every "
+            f"exit, val and test): {'PASS' if acc_ok else 'FAIL'}"
+        )
     return 0 if time_ok and acc_ok else 1
 
 

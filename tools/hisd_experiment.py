@@ -43,11 +43,26 @@ EXIT_WEIGHTS = ((1.5, 1.0, 1.0),)
 
 
 def run_one(distill: str, seed: int, single_exit=None, **params) -> dict:
-    cfg = TrainConfig(arch="mnist_cnn", epochs=EPOCHS, distill=distill, seed=seed, single_exit=single_exit, progress=False,
-                      threads=THREADS, **params)
+    cfg = TrainConfig(
+        arch="mnist_cnn",
+        epochs=EPOCHS,
+        distill=distill,
+        seed=seed,
+        single_exit=single_exit,
+        progress=False,
+        threads=THREADS,
+        **params,
+    )
     res = train(cfg, None)
-    row = {"distill": distill, "seed": seed, "single_exit": single_exit, **params, "val": res.val_accuracy,
-           "test": res.test_accuracy, "seconds": round(res.seconds, 1)}
+    row = {
+        "distill": distill,
+        "seed": seed,
+        "single_exit": single_exit,
+        **params,
+        "val": res.val_accuracy,
+        "test": res.test_accuracy,
+        "seconds": round(res.seconds, 1),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -76,7 +91,9 @@ def tune(out: Path) -> dict:
             if value > best_score:
                 best_score, params = value, candidate
         best[distill] = params
-    (out / "hisd_tuning.json").write_text(json.dumps({"seed": TUNE_SEED, "epochs": EPOCHS, "runs": rows, "chosen": best}, indent=2))
+    (out / "hisd_tuning.json").write_text(
+        json.dumps({"seed": TUNE_SEED, "epochs": EPOCHS, "runs": rows, "chosen": best}, indent=2)
+    )
     return best
 
 
@@ -87,7 +104,9 @@ def evaluate(out: Path, chosen: dict) -> list:
             rows.append(run_one(distill, seed, **chosen[distill]))
         for k in (0, 1):
             rows.append(run_one("none", seed, single_exit=k))
-    (out / "hisd_eval.json").write_text(json.dumps({"seeds": EVAL_SEEDS, "epochs": EPOCHS, "chosen": chosen, "runs": rows}, indent=2))
+    (out / "hisd_eval.json").write_text(
+        json.dumps({"seeds": EVAL_SEEDS, "epochs": EPOCHS, "chosen": chosen, "runs": rows}, indent=2)
+    )
     return rows
 
 

@@ -7,7 +7,7 @@ import argparse
 from hisd_edge.commands import add_threads_argument
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmark early exit vs the monolithic model on this machine (chain overhead, speedup, oracle, throughput)",
@@ -17,22 +17,43 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "exit that is right); throughput with per-sample exits at --batch; the cost of the exit decision itself.",
     )
     p.add_argument("bundle", help="bundle directory (engines/NAME)")
-    p.add_argument("--data", default="default:test",
-                   help="labelled test data (default default:test), or 'random' for random inputs (latency rows only)")
+    p.add_argument(
+        "--data",
+        default="default:test",
+        help="labelled test data (default default:test), or 'random' for random inputs (latency rows only)",
+    )
     p.add_argument("--count", type=int, default=None, help="use a seeded subset of this many samples")
-    p.add_argument("--calibrate-on", default=None, metavar="VAL",
-                   help="fit thresholds on VAL first (not written); default: default:val when the bundle is not calibrated")
-    p.add_argument("--max-drop", type=float, default=0.5, help="accuracy drop allowed when bench fits thresholds itself (default 0.5)")
+    p.add_argument(
+        "--calibrate-on",
+        default=None,
+        metavar="VAL",
+        help="fit thresholds on VAL first (not written); default: default:val when the bundle is not calibrated",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.5,
+        help="accuracy drop allowed when bench fits thresholds itself (default 0.5)",
+    )
     p.add_argument("--seconds", type=float, default=60.0, help="rough time budget for the measurements (default 60)")
     p.add_argument("--batch", type=int, default=32, help="batch size for the batched rows (default 32)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     add_threads_argument(p)
-    p.add_argument("--allow-spinning", action="store_true",
-                   help="let ONNX Runtime's idle threads spin (lower latency on a dedicated CPU, much worse on a busy one)")
-    p.add_argument("--providers", default=None, help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt, auto)")
-    p.add_argument("--graph-optimization", default="auto", choices=["auto", "all", "extended", "basic", "disable"],
-                   help="ONNX Runtime graph optimisation level for every session (default auto: all; basic for int8)")
+    p.add_argument(
+        "--allow-spinning",
+        action="store_true",
+        help="let ONNX Runtime's idle threads spin (lower latency on a dedicated CPU, much worse on a busy one)",
+    )
+    p.add_argument(
+        "--providers", default=None, help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt, auto)"
+    )
+    p.add_argument(
+        "--graph-optimization",
+        default="auto",
+        choices=["auto", "all", "extended", "basic", "disable"],
+        help="ONNX Runtime graph optimisation level for every session (default auto: all; basic for int8)",
+    )
     p.add_argument("--out", default=None, metavar="PATH", help="also save the JSON report here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,14 +71,26 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.seconds <= 0:
         raise InputError("--batch must be >= 1 and --seconds > 0")
     bundle = Bundle.open(args.bundle)
-    options = {"intra_op_threads": args.threads, "graph_optimization": args.graph_optimization,
-               "allow_spinning": args.allow_spinning}
+    options = {
+        "intra_op_threads": args.threads,
+        "graph_optimization": args.graph_optimization,
+        "allow_spinning": args.allow_spinning,
+    }
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
-    report = run_bench(bundle, data=None if args.data == "random" else args.data, count=args.count,
-                       calibrate_on=args.calibrate_on, backend=args.backend, precision=args.precision,
-                       seconds=args.seconds, batch=args.batch, backend_options=options,
-                       progress=not args.no_progress and not args.json, max_drop_points=args.max_drop)
+    report = run_bench(
+        bundle,
+        data=None if args.data == "random" else args.data,
+        count=args.count,
+        calibrate_on=args.calibrate_on,
+        backend=args.backend,
+        precision=args.precision,
+        seconds=args.seconds,
+        batch=args.batch,
+        backend_options=options,
+        progress=not args.no_progress and not args.json,
+        max_drop_points=args.max_drop,
+    )
     if args.out:
         atomic.write_json(args.out, report)
     print(json.dumps(report) if args.json else format_bench(report))

@@ -7,7 +7,7 @@ import json
 import sys
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="turn a multi-exit checkpoint or ONNX into a portable bundle of chained stage graphs",
@@ -18,35 +18,76 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("source", help="checkpoint (*.safetensors from hisd-edge train) or multi-exit model.onnx")
     p.add_argument("--out", default=None, help="bundle directory to write (default: engines/<source name>)")
-    p.add_argument("--precision", default="fp32,fp16,int8",
-                   help="comma-separated fp32,fp16,int8, or 'mixed' (per stage the lowest precision within --max-drop "
-                   "of fp32); fp32 is always written (default: fp32,fp16,int8)")
-    p.add_argument("--max-drop", type=float, default=None, metavar="PP",
-                   help="with --precision mixed: allowed top-1 drop per exit in percentage points (default 0.5)")
-    p.add_argument("--calib", default=None, metavar="SOURCE",
-                   help="calibration images: a folder, video, .npy/.npz, default[:split], or a calibration/*.json "
-                   "definition (default: the checkpoint's training data, default:train for the default model)")
+    p.add_argument(
+        "--precision",
+        default="fp32,fp16,int8",
+        help="comma-separated fp32,fp16,int8, or 'mixed' (per stage the lowest precision within --max-drop "
+        "of fp32); fp32 is always written (default: fp32,fp16,int8)",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        metavar="PP",
+        help="with --precision mixed: allowed top-1 drop per exit in percentage points (default 0.5)",
+    )
+    p.add_argument(
+        "--calib",
+        default=None,
+        metavar="SOURCE",
+        help="calibration images: a folder, video, .npy/.npz, default[:split], or a calibration/*.json "
+        "definition (default: the checkpoint's training data, default:train for the default model)",
+    )
     p.add_argument("--calib-count", type=int, default=None, metavar="N", help="calibration images to use (default 256)")
-    p.add_argument("--calib-method", choices=["entropy", "minmax", "percentile"], default=None,
-                   help="range calibration method (default entropy)")
-    p.add_argument("--val", default=None, metavar="SOURCE",
-                   help="held-out data for the validation table (default: the checkpoint's validation split)")
+    p.add_argument(
+        "--calib-method",
+        choices=["entropy", "minmax", "percentile"],
+        default=None,
+        help="range calibration method (default entropy)",
+    )
+    p.add_argument(
+        "--val",
+        default=None,
+        metavar="SOURCE",
+        help="held-out data for the validation table (default: the checkpoint's validation split)",
+    )
     p.add_argument("--val-count", type=int, default=None, metavar="N", help="use at most N validation samples")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset for the export (default 17)")
     p.add_argument("--exits", default=None, metavar="NAME,...", help="ONNX input: the exit tensors, shallowest first")
-    p.add_argument("--split-at", default=None, metavar="NAME,...",
-                   help="boundary after each exit but the last: ONNX tensor names, or module names for a checkpoint "
-                   "(default: found structurally)")
+    p.add_argument(
+        "--split-at",
+        default=None,
+        metavar="NAME,...",
+        help="boundary after each exit but the last: ONNX tensor names, or module names for a checkpoint "
+        "(default: found structurally)",
+    )
     p.add_argument("--list-points", action="store_true", help="list valid --exits/--split-at names and exit")
-    p.add_argument("--preprocessing", default=None, metavar="JSON",
-                   help="ONNX input: preprocessing as JSON or a .json file (keys of hisd_edge.preprocess.Preprocessing); "
-                   "default: from the input shape, pixels scaled to 0..1")
-    p.add_argument("--class-names", default=None, metavar="A,B,...|FILE", help="ONNX input: class names (comma list or a file, one per line)")
-    p.add_argument("--exit-kind", choices=["logits", "embedding"], default="logits", help="ONNX input: what the exits output")
-    p.add_argument("--trt-cache-version", default="8.5.2", metavar="X.Y.Z",
-                   help="TensorRT version written into the calibration caches' header (default 8.5.2; hisd-edge build "
-                   "rewrites it for the TensorRT it finds)")
-    p.add_argument("--threshold", type=float, default=0.9, help="default max-prob threshold of every exit but the last (0.9)")
+    p.add_argument(
+        "--preprocessing",
+        default=None,
+        metavar="JSON",
+        help="ONNX input: preprocessing as JSON or a .json file (keys of hisd_edge.preprocess.Preprocessing); "
+        "default: from the input shape, pixels scaled to 0..1",
+    )
+    p.add_argument(
+        "--class-names",
+        default=None,
+        metavar="A,B,...|FILE",
+        help="ONNX input: class names (comma list or a file, one per line)",
+    )
+    p.add_argument(
+        "--exit-kind", choices=["logits", "embedding"], default="logits", help="ONNX input: what the exits output"
+    )
+    p.add_argument(
+        "--trt-cache-version",
+        default="8.5.2",
+        metavar="X.Y.Z",
+        help="TensorRT version written into the calibration caches' header (default 8.5.2; hisd-edge build "
+        "rewrites it for the TensorRT it finds)",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.9, help="default max-prob threshold of every exit but the last (0.9)"
+    )
     p.add_argument("--no-confidence", action="store_true", help="do not fuse softmax->max confidence outputs (conf{k})")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads per session (default 2)")
     p.add_argument("--strict", action="store_true", help="fail on undecodable images instead of skipping them")
@@ -57,11 +98,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
-def _names(text):  # type: ignore[no-untyped-def]
+def _names(text):
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
-def _preprocessing(text):  # type: ignore[no-untyped-def]
+def _preprocessing(text):
     from pathlib import Path
 
     from hisd_edge.errors import InputError
@@ -73,12 +114,14 @@ def _preprocessing(text):  # type: ignore[no-untyped-def]
         raw = Path(text).read_text(encoding="utf-8") if text.endswith(".json") and Path(text).is_file() else text
         return Preprocessing.from_dict(json.loads(raw))
     except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"--preprocessing: not a JSON preprocessing description ({exc.__class__.__name__}); e.g. "
-                         '\'{"input_size": [224, 224], "channels": 3, "color_order": "rgb", "mean": [0.485, 0.456, 0.406], '
-                         '"std": [0.229, 0.224, 0.225]}\'') from None
+        raise InputError(
+            f"--preprocessing: not a JSON preprocessing description ({exc.__class__.__name__}); e.g. "
+            '\'{"input_size": [224, 224], "channels": 3, "color_order": "rgb", "mean": [0.485, 0.456, 0.406], '
+            '"std": [0.229, 0.224, 0.225]}\''
+        ) from None
 
 
-def _class_names(text):  # type: ignore[no-untyped-def]
+def _class_names(text):
     from pathlib import Path
 
     if text is None:
@@ -106,50 +149,86 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([{"name": n, "shape": list(s) if s is not None else None} for n, s in points]))
         else:
-            print(("tensors (for --exits / --split-at):" if is_onnx else "module names (for --split-at):"))
+            print("tensors (for --exits / --split-at):" if is_onnx else "module names (for --split-at):")
             for name, shape in points:
                 print(f"  {name}  {list(shape) if shape is not None else '?'}")
         return 0
     if not is_onnx and (args.exits or args.preprocessing or args.class_names):
-        raise InputError("--exits, --preprocessing and --class-names apply to ONNX input; a checkpoint records them itself")
+        raise InputError(
+            "--exits, --preprocessing and --class-names apply to ONNX input; a checkpoint records them itself"
+        )
     if is_onnx and not args.exits:
-        raise InputError(f"{source}: ONNX input needs --exits NAME,NAME,... (the exit tensors, shallowest first); "
-                         "list candidates with --list-points")
+        raise InputError(
+            f"{source}: ONNX input needs --exits NAME,NAME,... (the exit tensors, shallowest first); "
+            "list candidates with --list-points"
+        )
     from hisd_edge.convert.pipeline import DEFAULT_MAX_DROP_PP, parse_precisions
 
     precisions, mixed = parse_precisions(args.precision)
     if args.max_drop is not None and not mixed:
         raise InputError("--max-drop applies to --precision mixed")
     out = Path(args.out) if args.out else Path("engines") / source.stem
-    argv = sys.argv[sys.argv.index("convert"):] if "convert" in sys.argv else ["convert", args.source]
-    options = dict(
-        precisions=precisions, max_drop_pp=(args.max_drop if args.max_drop is not None else DEFAULT_MAX_DROP_PP) if mixed else None,
-        calib=args.calib, calib_count=args.calib_count, calib_method=args.calib_method, val=args.val, val_count=args.val_count,
-        opset=args.opset, strict=args.strict, force=args.force, threads=args.threads, trt_version=args.trt_cache_version,
-        confidence=not args.no_confidence, threshold=args.threshold, progress=not args.no_progress and not args.json,
-        command="hisd-edge " + " ".join(shlex.quote(a) for a in argv),
-    )
+    argv = sys.argv[sys.argv.index("convert") :] if "convert" in sys.argv else ["convert", args.source]
+    options = {
+        "precisions": precisions,
+        "max_drop_pp": (args.max_drop if args.max_drop is not None else DEFAULT_MAX_DROP_PP) if mixed else None,
+        "calib": args.calib,
+        "calib_count": args.calib_count,
+        "calib_method": args.calib_method,
+        "val": args.val,
+        "val_count": args.val_count,
+        "opset": args.opset,
+        "strict": args.strict,
+        "force": args.force,
+        "threads": args.threads,
+        "trt_version": args.trt_cache_version,
+        "confidence": not args.no_confidence,
+        "threshold": args.threshold,
+        "progress": not args.no_progress and not args.json,
+        "command": "hisd-edge " + " ".join(shlex.quote(a) for a in argv),
+    }
     from hisd_edge.convert import pipeline
 
     if is_onnx:
-        result = pipeline.convert_onnx(source, out, _names(args.exits) or [], split_at=_names(args.split_at),
-                                       preprocessing=_preprocessing(args.preprocessing), class_names=_class_names(args.class_names),
-                                       exit_kind=args.exit_kind, **options)
+        result = pipeline.convert_onnx(
+            source,
+            out,
+            _names(args.exits) or [],
+            split_at=_names(args.split_at),
+            preprocessing=_preprocessing(args.preprocessing),
+            class_names=_class_names(args.class_names),
+            exit_kind=args.exit_kind,
+            **options,
+        )
     else:
         result = pipeline.convert_checkpoint(source, out, split_points=_names(args.split_at), **options)
     skipped = (result.calibration or {}).get("skipped", 0)
     if args.json:
-        print(json.dumps({"bundle": str(result.bundle), "precisions": list(result.manifest["stages"][0]["files"]),
-                          "validation": result.validation, "verification": result.verification,
-                          "calibration": result.calibration, "timings_s": result.timings_s}))
+        print(
+            json.dumps(
+                {
+                    "bundle": str(result.bundle),
+                    "precisions": list(result.manifest["stages"][0]["files"]),
+                    "validation": result.validation,
+                    "verification": result.verification,
+                    "calibration": result.calibration,
+                    "timings_s": result.timings_s,
+                }
+            )
+        )
         return 0
     if skipped:
         names = ", ".join(result.calibration.get("skipped_files", [])[:5])
-        print(f"skipped {skipped} undecodable calibration image(s): {names}{' ...' if skipped > 5 else ''}", file=sys.stderr)
+        print(
+            f"skipped {skipped} undecodable calibration image(s): {names}{' ...' if skipped > 5 else ''}",
+            file=sys.stderr,
+        )
     print(result.table())
     diffs = result.verification
-    torch_part = (f", ONNX vs torch {max(diffs['torch_max_abs_diff']):.2g}" if diffs.get("torch_max_abs_diff") else "")
-    print(f"verified on {diffs['samples']} samples: chain vs full ONNX max abs diff {max(diffs['chain_max_abs_diff']):.2g}{torch_part}")
+    torch_part = f", ONNX vs torch {max(diffs['torch_max_abs_diff']):.2g}" if diffs.get("torch_max_abs_diff") else ""
+    print(
+        f"verified on {diffs['samples']} samples: chain vs full ONNX max abs diff {max(diffs['chain_max_abs_diff']):.2g}{torch_part}"
+    )
     if args.timings:
         print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items()))
     stages = len(result.manifest["stages"])

@@ -6,10 +6,13 @@ import argparse
 import json
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser("inspect", help="show a bundle's stages, exits, policy and validation",
-                       description="Print a bundle's stages (params, MACs, file size per precision, shapes), exits, exit "
-                       "policy, validation table and provenance. Verifies the files' checksums first.")
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a bundle's stages, exits, policy and validation",
+        description="Print a bundle's stages (params, MACs, file size per precision, shapes), exits, exit "
+        "policy, validation table and provenance. Verifies the files' checksums first.",
+    )
     p.add_argument("bundle", help="bundle directory (or its manifest.json)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the checksum verification")

@@ -6,17 +6,22 @@ import argparse
 import json
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="re-render a profile report (HTML, CSV, plots) or compare several",
         description="Re-render the report of one profile (profile.json -> CSV tables, PNG plots, report.html) or "
         "compare two or more profiles side by side (power modes, fp16 vs int8, boards) into compare.html.",
     )
-    p.add_argument("profiles", nargs="+", metavar="PROFILE",
-                   help="report directory written by hisd-edge profile, or its profile.json")
-    p.add_argument("--out", default=None,
-                   help="output directory (one profile: default its own directory; two or more: required)")
+    p.add_argument(
+        "profiles",
+        nargs="+",
+        metavar="PROFILE",
+        help="report directory written by hisd-edge profile, or its profile.json",
+    )
+    p.add_argument(
+        "--out", default=None, help="output directory (one profile: default its own directory; two or more: required)"
+    )
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=run)
 

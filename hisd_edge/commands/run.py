@@ -7,7 +7,7 @@ import argparse
 from hisd_edge.commands import add_threads_argument
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="early-exit inference on images, folders, videos, cameras, GStreamer pipelines or .npy",
@@ -19,18 +19,39 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("bundle", help="bundle directory (engines/NAME) written by hisd-edge convert")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to classify (see above)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"], help="default: onnxruntime")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="stage files to run (default fp32)")
-    p.add_argument("--providers", default=None,
-                   help="ONNX Runtime execution providers, comma-separated: cpu, cuda, tensorrt, or auto (default cpu)")
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="stage files to run (default fp32)"
+    )
+    p.add_argument(
+        "--providers",
+        default=None,
+        help="ONNX Runtime execution providers, comma-separated: cpu, cuda, tensorrt, or auto (default cpu)",
+    )
     add_threads_argument(p)
-    p.add_argument("--allow-spinning", action="store_true",
-                   help="let ONNX Runtime's idle threads spin (lower latency on a dedicated CPU, much worse on a busy one)")
-    p.add_argument("--policy", default=None, help="exit policy (max_prob, entropy, margin, patience, stability); default: the manifest's")
-    p.add_argument("--thresholds", default=None,
-                   help="comma-separated threshold per exit, 'none' for never (overrides the manifest), e.g. 0.9,0.8,none")
-    p.add_argument("--exit-at", type=int, default=None, metavar="K", help="force every input to leave at exit K (fixed budget)")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per batch (rows that exit leave the batch); default 16")
-    p.add_argument("--frames", type=int, default=None, help="at most this many frames from each video, camera or stream")
+    p.add_argument(
+        "--allow-spinning",
+        action="store_true",
+        help="let ONNX Runtime's idle threads spin (lower latency on a dedicated CPU, much worse on a busy one)",
+    )
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="exit policy (max_prob, entropy, margin, patience, stability); default: the manifest's",
+    )
+    p.add_argument(
+        "--thresholds",
+        default=None,
+        help="comma-separated threshold per exit, 'none' for never (overrides the manifest), e.g. 0.9,0.8,none",
+    )
+    p.add_argument(
+        "--exit-at", type=int, default=None, metavar="K", help="force every input to leave at exit K (fixed budget)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="inputs per batch (rows that exit leave the batch); default 16"
+    )
+    p.add_argument(
+        "--frames", type=int, default=None, help="at most this many frames from each video, camera or stream"
+    )
     p.add_argument("--every", type=int, default=1, help="keep every N-th frame of videos, cameras and streams")
     p.add_argument("--json", action="store_true", help="print one JSON object per input (JSON lines)")
     p.set_defaults(func=run)
@@ -40,24 +61,28 @@ def parse_thresholds(text: str) -> list:
     from hisd_edge.errors import InputError
 
     out: list = []
-    for part in text.split(","):
-        part = part.strip().lower()
+    for raw in text.split(","):
+        part = raw.strip().lower()
         if part in ("none", "null", "never", "-"):
             out.append(None)
             continue
         try:
             out.append(float(part))
         except ValueError:
-            raise InputError(f"--thresholds {text!r}: give comma-separated numbers or 'none', e.g. 0.9,0.8,none") from None
+            raise InputError(
+                f"--thresholds {text!r}: give comma-separated numbers or 'none', e.g. 0.9,0.8,none"
+            ) from None
     return out
 
 
-def _row(result, width: int) -> str:  # type: ignore[no-untyped-def]
-    name = result.name if len(result.name) <= width else "…" + result.name[-(width - 1):]
+def _row(result, width: int) -> str:
+    name = result.name if len(result.name) <= width else "…" + result.name[-(width - 1) :]
     if not result.ok:
         return f"{name:<{width}}  error: {result.error}"
     what = result.class_name if result.class_name is not None else f"embedding[{len(result.embedding or [])}]"
-    conf = f"{result.confidence:.3f}" if result.confidence is not None and result.confidence == result.confidence else "-"
+    conf = (
+        f"{result.confidence:.3f}" if result.confidence is not None and result.confidence == result.confidence else "-"
+    )
     flags = ",".join(result.flags)
     return f"{name:<{width}}  {result.exit:>4}  {what:>10}  {conf:>6}  {result.latency_ms:>9.3f}  {flags}"
 
@@ -80,8 +105,15 @@ def run(args: argparse.Namespace) -> int:
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
-    runtime = open_runtime(args.bundle, backend=args.backend, precision=args.precision, policy=args.policy,
-                           thresholds=thresholds, exit_at=args.exit_at, **options)
+    runtime = open_runtime(
+        args.bundle,
+        backend=args.backend,
+        precision=args.precision,
+        policy=args.policy,
+        thresholds=thresholds,
+        exit_at=args.exit_at,
+        **options,
+    )
     items = open_inputs(args.inputs, max_frames=args.frames, every=args.every)
     width = 36
     done = errors = correct = labelled = 0

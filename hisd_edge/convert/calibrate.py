@@ -63,13 +63,19 @@ def load_recipe(path: Path) -> CalibrationRecipe:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable calibration definition ({exc.__class__.__name__}); see calibration/README.md") from None
+        raise InputError(
+            f"{path}: not a readable calibration definition ({exc.__class__.__name__}); see calibration/README.md"
+        ) from None
     if not isinstance(data, dict) or "source" not in data:
-        raise InputError(f"{path}: a calibration definition is a JSON object with at least a 'source'; see calibration/README.md")
+        raise InputError(
+            f"{path}: a calibration definition is a JSON object with at least a 'source'; see calibration/README.md"
+        )
     known = {f.name for f in dataclasses.fields(CalibrationRecipe)}
     unknown = sorted(set(data) - known - {"description"})
     if unknown:
-        raise InputError(f"{path}: unknown key(s) {', '.join(unknown)} in the calibration definition (known: {', '.join(sorted(known))})")
+        raise InputError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in the calibration definition (known: {', '.join(sorted(known))})"
+        )
     source = str(data["source"])
     if not source.startswith("default") and not Path(source).is_absolute():
         source = str((Path(path).parent / source).resolve())
@@ -82,8 +88,12 @@ def load_recipe(path: Path) -> CalibrationRecipe:
         raise InputError(f"{path}: malformed calibration definition ({exc})") from None
 
 
-def resolve_recipe(calib: Optional[str], count: Optional[int] = None, method: Optional[str] = None,
-                   default_source: str = DEFAULT_SOURCE) -> CalibrationRecipe:
+def resolve_recipe(
+    calib: Optional[str],
+    count: Optional[int] = None,
+    method: Optional[str] = None,
+    default_source: str = DEFAULT_SOURCE,
+) -> CalibrationRecipe:
     """``--calib`` (a source string or a ``.json`` definition) plus overrides -> a recipe."""
     if calib and calib.endswith(".json"):
         recipe = load_recipe(Path(calib))
@@ -150,7 +160,7 @@ class ArrayReader:
     def __len__(self) -> int:
         return (len(self.data) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         self.rewind()
         while True:
             item = self.get_next()
@@ -162,16 +172,19 @@ class ArrayReader:
 def ort_method(method: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-            "percentile": CalibrationMethod.Percentile}[method]
+    return {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
 
 
 def _as_reader(reader: ArrayReader) -> Any:
     """Make ``reader`` an instance of ORT's CalibrationDataReader (its calibrators check the type)."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def get_next(self):  # type: ignore[no-untyped-def]
+    class Reader(CalibrationDataReader):
+        def get_next(self):
             return reader.get_next()
 
         def __len__(self) -> int:
@@ -183,8 +196,9 @@ def _as_reader(reader: ArrayReader) -> Any:
     return Reader()
 
 
-def compute_stage_statistics(stage_path: Path, stage_input: np.ndarray, recipe: CalibrationRecipe, scratch: Path,
-                             batch_size: int = _BATCH) -> Any:
+def compute_stage_statistics(
+    stage_path: Path, stage_input: np.ndarray, recipe: CalibrationRecipe, scratch: Path, batch_size: int = _BATCH
+) -> Any:
     """ONNX Runtime calibration statistics (``TensorsData``) of one fp32 stage on its real input."""
     from onnxruntime.quantization import create_calibrator
 
@@ -199,8 +213,11 @@ def compute_stage_statistics(stage_path: Path, stage_input: np.ndarray, recipe: 
         # ORT's calibrators print progress to stdout; keep --json output clean.
         with contextlib.redirect_stdout(sink):
             calibrator = create_calibrator(
-                Path(stage_path), [], augmented_model_path=str(scratch / f"{Path(stage_path).stem}.augmented.onnx"),
-                calibrate_method=ort_method(recipe.method), extra_options=extra,
+                Path(stage_path),
+                [],
+                augmented_model_path=str(scratch / f"{Path(stage_path).stem}.augmented.onnx"),
+                calibrate_method=ort_method(recipe.method),
+                extra_options=extra,
             )
             calibrator.collect_data(_as_reader(ArrayReader(session_inputs, stage_input, batch_size)))
             data = calibrator.compute_data()
@@ -214,7 +231,7 @@ def input_name(stage_path: Path) -> str:
 
     model = onnx.load(str(stage_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits][0]
+    return next(i.name for i in model.graph.input if i.name not in inits)
 
 
 def amax_table(tensors_data: Any) -> Dict[str, float]:
@@ -238,8 +255,14 @@ class StageCalibration:
         return amax_table(self.statistics)
 
 
-def calibrate_chain(stage_paths: Sequence[Path], chain: Any, calibration: CalibrationSet, recipe: CalibrationRecipe,
-                    scratch: Path, batch_size: int = _BATCH) -> List[StageCalibration]:
+def calibrate_chain(
+    stage_paths: Sequence[Path],
+    chain: Any,
+    calibration: CalibrationSet,
+    recipe: CalibrationRecipe,
+    scratch: Path,
+    batch_size: int = _BATCH,
+) -> List[StageCalibration]:
     """Statistics for every stage, each on the activations the fp32 stages before it produce."""
     results = []
     stage_input = calibration.inputs

@@ -56,9 +56,14 @@ class CheckReport:
         return not any(f.severity == "error" and f.target in (target, "all") for f in self.findings)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"bundle": self.bundle, "targets": self.targets, "files_checked": self.files_checked, "ok": self.ok,
-                "ok_per_target": {t: self.ok_for(t) for t in self.targets},
-                "findings": [f.to_dict() for f in self.findings]}
+        return {
+            "bundle": self.bundle,
+            "targets": self.targets,
+            "files_checked": self.files_checked,
+            "ok": self.ok,
+            "ok_per_target": {t: self.ok_for(t) for t in self.targets},
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
 def _onnx() -> Any:
@@ -82,8 +87,14 @@ def _array(init: Any) -> np.ndarray:
     return numpy_helper.to_array(init)
 
 
-def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] = None, precision: Optional[str] = None,
-                file: str = "") -> List[Finding]:
+def check_model(
+    model: Any,
+    targets: Sequence[Family],
+    *,
+    stage: Optional[int] = None,
+    precision: Optional[str] = None,
+    file: str = "",
+) -> List[Finding]:
     """All findings for one ONNX model against the targeted families."""
     onnx = _onnx()
     findings: List[Finding] = []
@@ -96,20 +107,37 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
     op_counts: Dict[str, int] = {}
     for node in graph.node:
         if node.domain not in ("", "ai.onnx"):
-            add("error", "all", "custom_domain", f"node {node.name or node.op_type} uses custom domain {node.domain!r} "
-                "(needs a TensorRT plugin)")
+            add(
+                "error",
+                "all",
+                "custom_domain",
+                f"node {node.name or node.op_type} uses custom domain {node.domain!r} (needs a TensorRT plugin)",
+            )
             continue
         op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
     for fam in targets:
         low, high = fam.opsets
         if not low <= opset <= high:
-            add("error", fam.name, "opset", f"opset {opset} is outside {fam.label}'s supported range {low}-{high}; "
-                f"convert again with --opset {min(max(opset, low), high)}")
+            add(
+                "error",
+                fam.name,
+                "opset",
+                f"opset {opset} is outside {fam.label}'s supported range {low}-{high}; "
+                f"convert again with --opset {min(max(opset, low), high)}",
+            )
         missing = sorted(op for op in op_counts if op not in fam.ops)
         if missing:
-            hint = " (re-convert with --opset 16 so LayerNorm is exported as primitive ops)" if "LayerNormalization" in missing else ""
-            add("error", fam.name, "unsupported_op", f"{fam.label} does not import "
-                + ", ".join(f"{op} (x{op_counts[op]})" for op in missing) + hint)
+            hint = (
+                " (re-convert with --opset 16 so LayerNorm is exported as primitive ops)"
+                if "LayerNormalization" in missing
+                else ""
+            )
+            add(
+                "error",
+                fam.name,
+                "unsupported_op",
+                f"{fam.label} does not import " + ", ".join(f"{op} (x{op_counts[op]})" for op in missing) + hint,
+            )
 
     # Q/DQ that TensorRT accepts: INT8 with zero point 0, explicitly given.
     inits = {i.name: i for i in graph.initializer}
@@ -120,27 +148,52 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             data_type = inits[node.input[0]].data_type
             if data_type == onnx.TensorProto.INT32:
-                add("error", "all", "int32_dequantize", f"{node.name}: DequantizeLinear of an INT32 constant (a quantized bias); "
-                    "TensorRT dequantizes only INT8: keep biases float (QuantizeBias=False)")
+                add(
+                    "error",
+                    "all",
+                    "int32_dequantize",
+                    f"{node.name}: DequantizeLinear of an INT32 constant (a quantized bias); "
+                    "TensorRT dequantizes only INT8: keep biases float (QuantizeBias=False)",
+                )
             else:
                 for fam in targets:
                     if not fam.native_int64:  # 8.x: a DequantizeLinear input must be an activation (float Q output)
-                        add("error", fam.name, "int8_weight_constant", f"{node.name}: weights stored as INT8 constants; "
-                            f"{fam.label} needs float weights behind a Q/DQ pair (AddQDQPairToWeight=True)")
+                        add(
+                            "error",
+                            fam.name,
+                            "int8_weight_constant",
+                            f"{node.name}: weights stored as INT8 constants; "
+                            f"{fam.label} needs float weights behind a Q/DQ pair (AddQDQPairToWeight=True)",
+                        )
         if len(node.input) < 3 or not node.input[2]:
             if node.op_type == "QuantizeLinear":
-                add("error", "all", "uint8_qdq", f"{node.name or node.op_type} has no zero point, so it quantizes to uint8; "
-                    "TensorRT needs int8 with zero point 0")
+                add(
+                    "error",
+                    "all",
+                    "uint8_qdq",
+                    f"{node.name or node.op_type} has no zero point, so it quantizes to uint8; "
+                    "TensorRT needs int8 with zero point 0",
+                )
             continue
         zero = _constant_value(node.input[2], inits, constants)
         if zero is None:
             add("error", "all", "dynamic_zero_point", f"{node.name}: zero point {node.input[2]} is not a constant")
             continue
         if zero.dtype == np.uint8:
-            add("error", "all", "uint8_qdq", f"{node.name}: uint8 quantization; TensorRT needs int8 (symmetric, zero point 0)")
+            add(
+                "error",
+                "all",
+                "uint8_qdq",
+                f"{node.name}: uint8 quantization; TensorRT needs int8 (symmetric, zero point 0)",
+            )
         if np.any(zero != 0):
-            add("error", "all", "nonzero_zero_point", f"{node.name}: zero point {node.input[2]} is not 0 "
-                "(TensorRT supports only symmetric quantization; quantize with ActivationSymmetric=True)")
+            add(
+                "error",
+                "all",
+                "nonzero_zero_point",
+                f"{node.name}: zero point {node.input[2]} is not 0 "
+                "(TensorRT supports only symmetric quantization; quantize with ActivationSymmetric=True)",
+            )
 
     # Shapes: every tensor needs at least a known rank.
     try:
@@ -148,8 +201,11 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
     except Exception as exc:
         add("error", "all", "shape_inference", f"shape inference fails ({first_line(exc)})")
         inferred = model
-    known = {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-             if v.type.tensor_type.HasField("shape")} | set(inits)
+    known = {
+        v.name
+        for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+        if v.type.tensor_type.HasField("shape")
+    } | set(inits)
     unshaped = [o for n in inferred.graph.node for o in n.output if o and o not in known and n.op_type != "Constant"]
     if unshaped:
         shown = ", ".join(unshaped[:5]) + (f" and {len(unshaped) - 5} more" if len(unshaped) > 5 else "")
@@ -166,8 +222,13 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
         for axis, dim in enumerate(info.type.tensor_type.shape.dim):
             if axis > 0 and not dim.HasField("dim_value"):
                 label = dim.dim_param or "unknown"
-                add("error", "all", "dynamic_dim", f"input {info.name} dim {axis} is dynamic ({label}); only the batch dim "
-                    "gets a range at build time; export with a fixed size")
+                add(
+                    "error",
+                    "all",
+                    "dynamic_dim",
+                    f"input {info.name} dim {axis} is dynamic ({label}); only the batch dim "
+                    "gets a range at build time; export with a fixed size",
+                )
 
     # INT64 weights.
     for fam in targets:
@@ -178,10 +239,24 @@ def check_model(model: Any, targets: Sequence[Family], *, stage: Optional[int] =
                 continue
             values = _array(init)
             if values.size > _SHAPE_LIKE_MAX_ELEMENTS:
-                add("error", fam.name, "int64_weights", f"INT64 initializer {init.name} ({values.size} values): {fam.label} "
-                    "casts INT64 to INT32; store it as INT32 or float")
-            elif values.size and (values.min() < INT32_MIN or values.max() > INT32_MAX) and not _only_slice_bounds(graph, init.name):
-                add("warning", fam.name, "int64_range", f"INT64 constant {init.name} has values outside INT32; {fam.label} clamps them")
+                add(
+                    "error",
+                    fam.name,
+                    "int64_weights",
+                    f"INT64 initializer {init.name} ({values.size} values): {fam.label} "
+                    "casts INT64 to INT32; store it as INT32 or float",
+                )
+            elif (
+                values.size
+                and (values.min() < INT32_MIN or values.max() > INT32_MAX)
+                and not _only_slice_bounds(graph, init.name)
+            ):
+                add(
+                    "warning",
+                    fam.name,
+                    "int64_range",
+                    f"INT64 constant {init.name} has values outside INT32; {fam.label} clamps them",
+                )
     return findings
 
 
@@ -204,7 +279,9 @@ def _only_slice_bounds(graph: Any, name: str) -> bool:
     return bool(uses) and all(op == "Slice" and idx in (1, 2) for op, idx in uses)
 
 
-def check_bundle(path: Any, targets: Optional[Iterable[str]] = None, precisions: Optional[Iterable[str]] = None) -> CheckReport:
+def check_bundle(
+    path: Any, targets: Optional[Iterable[str]] = None, precisions: Optional[Iterable[str]] = None
+) -> CheckReport:
     """Check every stage file of the bundle at ``path`` (checksums verified first)."""
     from hisd_edge.bundle import Bundle
 
@@ -214,8 +291,10 @@ def check_bundle(path: Any, targets: Optional[Iterable[str]] = None, precisions:
     wanted = list(precisions) if precisions else bundle.precisions()
     absent = [p for p in wanted if p not in bundle.precisions()]
     if absent:
-        raise InputError(f"{bundle.root}: no {', '.join(absent)} stage files to check (the bundle has "
-                         f"{', '.join(bundle.precisions())}); pick from those with --precision")
+        raise InputError(
+            f"{bundle.root}: no {', '.join(absent)} stage files to check (the bundle has "
+            f"{', '.join(bundle.precisions())}); pick from those with --precision"
+        )
     findings: List[Finding] = []
     checked = 0
     for stage in bundle.stages:
@@ -224,12 +303,25 @@ def check_bundle(path: Any, targets: Optional[Iterable[str]] = None, precisions:
                 continue
             file_path = bundle.root / record["path"]
             model = onnx.load(str(file_path))
-            findings.extend(check_model(model, families, stage=int(stage["index"]), precision=precision, file=record["path"]))
+            findings.extend(
+                check_model(model, families, stage=int(stage["index"]), precision=precision, file=record["path"])
+            )
             checked += 1
             if precision == "int8" and "calibration_cache" not in record:
-                findings.append(Finding("warning", "all", int(stage["index"]), precision, record["path"], "no_calibration_cache",
-                                        "no TensorRT calibration cache: implicit INT8 (TensorRT < 11, DLA) cannot use this stage"))
-    return CheckReport(bundle=str(bundle.root), targets=[f.name for f in families], files_checked=checked, findings=findings)
+                findings.append(
+                    Finding(
+                        "warning",
+                        "all",
+                        int(stage["index"]),
+                        precision,
+                        record["path"],
+                        "no_calibration_cache",
+                        "no TensorRT calibration cache: implicit INT8 (TensorRT < 11, DLA) cannot use this stage",
+                    )
+                )
+    return CheckReport(
+        bundle=str(bundle.root), targets=[f.name for f in families], files_checked=checked, findings=findings
+    )
 
 
 def format_check(report: CheckReport) -> str:

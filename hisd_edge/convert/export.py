@@ -58,8 +58,6 @@ def infer_shapes(model: Any) -> Any:
         raise ConversionError(f"ONNX shape inference failed ({first_line(exc)}); the graph is inconsistent") from None
 
 
-
-
 # -- torch -----------------------------------------------------------------------------------
 def list_split_points(model: Any, input_shape: Sequence[int]) -> List[Tuple[str, Tuple[int, ...]]]:
     """Module names of ``model`` that can serve as split points, with their output shapes.
@@ -71,7 +69,7 @@ def list_split_points(model: Any, input_shape: Sequence[int]) -> List[Tuple[str,
 
     from hisd_edge.models import list_exit_points
 
-    example = torch.zeros((1,) + tuple(int(s) for s in input_shape))
+    example = torch.zeros((1, *tuple(int(s) for s in input_shape)))
     return list_exit_points(model, example)
 
 
@@ -90,12 +88,13 @@ class _WithSplitOutputs:
                 modules = dict(model.named_modules())
                 self.handles = [modules[p].register_forward_hook(self._hook(p)) for p in points]
 
-            def _hook(self, name: str):  # type: ignore[no-untyped-def]
-                def hook(_m, _i, out):  # type: ignore[no-untyped-def]
+            def _hook(self, name: str):
+                def hook(_m, _i, out):
                     self.captured[name] = out
+
                 return hook
 
-            def forward(self, x):  # type: ignore[no-untyped-def]
+            def forward(self, x):
                 self.captured = {}
                 outs = list(self.inner(x))
                 return outs + [self.captured[p] for p in points]
@@ -107,8 +106,9 @@ class _WithSplitOutputs:
         return Wrapped()
 
 
-def export_module(model: Any, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET,
-                  split_points: Optional[Sequence[str]] = None) -> Tuple[Any, List[str]]:
+def export_module(
+    model: Any, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET, split_points: Optional[Sequence[str]] = None
+) -> Tuple[Any, List[str]]:
     """Export ``model`` to ONNX (exits as ``exit{k}``); returns (model proto, split tensor names).
 
     ``split_points`` are module names (see :func:`list_split_points`); the returned list holds the
@@ -132,12 +132,14 @@ def export_module(model: Any, input_shape: Sequence[int], *, opset: int = DEFAUL
         if unknown:
             raise InputError(f"unknown split point(s) {', '.join(unknown)}; valid module names: {', '.join(valid)}")
     model = model.eval()
-    example = torch.zeros((2,) + tuple(int(s) for s in input_shape))
+    example = torch.zeros((2, *tuple(int(s) for s in input_shape)))
     with torch.no_grad():
         try:
             outs = model(example)
         except Exception as exc:
-            raise ConversionError(f"the model fails on an input of shape {tuple(example.shape)} ({first_line(exc)})") from None
+            raise ConversionError(
+                f"the model fails on an input of shape {tuple(example.shape)} ({first_line(exc)})"
+            ) from None
     if not isinstance(outs, (list, tuple)) or len(outs) != num_exits:
         got = len(outs) if isinstance(outs, (list, tuple)) else 1
         raise ConversionError(f"the model declares {num_exits} exits (exit_info) but forward returned {got} output(s)")
@@ -151,9 +153,15 @@ def export_module(model: Any, input_shape: Sequence[int], *, opset: int = DEFAUL
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                target, (example,), buffer, input_names=[INPUT_NAME], output_names=output_names,  # type: ignore[arg-type]
-                dynamic_axes={name: {0: BATCH_DIM} for name in [INPUT_NAME] + output_names},
-                opset_version=int(opset), do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL,
+                target,
+                (example,),
+                buffer,  # type: ignore[arg-type]  # torch accepts file-like objects
+                input_names=[INPUT_NAME],
+                output_names=output_names,
+                dynamic_axes={name: {0: BATCH_DIM} for name in [INPUT_NAME, *output_names]},
+                opset_version=int(opset),
+                do_constant_folding=True,
+                training=torch.onnx.TrainingMode.EVAL,
                 dynamo=False,
             )
     except Exception as exc:
@@ -237,16 +245,22 @@ def load_onnx(path: Path, exits: Sequence[str]) -> Tuple[Any, Dict[str, str]]:
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
     if len(inputs) != 1:
-        raise InputError(f"{path}: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-                         "hisd-edge converts single-input image models")
+        raise InputError(
+            f"{path}: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+            "hisd-edge converts single-input image models"
+        )
     if not exits:
-        raise InputError(f"{path}: give the exit tensors with --exits NAME,NAME,... (shallowest first); "
-                         f"graph outputs: {', '.join(o.name for o in graph.output)}")
+        raise InputError(
+            f"{path}: give the exit tensors with --exits NAME,NAME,... (shallowest first); "
+            f"graph outputs: {', '.join(o.name for o in graph.output)}"
+        )
     names = tensor_names(model)
     unknown = [e for e in exits if e not in names]
     if unknown:
-        raise InputError(f"{path}: exit tensor(s) {', '.join(unknown)} not in the graph; graph outputs: "
-                         f"{', '.join(o.name for o in graph.output)} (list all tensors with --list-points)")
+        raise InputError(
+            f"{path}: exit tensor(s) {', '.join(unknown)} not in the graph; graph outputs: "
+            f"{', '.join(o.name for o in graph.output)} (list all tensors with --list-points)"
+        )
     if len(set(exits)) != len(exits):
         raise InputError(f"--exits names a tensor twice: {', '.join(exits)}")
     # Two phases so that any name clash (a graph whose tensors are already called "exit1", say)
@@ -267,7 +281,9 @@ def load_onnx(path: Path, exits: Sequence[str]) -> Tuple[Any, Dict[str, str]]:
     for k in range(len(exits)):
         info = value_infos.get(exit_name(k))
         if info is None or not info.type.tensor_type.HasField("shape"):
-            raise ConversionError(f"{path}: exit tensor {exits[k]} has no inferred type/shape; the model needs shape information")
+            raise ConversionError(
+                f"{path}: exit tensor {exits[k]} has no inferred type/shape; the model needs shape information"
+            )
         outputs.append(info)
     copied = [onnx.ValueInfoProto() for _ in outputs]
     for dst, src in zip(copied, outputs):
@@ -328,11 +344,17 @@ def add_confidence_outputs(model: Any, kinds: Sequence[str]) -> List[Optional[st
         if opset >= 18:
             axes = f"conf{k}/axes"
             graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), axes))
-            graph.node.append(helper.make_node("ReduceMax", [probs, axes], [conf_name(k)], name=f"conf{k}/ReduceMax", keepdims=0))
+            graph.node.append(
+                helper.make_node("ReduceMax", [probs, axes], [conf_name(k)], name=f"conf{k}/ReduceMax", keepdims=0)
+            )
         else:
-            graph.node.append(helper.make_node("ReduceMax", [probs], [conf_name(k)], name=f"conf{k}/ReduceMax", axes=[1], keepdims=0))
+            graph.node.append(
+                helper.make_node("ReduceMax", [probs], [conf_name(k)], name=f"conf{k}/ReduceMax", axes=[1], keepdims=0)
+            )
         batch = shape.dim[0]
-        out = helper.make_tensor_value_info(conf_name(k), TensorProto.FLOAT, [batch.dim_param or batch.dim_value or None])
+        out = helper.make_tensor_value_info(
+            conf_name(k), TensorProto.FLOAT, [batch.dim_param or batch.dim_value or None]
+        )
         graph.output.append(out)
         names.append(conf_name(k))
     return names

@@ -38,15 +38,17 @@ def summarize_bundle(bundle: Bundle) -> Dict[str, Any]:
     manifest = bundle.manifest
     stages = []
     for stage in manifest.get("stages", []):
-        stages.append({
-            "index": stage["index"],
-            "inputs": stage.get("inputs", []),
-            "outputs": stage.get("outputs", []),
-            "params": stage.get("params"),
-            "macs": stage.get("macs"),
-            "file_bytes": {p: rec.get("bytes") for p, rec in stage.get("files", {}).items()},
-            "calibration_cache": bool(stage.get("files", {}).get("int8", {}).get("calibration_cache")),
-        })
+        stages.append(
+            {
+                "index": stage["index"],
+                "inputs": stage.get("inputs", []),
+                "outputs": stage.get("outputs", []),
+                "params": stage.get("params"),
+                "macs": stage.get("macs"),
+                "file_bytes": {p: rec.get("bytes") for p, rec in stage.get("files", {}).items()},
+                "calibration_cache": bool(stage.get("files", {}).get("int8", {}).get("calibration_cache")),
+            }
+        )
     total_macs = [s.get("macs") or 0 for s in manifest.get("stages", [])]
     cumulative = [sum(total_macs[: k + 1]) for k in range(len(total_macs))]
     return {
@@ -86,44 +88,62 @@ def format_bundle(bundle: Bundle) -> str:
         "",
     ]
     precisions = [p for p in PRECISIONS if any(p in s["file_bytes"] for s in info["stages"])]
-    header = ["stage", "input", "outputs", "params", "MACs"] + precisions
+    header = ["stage", "input", "outputs", "params", "MACs", *precisions]
     rows = [header]
     for stage in info["stages"]:
-        rows.append([
-            str(stage["index"]),
-            ", ".join(_shape(r) for r in stage["inputs"]),
-            ", ".join(_shape(r) for r in stage["outputs"]),
-            _human(stage.get("params")),
-            _human(stage.get("macs")),
-        ] + [_kib(stage["file_bytes"].get(p)) for p in precisions])
+        rows.append(
+            [
+                str(stage["index"]),
+                ", ".join(_shape(r) for r in stage["inputs"]),
+                ", ".join(_shape(r) for r in stage["outputs"]),
+                _human(stage.get("params")),
+                _human(stage.get("macs")),
+            ]
+            + [_kib(stage["file_bytes"].get(p)) for p in precisions]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
     lines.append("")
     lines.append("exit  stage  output  confidence  kind     MACs to reach")
-    for k, exit_record in enumerate(info.get("exits") or []):
-        reach = info["macs_to_reach_exit"][exit_record["stage"]] if exit_record["stage"] < len(info["macs_to_reach_exit"]) else None
-        lines.append(f"{exit_record['index']:>4}  {exit_record['stage']:>5}  {exit_record['output']:6s}  "
-                     f"{str(exit_record.get('confidence_output') or '-'):10s}  {exit_record.get('kind', 'logits'):7s}  {_human(reach)}")
+    for _k, exit_record in enumerate(info.get("exits") or []):
+        reach = (
+            info["macs_to_reach_exit"][exit_record["stage"]]
+            if exit_record["stage"] < len(info["macs_to_reach_exit"])
+            else None
+        )
+        lines.append(
+            f"{exit_record['index']:>4}  {exit_record['stage']:>5}  {exit_record['output']:6s}  "
+            f"{exit_record.get('confidence_output') or '-'!s:10s}  {exit_record.get('kind', 'logits'):7s}  {_human(reach)}"
+        )
     policy = info.get("policy") or {}
     thresholds = ", ".join("-" if t is None else f"{t:.3g}" for t in policy.get("thresholds") or [])
     lines.append("")
-    lines.append(f"policy: {policy.get('kind')} thresholds [{thresholds}] ({'calibrated' if policy.get('calibrated') else 'default, not calibrated'})")
+    lines.append(
+        f"policy: {policy.get('kind')} thresholds [{thresholds}] ({'calibrated' if policy.get('calibrated') else 'default, not calibrated'})"
+    )
     if info.get("mixed_precision"):
         mixed = info["mixed_precision"]
         lines.append(f"mixed precision: {', '.join(mixed['stages'])} (max drop {mixed.get('max_drop_pp')} points)")
     calibration = info.get("calibration")
     if calibration:
-        lines.append(f"calibration: {calibration.get('count')} images from {calibration.get('source')} ({calibration.get('method')}), "
-                     f"{calibration.get('skipped', 0)} skipped; TensorRT caches for {calibration.get('trt_cache_version')}")
+        lines.append(
+            f"calibration: {calibration.get('count')} images from {calibration.get('source')} ({calibration.get('method')}), "
+            f"{calibration.get('skipped', 0)} skipped; TensorRT caches for {calibration.get('trt_cache_version')}"
+        )
     lines.append("")
     lines.append(format_validation_table(info.get("validation") or {}))
     engines = info.get("engines") or []
     lines.append("")
-    lines.append(f"engines: {len(engines)} built" + (" (" + ", ".join(str(e.get('device', e.get('key', '?'))) for e in engines[:4]) + ")" if engines else ""))
+    lines.append(
+        f"engines: {len(engines)} built"
+        + (" (" + ", ".join(str(e.get("device", e.get("key", "?"))) for e in engines[:4]) + ")" if engines else "")
+    )
     provenance = info.get("provenance") or {}
-    lines.append(f"created {provenance.get('created')} by hisd-edge {provenance.get('toolkit_version')} "
-                 f"(onnx {provenance.get('onnx_version')}, onnxruntime {provenance.get('onnxruntime_version')}, "
-                 f"torch {provenance.get('torch_version')}, opset {provenance.get('opset')})")
+    lines.append(
+        f"created {provenance.get('created')} by hisd-edge {provenance.get('toolkit_version')} "
+        f"(onnx {provenance.get('onnx_version')}, onnxruntime {provenance.get('onnxruntime_version')}, "
+        f"torch {provenance.get('torch_version')}, opset {provenance.get('opset')})"
+    )
     if provenance.get("checkpoint_sha256"):
         lines.append(f"source sha256 {provenance['checkpoint_sha256']}")
     lines.append(f"command: {provenance.get('command')}")

@@ -65,9 +65,11 @@ class ConvertOptions:
         precisions = tuple(dict.fromkeys(self.precisions))
         unknown = [p for p in precisions if p not in PRECISIONS]
         if unknown:
-            raise InputError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)} or 'mixed'")
+            raise InputError(
+                f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)} or 'mixed'"
+            )
         if "fp32" not in precisions:
-            precisions = ("fp32",) + precisions  # the reference every other precision is judged against
+            precisions = ("fp32", *precisions)  # the reference every other precision is judged against
         self.precisions = tuple(p for p in PRECISIONS if p in precisions)
         if self.max_drop_pp is not None and self.max_drop_pp < 0:
             raise InputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop_pp}")
@@ -130,8 +132,14 @@ class _Source:
 
 
 # -- entry points ----------------------------------------------------------------------------
-def convert_checkpoint(checkpoint: PathLike, out_dir: PathLike, *, model: Any = None,
-                       split_points: Optional[Sequence[str]] = None, **options: Any) -> ConvertResult:
+def convert_checkpoint(
+    checkpoint: PathLike,
+    out_dir: PathLike,
+    *,
+    model: Any = None,
+    split_points: Optional[Sequence[str]] = None,
+    **options: Any,
+) -> ConvertResult:
     """Convert a ``hisd-edge train`` checkpoint into a bundle at ``out_dir``.
 
     ``model`` is needed only for checkpoints of wrapped custom backbones; ``split_points`` are
@@ -146,9 +154,17 @@ def convert_checkpoint(checkpoint: PathLike, out_dir: PathLike, *, model: Any = 
     return _convert(source, Path(out_dir), opts)
 
 
-def convert_onnx(onnx_path: PathLike, out_dir: PathLike, exits: Sequence[str], *, split_at: Optional[Sequence[str]] = None,
-                 preprocessing: Any = None, class_names: Optional[Sequence[str]] = None, exit_kind: str = "logits",
-                 **options: Any) -> ConvertResult:
+def convert_onnx(
+    onnx_path: PathLike,
+    out_dir: PathLike,
+    exits: Sequence[str],
+    *,
+    split_at: Optional[Sequence[str]] = None,
+    preprocessing: Any = None,
+    class_names: Optional[Sequence[str]] = None,
+    exit_kind: str = "logits",
+    **options: Any,
+) -> ConvertResult:
     """Convert a user's multi-exit ONNX: ``exits`` name its exit tensors, shallowest first.
 
     ``split_at`` optionally names the boundary tensors (one fewer than exits); otherwise they are
@@ -159,13 +175,21 @@ def convert_onnx(onnx_path: PathLike, out_dir: PathLike, exits: Sequence[str], *
     from hisd_edge.convert.writer import check_output_dir
 
     check_output_dir(Path(out_dir), opts.force)
-    source = _onnx_source(Path(onnx_path), list(exits), list(split_at) if split_at else None, preprocessing,
-                          class_names, exit_kind, opts)
+    source = _onnx_source(
+        Path(onnx_path), list(exits), list(split_at) if split_at else None, preprocessing, class_names, exit_kind, opts
+    )
     return _convert(source, Path(out_dir), opts)
 
 
-def convert_model(model: Any, out_dir: PathLike, *, preprocessing: Any, class_names: Optional[Sequence[str]] = None,
-                  split_points: Optional[Sequence[str]] = None, **options: Any) -> ConvertResult:
+def convert_model(
+    model: Any,
+    out_dir: PathLike,
+    *,
+    preprocessing: Any,
+    class_names: Optional[Sequence[str]] = None,
+    split_points: Optional[Sequence[str]] = None,
+    **options: Any,
+) -> ConvertResult:
     """Convert an in-memory multi-exit ``nn.Module`` (forward returns one output per exit, has
     ``exit_info``). ``split_points`` are module names (:func:`list_points`); by default the stage
     boundaries are found structurally. Calibration needs ``calib=`` (no training data is known)."""
@@ -179,10 +203,19 @@ def convert_model(model: Any, out_dir: PathLike, *, preprocessing: Any, class_na
     names = [getattr(info, "name", f"exit{k}") for k, info in enumerate(getattr(model, "exit_info", []) or [])]
     source = _Source(
         export=_module_exporter(model, spec, split_points, opts),
-        num_exits=len(kinds), kinds=kinds, spec=spec,
+        num_exits=len(kinds),
+        kinds=kinds,
+        spec=spec,
         class_names=list(class_names) if class_names else [],
-        model_record={"arch": getattr(model, "arch", None), "source": "module", "exit_output": kinds[0] if kinds else "logits"},
-        exit_names=names, default_calib=None, validation=lambda: None, torch_model=model,
+        model_record={
+            "arch": getattr(model, "arch", None),
+            "source": "module",
+            "exit_output": kinds[0] if kinds else "logits",
+        },
+        exit_names=names,
+        default_calib=None,
+        validation=lambda: None,
+        torch_model=model,
     )
     return _convert(source, Path(out_dir), opts)
 
@@ -208,9 +241,11 @@ def list_points(source: Union[PathLike, Any], model: Any = None) -> List[Tuple[s
 def _module_input_shape(model: Any) -> Tuple[int, ...]:
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "input_size"):
-        return (int(config.in_channels),) + tuple(int(v) for v in config.input_size)
-    raise InputError("cannot tell this module's input shape; pass a checkpoint path, or use "
-                     "hisd_edge.convert.export.list_split_points(model, (C, H, W))")
+        return (int(config.in_channels), *tuple(int(v) for v in config.input_size))
+    raise InputError(
+        "cannot tell this module's input shape; pass a checkpoint path, or use "
+        "hisd_edge.convert.export.list_split_points(model, (C, H, W))"
+    )
 
 
 def _onnx_points(path: Path) -> List[Tuple[str, Any]]:
@@ -234,7 +269,10 @@ def _onnx_points(path: Path) -> List[Tuple[str, Any]]:
                 info = infos.get(out)
                 shape = None
                 if info is not None and info.type.tensor_type.HasField("shape"):
-                    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in info.type.tensor_type.shape.dim)
+                    shape = tuple(
+                        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                        for d in info.type.tensor_type.shape.dim
+                    )
                 points.append((out, shape))
     return points
 
@@ -289,11 +327,17 @@ def _checkpoint_source(path: Path, model: Any, split_points: Optional[Sequence[s
 
     return _Source(
         export=_module_exporter(torch_model, spec, split_points, opts),
-        num_exits=len(exits), kinds=[kind] * len(exits), spec=spec, class_names=list(meta.get("class_names") or []),
+        num_exits=len(exits),
+        kinds=[kind] * len(exits),
+        spec=spec,
+        class_names=list(meta.get("class_names") or []),
         model_record={"arch": meta.get("arch"), "source": "checkpoint", "exit_output": kind},
         exit_names=[str(e.get("name", f"exit{k}")) for k, e in enumerate(exits)],
-        default_calib=default_calib, validation=validation, torch_model=torch_model,
-        source_sha256=atomic.sha256_file(path), source_path=str(path),
+        default_calib=default_calib,
+        validation=validation,
+        torch_model=torch_model,
+        source_sha256=atomic.sha256_file(path),
+        source_path=str(path),
     )
 
 
@@ -317,8 +361,9 @@ def _checkpoint_validation(meta: Dict[str, Any], opts: ConvertOptions) -> Option
     return load_training_data(config)[1], name
 
 
-def _module_exporter(model: Any, spec: Any, split_points: Optional[Sequence[str]], opts: ConvertOptions
-                     ) -> Callable[[], Tuple[Any, Optional[List[str]]]]:
+def _module_exporter(
+    model: Any, spec: Any, split_points: Optional[Sequence[str]], opts: ConvertOptions
+) -> Callable[[], Tuple[Any, Optional[List[str]]]]:
     def export() -> Tuple[Any, Optional[List[str]]]:
         from hisd_edge.convert.export import export_module
 
@@ -328,27 +373,45 @@ def _module_exporter(model: Any, spec: Any, split_points: Optional[Sequence[str]
     return export
 
 
-def _onnx_source(path: Path, exits: List[str], split_at: Optional[List[str]], preprocessing: Any,
-                 class_names: Optional[Sequence[str]], exit_kind: str, opts: ConvertOptions) -> _Source:
+def _onnx_source(
+    path: Path,
+    exits: List[str],
+    split_at: Optional[List[str]],
+    preprocessing: Any,
+    class_names: Optional[Sequence[str]],
+    exit_kind: str,
+    opts: ConvertOptions,
+) -> _Source:
     from hisd_edge.convert.export import load_onnx, model_opset, num_classes
     from hisd_edge.preprocess import Preprocessing
 
     if exit_kind not in ("logits", "embedding"):
         raise InputError(f"--exit-kind {exit_kind!r}: choose logits or embedding")
     proto, original = load_onnx(path, exits)
-    graph_input = [i for i in proto.graph.input if i.name == "input"][0]
+    graph_input = next(i for i in proto.graph.input if i.name == "input")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
     if len(dims) != 4 or any(d is None for d in dims[1:]):
-        raise InputError(f"{path}: input shape {dims} is not N x C x H x W with fixed C, H, W; hisd-edge converts image models")
+        raise InputError(
+            f"{path}: input shape {dims} is not N x C x H x W with fixed C, H, W; hisd-edge converts image models"
+        )
     if preprocessing is None:
         channels = int(dims[1])  # type: ignore[arg-type]
-        spec = Preprocessing(input_size=(int(dims[2]), int(dims[3])), channels=channels,  # type: ignore[arg-type]
-                             color_order="gray" if channels == 1 else "rgb", mean=(0.0,) * channels, std=(1.0,) * channels)
+        spec = Preprocessing(
+            input_size=(int(dims[2]), int(dims[3])),  # type: ignore[arg-type]  # fixed dims, checked above
+            channels=channels,
+            color_order="gray" if channels == 1 else "rgb",
+            mean=(0.0,) * channels,
+            std=(1.0,) * channels,
+        )
     else:
-        spec = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(dict(preprocessing))
+        spec = (
+            preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(dict(preprocessing))
+        )
     if tuple(spec.input_shape) != tuple(dims[1:]):
-        raise InputError(f"{path}: the model's input is {tuple(dims[1:])} (C, H, W) but the preprocessing gives "
-                         f"{tuple(spec.input_shape)}; fix --preprocessing (channels, input_size)")
+        raise InputError(
+            f"{path}: the model's input is {tuple(dims[1:])} (C, H, W) but the preprocessing gives "
+            f"{tuple(spec.input_shape)}; fix --preprocessing (channels, input_size)"
+        )
     if opts.opset != 17 and model_opset(proto) != opts.opset:
         LOG.warning("--opset is ignored for ONNX input (the model's opset %d is kept)", model_opset(proto))
     classes = num_classes(proto, len(exits) - 1) if exit_kind == "logits" else None
@@ -358,11 +421,16 @@ def _onnx_source(path: Path, exits: List[str], split_at: Optional[List[str]], pr
         class_names = [str(i) for i in range(classes)]
     return _Source(
         export=lambda: (proto, split_at),
-        num_exits=len(exits), kinds=[exit_kind] * len(exits), spec=spec,
+        num_exits=len(exits),
+        kinds=[exit_kind] * len(exits),
+        spec=spec,
         class_names=list(class_names) if class_names else [],
         model_record={"arch": None, "source": "onnx", "exit_output": exit_kind},
-        exit_names=[original[f"exit{k}"] for k in range(len(exits))], default_calib=None, validation=lambda: None,
-        source_sha256=atomic.sha256_file(path), source_path=str(path),
+        exit_names=[original[f"exit{k}"] for k in range(len(exits))],
+        default_calib=None,
+        validation=lambda: None,
+        source_sha256=atomic.sha256_file(path),
+        source_path=str(path),
     )
 
 
@@ -373,7 +441,7 @@ class _Timer:
         self.progress = progress
         self.started = time.perf_counter()
 
-    def step(self, name: str) -> "_Step":
+    def step(self, name: str) -> _Step:
         return _Step(self, name)
 
 
@@ -424,8 +492,15 @@ def _convert(source: _Source, out: Path, opts: ConvertOptions) -> ConvertResult:
         from tqdm import tqdm
 
         # disable=None: no bar when stderr is not a terminal (logs, pipes, tests stay clean)
-        progress = tqdm(total=steps, desc=f"convert {out.name}", unit="step", file=sys.stderr, dynamic_ncols=True, leave=False,
-                        disable=None)
+        progress = tqdm(
+            total=steps,
+            desc=f"convert {out.name}",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+            disable=None,
+        )
     timer = _Timer(progress)
     try:
         # Data first: a bad calibration or validation source fails before any heavy work.
@@ -433,10 +508,13 @@ def _convert(source: _Source, out: Path, opts: ConvertOptions) -> ConvertResult:
             need_calib = "int8" in opts.precisions
             default_source = source.default_calib
             if opts.calib is None and default_source is None and need_calib:
-                raise InputError("no calibration data known for this model; give --calib SOURCE (an image folder, video, .npy/.npz, "
-                                 "'default:train' or a calibration/*.json definition)")
-            recipe = calib_mod.resolve_recipe(opts.calib, opts.calib_count, opts.calib_method,
-                                              default_source=default_source or "default:train")
+                raise InputError(
+                    "no calibration data known for this model; give --calib SOURCE (an image folder, video, .npy/.npz, "
+                    "'default:train' or a calibration/*.json definition)"
+                )
+            recipe = calib_mod.resolve_recipe(
+                opts.calib, opts.calib_count, opts.calib_method, default_source=default_source or "default:train"
+            )
             validation_data = _validation_data(source, opts)
             calibration = None
             if need_calib:
@@ -453,22 +531,36 @@ def _convert(source: _Source, out: Path, opts: ConvertOptions) -> ConvertResult:
                 raise InputError("--precision mixed needs held-out labelled data; give --val SOURCE")
         with timer.step("export"):
             proto, split_tensors = source.export()
-        result = _build_bundle(source, proto, split_tensors, out, opts, recipe, calibration, verify_inputs, validation_data, timer)
+        result = _build_bundle(
+            source, proto, split_tensors, out, opts, recipe, calibration, verify_inputs, validation_data, timer
+        )
     finally:
         if progress is not None:
             progress.close()
     return result
 
 
-def _build_bundle(source: _Source, proto: Any, split_tensors: Optional[List[str]], out: Path, opts: ConvertOptions,
-                  recipe: Any, calibration: Any, verify_inputs: np.ndarray, validation_data: Any, timer: _Timer) -> ConvertResult:
+def _build_bundle(
+    source: _Source,
+    proto: Any,
+    split_tensors: Optional[List[str]],
+    out: Path,
+    opts: ConvertOptions,
+    recipe: Any,
+    calibration: Any,
+    verify_inputs: np.ndarray,
+    validation_data: Any,
+    timer: _Timer,
+) -> ConvertResult:
     import onnx
 
     from hisd_edge.convert import calib_cache, calibrate, export, quantize, split, validate, verify, writer
 
     num = source.num_exits
     with timer.step("split"):
-        confidence: List[Optional[str]] = export.add_confidence_outputs(proto, source.kinds) if opts.confidence else [None] * num
+        confidence: List[Optional[str]] = (
+            export.add_confidence_outputs(proto, source.kinds) if opts.confidence else [None] * num
+        )
         exit_outputs = split.stage_output_names(num, confidence)
         boundaries = split.find_boundaries(proto, exit_outputs, split_tensors)
         split.name_boundaries(proto, boundaries)
@@ -483,7 +575,9 @@ def _build_bundle(source: _Source, proto: Any, split_tensors: Optional[List[str]
             )
         run_batch, calib_batch = (fixed, fixed) if fixed else (256, 64)
         if fixed:
-            verify_inputs, calibration, validation_data = _trim_to_batch(fixed, verify_inputs, calibration, validation_data)
+            verify_inputs, calibration, validation_data = _trim_to_batch(
+                fixed, verify_inputs, calibration, validation_data
+            )
         if not source.class_names and source.kinds[-1] == "logits":
             classes = export.num_classes(proto, num - 1)
             source.class_names = [str(i) for i in range(classes)] if classes else []
@@ -497,10 +591,17 @@ def _build_bundle(source: _Source, proto: Any, split_tensors: Optional[List[str]
                 path = tmp / writer.stage_file(stage.index, "fp32")
                 onnx.save(stage.model, str(path))
                 paths["fp32"].append(path)
-            chain = verify.Chain([str(p) for p in paths["fp32"]], [s.outputs for s in stages], threads=opts.threads,
-                                 batch_size=run_batch)
-            report = verify.verify(str(tmp / writer.FULL_MODEL_FILE), chain, verify_inputs, num,
-                                   torch_model=source.torch_model, threads=opts.threads)
+            chain = verify.Chain(
+                [str(p) for p in paths["fp32"]], [s.outputs for s in stages], threads=opts.threads, batch_size=run_batch
+            )
+            report = verify.verify(
+                str(tmp / writer.FULL_MODEL_FILE),
+                chain,
+                verify_inputs,
+                num,
+                torch_model=source.torch_model,
+                threads=opts.threads,
+            )
         if "fp16" in opts.precisions:
             with timer.step("fp16"):
                 paths["fp16"] = []
@@ -518,53 +619,109 @@ def _build_bundle(source: _Source, proto: Any, split_tensors: Optional[List[str]
                 paths["int8"] = []
                 for stage, stage_calibration in zip(stages, statistics):
                     path = tmp / writer.stage_file(stage.index, "int8")
-                    quantize.quantize_int8(paths["fp32"][stage.index], path, stage_calibration, recipe.method, scratch,
-                                           quantize.confidence_nodes(stage.model))
+                    quantize.quantize_int8(
+                        paths["fp32"][stage.index],
+                        path,
+                        stage_calibration,
+                        recipe.method,
+                        scratch,
+                        quantize.confidence_nodes(stage.model),
+                    )
                     split.check_model(onnx.load(str(path)), f"stage {stage.index} (int8)")
                     amax = stage_calibration.amax()
                     cache_name = writer.cache_file(stage.index)
                     atomic.write_text(tmp / cache_name, calib_cache.format_cache(amax, opts.trt_version))
-                    caches.append({"path": cache_name, "trt_version": opts.trt_version,
-                                   "algorithm": calib_cache.DEFAULT_ALGORITHM, "tensors": len(amax)})
+                    caches.append(
+                        {
+                            "path": cache_name,
+                            "trt_version": opts.trt_version,
+                            "algorithm": calib_cache.DEFAULT_ALGORITHM,
+                            "tensors": len(amax),
+                        }
+                    )
                     paths["int8"].append(path)
         with timer.step("validate"):
             validation: Dict[str, Any] = {"data": None, "count": 0, "labelled": False, "rows": []}
             if validation_data is not None:
-                chains = validate.PrecisionChains({p: [str(x) for x in v] for p, v in paths.items()},
-                                                  [s.outputs for s in stages], opts.threads, batch_size=run_batch)
-                validation = validate.validate(chains, validation_data, source.kinds, list(paths),
-                                               opts.max_drop_pp)
+                chains = validate.PrecisionChains(
+                    {p: [str(x) for x in v] for p, v in paths.items()},
+                    [s.outputs for s in stages],
+                    opts.threads,
+                    batch_size=run_batch,
+                )
+                validation = validate.validate(chains, validation_data, source.kinds, list(paths), opts.max_drop_pp)
         with timer.step("write"):
-            manifest = _manifest(source, stages, paths, caches, confidence, proto, tmp, out, opts, recipe, calibration,
-                                 report, validation)
+            manifest = _manifest(
+                source,
+                stages,
+                paths,
+                caches,
+                confidence,
+                proto,
+                tmp,
+                out,
+                opts,
+                recipe,
+                calibration,
+                report,
+                validation,
+            )
             write_manifest(tmp, manifest)
     timer.times["total"] = round(time.perf_counter() - timer.started, 3)
-    return ConvertResult(bundle=out, manifest=manifest, validation=validation, verification=report.to_dict(),
-                         calibration=manifest.get("calibration") or {}, timings_s=dict(timer.times))
+    return ConvertResult(
+        bundle=out,
+        manifest=manifest,
+        validation=validation,
+        verification=report.to_dict(),
+        calibration=manifest.get("calibration") or {},
+        timings_s=dict(timer.times),
+    )
 
 
-def _trim_to_batch(batch: int, verify_inputs: np.ndarray, calibration: Any, validation_data: Any) -> Tuple[np.ndarray, Any, Any]:
+def _trim_to_batch(
+    batch: int, verify_inputs: np.ndarray, calibration: Any, validation_data: Any
+) -> Tuple[np.ndarray, Any, Any]:
     """A model with a fixed batch dim takes exactly that many samples per run: keep whole batches."""
+
     def whole(n: int, what: str) -> int:
         if n < batch:
-            raise InputError(f"the model's input has a fixed batch of {batch} but only {n} {what} sample(s) are available")
+            raise InputError(
+                f"the model's input has a fixed batch of {batch} but only {n} {what} sample(s) are available"
+            )
         if n % batch:
             LOG.warning("the model's batch is fixed at %d: using %d of %d %s samples", batch, n - n % batch, n, what)
         return n - n % batch
 
     verify_inputs = verify_inputs[: whole(len(verify_inputs), "verification")]
     if calibration is not None:
-        calibration = dataclasses.replace(calibration, inputs=calibration.inputs[: whole(len(calibration.inputs), "calibration")])
+        calibration = dataclasses.replace(
+            calibration, inputs=calibration.inputs[: whole(len(calibration.inputs), "calibration")]
+        )
     if validation_data is not None:
         keep = whole(len(validation_data.inputs), "validation")
-        validation_data = dataclasses.replace(validation_data, inputs=validation_data.inputs[:keep],
-                                              labels=None if validation_data.labels is None else validation_data.labels[:keep])
+        validation_data = dataclasses.replace(
+            validation_data,
+            inputs=validation_data.inputs[:keep],
+            labels=None if validation_data.labels is None else validation_data.labels[:keep],
+        )
     return verify_inputs, calibration, validation_data
 
 
-def _manifest(source: _Source, stages: List[Any], paths: Dict[str, List[Path]], caches: List[Dict[str, Any]],
-              confidence: List[Optional[str]], proto: Any, tmp: Path, out: Path, opts: ConvertOptions, recipe: Any,
-              calibration: Any, report: Any, validation: Dict[str, Any]) -> Dict[str, Any]:
+def _manifest(
+    source: _Source,
+    stages: List[Any],
+    paths: Dict[str, List[Path]],
+    caches: List[Dict[str, Any]],
+    confidence: List[Optional[str]],
+    proto: Any,
+    tmp: Path,
+    out: Path,
+    opts: ConvertOptions,
+    recipe: Any,
+    calibration: Any,
+    report: Any,
+    validation: Dict[str, Any],
+) -> Dict[str, Any]:
     import onnx
     import onnxruntime
 
@@ -581,21 +738,35 @@ def _manifest(source: _Source, stages: List[Any], paths: Dict[str, List[Path]], 
             if precision == "int8":
                 cache = dict(caches[stage.index])
                 record["calibration_cache"] = {**file_record(tmp, cache.pop("path")), **cache}
-                record["quantization"] = {"format": "QDQ", "activations": "int8 per-tensor symmetric",
-                                          "weights": "int8 per-channel symmetric", "calibration": recipe.method}
+                record["quantization"] = {
+                    "format": "QDQ",
+                    "activations": "int8 per-tensor symmetric",
+                    "weights": "int8 per-channel symmetric",
+                    "calibration": recipe.method,
+                }
             files[precision] = record
-        stage_records.append({
-            "index": stage.index,
-            "inputs": writer.tensor_records(stage.model.graph.input),
-            "outputs": writer.tensor_records(stage.model.graph.output),
-            "files": files,
-            "params": graph_stats.params,
-            "macs": graph_stats.macs,
-            "macs_complete": graph_stats.macs_complete,
-        })
-    exits = [{"index": k, "stage": k, "output": export.exit_name(k), "confidence_output": confidence[k],
-              "kind": source.kinds[k], "name": source.exit_names[k] if k < len(source.exit_names) else f"exit{k}"}
-             for k in range(source.num_exits)]
+        stage_records.append(
+            {
+                "index": stage.index,
+                "inputs": writer.tensor_records(stage.model.graph.input),
+                "outputs": writer.tensor_records(stage.model.graph.output),
+                "files": files,
+                "params": graph_stats.params,
+                "macs": graph_stats.macs,
+                "macs_complete": graph_stats.macs_complete,
+            }
+        )
+    exits = [
+        {
+            "index": k,
+            "stage": k,
+            "output": export.exit_name(k),
+            "confidence_output": confidence[k],
+            "kind": source.kinds[k],
+            "name": source.exit_names[k] if k < len(source.exit_names) else f"exit{k}",
+        }
+        for k in range(source.num_exits)
+    ]
     policy_kind = "max_prob" if all(kind == "logits" for kind in source.kinds) else "stability"
     thresholds: List[Optional[float]] = [float(opts.threshold)] * (source.num_exits - 1) + [None]
     manifest: Dict[str, Any] = {
@@ -625,9 +796,14 @@ def _manifest(source: _Source, stages: List[Any], paths: Dict[str, List[Path]], 
     }
     if calibration is not None:
         manifest["calibration"] = {
-            "source": calibration.source, "count": int(len(calibration.inputs)), "method": recipe.method,
-            "seed": recipe.seed, "recipe": recipe.name, "trt_cache_version": opts.trt_version,
-            "skipped": len(calibration.skipped), "skipped_files": [name for name, _ in calibration.skipped[:20]],
+            "source": calibration.source,
+            "count": len(calibration.inputs),
+            "method": recipe.method,
+            "seed": recipe.seed,
+            "recipe": recipe.name,
+            "trt_cache_version": opts.trt_version,
+            "skipped": len(calibration.skipped),
+            "skipped_files": [name for name, _ in calibration.skipped[:20]],
         }
     if validation.get("mixed_plan"):
         manifest["mixed_precision"] = {"stages": list(validation["mixed_plan"]), "max_drop_pp": opts.max_drop_pp}

@@ -44,8 +44,9 @@ def _accepts_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: Any, method: str, scratch: Path,
-                  exclude_nodes: Sequence[str] = ()) -> None:
+def quantize_int8(
+    fp32_path: Path, out_path: Path, calibration: Any, method: str, scratch: Path, exclude_nodes: Sequence[str] = ()
+) -> None:
     """Write the Q/DQ INT8 variant of the stage at ``fp32_path`` to ``out_path``.
 
     ``calibration`` (a :class:`~hisd_edge.convert.calibrate.StageCalibration`) supplies ORT's
@@ -68,11 +69,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Any, method: str
         # output only costs precision at the one place the runtime reads values.
         "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
     }
-    kwargs = dict(
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-        reduce_range=False, op_types_to_quantize=list(QUANTIZED_OP_TYPES), nodes_to_exclude=list(exclude_nodes),
-        calibrate_method=ort_method(method), extra_options=extra,
-    )
+    kwargs = {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": QuantType.QInt8,
+        "weight_type": QuantType.QInt8,
+        "per_channel": True,
+        "reduce_range": False,
+        "op_types_to_quantize": list(QUANTIZED_OP_TYPES),
+        "nodes_to_exclude": list(exclude_nodes),
+        "calibrate_method": ort_method(method),
+        "extra_options": extra,
+    }
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), _quiet_ort_logging():
@@ -92,7 +99,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Any, method: str
 
 
 @contextlib.contextmanager
-def _quiet_ort_logging():  # type: ignore[no-untyped-def]
+def _quiet_ort_logging():
     """ORT's quantizer logs a "please pre-process" warning per call on the root logger."""
     root = logging.getLogger()
     previous = root.level
@@ -111,8 +118,9 @@ def convert_fp16(model: Any, keep_fp32_nodes: Optional[Sequence[str]] = None) ->
 
     try:
         with warnings_quiet():
-            half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
-                                            node_block_list=list(keep_fp32_nodes or []))
+            half = convert_float_to_float16(
+                model, keep_io_types=True, disable_shape_infer=False, node_block_list=list(keep_fp32_nodes or [])
+            )
     except Exception as exc:
         raise ConversionError(f"fp16 conversion failed ({first_line(exc)})") from None
     toposort(half)
@@ -120,7 +128,7 @@ def convert_fp16(model: Any, keep_fp32_nodes: Optional[Sequence[str]] = None) ->
 
 
 @contextlib.contextmanager
-def warnings_quiet():  # type: ignore[no-untyped-def]
+def warnings_quiet():
     import warnings
 
     with warnings.catch_warnings():

@@ -20,7 +20,15 @@ import collections
 import dataclasses
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
-from hisd_edge.convert.export import BATCH_DIM, INPUT_NAME, exit_name, feat_name, infer_shapes, model_opset, rename_tensor
+from hisd_edge.convert.export import (
+    BATCH_DIM,
+    INPUT_NAME,
+    exit_name,
+    feat_name,
+    infer_shapes,
+    model_opset,
+    rename_tensor,
+)
 from hisd_edge.errors import ConversionError, InputError, first_line
 
 
@@ -40,7 +48,11 @@ def _subgraph_refs(node: Any) -> Set[str]:
     for attr in node.attribute:
         graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
         for sub in graphs:
-            produced = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | {i.name for i in sub.initializer}
+            produced = (
+                {o for n in sub.node for o in n.output}
+                | {i.name for i in sub.input}
+                | {i.name for i in sub.initializer}
+            )
             for inner in sub.node:
                 refs.update(name for name in inner.input if name and name not in produced)
                 refs.update(r for r in _subgraph_refs(inner) if r not in produced)
@@ -112,20 +124,27 @@ class Boundary:
     inside: Set[int]
 
 
-def find_boundaries(model: Any, exit_outputs: Sequence[Sequence[str]], split_at: Optional[Sequence[str]] = None) -> List[Boundary]:
+def find_boundaries(
+    model: Any, exit_outputs: Sequence[Sequence[str]], split_at: Optional[Sequence[str]] = None
+) -> List[Boundary]:
     """The boundary after each stage but the last, checked to be a clean cut."""
     index = GraphIndex(model)
     num = len(exit_outputs)
     if split_at is not None and len(split_at) != num - 1:
-        raise InputError(f"--split-at needs {num - 1} tensor name(s) for {num} exits (one boundary between consecutive "
-                         f"exits), got {len(split_at)}")
+        raise InputError(
+            f"--split-at needs {num - 1} tensor name(s) for {num} exits (one boundary between consecutive "
+            f"exits), got {len(split_at)}"
+        )
     if split_at:
         unknown = [name for name in split_at if not index.exists(name)]
         if unknown:
             candidates = [t for t in index.producer if t in index.dynamic]
-            shown = ", ".join(candidates[:25]) + (f", ... ({len(candidates) - 25} more; list them with --list-points)"
-                                                 if len(candidates) > 25 else "")
-            raise InputError(f"split tensor(s) {', '.join(unknown)} not in the graph; tensors that depend on the input: {shown}")
+            shown = ", ".join(candidates[:25]) + (
+                f", ... ({len(candidates) - 25} more; list them with --list-points)" if len(candidates) > 25 else ""
+            )
+            raise InputError(
+                f"split tensor(s) {', '.join(unknown)} not in the graph; tensors that depend on the input: {shown}"
+            )
     needed = index.ancestors(t for outs in exit_outputs for t in outs)
     boundaries: List[Boundary] = []
     inside: Set[int] = set()
@@ -158,8 +177,10 @@ def find_boundaries(model: Any, exit_outputs: Sequence[Sequence[str]], split_at:
         if len(index.ancestors(exit_outputs[k + 1])) < len(index.ancestors(exit_outputs[k])):
             order_hint = f" (exit {k + 1} depends on fewer nodes than exit {k}: are the exits listed shallowest first?)"
         if not crossing:
-            raise ConversionError(f"the stages after exit {k} do not depend on it (parallel branches?); no chain can be cut there"
-                                  + order_hint)
+            raise ConversionError(
+                f"the stages after exit {k} do not depend on it (parallel branches?); no chain can be cut there"
+                + order_hint
+            )
         if len(crossing) > 1:
             raise ConversionError(
                 f"no clean cut after exit {k}: the later stages need {len(crossing)} tensors from before it "
@@ -183,7 +204,11 @@ def name_boundaries(model: Any, boundaries: Sequence[Boundary]) -> None:
         new = feat_name(k)
         if boundary.tensor == new:
             continue
-        taken = {o for node in graph.node for o in node.output} | {i.name for i in graph.input} | {i.name for i in graph.initializer}
+        taken = (
+            {o for node in graph.node for o in node.output}
+            | {i.name for i in graph.input}
+            | {i.name for i in graph.initializer}
+        )
         if new in taken:
             rename_tensor(model, new, f"{new}_orig")
         if boundary.tensor in protected:
@@ -205,7 +230,10 @@ def toposort(model: Any) -> None:
     graph = model.graph
     nodes = list(graph.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    deps = [sorted({producer[name] for name in list(n.input) + sorted(_subgraph_refs(n)) if name in producer}) for n in nodes]
+    deps = [
+        sorted({producer[name] for name in list(n.input) + sorted(_subgraph_refs(n)) if name in producer})
+        for n in nodes
+    ]
     order: List[int] = []
     state = [0] * len(nodes)  # 0 new, 1 on stack, 2 placed
     for start in range(len(nodes)):
@@ -239,12 +267,14 @@ def split_stages(model: Any, exit_outputs: Sequence[Sequence[str]]) -> List[Stag
         tensors = graph.tensors()
         in_name = INPUT_NAME if k == 0 else feat_name(k - 1)
         out_names = ([feat_name(k)] if k < num - 1 else []) + list(exit_outputs[k])
-        for name in [in_name] + out_names:
+        for name in [in_name, *out_names]:
             if name not in tensors:
                 raise ConversionError(f"stage {k}: tensor {name} vanished from the graph while splitting")
         stage_input = tensors[in_name]
         if stage_input.dtype is None or stage_input.shape is None:
-            raise ConversionError(f"stage {k}: boundary tensor {in_name} has no inferred dtype/shape; cannot make it a stage input")
+            raise ConversionError(
+                f"stage {k}: boundary tensor {in_name} has no inferred dtype/shape; cannot make it a stage input"
+            )
         stage_input.inputs.clear()  # cut it loose from its producer in the previous stage
         graph.inputs = [stage_input]
         graph.outputs = [tensors[name] for name in out_names]
@@ -266,7 +296,7 @@ def _name_batch_dim(tensor: Any) -> None:
     broadcasts and reshapes (``unk__1``), and a dim without a known range blocks a TensorRT build."""
     shape = list(tensor.shape or [])
     if shape and not isinstance(shape[0], int):
-        tensor.shape = [BATCH_DIM] + shape[1:]
+        tensor.shape = [BATCH_DIM, *shape[1:]]
 
 
 def _set_opset(stage_model: Any, source: Any, opset: int) -> None:

@@ -78,8 +78,11 @@ def graph_stats(model: Any) -> GraphStats:
     from onnx import TensorProto
 
     graph = model.graph
-    params = sum(int(np.prod(init.dims)) if init.dims else 1 for init in graph.initializer
-                 if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16))
+    params = sum(
+        int(np.prod(init.dims)) if init.dims else 1
+        for init in graph.initializer
+        if init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+    )
     shapes = _shapes(_batch_one(model))
     macs = 0
     complete = True

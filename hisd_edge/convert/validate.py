@@ -39,8 +39,13 @@ class ValidationData:
 class PrecisionChains:
     """Stage sessions for every precision, run in any per-stage mix, caching prefixes."""
 
-    def __init__(self, stage_files: Dict[str, Sequence[Any]], stage_outputs: Sequence[Sequence[str]], threads: int,
-                 batch_size: int = 256):
+    def __init__(
+        self,
+        stage_files: Dict[str, Sequence[Any]],
+        stage_outputs: Sequence[Sequence[str]],
+        threads: int,
+        batch_size: int = 256,
+    ):
         from hisd_edge.convert.verify import make_session
 
         self.stage_outputs = [list(o) for o in stage_outputs]
@@ -57,7 +62,9 @@ class PrecisionChains:
         name = session.get_inputs()[0].name
         parts: Dict[str, List[np.ndarray]] = {}
         for lo in range(0, len(x), batch_size):
-            for out, arr in zip(self.stage_outputs[k], session.run(self.stage_outputs[k], {name: x[lo : lo + batch_size]})):
+            for out, arr in zip(
+                self.stage_outputs[k], session.run(self.stage_outputs[k], {name: x[lo : lo + batch_size]})
+            ):
                 parts.setdefault(out, []).append(arr)
         return {n: np.concatenate(p) for n, p in parts.items()}
 
@@ -83,8 +90,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, axis=1) / denom))
 
 
-def _rows_for(plan_name: str, outputs: Dict[str, np.ndarray], reference: Dict[str, np.ndarray], kinds: Sequence[str],
-              labels: Optional[np.ndarray]) -> List[Dict[str, Any]]:
+def _rows_for(
+    plan_name: str,
+    outputs: Dict[str, np.ndarray],
+    reference: Dict[str, np.ndarray],
+    kinds: Sequence[str],
+    labels: Optional[np.ndarray],
+) -> List[Dict[str, Any]]:
     rows = []
     for k, kind in enumerate(kinds):
         out, ref = outputs[f"exit{k}"], reference[f"exit{k}"]
@@ -101,8 +113,13 @@ def _rows_for(plan_name: str, outputs: Dict[str, np.ndarray], reference: Dict[st
     return rows
 
 
-def validate(chains: PrecisionChains, data: ValidationData, kinds: Sequence[str], precisions: Sequence[str],
-             max_drop_pp: Optional[float] = None) -> Dict[str, Any]:
+def validate(
+    chains: PrecisionChains,
+    data: ValidationData,
+    kinds: Sequence[str],
+    precisions: Sequence[str],
+    max_drop_pp: Optional[float] = None,
+) -> Dict[str, Any]:
     """The validation table (manifest ``validation``) and, with ``max_drop_pp``, the mixed plan."""
     num = len(kinds)
     reference = chains.run(["fp32"] * num, data.inputs)
@@ -110,8 +127,13 @@ def validate(chains: PrecisionChains, data: ValidationData, kinds: Sequence[str]
     for precision in precisions:
         outputs = reference if precision == "fp32" else chains.run([precision] * num, data.inputs)
         rows.extend(_rows_for(precision, outputs, reference, kinds, data.labels))
-    result: Dict[str, Any] = {"data": data.source, "count": int(len(data.inputs)), "labelled": data.labels is not None,
-                              "int8_execution": INT8_EXECUTION, "rows": rows}
+    result: Dict[str, Any] = {
+        "data": data.source,
+        "count": len(data.inputs),
+        "labelled": data.labels is not None,
+        "int8_execution": INT8_EXECUTION,
+        "rows": rows,
+    }
     if max_drop_pp is not None:
         plan = choose_mixed(chains, data, kinds, [p for p in ORDER_LOW_TO_HIGH if p in precisions], max_drop_pp)
         rows.extend(_rows_for("mixed", chains.run(plan, data.inputs), reference, kinds, data.labels))
@@ -123,11 +145,14 @@ def _accuracies(outputs: Dict[str, np.ndarray], kinds: Sequence[str], labels: np
     return [100.0 * float(np.mean(outputs[f"exit{k}"].argmax(axis=1) == labels)) for k in range(len(kinds))]
 
 
-def choose_mixed(chains: PrecisionChains, data: ValidationData, kinds: Sequence[str], candidates: Sequence[str],
-                 max_drop_pp: float) -> List[str]:
+def choose_mixed(
+    chains: PrecisionChains, data: ValidationData, kinds: Sequence[str], candidates: Sequence[str], max_drop_pp: float
+) -> List[str]:
     """Per stage, the lowest precision keeping exits k.. within ``max_drop_pp`` points of fp32."""
     if data.labels is None:
-        raise InputError(f"{data.source}: --precision mixed needs labelled validation data (a folder with one sub-folder per class)")
+        raise InputError(
+            f"{data.source}: --precision mixed needs labelled validation data (a folder with one sub-folder per class)"
+        )
     if any(kind != "logits" for kind in kinds):
         raise InputError("--precision mixed needs logits exits (accuracy); this model has embedding exits")
     num = len(kinds)
@@ -174,7 +199,11 @@ def format_validation_table(validation: Dict[str, Any]) -> str:
             if labelled:
                 cells.append(_pct(row.get("top1")))
             agree = row.get("agreement_with_fp32")
-            cells.append(_pct(agree) if agree is not None else (f"cos {row['cosine_with_fp32']:.4f}" if "cosine_with_fp32" in row else "-"))
+            cells.append(
+                _pct(agree)
+                if agree is not None
+                else (f"cos {row['cosine_with_fp32']:.4f}" if "cosine_with_fp32" in row else "-")
+            )
         lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     return "\n".join(lines)
 

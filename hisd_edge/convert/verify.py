@@ -52,8 +52,13 @@ def model_bytes(model: Any) -> bytes:
 class Chain:
     """Stage sessions run one after another: ``input`` -> stage 0 -> ``feat0`` -> stage 1 ..."""
 
-    def __init__(self, stage_models: Sequence[Union[bytes, str]], stage_outputs: Sequence[Sequence[str]], threads: int = DEFAULT_THREADS,
-                 batch_size: int = 256):
+    def __init__(
+        self,
+        stage_models: Sequence[Union[bytes, str]],
+        stage_outputs: Sequence[Sequence[str]],
+        threads: int = DEFAULT_THREADS,
+        batch_size: int = 256,
+    ):
         self.sessions = [make_session(m, threads) for m in stage_models]
         self.stage_outputs = [list(o) for o in stage_outputs]
         self.batch_size = batch_size  # a model with a fixed batch dim must be fed exactly that many
@@ -64,7 +69,9 @@ class Chain:
         values = session.run(self.stage_outputs[k], feed)
         return dict(zip(self.stage_outputs[k], values))
 
-    def run(self, x: np.ndarray, batch_size: Optional[int] = None, start: int = 0, stop: Optional[int] = None) -> Dict[str, np.ndarray]:
+    def run(
+        self, x: np.ndarray, batch_size: Optional[int] = None, start: int = 0, stop: Optional[int] = None
+    ) -> Dict[str, np.ndarray]:
         """Every output of stages ``start..stop-1`` for the whole of ``x`` (batched)."""
         stop = len(self.sessions) if stop is None else stop
         batch_size = batch_size or self.batch_size
@@ -109,8 +116,14 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.nan_to_num(diff, nan=np.inf).max())
 
 
-def verify(full_model: Union[bytes, str], chain: Chain, x: np.ndarray, num_exits: int, torch_model: Any = None,
-           threads: int = DEFAULT_THREADS) -> VerifyReport:
+def verify(
+    full_model: Union[bytes, str],
+    chain: Chain,
+    x: np.ndarray,
+    num_exits: int,
+    torch_model: Any = None,
+    threads: int = DEFAULT_THREADS,
+) -> VerifyReport:
     """Compare chain vs monolithic ONNX vs torch on ``x``; ConversionError if any exit is off.
 
     The fused confidence outputs are compared along with the exits they belong to.
@@ -121,9 +134,13 @@ def verify(full_model: Union[bytes, str], chain: Chain, x: np.ndarray, num_exits
     conf_names = [f"conf{k}" for k in range(num_exits) if f"conf{k}" in available]
     full = run_full(session, x, names + conf_names, batch_size=chain.batch_size)
     chained = chain.run(x)
-    chain_diff = [max([_max_abs(chained[n], full[n])] + ([_max_abs(chained[f"conf{k}"], full[f"conf{k}"])]
-                                                          if f"conf{k}" in conf_names else []))
-                  for k, n in enumerate(names)]
+    chain_diff = [
+        max(
+            [_max_abs(chained[n], full[n])]
+            + ([_max_abs(chained[f"conf{k}"], full[f"conf{k}"])] if f"conf{k}" in conf_names else [])
+        )
+        for k, n in enumerate(names)
+    ]
     torch_diff = None
     if torch_model is not None:
         import torch

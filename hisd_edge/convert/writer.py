@@ -35,7 +35,9 @@ def check_output_dir(out: Path, force: bool) -> None:
     if not force:
         raise InputError(f"{out}: already exists; choose another --out, or pass --force to replace it (atomically)")
     if any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise InputError(f"{out}: exists, is not empty and is not a bundle (no {MANIFEST}); refusing to replace it even with --force")
+        raise InputError(
+            f"{out}: exists, is not empty and is not a bundle (no {MANIFEST}); refusing to replace it even with --force"
+        )
 
 
 @contextlib.contextmanager

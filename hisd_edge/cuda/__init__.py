@@ -40,7 +40,7 @@ def available_bindings() -> List[str]:
 
 def open_cuda(binding: str = "auto", device: int = 0, spin_wait: bool = False) -> CudaBackend:
     """Open ``device`` through ``binding`` ("auto", "pycuda" or "cuda-python")."""
-    if binding not in ("auto",) + BINDINGS:
+    if binding not in ("auto", *BINDINGS):
         raise InputError(f"unknown CUDA binding {binding!r}; choose auto, {' or '.join(BINDINGS)}")
     candidates = available_bindings() if binding == "auto" else [binding]
     if not candidates:
@@ -61,6 +61,15 @@ def open_cuda(binding: str = "auto", device: int = 0, spin_wait: bool = False) -
 
 
 __all__ = [
-    "BINDINGS", "CudaBackend", "DeviceBuffer", "DeviceInfo", "Event", "Graph", "HostBuffer", "INSTALL_HINT",
-    "Stream", "available_bindings", "open_cuda",
+    "BINDINGS",
+    "INSTALL_HINT",
+    "CudaBackend",
+    "DeviceBuffer",
+    "DeviceInfo",
+    "Event",
+    "Graph",
+    "HostBuffer",
+    "Stream",
+    "available_bindings",
+    "open_cuda",
 ]

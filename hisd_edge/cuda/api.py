@@ -52,8 +52,13 @@ class DeviceInfo:
         return f"{key}-{self.multiprocessor_count}sm" if self.multiprocessor_count > 0 else key
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "compute_capability": self.compute_capability_str, "integrated": self.integrated,
-                "multiprocessor_count": self.multiprocessor_count, "key": self.key}
+        return {
+            "name": self.name,
+            "compute_capability": self.compute_capability_str,
+            "integrated": self.integrated,
+            "multiprocessor_count": self.multiprocessor_count,
+            "key": self.key,
+        }
 
 
 class DeviceBuffer(abc.ABC):
@@ -104,7 +109,7 @@ class Event(abc.ABC):
     def synchronize(self) -> None: ...
 
     @abc.abstractmethod
-    def elapsed_ms(self, start: "Event") -> float: ...
+    def elapsed_ms(self, start: Event) -> float: ...
 
     def free(self) -> None:
         """Destroy the event (called by :meth:`CudaBackend.close`)."""
@@ -194,14 +199,14 @@ class CudaBackend(abc.ABC):
             obj = self._owned.pop()
             try:
                 obj.free()
-            except Exception:  # noqa: BLE001 - best effort while tearing down
+            except Exception:
                 pass
         self.close_impl()
 
     def close_impl(self) -> None:
         """Release the binding's context, if the backend created one."""
 
-    def __enter__(self) -> "CudaBackend":
+    def __enter__(self) -> CudaBackend:
         return self
 
     def __exit__(self, *exc: Any) -> None:

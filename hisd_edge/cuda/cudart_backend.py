@@ -32,7 +32,7 @@ def _error_text(rt: Any, err: Any) -> str:
         name = rt.cudaGetErrorName(err)[1]
         text = rt.cudaGetErrorString(err)[1]
         return f"{name.decode() if isinstance(name, bytes) else name}: {text.decode() if isinstance(text, bytes) else text}"
-    except Exception:  # noqa: BLE001 - the message is best effort
+    except Exception:
         return str(err)
 
 
@@ -162,10 +162,15 @@ class CudaPythonBackend(CudaBackend):
         name = prop.name
         if isinstance(name, (bytes, bytearray)):
             name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
-        self._device = DeviceInfo(index=index, name=str(name).strip(), compute_capability=(int(prop.major), int(prop.minor)),
-                                  integrated=bool(prop.integrated), can_map_host_memory=bool(prop.canMapHostMemory),
-                                  total_memory_bytes=int(prop.totalGlobalMem),
-                                  multiprocessor_count=int(prop.multiProcessorCount))
+        self._device = DeviceInfo(
+            index=index,
+            name=str(name).strip(),
+            compute_capability=(int(prop.major), int(prop.minor)),
+            integrated=bool(prop.integrated),
+            can_map_host_memory=bool(prop.canMapHostMemory),
+            total_memory_bytes=int(prop.totalGlobalMem),
+            multiprocessor_count=int(prop.multiProcessorCount),
+        )
 
     @property
     def device(self) -> DeviceInfo:
@@ -184,23 +189,38 @@ class CudaPythonBackend(CudaBackend):
         nbytes = nbytes_of(shape, dtype)
         flags = rt.cudaHostAllocMapped if mapped else rt.cudaHostAllocDefault
         host_ptr = int(_check(rt, rt.cudaHostAlloc(max(nbytes, 1), flags), f"cudaHostAlloc({nbytes})"))
-        device_ptr = int(_check(rt, rt.cudaHostGetDevicePointer(host_ptr, 0), "cudaHostGetDevicePointer")) if mapped else None
+        device_ptr = (
+            int(_check(rt, rt.cudaHostGetDevicePointer(host_ptr, 0), "cudaHostGetDevicePointer")) if mapped else None
+        )
         return self._own(_HostBuffer(rt, host_ptr, _host_array(host_ptr, tuple(shape), dtype), device_ptr))
 
     def copy_htod_async(self, dst_ptr: int, src: np.ndarray, stream: Stream) -> None:
         rt = self._rt
-        _check(rt, rt.cudaMemcpyAsync(dst_ptr, src.ctypes.data, src.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                                      _raw(stream)), "cudaMemcpyAsync(HtoD)")
+        _check(
+            rt,
+            rt.cudaMemcpyAsync(
+                dst_ptr, src.ctypes.data, src.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, _raw(stream)
+            ),
+            "cudaMemcpyAsync(HtoD)",
+        )
 
     def copy_dtoh_async(self, dst: np.ndarray, src_ptr: int, stream: Stream) -> None:
         rt = self._rt
-        _check(rt, rt.cudaMemcpyAsync(dst.ctypes.data, src_ptr, dst.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                                      _raw(stream)), "cudaMemcpyAsync(DtoH)")
+        _check(
+            rt,
+            rt.cudaMemcpyAsync(
+                dst.ctypes.data, src_ptr, dst.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, _raw(stream)
+            ),
+            "cudaMemcpyAsync(DtoH)",
+        )
 
     def copy_dtod_async(self, dst_ptr: int, src_ptr: int, nbytes: int, stream: Stream) -> None:
         rt = self._rt
-        _check(rt, rt.cudaMemcpyAsync(dst_ptr, src_ptr, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
-                                      _raw(stream)), "cudaMemcpyAsync(DtoD)")
+        _check(
+            rt,
+            rt.cudaMemcpyAsync(dst_ptr, src_ptr, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, _raw(stream)),
+            "cudaMemcpyAsync(DtoD)",
+        )
 
     def create_stream(self) -> Stream:
         rt = self._rt

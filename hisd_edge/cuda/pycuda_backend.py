@@ -95,7 +95,9 @@ class PyCudaBackend(CudaBackend):
             cuda.init()
             count = cuda.Device.count()
         except cuda.Error as exc:
-            raise DeviceError(f"no usable CUDA device ({exc}); check the NVIDIA driver (nvidia-smi, or tegrastats on a Jetson)") from None
+            raise DeviceError(
+                f"no usable CUDA device ({exc}); check the NVIDIA driver (nvidia-smi, or tegrastats on a Jetson)"
+            ) from None
         if count <= index:
             raise DeviceError(f"no CUDA device {index} ({count} found); check the NVIDIA driver")
         dev = cuda.Device(index)
@@ -103,11 +105,15 @@ class PyCudaBackend(CudaBackend):
         self._context = dev.make_context(flags)
         attr = cuda.device_attribute
         major, minor = dev.compute_capability()
-        self._device = DeviceInfo(index=index, name=str(dev.name()).strip(), compute_capability=(int(major), int(minor)),
-                                  integrated=bool(dev.get_attribute(attr.INTEGRATED)),
-                                  can_map_host_memory=bool(dev.get_attribute(attr.CAN_MAP_HOST_MEMORY)),
-                                  total_memory_bytes=int(dev.total_memory()),
-                                  multiprocessor_count=int(dev.get_attribute(attr.MULTIPROCESSOR_COUNT)))
+        self._device = DeviceInfo(
+            index=index,
+            name=str(dev.name()).strip(),
+            compute_capability=(int(major), int(minor)),
+            integrated=bool(dev.get_attribute(attr.INTEGRATED)),
+            can_map_host_memory=bool(dev.get_attribute(attr.CAN_MAP_HOST_MEMORY)),
+            total_memory_bytes=int(dev.total_memory()),
+            multiprocessor_count=int(dev.get_attribute(attr.MULTIPROCESSOR_COUNT)),
+        )
 
     @property
     def device(self) -> DeviceInfo:

@@ -22,25 +22,95 @@ _FAMILIES: Dict[str, Callable[[Dict[str, Any]], StagedMultiExit]] = {
 # Registered configurations. Early stages are kept cheap relative to later ones so that exits
 # buy real savings (exit 0 of mnist_cnn costs under a tenth of the full network's MACs).
 _REGISTRY: Dict[str, Dict[str, Any]] = {
-    "mnist_cnn": {"family": "cnn", "config": dict(
-        in_channels=1, num_classes=10, input_size=(28, 28), stem_channels=16, stem_stride=2,
-        widths=(16, 48, 128), depths=(1, 1, 2), strides=(1, 2, 2), exit_hidden=32, exit_kernel=1)},
-    "tiny_cnn": {"family": "cnn", "config": dict(  # for tests: milliseconds per step
-        in_channels=1, num_classes=10, input_size=(28, 28), stem_channels=8, stem_stride=2,
-        widths=(8, 16, 16), depths=(1, 1, 1), strides=(1, 2, 2), exit_hidden=16, exit_kernel=1)},
-    "resnet18_exits": {"family": "cnn", "config": dict(
-        in_channels=3, num_classes=1000, input_size=(224, 224), stem_channels=64, stem_stride=2, stem_pool=True,
-        widths=(64, 128, 256, 512), depths=(2, 2, 2, 2), strides=(1, 2, 2, 2), exit_hidden=128, exit_kernel=1)},
-    "resnet50_exits": {"family": "cnn", "config": dict(
-        in_channels=3, num_classes=1000, input_size=(224, 224), stem_channels=64, stem_stride=2, stem_pool=True,
-        widths=(256, 512, 1024, 2048), depths=(3, 4, 6, 3), strides=(1, 2, 2, 2), block="bottleneck",
-        exit_hidden=256, exit_kernel=1)},
-    "mnist_vit": {"family": "transformer", "config": dict(
-        in_channels=1, num_classes=10, input_size=(28, 28), patch_size=4, dim=64, depth=6, heads=4,
-        exit_blocks=(1, 3, 5))},
-    "tiny_vit": {"family": "transformer", "config": dict(
-        in_channels=1, num_classes=10, input_size=(28, 28), patch_size=7, dim=16, depth=3, heads=2,
-        exit_blocks=(0, 1, 2))},
+    "mnist_cnn": {
+        "family": "cnn",
+        "config": {
+            "in_channels": 1,
+            "num_classes": 10,
+            "input_size": (28, 28),
+            "stem_channels": 16,
+            "stem_stride": 2,
+            "widths": (16, 48, 128),
+            "depths": (1, 1, 2),
+            "strides": (1, 2, 2),
+            "exit_hidden": 32,
+            "exit_kernel": 1,
+        },
+    },
+    "tiny_cnn": {
+        "family": "cnn",
+        "config": {  # for tests: milliseconds per step
+            "in_channels": 1,
+            "num_classes": 10,
+            "input_size": (28, 28),
+            "stem_channels": 8,
+            "stem_stride": 2,
+            "widths": (8, 16, 16),
+            "depths": (1, 1, 1),
+            "strides": (1, 2, 2),
+            "exit_hidden": 16,
+            "exit_kernel": 1,
+        },
+    },
+    "resnet18_exits": {
+        "family": "cnn",
+        "config": {
+            "in_channels": 3,
+            "num_classes": 1000,
+            "input_size": (224, 224),
+            "stem_channels": 64,
+            "stem_stride": 2,
+            "stem_pool": True,
+            "widths": (64, 128, 256, 512),
+            "depths": (2, 2, 2, 2),
+            "strides": (1, 2, 2, 2),
+            "exit_hidden": 128,
+            "exit_kernel": 1,
+        },
+    },
+    "resnet50_exits": {
+        "family": "cnn",
+        "config": {
+            "in_channels": 3,
+            "num_classes": 1000,
+            "input_size": (224, 224),
+            "stem_channels": 64,
+            "stem_stride": 2,
+            "stem_pool": True,
+            "widths": (256, 512, 1024, 2048),
+            "depths": (3, 4, 6, 3),
+            "strides": (1, 2, 2, 2),
+            "block": "bottleneck",
+            "exit_hidden": 256,
+            "exit_kernel": 1,
+        },
+    },
+    "mnist_vit": {
+        "family": "transformer",
+        "config": {
+            "in_channels": 1,
+            "num_classes": 10,
+            "input_size": (28, 28),
+            "patch_size": 4,
+            "dim": 64,
+            "depth": 6,
+            "heads": 4,
+            "exit_blocks": (1, 3, 5),
+        },
+    },
+    "tiny_vit": {
+        "family": "transformer",
+        "config": {
+            "in_channels": 1,
+            "num_classes": 10,
+            "input_size": (28, 28),
+            "patch_size": 7,
+            "dim": 16,
+            "depth": 3,
+            "heads": 2,
+            "exit_blocks": (0, 1, 2),
+        },
+    },
 }
 
 
@@ -73,7 +143,17 @@ def create_model(name: str, **overrides: Any) -> StagedMultiExit:
 
 
 __all__ = [
-    "CnnConfig", "ExitInfo", "ExitsOnBackbone", "MultiExitCNN", "MultiExitTransformer", "StagedMultiExit",
-    "TransformerConfig", "build_from_arch", "create_model", "is_multi_exit", "list_exit_points", "list_models",
+    "CnnConfig",
+    "ExitInfo",
+    "ExitsOnBackbone",
+    "MultiExitCNN",
+    "MultiExitTransformer",
+    "StagedMultiExit",
+    "TransformerConfig",
+    "build_from_arch",
+    "create_model",
+    "is_multi_exit",
+    "list_exit_points",
+    "list_models",
     "model_arch",
 ]

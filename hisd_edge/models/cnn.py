@@ -8,7 +8,7 @@ ReLU, global average pooling and a linear classifier: cheap next to the stage it
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from torch import nn
 
@@ -53,7 +53,7 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Identity() if (cin == cout and stride == 1) else _conv_bn(cin, cout, 1, stride, relu=False)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -61,11 +61,13 @@ class Bottleneck(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         mid = max(cout // 4, 1)
-        self.body = nn.Sequential(_conv_bn(cin, mid, 1), _conv_bn(mid, mid, 3, stride), _conv_bn(mid, cout, 1, relu=False))
+        self.body = nn.Sequential(
+            _conv_bn(cin, mid, 1), _conv_bn(mid, mid, 3, stride), _conv_bn(mid, cout, 1, relu=False)
+        )
         self.shortcut = nn.Identity() if (cin == cout and stride == 1) else _conv_bn(cin, cout, 1, stride, relu=False)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -78,14 +80,16 @@ class ExitHead(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(hidden, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         return self.fc(self.pool(self.conv(x)).flatten(1))
 
 
 class MultiExitCNN(StagedMultiExit):
     def __init__(self, config: CnnConfig):
         block_cls = BasicBlock if config.block == "basic" else Bottleneck
-        stem = [_conv_bn(config.in_channels, config.stem_channels, 3 if config.stem_stride == 1 else 7, config.stem_stride)]
+        stem: List[nn.Module] = [
+            _conv_bn(config.in_channels, config.stem_channels, 3 if config.stem_stride == 1 else 7, config.stem_stride)
+        ]
         if config.stem_pool:
             stem.append(nn.MaxPool2d(3, stride=2, padding=1))
         reduction = config.stem_stride * (2 if config.stem_pool else 1)

@@ -44,7 +44,13 @@ class StagedMultiExit(nn.Module):
 
     exit_output = "logits"
 
-    def __init__(self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], exit_info: Sequence[ExitInfo], arch: Dict[str, Any] | None = None):
+    def __init__(
+        self,
+        stages: Sequence[nn.Module],
+        exits: Sequence[nn.Module],
+        exit_info: Sequence[ExitInfo],
+        arch: Dict[str, Any] | None = None,
+    ):
         super().__init__()
         if len(stages) != len(exits) or not stages:
             raise ValueError(f"need one exit per stage, got {len(stages)} stages and {len(exits)} exits")
@@ -66,10 +72,10 @@ class StagedMultiExit(nn.Module):
             outs.append(head(x))
         return feats, outs
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self.forward_features(x)[1]
 
 
 def is_multi_exit(model: nn.Module) -> bool:
     """True when ``model`` follows the protocol (has ``exit_info`` and returns one output per exit)."""
-    return isinstance(getattr(model, "exit_info", None), (list, tuple)) and len(model.exit_info) > 0
+    return isinstance(getattr(model, "exit_info", None), (list, tuple)) and len(model.exit_info) > 0  # type: ignore[arg-type]

@@ -35,7 +35,9 @@ class TransformerConfig:
         self.input_size = tuple(self.input_size)  # type: ignore[assignment]
         self.exit_blocks = tuple(sorted(self.exit_blocks))
         if not self.exit_blocks or self.exit_blocks[-1] != self.depth - 1 or self.exit_blocks[0] < 0:
-            raise ValueError(f"exit_blocks must be block indices ending at depth-1={self.depth - 1}, got {self.exit_blocks}")
+            raise ValueError(
+                f"exit_blocks must be block indices ending at depth-1={self.depth - 1}, got {self.exit_blocks}"
+            )
         if self.input_size[0] % self.patch_size or self.input_size[1] % self.patch_size:
             raise ValueError("input_size must be a multiple of patch_size")
         if self.exit_output not in ("logits", "embedding"):
@@ -50,7 +52,7 @@ class PatchEmbed(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, config.dim))
         self.pos = nn.Parameter(torch.randn(1, tokens + 1, config.dim) * 0.02)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         tokens = self.proj(x).flatten(2).transpose(1, 2)
         cls = self.cls.expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1) + self.pos
@@ -70,7 +72,7 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         batch, tokens, dim = x.shape
         head_dim = dim // self.heads
         qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
@@ -88,10 +90,10 @@ class TokenExitHead(nn.Module):
         self.fc = nn.Linear(dim, num_classes)
         self.output = output
 
-    def embed(self, x):  # type: ignore[no-untyped-def]
+    def embed(self, x):
         return self.norm(x[:, 0])
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         emb = self.embed(x)
         if self.output == "embedding" and not self.training:
             return nn.functional.normalize(emb, dim=-1)
@@ -107,7 +109,11 @@ class MultiExitTransformer(StagedMultiExit):
             parts = ([PatchEmbed(config)] if k == 0 else []) + blocks[start : end + 1]
             stages.append(nn.Sequential(*parts))
             exits.append(TokenExitHead(config.dim, config.num_classes, config.exit_output))
-            info.append(ExitInfo(name=f"exit{k}", stage=k, channels=config.dim, reduction=config.patch_size, module=f"stages.{k}"))
+            info.append(
+                ExitInfo(
+                    name=f"exit{k}", stage=k, channels=config.dim, reduction=config.patch_size, module=f"stages.{k}"
+                )
+            )
             start = end + 1
         super().__init__(stages, exits, info, arch={"family": "transformer", "config": config_to_dict(config)})
         self.config = config

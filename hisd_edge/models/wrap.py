@@ -24,7 +24,7 @@ def _feature_shapes(backbone: nn.Module, example: torch.Tensor) -> Dict[str, Tup
         if not name:
             continue
 
-        def hook(_m, _i, out, name=name):  # type: ignore[no-untyped-def]
+        def hook(_m, _i, out, name=name):
             if isinstance(out, torch.Tensor) and name not in shapes:
                 shapes[name] = tuple(out.shape)
 
@@ -53,26 +53,37 @@ class _Head(nn.Module):
         super().__init__()
         if len(shape) == 4:
             self.body: nn.Module = nn.Sequential(
-                nn.Conv2d(shape[1], hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(hidden, num_classes),
+                nn.Conv2d(shape[1], hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(1),
+                nn.Linear(hidden, num_classes),
             )
         else:
             self.body = nn.Sequential(nn.LayerNorm(shape[2]), _MeanTokens(), nn.Linear(shape[2], num_classes))
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         return self.body(x)
 
 
 class _MeanTokens(nn.Module):
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         return x.mean(dim=1)
 
 
 class ExitsOnBackbone(nn.Module):
     """A backbone plus exit heads at ``points``; the backbone's output is the last exit if ``final``."""
 
-    def __init__(self, backbone: nn.Module, points: Sequence[str], num_classes: int, example: torch.Tensor,
-                 hidden: int = 64, final: bool = True):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        points: Sequence[str],
+        num_classes: int,
+        example: torch.Tensor,
+        hidden: int = 64,
+        final: bool = True,
+    ):
         super().__init__()
         valid = dict(list_exit_points(backbone, example))
         unknown = [p for p in points if p not in valid]
@@ -102,9 +113,10 @@ class ExitsOnBackbone(nn.Module):
             self.exit_info.append(ExitInfo(f"exit{k}", k, num_classes, 1, "backbone"))
         self.arch: Optional[dict] = None  # not rebuildable from metadata: load with the backbone in hand
 
-    def _capture(self, name: str):  # type: ignore[no-untyped-def]
-        def hook(_m, _i, out):  # type: ignore[no-untyped-def]
+    def _capture(self, name: str):
+        def hook(_m, _i, out):
             self._captured[name] = out
+
         return hook
 
     def forward_features(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -117,5 +129,5 @@ class ExitsOnBackbone(nn.Module):
             outs.append(final_out)
         return feats, outs
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self.forward_features(x)[1]

@@ -25,8 +25,13 @@ from typing import Any, Dict, List, Optional
 from hisd_edge.profile.power.base import sysfs_root as _sysfs_root
 from hisd_edge.profile.power.base import under
 
-GPU_DEVFREQ_GLOBS = ("/sys/class/devfreq/*.gpu", "/sys/class/devfreq/*.gv11b", "/sys/class/devfreq/*.ga10b",
-                     "/sys/class/devfreq/*.gp10b", "/sys/class/devfreq/*.gb10b")
+GPU_DEVFREQ_GLOBS = (
+    "/sys/class/devfreq/*.gpu",
+    "/sys/class/devfreq/*.gv11b",
+    "/sys/class/devfreq/*.ga10b",
+    "/sys/class/devfreq/*.gp10b",
+    "/sys/class/devfreq/*.gb10b",
+)
 
 
 def _read(path: Path) -> Optional[str]:
@@ -48,7 +53,7 @@ def parse_nvpmodel_query(text: str) -> Optional[Dict[str, Any]]:
     if not name_match:
         return None
     mode_id = None
-    after = text[name_match.end():]
+    after = text[name_match.end() :]
     id_match = re.search(r"^\s*(\d+)\s*$", after, flags=re.MULTILINE)
     if id_match:
         mode_id = int(id_match.group(1))
@@ -65,7 +70,11 @@ def query_nvpmodel(timeout_s: float = 5.0) -> Dict[str, Any]:
         return {"mode_name": None, "mode_id": None, "reason": f"nvpmodel -q failed ({exc})"}
     parsed = parse_nvpmodel_query(done.stdout + "\n" + done.stderr)
     if parsed is None:
-        return {"mode_name": None, "mode_id": None, "reason": f"nvpmodel -q printed nothing recognisable (status {done.returncode})"}
+        return {
+            "mode_name": None,
+            "mode_id": None,
+            "reason": f"nvpmodel -q printed nothing recognisable (status {done.returncode})",
+        }
     return parsed
 
 
@@ -77,7 +86,7 @@ def _min_max_equal(directory: Path, min_name: str, max_name: str) -> Optional[bo
 
 
 def jetson_clocks_state(root: Path) -> Dict[str, Any]:
-    """"on" when CPU and GPU clocks are pinned (min == max), "off", or "unknown" with the reason."""
+    """ "on" when CPU and GPU clocks are pinned (min == max), "off", or "unknown" with the reason."""
     checks: List[bool] = []
     cpus = sorted(glob.glob(str(under(root, "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"))))
     for cpu in map(Path, cpus):
@@ -133,8 +142,11 @@ def device_info(sysfs_root: Optional[str] = None, run_tools: Optional[bool] = No
         "sysfs_root": str(root),
     }
     if is_jetson:
-        info["nvpmodel"] = query_nvpmodel() if run_tools else {
-            "mode_name": None, "mode_id": None, "reason": "not queried: reading a recorded sysfs root"}
+        info["nvpmodel"] = (
+            query_nvpmodel()
+            if run_tools
+            else {"mode_name": None, "mode_id": None, "reason": "not queried: reading a recorded sysfs root"}
+        )
         info["jetson_clocks"] = jetson_clocks_state(root)
     else:
         info["nvpmodel"] = None

@@ -73,7 +73,9 @@ def _segment_gap(gaps: Sequence[Gap], t0: float, t1: float) -> Optional[Gap]:
     return None
 
 
-def integrate_window(trace: PowerTrace, start_s: float, end_s: float, max_gap_s: Optional[float] = None) -> WindowEnergy:
+def integrate_window(
+    trace: PowerTrace, start_s: float, end_s: float, max_gap_s: Optional[float] = None
+) -> WindowEnergy:
     """Energy of ``trace`` over [start_s, end_s], counting only covered segments."""
     if end_s <= start_s:
         raise ValueError("the window must have positive length")
@@ -108,7 +110,11 @@ def integrate_window(trace: PowerTrace, start_s: float, end_s: float, max_gap_s:
                 mark(u, v, gap.reason)
                 continue
             if b.time_s - a.time_s > max_gap_s:
-                mark(u, v, f"samples {b.time_s - a.time_s:.3f} s apart (expected about {trace.expected_interval_s:.3f} s)")
+                mark(
+                    u,
+                    v,
+                    f"samples {b.time_s - a.time_s:.3f} s apart (expected about {trace.expected_interval_s:.3f} s)",
+                )
                 continue
             if counter:
                 energy += _value_at(a, b, v, True) - _value_at(a, b, u, True)
@@ -117,15 +123,25 @@ def integrate_window(trace: PowerTrace, start_s: float, end_s: float, max_gap_s:
             covered += v - u
         if samples[-1].time_s < end_s:
             open_gap = trace.gaps[-1] if trace.gaps and trace.gaps[-1].end_s is None else None
-            mark(max(start_s, samples[-1].time_s), end_s, open_gap.reason if open_gap else "no samples after this point")
+            mark(
+                max(start_s, samples[-1].time_s), end_s, open_gap.reason if open_gap else "no samples after this point"
+            )
     inside = sum(1 for s in samples if start_s <= s.time_s <= end_s)
     gaps = [{"start_s": u, "end_s": v, "duration_s": v - u, "reason": why} for u, v, why in uncovered]
-    return WindowEnergy(start_s=start_s, end_s=end_s, energy_mj=energy, covered_s=covered, samples=inside,
-                        method="counter" if counter else "trapezoid", gaps=gaps)
+    return WindowEnergy(
+        start_s=start_s,
+        end_s=end_s,
+        energy_mj=energy,
+        covered_s=covered,
+        samples=inside,
+        method="counter" if counter else "trapezoid",
+        gaps=gaps,
+    )
 
 
-def per_inference(window: WindowEnergy, inferences: int, idle_power_mw: Optional[float],
-                  period_s: float) -> Optional[Dict[str, Any]]:
+def per_inference(
+    window: WindowEnergy, inferences: int, idle_power_mw: Optional[float], period_s: float
+) -> Optional[Dict[str, Any]]:
     """Energy per inference (total and dynamic, mJ) from one loop window, with its provenance.
 
     ``inferences`` counts what the energy is divided by (samples, not calls, when batched).

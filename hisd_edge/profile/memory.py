@@ -19,7 +19,7 @@ MIB = 1024.0 * 1024.0
 
 def _kib_fields(path: Path, names: tuple) -> Dict[str, Optional[int]]:
     """``Name:   1234 kB`` lines -> bytes, for the names asked; missing names are None."""
-    found: Dict[str, Optional[int]] = {name: None for name in names}
+    found: Dict[str, Optional[int]] = dict.fromkeys(names)
     try:
         text = path.read_text(encoding="ascii", errors="replace")
     except OSError:
@@ -61,8 +61,12 @@ def snapshot(proc_root: str = "/proc") -> MemorySnapshot:
     root = Path(proc_root)
     status = _kib_fields(root / "self" / "status", ("VmRSS", "VmHWM"))
     meminfo = _kib_fields(root / "meminfo", ("MemAvailable", "NvMapMemUsed"))
-    return MemorySnapshot(rss_bytes=status["VmRSS"], rss_peak_bytes=status["VmHWM"],
-                          mem_available_bytes=meminfo["MemAvailable"], nvmap_used_bytes=meminfo["NvMapMemUsed"])
+    return MemorySnapshot(
+        rss_bytes=status["VmRSS"],
+        rss_peak_bytes=status["VmHWM"],
+        mem_available_bytes=meminfo["MemAvailable"],
+        nvmap_used_bytes=meminfo["NvMapMemUsed"],
+    )
 
 
 def difference(before: MemorySnapshot, after: MemorySnapshot) -> Dict[str, Optional[float]]:

@@ -77,12 +77,18 @@ def latency_stats(values_ms: Sequence[float]) -> Dict[str, Any]:
     if arr.size == 0:
         return {"p50": None, "p90": None, "p99": None, "mean": None, "min": None, "count": 0}
     p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(arr.mean()), "min": float(arr.min()),
-            "count": int(arr.size)}
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(arr.mean()),
+        "min": float(arr.min()),
+        "count": int(arr.size),
+    }
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
     return tqdm(total=total, desc="profile", unit="step", file=sys.stderr, disable=not enabled, leave=False)
 
@@ -107,7 +113,9 @@ def _mode(device: Dict[str, Any]) -> Optional[str]:
 class _Measurer:
     """Holds the open backend, sampler and data while the steps run."""
 
-    def __init__(self, config: ProfileConfig, backend: Any, sampler: Optional[PowerSampler], tensors: np.ndarray, bar: Any):
+    def __init__(
+        self, config: ProfileConfig, backend: Any, sampler: Optional[PowerSampler], tensors: np.ndarray, bar: Any
+    ):
         self.config = config
         self.backend = backend
         self.sampler = sampler
@@ -136,8 +144,14 @@ class _Measurer:
         window = integrate_window(self.sampler.trace(), start, end)
         self.idle_power_mw = window.mean_power_mw if window.complete else None
         self.step("idle baseline")
-        return {"power_mw": window.mean_power_mw, "window_s": window.window_s, "covered_s": window.covered_s,
-                "samples": window.samples, "complete": window.complete, "gaps": window.gaps}
+        return {
+            "power_mw": window.mean_power_mw,
+            "window_s": window.window_s,
+            "covered_s": window.covered_s,
+            "samples": window.samples,
+            "complete": window.complete,
+            "gaps": window.gaps,
+        }
 
     # -- per batch ------------------------------------------------------------------------------------
     def measure_batch(self, batch: int, stage_bytes: List[Optional[int]]) -> Dict[str, Any]:
@@ -174,8 +188,10 @@ class _Measurer:
             else:
                 entry["energy_mj"] = {"total": result["total"], "dynamic": result["dynamic"]}
                 detail = dict(result["detail"])
-                detail["per_call_mj"] = {"total": result["total"] * batch,
-                                         "dynamic": None if result["dynamic"] is None else result["dynamic"] * batch}
+                detail["per_call_mj"] = {
+                    "total": result["total"] * batch,
+                    "dynamic": None if result["dynamic"] is None else result["dynamic"] * batch,
+                }
                 entry["energy"] = detail
                 if self.idle_power_mw is None:
                     entry["dynamic_unavailable_reason"] = "no complete idle baseline window"
@@ -188,11 +204,20 @@ class _Measurer:
             here = energies[j]
             prev: Optional[Dict[str, Any]] = energies[j - 1] if j > 0 else {"total": 0.0, "dynamic": 0.0}
             if here is not None and prev is not None:
-                energy = {"total": here["total"] - prev["total"],
-                          "dynamic": None if here["dynamic"] is None or prev["dynamic"] is None
-                          else here["dynamic"] - prev["dynamic"]}
-            stages.append({"index": j, "latency_ms": latency_stats(per_stage[j]), "energy_mj": energy,
-                           "model_bytes": stage_bytes[j]})
+                energy = {
+                    "total": here["total"] - prev["total"],
+                    "dynamic": None
+                    if here["dynamic"] is None or prev["dynamic"] is None
+                    else here["dynamic"] - prev["dynamic"],
+                }
+            stages.append(
+                {
+                    "index": j,
+                    "latency_ms": latency_stats(per_stage[j]),
+                    "energy_mj": energy,
+                    "model_bytes": stage_bytes[j],
+                }
+            )
         return {"batch": batch, "stages": stages, "exits": exits}
 
     def _energy_reason(self) -> str:
@@ -242,12 +267,19 @@ class _Measurer:
         if not self.sampler.running:
             self.sampler.start()
         self.step("sampler overhead")
-        return {"batch": batch, "exit": last, "latency_ms_without": float(np.median(without)),
-                "latency_ms_with": float(np.median(with_sampler)),
-                "overhead_pct": 100.0 * (float(np.median(ratios)) - 1.0) if ratios else None,
-                "block_pairs": len(ratios), "block_s": block_s, "runs_without": len(without), "runs_with": len(with_sampler),
-                "source": self.sampler.source.name,
-                "source_kept_running": bool(getattr(self.sampler.source, "runs_in_background", False))}
+        return {
+            "batch": batch,
+            "exit": last,
+            "latency_ms_without": float(np.median(without)),
+            "latency_ms_with": float(np.median(with_sampler)),
+            "overhead_pct": 100.0 * (float(np.median(ratios)) - 1.0) if ratios else None,
+            "block_pairs": len(ratios),
+            "block_s": block_s,
+            "runs_without": len(without),
+            "runs_with": len(with_sampler),
+            "source": self.sampler.source.name,
+            "source_kept_running": bool(getattr(self.sampler.source, "runs_in_background", False)),
+        }
 
 
 def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
@@ -271,8 +303,13 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
     if policy_note:
         notes.append(policy_note)
     device = device_mod.device_info(config.sysfs_root)
-    source, discovery = open_power_source(config.power, sysfs_root=config.sysfs_root, tegrastats_log=config.tegrastats_log,
-                                          tegrastats_interval_ms=config.tegrastats_interval_ms, gpu_index=config.gpu_index)
+    source, discovery = open_power_source(
+        config.power,
+        sysfs_root=config.sysfs_root,
+        tegrastats_log=config.tegrastats_log,
+        tegrastats_interval_ms=config.tegrastats_interval_ms,
+        gpu_index=config.gpu_index,
+    )
     samples = load_samples(config.data, count=config.samples)
     tensors = samples.tensors(bundle.preprocessing)
     stage_bytes = [((s.get("files") or {}).get(config.precision) or {}).get("bytes") for s in bundle.stages]
@@ -295,14 +332,22 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
         with backend:
             max_batch = backend.max_batch
             if max_batch > 0 and batches[-1] > max_batch:
-                how = (f"hisd-edge build --batch 1,{batches[-1]}" if config.backend == "tensorrt"
-                       else "re-export the model with a dynamic batch axis")
-                raise InputError(f"--batch {','.join(map(str, batches))}: the {config.backend} backend takes at most "
-                                 f"{max_batch} rows per run; rebuild with a larger --batch MAX ({how}) "
-                                 f"or pass --batch values up to {max_batch}")
+                how = (
+                    f"hisd-edge build --batch 1,{batches[-1]}"
+                    if config.backend == "tensorrt"
+                    else "re-export the model with a dynamic batch axis"
+                )
+                raise InputError(
+                    f"--batch {','.join(map(str, batches))}: the {config.backend} backend takes at most "
+                    f"{max_batch} rows per run; rebuild with a larger --batch MAX ({how}) "
+                    f"or pass --batch values up to {max_batch}"
+                )
             after_load = memory_mod.snapshot()
-            memory = {"before": before.to_dict(), "after_load": after_load.to_dict(),
-                      "load": memory_mod.difference(before, after_load)}
+            memory = {
+                "before": before.to_dict(),
+                "after_load": after_load.to_dict(),
+                "load": memory_mod.difference(before, after_load),
+            }
             if sampler is not None:
                 sampler.start()
             measurer = _Measurer(config, backend, sampler, tensors, bar)
@@ -334,23 +379,35 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
 
     device_after = device_mod.device_info(config.sysfs_root)
     if _mode(device) != _mode(device_after):
-        notes.append(f"the power mode changed during the run ({_mode(device)} -> {_mode(device_after)}): "
-                     "the idle baseline and the loops may not be comparable; profile again")
+        notes.append(
+            f"the power mode changed during the run ({_mode(device)} -> {_mode(device_after)}): "
+            "the idle baseline and the loops may not be comparable; profile again"
+        )
     if device.get("jetson_clocks") and (device.get("jetson_clocks") or {}).get("state") == "off":
-        notes.append("jetson_clocks is off: clocks follow the load (DVFS), so latency and energy vary more; "
-                     "sudo jetson_clocks pins them")
+        notes.append(
+            "jetson_clocks is off: clocks follow the load (DVFS), so latency and energy vary more; "
+            "sudo jetson_clocks pins them"
+        )
     power = _power_block(source, discovery, trace, sampler, config)
     if trace is not None and trace.gaps:
-        notes.append(f"the power source had {len(trace.gaps)} gap(s) (first: {trace.gaps[0].reason}); "
-                     "energy figures cover only the sampled parts and are flagged incomplete")
+        notes.append(
+            f"the power source had {len(trace.gaps)} gap(s) (first: {trace.gaps[0].reason}); "
+            "energy figures cover only the sampled parts and are flagged incomplete"
+        )
     if power.get("total") == "sum of rails" and source.available:
-        notes.append("total power is the sum of the metered rails (no VDD_IN on this board): the carrier board is not included")
+        notes.append(
+            "total power is the sum of the metered rails (no VDD_IN on this board): the carrier board is not included"
+        )
     if overhead and overhead.get("overhead_pct") is not None and overhead["overhead_pct"] > 2.0:
-        notes.append(f"the power sampler slowed inference by {overhead['overhead_pct']:.1f}% (target <= 2%): "
-                     "use a longer --period-ms")
+        notes.append(
+            f"the power sampler slowed inference by {overhead['overhead_pct']:.1f}% (target <= 2%): "
+            "use a longer --period-ms"
+        )
     if overhead and overhead.get("source_kept_running"):
-        notes.append(f"the sampler-overhead figure covers only the sampling thread: the {overhead['source']} source kept "
-                     "running during the 'sampler off' blocks, so its own cost is not in it (a polled source such as --power ina3221 has no such background cost)")
+        notes.append(
+            f"the sampler-overhead figure covers only the sampling thread: the {overhead['source']} source kept "
+            "running during the 'sampler off' blocks, so its own cost is not in it (a polled source such as --power ina3221 has no such background cost)"
+        )
     if samples.labels is None:
         notes.append("the data has no labels: accuracy is not reported, only exit distributions")
 
@@ -361,17 +418,30 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "toolkit_version": __version__,
         "command": config.command,
-        "bundle": {"name": bundle.name, "path": str(bundle.root), "stages": bundle.num_stages, "exits": len(bundle.exits),
-                   "class_names": bundle.class_names, "stage_bytes": stage_bytes},
+        "bundle": {
+            "name": bundle.name,
+            "path": str(bundle.root),
+            "stages": bundle.num_stages,
+            "exits": len(bundle.exits),
+            "class_names": bundle.class_names,
+            "stage_bytes": stage_bytes,
+        },
         "device": device,
         "backend": backend_block,
         "precision": config.precision,
         "power": power,
         "policy": policy_block,
-        "settings": {"data": config.data, "samples": int(len(tensors)), "batches": batches, "warmup": config.warmup,
-                     "repeats": config.repeats, "energy_min_s": config.energy_min_s,
-                     "energy_min_inferences": config.energy_min_inferences, "idle_s": config.idle_s,
-                     "sweep_points": config.sweep_points},
+        "settings": {
+            "data": config.data,
+            "samples": len(tensors),
+            "batches": batches,
+            "warmup": config.warmup,
+            "repeats": config.repeats,
+            "energy_min_s": config.energy_min_s,
+            "energy_min_inferences": config.energy_min_inferences,
+            "idle_s": config.idle_s,
+            "sweep_points": config.sweep_points,
+        },
         "batch": headline["batch"],
         "stages": headline["stages"],
         "exits": headline["exits"],
@@ -379,14 +449,29 @@ def profile_bundle(config: ProfileConfig) -> Dict[str, Any]:
         "idle": idle,
         "memory": memory,
         "accuracy": accuracy,
-        "overhead": {"sampler": overhead, **({} if overhead else {
-            "reason": "no power source: nothing was sampled" if sampler is None else "not measured (--overhead-pairs 0)"})},
+        "overhead": {
+            "sampler": overhead,
+            **(
+                {}
+                if overhead
+                else {
+                    "reason": "no power source: nothing was sampled"
+                    if sampler is None
+                    else "not measured (--overhead-pairs 0)"
+                }
+            ),
+        },
         "notes": notes,
     }
 
 
-def _power_block(source: Any, discovery: List[Dict[str, Any]], trace: Optional[PowerTrace],
-                 sampler: Optional[PowerSampler], config: ProfileConfig) -> Dict[str, Any]:
+def _power_block(
+    source: Any,
+    discovery: List[Dict[str, Any]],
+    trace: Optional[PowerTrace],
+    sampler: Optional[PowerSampler],
+    config: ProfileConfig,
+) -> Dict[str, Any]:
     described = dict(trace.source if trace is not None else source.describe())
     described.pop("min_period_s", None)
     block: Dict[str, Any] = {"source": described.pop("source", source.name), "available": bool(source.available)}
@@ -402,13 +487,21 @@ def _power_block(source: Any, discovery: List[Dict[str, Any]], trace: Optional[P
         # The whole trace, for plots and for checking a figure by hand (times from the first sample).
         t0 = trace.samples[0].time_s
         block["trace_origin_s"] = t0  # gaps' start_s/end_s are on the same clock
-        block["trace"] = {"time_s": [round(s.time_s - t0, 5) for s in trace.samples],
-                          "total_mw": [round(float(s.total_mw), 3) for s in trace.samples]}
+        block["trace"] = {
+            "time_s": [round(s.time_s - t0, 5) for s in trace.samples],
+            "total_mw": [round(float(s.total_mw), 3) for s in trace.samples],
+        }
     return block
 
 
-def _accuracy(policy: Any, outputs: List[np.ndarray], confidences: List[Optional[np.ndarray]], labels: Optional[np.ndarray],
-              headline: Dict[str, Any], sweep_points: int) -> Dict[str, Any]:
+def _accuracy(
+    policy: Any,
+    outputs: List[np.ndarray],
+    confidences: List[Optional[np.ndarray]],
+    labels: Optional[np.ndarray],
+    headline: Dict[str, Any],
+    sweep_points: int,
+) -> Dict[str, Any]:
     """Per-exit accuracy, the current thresholds and a sweep, from one pass through every exit."""
     n_exits = len(outputs)
     scores = policy.all_scores(confidences, outputs)
@@ -433,8 +526,14 @@ def _accuracy(policy: Any, outputs: List[np.ndarray], confidences: List[Optional
         stored = policy.to_stored(point["threshold"]) if point["threshold"] is not None else None
         point["threshold"] = stored
         point["thresholds"] = [stored] * (n_exits - 1) + [None]
-    return {"samples": int(len(outputs[0])), "labelled": correct is not None, "policy": policy.kind,
-            "per_exit_top1": per_exit, "current": current, "sweep": sweep}
+    return {
+        "samples": len(outputs[0]),
+        "labelled": correct is not None,
+        "policy": policy.kind,
+        "per_exit_top1": per_exit,
+        "current": current,
+        "sweep": sweep,
+    }
 
 
 def run_profile(config: ProfileConfig, out_dir: Path) -> Dict[str, Any]:
@@ -453,9 +552,11 @@ def format_summary(profile: Dict[str, Any]) -> str:
     top1 = accuracy.get("per_exit_top1") or []
     fractions = (accuracy.get("current") or {}).get("exit_fraction") or []
     device = profile.get("device") or {}
-    lines = [f"{profile['bundle']['name']} on {device.get('model')} · {profile['backend'].get('backend')} "
-             f"{profile['precision']} · batch {profile['batch']} · power: {profile['power']['source']}",
-             f"{'exit':>4}  {'p50 ms':>9}  {'p90 ms':>9}  {'p99 ms':>9}  {'energy mJ':>10}  {'dyn mJ':>9}  {'top-1':>7}  {'leaves':>7}"]
+    lines = [
+        f"{profile['bundle']['name']} on {device.get('model')} · {profile['backend'].get('backend')} "
+        f"{profile['precision']} · batch {profile['batch']} · power: {profile['power']['source']}",
+        f"{'exit':>4}  {'p50 ms':>9}  {'p90 ms':>9}  {'p99 ms':>9}  {'energy mJ':>10}  {'dyn mJ':>9}  {'top-1':>7}  {'leaves':>7}",
+    ]
 
     def fmt(v: Any, width: int, spec: str = ".4g") -> str:
         return f"{'n/a':>{width}}" if v is None else f"{v:>{width}{spec}}"
@@ -463,29 +564,53 @@ def format_summary(profile: Dict[str, Any]) -> str:
     for e in profile["exits"]:
         k = e["index"]
         lat, energy = e["latency_ms"], e.get("energy_mj") or {}
-        lines.append(f"{k:>4}  {fmt(lat['p50'], 9)}  {fmt(lat['p90'], 9)}  {fmt(lat['p99'], 9)}  "
-                     f"{fmt(energy.get('total'), 10)}  {fmt(energy.get('dynamic'), 9)}  "
-                     f"{fmt(100 * top1[k] if k < len(top1) and top1[k] is not None else None, 6, '.2f')}%  "
-                     f"{fmt(100 * fractions[k] if k < len(fractions) else None, 6, '.1f')}%")
+        lines.append(
+            f"{k:>4}  {fmt(lat['p50'], 9)}  {fmt(lat['p90'], 9)}  {fmt(lat['p99'], 9)}  "
+            f"{fmt(energy.get('total'), 10)}  {fmt(energy.get('dynamic'), 9)}  "
+            f"{fmt(100 * top1[k] if k < len(top1) and top1[k] is not None else None, 6, '.2f')}%  "
+            f"{fmt(100 * fractions[k] if k < len(fractions) else None, 6, '.1f')}%"
+        )
     current = accuracy.get("current") or {}
     if current.get("accuracy") is not None:
-        lines.append(f"at the current thresholds: top-1 {100 * current['accuracy']:.2f}%, expected mean latency "
-                     f"{current.get('mean_latency_ms') or float('nan'):.4g} ms, measured "
-                     f"{current.get('measured_mean_latency_ms') or float('nan'):.4g} ms per call")
+        lines.append(
+            f"at the current thresholds: top-1 {100 * current['accuracy']:.2f}%, expected mean latency "
+            f"{current.get('mean_latency_ms') or float('nan'):.4g} ms, measured "
+            f"{current.get('measured_mean_latency_ms') or float('nan'):.4g} ms per call"
+        )
     return "\n".join(lines)
 
 
-def profile_default(bundle: str, out_dir: str, *, data: str = "default:test", samples: Optional[int] = 500,
-                    power: str = "auto", progress: bool = False) -> Dict[str, Any]:
+def profile_default(
+    bundle: str,
+    out_dir: str,
+    *,
+    data: str = "default:test",
+    samples: Optional[int] = 500,
+    power: str = "auto",
+    progress: bool = False,
+) -> Dict[str, Any]:
     """Profile ``bundle`` on this machine with quick settings and write the HTML report (for the demo).
 
     Power is discovered as ``--power auto`` does; on a machine without telemetry the report says
     energy is unavailable and why (never an estimate). Returns {"profile", "report", "summary"}:
     the profile dict, what was written (``report["html"]`` is the page) and a printable table.
     """
-    config = ProfileConfig(bundle=str(bundle), data=data, samples=samples, batches=(1,), power=power, warmup=5,
-                           repeats=50, energy_min_s=1.0, energy_min_inferences=20, idle_s=1.0, sweep_points=41,
-                           overhead_blocks=6, progress=progress, command=f"hisd_edge.profile.profile_default({bundle!r})")
+    config = ProfileConfig(
+        bundle=str(bundle),
+        data=data,
+        samples=samples,
+        batches=(1,),
+        power=power,
+        warmup=5,
+        repeats=50,
+        energy_min_s=1.0,
+        energy_min_inferences=20,
+        idle_s=1.0,
+        sweep_points=41,
+        overhead_blocks=6,
+        progress=progress,
+        command=f"hisd_edge.profile.profile_default({bundle!r})",
+    )
     result = run_profile(config, Path(out_dir))
     result["summary"] = format_summary(result["profile"])
     return result

@@ -40,15 +40,19 @@ def resolve_policy(bundle: Bundle) -> Tuple[ExitPolicy, Dict[str, Any], Optional
         policy = policy_from_manifest(recorded, n, exit_kind)
         calibrated = bool(recorded.get("calibrated"))
         if not calibrated:
-            note = (f"the bundle's {policy.kind} thresholds are not calibrated: profiled with its default thresholds "
-                    f"{policy.thresholds}; calibrate with hisd-edge thresholds, then profile again")
+            note = (
+                f"the bundle's {policy.kind} thresholds are not calibrated: profiled with its default thresholds "
+                f"{policy.thresholds}; calibrate with hisd-edge thresholds, then profile again"
+            )
     else:
         kind = "stability" if exit_kind == "embedding" else "max_prob"
         default = DEFAULT_STABILITY if kind == "stability" else DEFAULT_MAX_PROB
         policy = make_policy(kind, [default] * (n - 1) + [None], n, exit_kind)
         calibrated = False
-        note = (f"the bundle has no exit policy: profiled with the default {kind} thresholds {policy.thresholds}; "
-                "calibrate with hisd-edge thresholds, then profile again")
+        note = (
+            f"the bundle has no exit policy: profiled with the default {kind} thresholds {policy.thresholds}; "
+            "calibrate with hisd-edge thresholds, then profile again"
+        )
     block = {"kind": policy.kind, "thresholds": list(policy.thresholds), "calibrated": calibrated, "note": note}
     return policy, block, note
 
@@ -67,7 +71,9 @@ def run_to_exit(backend: Backend, batch: np.ndarray, k: int) -> Tuple[float, Lis
     return (time.perf_counter_ns() - begin) / 1e6, stage_ms
 
 
-def loop_to_exit(backend: Backend, batch: np.ndarray, k: int, min_seconds: float, min_calls: int) -> Tuple[float, float, int]:
+def loop_to_exit(
+    backend: Backend, batch: np.ndarray, k: int, min_seconds: float, min_calls: int
+) -> Tuple[float, float, int]:
     """A steady loop forced to exit k until both limits are reached: (start s, end s, calls)."""
     calls = 0
     start = time.perf_counter()
@@ -82,14 +88,16 @@ def loop_to_exit(backend: Backend, batch: np.ndarray, k: int, min_seconds: float
     return start, now, calls
 
 
-def early_exit_pass(backend: Backend, policy: ExitPolicy, tensors: np.ndarray, batch: int,
-                    class_names: Sequence[str]) -> Tuple[np.ndarray, List[float]]:
+def early_exit_pass(
+    backend: Backend, policy: ExitPolicy, tensors: np.ndarray, batch: int, class_names: Sequence[str]
+) -> Tuple[np.ndarray, List[float]]:
     """The real early-exit loop over the data in batches: (exit index per sample, ms per call)."""
     exits: List[int] = []
     call_ms: List[float] = []
     for begin in range(0, len(tensors), batch):
-        results, trace = run_early_exit(backend, policy, tensors[begin:begin + batch], class_names=class_names,
-                                        first_index=begin)
+        results, trace = run_early_exit(
+            backend, policy, tensors[begin : begin + batch], class_names=class_names, first_index=begin
+        )
         exits.extend(int(r.exit) for r in results if r.exit is not None)
         call_ms.append(trace.total_ms)
     return np.asarray(exits, dtype=np.int64), call_ms

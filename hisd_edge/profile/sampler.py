@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from hisd_edge.profile.power.base import Clock, PowerSample, PowerSource
 
@@ -60,8 +60,13 @@ class PowerTrace:
 class PowerSampler:
     """Polls ``source`` every ``period_s`` seconds in a background thread."""
 
-    def __init__(self, source: PowerSource, period_s: float = 0.05, clock: Optional[Clock] = None,
-                 wait: Optional[Callable[[float], Any]] = None):
+    def __init__(
+        self,
+        source: PowerSource,
+        period_s: float = 0.05,
+        clock: Optional[Clock] = None,
+        wait: Optional[Callable[[float], Any]] = None,
+    ):
         if period_s <= 0:
             raise ValueError("period_s must be positive")
         self.source = source
@@ -111,7 +116,7 @@ class PowerSampler:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "PowerSampler":
+    def start(self) -> PowerSampler:
         """Open the source and start polling; a second call while running does nothing."""
         if self.running:
             LOG.debug("sampler already running; start() ignored")
@@ -144,7 +149,7 @@ class PowerSampler:
             self._stopped_s = self.clock()
         return self.trace()
 
-    def latest(self) -> "tuple[Optional[float], bool]":
+    def latest(self) -> "Tuple[Optional[float], bool]":
         """(time of the newest sample or None, whether the source is failing now): cheap, no copies."""
         with self._lock:
             return (self._samples[-1].time_s if self._samples else None), self._open_gap is not None
@@ -154,11 +159,16 @@ class PowerSampler:
         description = dict(self.source.describe())
         description["min_period_s"] = float(getattr(self.source, "min_period_s", 0.0) or 0.0)
         with self._lock:
-            return PowerTrace(samples=list(self._samples), gaps=[dataclasses.replace(g) for g in self._gaps],
-                              period_s=self.period_s, source=description, started_s=self._started_s,
-                              stopped_s=self._stopped_s)
+            return PowerTrace(
+                samples=list(self._samples),
+                gaps=[dataclasses.replace(g) for g in self._gaps],
+                period_s=self.period_s,
+                source=description,
+                started_s=self._started_s,
+                stopped_s=self._stopped_s,
+            )
 
-    def __enter__(self) -> "PowerSampler":
+    def __enter__(self) -> PowerSampler:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -76,7 +76,9 @@ def resolve_profile_path(path: Union[str, Path]) -> Path:
     if p.is_dir():
         p = p / FILENAME
     if not p.is_file():
-        raise InputError(f"{path}: no {FILENAME} there; give a report directory written by hisd-edge profile, or its profile.json")
+        raise InputError(
+            f"{path}: no {FILENAME} there; give a report directory written by hisd-edge profile, or its profile.json"
+        )
     return p
 
 
@@ -90,8 +92,10 @@ def load_profile(path: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise InputError(f"{p}: not a hisd-edge profile (kind is not {KIND!r})")
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{p}: profile schema version {data.get('schema_version')!r} is not supported "
-                         f"(this hisd-edge reads version {SCHEMA_VERSION}); re-run hisd-edge profile")
+        raise InputError(
+            f"{p}: profile schema version {data.get('schema_version')!r} is not supported "
+            f"(this hisd-edge reads version {SCHEMA_VERSION}); re-run hisd-edge profile"
+        )
     for key in ("stages", "exits", "device", "power"):
         if key not in data:
             raise InputError(f"{p}: profile has no {key!r} section; the file is damaged, re-run hisd-edge profile")

@@ -36,8 +36,13 @@ def exit_indices(scores: np.ndarray, thresholds: Sequence[Optional[float]]) -> n
     return chosen
 
 
-def evaluate(scores: np.ndarray, correct: Optional[np.ndarray], thresholds: Sequence[Optional[float]],
-             exit_latency_ms: Sequence[Optional[float]], exit_energy_mj: Sequence[Optional[float]]) -> Dict[str, Any]:
+def evaluate(
+    scores: np.ndarray,
+    correct: Optional[np.ndarray],
+    thresholds: Sequence[Optional[float]],
+    exit_latency_ms: Sequence[Optional[float]],
+    exit_energy_mj: Sequence[Optional[float]],
+) -> Dict[str, Any]:
     """Accuracy, exit fractions and expected mean costs of one threshold setting."""
     chosen = exit_indices(scores, thresholds)
     n, k_total = scores.shape
@@ -49,9 +54,13 @@ def evaluate(scores: np.ndarray, correct: Optional[np.ndarray], thresholds: Sequ
             return None
         return float(np.dot(fractions, np.asarray(costs, dtype=np.float64)))
 
-    return {"thresholds": [None if t is None else float(t) for t in thresholds], "accuracy": accuracy,
-            "exit_fraction": fractions.tolist(), "mean_latency_ms": expected(exit_latency_ms),
-            "mean_energy_mj": expected(exit_energy_mj)}
+    return {
+        "thresholds": [None if t is None else float(t) for t in thresholds],
+        "accuracy": accuracy,
+        "exit_fraction": fractions.tolist(),
+        "mean_latency_ms": expected(exit_latency_ms),
+        "mean_energy_mj": expected(exit_energy_mj),
+    }
 
 
 def pareto_flags(costs: Sequence[Optional[float]], accuracies: Sequence[Optional[float]]) -> List[bool]:
@@ -76,8 +85,13 @@ def default_grid(points: int = 41) -> List[float]:
     return sorted(set(np.round(1.0 - (1.0 - u) ** 2, 6).tolist()))
 
 
-def sweep(scores: np.ndarray, correct: Optional[np.ndarray], exit_latency_ms: Sequence[Optional[float]],
-          exit_energy_mj: Sequence[Optional[float]], grid: Optional[Sequence[Optional[float]]] = None) -> List[Dict[str, Any]]:
+def sweep(
+    scores: np.ndarray,
+    correct: Optional[np.ndarray],
+    exit_latency_ms: Sequence[Optional[float]],
+    exit_energy_mj: Sequence[Optional[float]],
+    grid: Optional[Sequence[Optional[float]]] = None,
+) -> List[Dict[str, Any]]:
     """Evaluate a shared threshold over the non-final exits at every grid value, Pareto-flagged.
 
     A ``None`` grid value is the "no early exit" setting (every sample runs to the last exit).
@@ -93,6 +107,14 @@ def sweep(scores: np.ndarray, correct: Optional[np.ndarray], exit_latency_ms: Se
     for key, flag in (("mean_latency_ms", "pareto_latency"), ("mean_energy_mj", "pareto_energy")):
         for p, f in zip(points, pareto_flags([p[key] for p in points], accuracies)):
             p[flag] = f
-    ordered = ["threshold", "thresholds", "accuracy", "exit_fraction", "mean_latency_ms", "mean_energy_mj",
-               "pareto_latency", "pareto_energy"]
+    ordered = [
+        "threshold",
+        "thresholds",
+        "accuracy",
+        "exit_fraction",
+        "mean_latency_ms",
+        "mean_energy_mj",
+        "pareto_latency",
+        "pareto_energy",
+    ]
     return [{key: p[key] for key in ordered} for p in points]

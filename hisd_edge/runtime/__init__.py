@@ -19,6 +19,22 @@ from hisd_edge.runtime.evaluate import EarlyExitSummary, evaluate_early_exit, fo
 from hisd_edge.runtime.policies import POLICY_KINDS, ExitPolicy, make_policy, policy_from_manifest
 
 __all__ = [
-    "BACKENDS", "Backend", "BatchTrace", "EarlyExitRuntime", "EarlyExitSummary", "ExitPolicy", "ExitResult", "FullResult", "POLICY_KINDS",
-    "StageResult", "create_backend", "evaluate_early_exit", "format_early_exit", "make_policy", "open_runtime", "policy_from_manifest", "run_early_exit", "softmax_max",
+    "BACKENDS",
+    "POLICY_KINDS",
+    "Backend",
+    "BatchTrace",
+    "EarlyExitRuntime",
+    "EarlyExitSummary",
+    "ExitPolicy",
+    "ExitResult",
+    "FullResult",
+    "StageResult",
+    "create_backend",
+    "evaluate_early_exit",
+    "format_early_exit",
+    "make_policy",
+    "open_runtime",
+    "policy_from_manifest",
+    "run_early_exit",
+    "softmax_max",
 ]

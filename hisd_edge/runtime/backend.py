@@ -86,7 +86,9 @@ class StageResult:
         if self._cache is not None:
             return self._cache if rows is None else self._cache[np.asarray(rows, dtype=np.int64)]
         if self._backend is not None and self._backend._batch_id != self._batch_id:
-            raise RuntimeError("this stage result belongs to an earlier batch; fetch exit outputs before the next start()")
+            raise RuntimeError(
+                "this stage result belongs to an earlier batch; fetch exit outputs before the next start()"
+            )
         if rows is None:
             self._cache = np.asarray(self.fetch_exit_output(None))
             return self._cache
@@ -141,7 +143,7 @@ class Backend(abc.ABC):
     def is_active(self) -> bool:
         return self._active
 
-    def activate(self) -> "Backend":
+    def activate(self) -> Backend:
         if self._active:
             return self
         self.check_precision()
@@ -172,7 +174,7 @@ class Backend(abc.ABC):
             self._next_stage = None
             self.deactivate_impl()
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self.activate()
 
     def __exit__(self, *exc: Any) -> None:
@@ -223,7 +225,7 @@ class Backend(abc.ABC):
         self._next_stage = 0
         self._held_rows = int(batch.shape[0])
 
-    def run_stage(self, k: int, keep_rows: Union[None, Sequence[int], np.ndarray] = None) -> StageResult:
+    def run_stage(self, k: int, keep_rows: Union[Sequence[int], np.ndarray, None] = None) -> StageResult:
         """Compact the held features to ``keep_rows`` (None: keep all), run stage ``k``, time it."""
         if k != self._next_stage or not self._active:
             self._check_active()
@@ -293,6 +295,8 @@ def create_backend(name: str, bundle: Bundle, precision: str = "fp32", **options
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
-            raise InputError(f"the {name} backend is not part of this hisd-edge version; use --backend onnxruntime") from None
+            raise InputError(
+                f"the {name} backend is not part of this hisd-edge version; use --backend onnxruntime"
+            ) from None
         raise
     return getattr(module, cls_name)(bundle, precision=precision, **options)

@@ -60,12 +60,21 @@ def _tile(tensors: np.ndarray, rows: int) -> np.ndarray:
 
 def synthetic_inputs(shape: tuple, count: int, seed: int = 0) -> np.ndarray:
     """Preprocessed-scale random inputs (for models with random weights: latency rows only)."""
-    return np.random.default_rng(seed).standard_normal((count,) + tuple(shape)).astype(np.float32)
+    return np.random.default_rng(seed).standard_normal((count, *tuple(shape))).astype(np.float32)
 
 
-def compare_per_sample(runner: Any, policy: ExitPolicy, tensors: np.ndarray, labels: Optional[np.ndarray], *, passes: int = 1,
-                       oracle_exit: Optional[np.ndarray] = None, exit_kind: str = "logits",
-                       rng: Optional[np.random.Generator] = None, progress: bool = False) -> Dict[str, Any]:
+def compare_per_sample(
+    runner: Any,
+    policy: ExitPolicy,
+    tensors: np.ndarray,
+    labels: Optional[np.ndarray],
+    *,
+    passes: int = 1,
+    oracle_exit: Optional[np.ndarray] = None,
+    exit_kind: str = "logits",
+    rng: Optional[np.random.Generator] = None,
+    progress: bool = False,
+) -> Dict[str, Any]:
     """Early exit vs the monolithic model (and the oracle exit, when given), one sample at a time.
 
     For every sample the variants run back to back in a shuffled order, ``passes`` times over
@@ -109,8 +118,13 @@ def compare_per_sample(runner: Any, policy: ExitPolicy, tensors: np.ndarray, lab
                 oracle_ms[p, i] = (time.perf_counter() - begin) * 1e3
     ee_mean = float(np.median(ee_ms, axis=0).mean())
     full_mean = float(np.median(full_ms, axis=0).mean())
-    early: Dict[str, Any] = {"mean_latency_ms": ee_mean, "full_mean_latency_ms": full_mean, "speedup": full_mean / ee_mean,
-                             "exit_fractions": (np.bincount(ee_exit, minlength=num) / n).tolist(), "passes": passes}
+    early: Dict[str, Any] = {
+        "mean_latency_ms": ee_mean,
+        "full_mean_latency_ms": full_mean,
+        "speedup": full_mean / ee_mean,
+        "exit_fractions": (np.bincount(ee_exit, minlength=num) / n).tolist(),
+        "passes": passes,
+    }
     if labels is not None and exit_kind == "logits":
         early["accuracy"] = float((ee_class == labels).mean())
         early["full_accuracy"] = float((full_class == labels).mean())
@@ -118,16 +132,29 @@ def compare_per_sample(runner: Any, policy: ExitPolicy, tensors: np.ndarray, lab
     out: Dict[str, Any] = {"early_exit": early, "decision_ms": decision_ms, "exit_index": ee_exit.tolist()}
     if oracle_exit is not None:
         oracle_mean = float(np.median(oracle_ms, axis=0).mean())
-        out["oracle"] = {"mean_latency_ms": oracle_mean,
-                         "exit_fractions": (np.bincount(oracle_exit, minlength=num) / n).tolist(),
-                         "early_exit_vs_oracle": ee_mean / oracle_mean}
+        out["oracle"] = {
+            "mean_latency_ms": oracle_mean,
+            "exit_fractions": (np.bincount(oracle_exit, minlength=num) / n).tolist(),
+            "early_exit_vs_oracle": ee_mean / oracle_mean,
+        }
     return out
 
 
-def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optional[int] = None, calibrate_on: Optional[str] = None,
-              backend: str = "onnxruntime", precision: str = "fp32", seconds: float = 60.0, batch: int = 32,
-              backend_options: Optional[Dict[str, Any]] = None, progress: bool = False, seed: int = 0,
-              max_drop_points: float = 0.5) -> Dict[str, Any]:
+def run_bench(
+    bundle: Any,
+    *,
+    data: Optional[str] = "default:test",
+    count: Optional[int] = None,
+    calibrate_on: Optional[str] = None,
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    seconds: float = 60.0,
+    batch: int = 32,
+    backend_options: Optional[Dict[str, Any]] = None,
+    progress: bool = False,
+    seed: int = 0,
+    max_drop_points: float = 0.5,
+) -> Dict[str, Any]:
     """Measure everything in the module docstring; returns a JSON-ready report.
 
     ``data=None`` uses random inputs (latency rows only). ``calibrate_on`` fits thresholds on that
@@ -153,18 +180,33 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
     if calibrate_on is None and not recorded.get("calibrated") and data == "default:test":
         calibrate_on = "default:val"
     budget = max(seconds, 1.0)
-    with create_backend(backend, bundle, precision=precision, load_full_model=True, **(backend_options or {})) as runner:
+    with create_backend(
+        backend, bundle, precision=precision, load_full_model=True, **(backend_options or {})
+    ) as runner:
         if calibrate_on is not None:
-            calibration, _ = fit_thresholds(bundle, calibrate_on, policy_kind=recorded.get("kind"), write=False,
-                                            max_drop_points=max_drop_points, runner=runner)
+            calibration, _ = fit_thresholds(
+                bundle,
+                calibrate_on,
+                policy_kind=recorded.get("kind"),
+                write=False,
+                max_drop_points=max_drop_points,
+                runner=runner,
+            )
             policy: ExitPolicy = calibration.policy
             policy_note = f"fitted on {calibrate_on} for this run (max drop {max_drop_points:g} points; not written)"
         else:
             policy = policy_from_manifest(recorded, num, exit_kind)
         report: Dict[str, Any] = {
-            "bundle": str(bundle.root), "name": bundle.name, "data": data_label,
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor() or None},
-            "policy": policy.to_manifest(), "policy_source": policy_note,
+            "bundle": str(bundle.root),
+            "name": bundle.name,
+            "data": data_label,
+            "machine": {
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor() or None,
+            },
+            "policy": policy.to_manifest(),
+            "policy_source": policy_note,
         }
         report["backend"] = runner.describe()
         if not runner.supports_full_model:
@@ -185,16 +227,28 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
         report["chain"] = []
         for rows in (1, batch):
             x = _tile(tensors, rows)
-            probe = _interleaved({"full": lambda: runner.run_full(x), "chain": lambda: chain(x)}, 2, rng)
+            probe = _interleaved(
+                {"full": functools.partial(runner.run_full, x), "chain": functools.partial(chain, x)}, 2, rng
+            )
             one = float(np.median(probe["full"]) + np.median(probe["chain"]))
             reps = _reps_for(budget * 0.2 / 2, one, 5, 2000)
-            times = _interleaved({"full": lambda: runner.run_full(x), "chain": lambda: chain(x)}, reps, rng)
+            times = _interleaved(
+                {"full": functools.partial(runner.run_full, x), "chain": functools.partial(chain, x)}, reps, rng
+            )
             full_ms, chain_ms = float(np.median(times["full"])), float(np.median(times["chain"]))
             # The ratio is the median of per-repetition ratios: each pair ran back to back, so load
             # from other processes (this machine is shared) mostly cancels within a pair.
             paired = float(np.median(np.asarray(times["chain"]) / np.asarray(times["full"])))
-            report["chain"].append({"batch": rows, "full_ms": full_ms, "chain_ms": chain_ms, "ratio": paired,
-                                    "ratio_of_medians": chain_ms / full_ms, "reps": reps})
+            report["chain"].append(
+                {
+                    "batch": rows,
+                    "full_ms": full_ms,
+                    "chain_ms": chain_ms,
+                    "ratio": paired,
+                    "ratio_of_medians": chain_ms / full_ms,
+                    "reps": reps,
+                }
+            )
 
         # 2. cost of reaching each exit (forced exit, batch 1) next to the full model.
         x1 = tensors[:1]
@@ -204,8 +258,14 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
         one = sum(float(np.median(v)) for v in _interleaved(variants, 2, rng).values())
         times = _interleaved(variants, _reps_for(budget * 0.15, one, 5, 1000), rng)
         full1 = float(np.median(times["full"]))
-        report["exits"] = [{"exit": k, "latency_ms": float(np.median(times[f"exit{k}"])),
-                            "fraction_of_full": float(np.median(times[f"exit{k}"])) / full1} for k in range(num)]
+        report["exits"] = [
+            {
+                "exit": k,
+                "latency_ms": float(np.median(times[f"exit{k}"])),
+                "fraction_of_full": float(np.median(times[f"exit{k}"])) / full1,
+            }
+            for k in range(num)
+        ]
 
         # 3. early exit vs monolithic vs oracle, per sample at batch 1.
         outputs = collect_exit_outputs(runner, tensors)
@@ -215,10 +275,19 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
             right = preds == labels[:, None]
             oracle_exit = np.where(right.any(axis=1), right.argmax(axis=1), num - 1)
         n = len(tensors)
-        per_sample_ms = (report["exits"][-1]["latency_ms"] + full1 + report["exits"][0]["latency_ms"] * 2)
+        per_sample_ms = report["exits"][-1]["latency_ms"] + full1 + report["exits"][0]["latency_ms"] * 2
         passes = max(1, min(5, int(budget * 0.4 * 1e3 / max(per_sample_ms * n, 1e-3))))
-        compared = compare_per_sample(runner, policy, tensors, labels, passes=passes, oracle_exit=oracle_exit,
-                                      exit_kind=exit_kind, rng=rng, progress=progress)
+        compared = compare_per_sample(
+            runner,
+            policy,
+            tensors,
+            labels,
+            passes=passes,
+            oracle_exit=oracle_exit,
+            exit_kind=exit_kind,
+            rng=rng,
+            progress=progress,
+        )
         ee_mean = compared["early_exit"]["mean_latency_ms"]
         early = compared["early_exit"]
         if exit_kind == "embedding" and labels is not None:  # nearest-centroid class at the exit each sample left at
@@ -252,29 +321,63 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
         times = _interleaved({"ee": ee_all, "full": full_all}, _reps_for(budget * 0.25, one, 2, 50), rng)
         ee_tp = rows_total / (float(np.median(times["ee"])) / 1e3)
         full_tp = rows_total / (float(np.median(times["full"])) / 1e3)
-        report["throughput"] = {"batch": batch, "early_exit_samples_per_s": ee_tp, "full_samples_per_s": full_tp,
-                                "ratio": ee_tp / full_tp, "reps": len(times["ee"])}
+        report["throughput"] = {
+            "batch": batch,
+            "early_exit_samples_per_s": ee_tp,
+            "full_samples_per_s": full_tp,
+            "ratio": ee_tp / full_tp,
+            "reps": len(times["ee"]),
+        }
 
         # 5. the exit decision itself.
         dec1 = float(np.median(decision_ms))
         decb = float(np.median(ee_batch_decision))
-        report["decision"] = {"batch1_us": dec1 * 1e3, "batch1_share_of_latency": dec1 / ee_mean,
-                              f"batch{batch}_us": decb * 1e3, f"batch{batch}_us_per_sample": decb * 1e3 / batch}
+        report["decision"] = {
+            "batch1_us": dec1 * 1e3,
+            "batch1_share_of_latency": dec1 / ee_mean,
+            f"batch{batch}_us": decb * 1e3,
+            f"batch{batch}_us_per_sample": decb * 1e3 / batch,
+        }
 
-    targets = [{"name": "chain overhead, batch 1", "value": report["chain"][0]["ratio"], "target": f"<= {TARGETS['chain_overhead']}",
-                "met": report["chain"][0]["ratio"] <= TARGETS["chain_overhead"]},
-               {"name": f"chain overhead, batch {batch}", "value": report["chain"][1]["ratio"], "target": f"<= {TARGETS['chain_overhead']}",
-                "met": report["chain"][1]["ratio"] <= TARGETS["chain_overhead"]},
-               {"name": "early-exit speedup", "value": early["speedup"], "target": f">= {TARGETS['speedup']}",
-                "met": early["speedup"] >= TARGETS["speedup"]}]
+    targets = [
+        {
+            "name": "chain overhead, batch 1",
+            "value": report["chain"][0]["ratio"],
+            "target": f"<= {TARGETS['chain_overhead']}",
+            "met": report["chain"][0]["ratio"] <= TARGETS["chain_overhead"],
+        },
+        {
+            "name": f"chain overhead, batch {batch}",
+            "value": report["chain"][1]["ratio"],
+            "target": f"<= {TARGETS['chain_overhead']}",
+            "met": report["chain"][1]["ratio"] <= TARGETS["chain_overhead"],
+        },
+        {
+            "name": "early-exit speedup",
+            "value": early["speedup"],
+            "target": f">= {TARGETS['speedup']}",
+            "met": early["speedup"] >= TARGETS["speedup"],
+        },
+    ]
     if "accuracy_drop_points" in early:
-        targets.append({"name": "accuracy drop (points)", "value": early["accuracy_drop_points"],
-                        "target": f"<= {TARGETS['accuracy_drop_points']}",
-                        "met": early["accuracy_drop_points"] <= TARGETS["accuracy_drop_points"]})
+        targets.append(
+            {
+                "name": "accuracy drop (points)",
+                "value": early["accuracy_drop_points"],
+                "target": f"<= {TARGETS['accuracy_drop_points']}",
+                "met": early["accuracy_drop_points"] <= TARGETS["accuracy_drop_points"],
+            }
+        )
     if "oracle" in report:
         ratio = report["oracle"]["early_exit_vs_oracle"]
-        targets.append({"name": "mean latency vs oracle", "value": ratio, "target": f"<= {TARGETS['vs_oracle']}",
-                        "met": ratio <= TARGETS["vs_oracle"]})
+        targets.append(
+            {
+                "name": "mean latency vs oracle",
+                "value": ratio,
+                "target": f"<= {TARGETS['vs_oracle']}",
+                "met": ratio <= TARGETS["vs_oracle"],
+            }
+        )
     report["targets"] = targets
     return report
 
@@ -282,15 +385,20 @@ def run_bench(bundle: Any, *, data: Optional[str] = "default:test", count: Optio
 def format_bench(report: Dict[str, Any]) -> str:
     """The report as a readable table."""
     b = report["backend"]
-    lines = [f"bench {report['name']}  ({report['bundle']})",
-             f"backend {b.get('backend')} {b.get('precision')} {','.join(b.get('providers', []))} threads={b.get('intra_op_threads')}"
-             f"  machine: {report['machine']['cpu_count']} CPUs, {report['machine']['platform']}",
-             f"data {report['data']}; policy {report['policy']['kind']} "
-             + ",".join("never" if t is None else f"{t:.4g}" for t in report["policy"]["thresholds"][:-1])
-             + f" ({report['policy_source']})", "",
-             "monolithic full model vs all stages chained (median ms)"]
+    lines = [
+        f"bench {report['name']}  ({report['bundle']})",
+        f"backend {b.get('backend')} {b.get('precision')} {','.join(b.get('providers', []))} threads={b.get('intra_op_threads')}"
+        f"  machine: {report['machine']['cpu_count']} CPUs, {report['machine']['platform']}",
+        f"data {report['data']}; policy {report['policy']['kind']} "
+        + ",".join("never" if t is None else f"{t:.4g}" for t in report["policy"]["thresholds"][:-1])
+        + f" ({report['policy_source']})",
+        "",
+        "monolithic full model vs all stages chained (median ms)",
+    ]
     for row in report["chain"]:
-        lines.append(f"  batch {row['batch']:>3}: full {row['full_ms']:9.3f}  chain {row['chain_ms']:9.3f}  ratio {row['ratio']:.3f}x  ({row['reps']} reps)")
+        lines.append(
+            f"  batch {row['batch']:>3}: full {row['full_ms']:9.3f}  chain {row['chain_ms']:9.3f}  ratio {row['ratio']:.3f}x  ({row['reps']} reps)"
+        )
     lines.append("cost of reaching each exit, batch 1 (median ms, fraction of the full model)")
     for row in report["exits"]:
         lines.append(f"  exit {row['exit']}: {row['latency_ms']:9.3f}  ({100 * row['fraction_of_full']:.1f}%)")
@@ -299,20 +407,28 @@ def format_bench(report: Dict[str, Any]) -> str:
     acc = ""
     if "accuracy" in e:
         acc = f"  accuracy {100 * e['accuracy']:.2f}% vs {100 * e['full_accuracy']:.2f}% (drop {e['accuracy_drop_points']:.2f} points)"
-    lines.append(f"  early exit {e['mean_latency_ms']:.3f} ms vs full {e['full_mean_latency_ms']:.3f} ms: speedup {e['speedup']:.2f}x{acc}")
+    lines.append(
+        f"  early exit {e['mean_latency_ms']:.3f} ms vs full {e['full_mean_latency_ms']:.3f} ms: speedup {e['speedup']:.2f}x{acc}"
+    )
     lines.append("  exits " + ", ".join(f"{k}: {100 * f:.1f}%" for k, f in enumerate(e["exit_fractions"])))
     if "oracle" in report:
         o = report["oracle"]
-        lines.append(f"oracle exit: {o['mean_latency_ms']:.3f} ms mean, accuracy {100 * o['accuracy']:.2f}%, "
-                     f"early exit / oracle latency {o['early_exit_vs_oracle']:.3f}x; exits "
-                     + ", ".join(f"{k}: {100 * f:.1f}%" for k, f in enumerate(o["exit_fractions"])))
+        lines.append(
+            f"oracle exit: {o['mean_latency_ms']:.3f} ms mean, accuracy {100 * o['accuracy']:.2f}%, "
+            f"early exit / oracle latency {o['early_exit_vs_oracle']:.3f}x; exits "
+            + ", ".join(f"{k}: {100 * f:.1f}%" for k, f in enumerate(o["exit_fractions"]))
+        )
     t = report["throughput"]
-    lines.append(f"throughput, batch {t['batch']}: early exit {t['early_exit_samples_per_s']:.0f}/s vs full "
-                 f"{t['full_samples_per_s']:.0f}/s ({t['ratio']:.2f}x)")
+    lines.append(
+        f"throughput, batch {t['batch']}: early exit {t['early_exit_samples_per_s']:.0f}/s vs full "
+        f"{t['full_samples_per_s']:.0f}/s ({t['ratio']:.2f}x)"
+    )
     d = report["decision"]
     batch = report["throughput"]["batch"]
-    lines.append(f"exit decision cost: {d['batch1_us']:.1f} us per sample at batch 1 ({100 * d['batch1_share_of_latency']:.1f}% of its latency); "
-                 f"{d[f'batch{batch}_us']:.1f} us per batch of {batch}")
+    lines.append(
+        f"exit decision cost: {d['batch1_us']:.1f} us per sample at batch 1 ({100 * d['batch1_share_of_latency']:.1f}% of its latency); "
+        f"{d[f'batch{batch}_us']:.1f} us per batch of {batch}"
+    )
     lines.append("")
     lines.append("targets")
     for row in report["targets"]:

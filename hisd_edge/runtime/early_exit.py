@@ -100,9 +100,16 @@ def _nonfinite_rows(array: np.ndarray) -> Optional[np.ndarray]:
     return rows if rows.any() else None
 
 
-def run_early_exit(backend: Backend, policy: ExitPolicy, batch: np.ndarray, *, class_names: Sequence[str] = (),
-                   exit_at: Optional[int] = None, names: Optional[Sequence[str]] = None,
-                   first_index: int = 0) -> "Tuple[List[ExitResult], BatchTrace]":
+def run_early_exit(
+    backend: Backend,
+    policy: ExitPolicy,
+    batch: np.ndarray,
+    *,
+    class_names: Sequence[str] = (),
+    exit_at: Optional[int] = None,
+    names: Optional[Sequence[str]] = None,
+    first_index: int = 0,
+) -> Tuple[List[ExitResult], BatchTrace]:
     """Run one preprocessed batch with per-sample exits; results in input order.
 
     The backend must be active. ``exit_at`` forces every row to leave at that exit (the policy
@@ -116,8 +123,9 @@ def run_early_exit(backend: Backend, policy: ExitPolicy, batch: np.ndarray, *, c
     backend.start(batch)
     n = len(batch)
     if n == 1:
-        return _run_one(backend, policy, batch, begin, class_names, names[0] if names else f"#{first_index}", first_index,
-                        exit_at)
+        return _run_one(
+            backend, policy, batch, begin, class_names, names[0] if names else f"#{first_index}", first_index, exit_at
+        )
     nonfinite_in = _nonfinite_rows(batch)
     embedding = policy.exit_kind == "embedding"
     needs_outputs = policy.needs_outputs
@@ -165,8 +173,14 @@ def run_early_exit(backend: Backend, policy: ExitPolicy, batch: np.ndarray, *, c
                 flags.append(FLAG_NONFINITE_INPUT)
             if nonfinite_out is not None and nonfinite_out[j]:
                 flags.append(FLAG_NONFINITE_OUTPUT)
-            item = ExitResult(index=first_index + pos, name=names[pos] if names else f"#{first_index + pos}", exit=k,
-                              score=float(scores[row]), stage_latency_ms=list(stage_ms), flags=flags)
+            item = ExitResult(
+                index=first_index + pos,
+                name=names[pos] if names else f"#{first_index + pos}",
+                exit=k,
+                score=float(scores[row]),
+                stage_latency_ms=list(stage_ms),
+                flags=flags,
+            )
             if classes is not None:
                 cls = int(classes[j])
                 item.class_index = cls
@@ -185,8 +199,16 @@ def run_early_exit(backend: Backend, policy: ExitPolicy, batch: np.ndarray, *, c
     return [r for r in results if r is not None], BatchTrace(stage_ms, stage_rows, total_ms)
 
 
-def _run_one(backend: Backend, policy: ExitPolicy, batch: np.ndarray, begin: float, class_names: Sequence[str],
-             name: str, index: int, exit_at: Optional[int]) -> "Tuple[List[ExitResult], BatchTrace]":
+def _run_one(
+    backend: Backend,
+    policy: ExitPolicy,
+    batch: np.ndarray,
+    begin: float,
+    class_names: Sequence[str],
+    name: str,
+    index: int,
+    exit_at: Optional[int],
+) -> Tuple[List[ExitResult], BatchTrace]:
     """:func:`run_early_exit` for a single input (a camera stream's case), with Python scalars for
     the bookkeeping: the same scores and the same comparison, a third of the overhead."""
     last = backend.num_stages - 1 if exit_at is None else exit_at
@@ -227,9 +249,16 @@ class EarlyExitRuntime:
     manager, or call :meth:`activate` / :meth:`deactivate`.
     """
 
-    def __init__(self, bundle: Union[Bundle, str, Path], backend: str = "onnxruntime", precision: str = "fp32",
-                 policy: Union[None, str, Dict[str, Any], ExitPolicy] = None, exit_at: Optional[int] = None,
-                 thresholds: Optional[Sequence[Optional[float]]] = None, **backend_options: Any):
+    def __init__(
+        self,
+        bundle: Union[Bundle, str, Path],
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
+        policy: Union[str, Dict[str, Any], ExitPolicy, None] = None,
+        exit_at: Optional[int] = None,
+        thresholds: Optional[Sequence[Optional[float]]] = None,
+        **backend_options: Any,
+    ):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.exit_kind = bundle_exit_kind(self.bundle.exits)
         self.policy = self._resolve_policy(policy, thresholds)
@@ -257,26 +286,33 @@ class EarlyExitRuntime:
             return make_policy(policy, thresholds, num, self.exit_kind)
         if recorded.get("kind") == policy:
             return policy_from_manifest(recorded, num, self.exit_kind)
-        raise InputError(f"the bundle records no thresholds for policy {policy!r} (it has {recorded.get('kind')!r}); "
-                         f"run hisd-edge thresholds --policy {policy} or give --thresholds")
+        raise InputError(
+            f"the bundle records no thresholds for policy {policy!r} (it has {recorded.get('kind')!r}); "
+            f"run hisd-edge thresholds --policy {policy} or give --thresholds"
+        )
 
     # -- lifetime ------------------------------------------------------------------------------
-    def activate(self) -> "EarlyExitRuntime":
+    def activate(self) -> EarlyExitRuntime:
         self.backend.activate()
         return self
 
     def deactivate(self) -> None:
         self.backend.deactivate()
 
-    def __enter__(self) -> "EarlyExitRuntime":
+    def __enter__(self) -> EarlyExitRuntime:
         return self.activate()
 
     def __exit__(self, *exc: Any) -> None:
         self.deactivate()
 
     # -- inference -----------------------------------------------------------------------------
-    def infer_tensors(self, batch: np.ndarray, names: Optional[Sequence[str]] = None, first_index: int = 0,
-                      exit_at: Optional[int] = None) -> "Tuple[List[ExitResult], BatchTrace]":
+    def infer_tensors(
+        self,
+        batch: np.ndarray,
+        names: Optional[Sequence[str]] = None,
+        first_index: int = 0,
+        exit_at: Optional[int] = None,
+    ) -> Tuple[List[ExitResult], BatchTrace]:
         """Preprocessed (N, C, H, W) float32 -> results in input order, plus the batch's trace.
 
         A batch larger than the backend takes per run (``max_batch``) runs in chunks; the trace is
@@ -287,17 +323,32 @@ class EarlyExitRuntime:
         exit_at = self.exit_at if exit_at is None else exit_at
         limit = self.backend.max_batch
         if limit <= 0 or len(batch) <= limit:
-            return run_early_exit(self.backend, self.policy, batch, class_names=self.class_names, exit_at=exit_at,
-                                  names=names, first_index=first_index)
+            return run_early_exit(
+                self.backend,
+                self.policy,
+                batch,
+                class_names=self.class_names,
+                exit_at=exit_at,
+                names=names,
+                first_index=first_index,
+            )
         results: List[ExitResult] = []
         for start in range(0, len(batch), limit):
-            part, trace = run_early_exit(self.backend, self.policy, batch[start : start + limit], class_names=self.class_names,
-                                         exit_at=exit_at, names=None if names is None else names[start : start + limit],
-                                         first_index=first_index + start)
+            part, trace = run_early_exit(
+                self.backend,
+                self.policy,
+                batch[start : start + limit],
+                class_names=self.class_names,
+                exit_at=exit_at,
+                names=None if names is None else names[start : start + limit],
+                first_index=first_index + start,
+            )
             results.extend(part)
         return results, trace
 
-    def infer(self, images: Sequence[Optional[np.ndarray]], names: Optional[Sequence[str]] = None, first_index: int = 0) -> List[ExitResult]:
+    def infer(
+        self, images: Sequence[Optional[np.ndarray]], names: Optional[Sequence[str]] = None, first_index: int = 0
+    ) -> List[ExitResult]:
         """Raw images (OpenCV convention; None for an image that could not be read) -> one result each.
 
         An image that cannot be preprocessed (unreadable, unsupported channel count) gets an error
@@ -306,11 +357,13 @@ class EarlyExitRuntime:
         from hisd_edge.runtime.sources import InputItem
 
         names = list(names) if names is not None else [f"#{first_index + i}" for i in range(len(images))]
-        items = [InputItem(name=names[i], image=image, error=None if image is not None else "cannot be decoded as an image")
-                 for i, image in enumerate(images)]
+        items = [
+            InputItem(name=names[i], image=image, error=None if image is not None else "cannot be decoded as an image")
+            for i, image in enumerate(images)
+        ]
         return self.infer_items(items, first_index=first_index)[0]
 
-    def infer_items(self, items: Sequence[Any], first_index: int = 0) -> "Tuple[List[ExitResult], Optional[BatchTrace]]":
+    def infer_items(self, items: Sequence[Any], first_index: int = 0) -> Tuple[List[ExitResult], Optional[BatchTrace]]:
         """:class:`~hisd_edge.runtime.sources.InputItem` s -> one result each, in order (errors included)."""
         results: List[Optional[ExitResult]] = [None] * len(items)
         tensors, positions = [], []
@@ -321,8 +374,10 @@ class EarlyExitRuntime:
                 continue
             if item.tensor is not None:
                 if tuple(item.tensor.shape) != shape:
-                    raise InputError(f"{item.name}: preprocessed sample of shape {tuple(item.tensor.shape)}, the model expects "
-                                     f"{shape}; pass raw images instead")
+                    raise InputError(
+                        f"{item.name}: preprocessed sample of shape {tuple(item.tensor.shape)}, the model expects "
+                        f"{shape}; pass raw images instead"
+                    )
                 tensors.append(np.asarray(item.tensor, dtype=np.float32))
                 positions.append(i)
                 continue

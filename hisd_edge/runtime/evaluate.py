@@ -43,10 +43,19 @@ class EarlyExitSummary:
         return {**dataclasses.asdict(self), "speedup": self.speedup, "accuracy_drop_points": self.accuracy_drop_points}
 
 
-def evaluate_early_exit(bundle: Union[str, Path, Bundle], *, val: str = "default:val", test: str = "default:test",
-                        max_drop_points: float = 0.5, policy_kind: Optional[str] = None, backend: str = "onnxruntime",
-                        write: bool = True, passes: int = 1, progress: bool = False,
-                        backend_options: Optional[Dict[str, Any]] = None) -> EarlyExitSummary:
+def evaluate_early_exit(
+    bundle: Union[str, Path, Bundle],
+    *,
+    val: str = "default:val",
+    test: str = "default:test",
+    max_drop_points: float = 0.5,
+    policy_kind: Optional[str] = None,
+    backend: str = "onnxruntime",
+    write: bool = True,
+    passes: int = 1,
+    progress: bool = False,
+    backend_options: Optional[Dict[str, Any]] = None,
+) -> EarlyExitSummary:
     """Calibrate on ``val`` (written to the manifest when ``write``), then measure on ``test``."""
     from hisd_edge.data import load_samples
     from hisd_edge.runtime.backend import create_backend
@@ -59,32 +68,63 @@ def evaluate_early_exit(bundle: Union[str, Path, Bundle], *, val: str = "default
     tensors = samples.tensors(opened.preprocessing)
     exit_kind = bundle_exit_kind(opened.exits)
     with create_backend(backend, opened, load_full_model=True, **(backend_options or {})) as runner:
-        calibration, _details = fit_thresholds(opened, val, max_drop_points=max_drop_points, policy_kind=policy_kind,
-                                               write=write, progress=progress, runner=runner)
+        calibration, _details = fit_thresholds(
+            opened,
+            val,
+            max_drop_points=max_drop_points,
+            policy_kind=policy_kind,
+            write=write,
+            progress=progress,
+            runner=runner,
+        )
         for _ in range(3):  # warm-up
             runner.run_full(tensors[:1])
-        compared = compare_per_sample(runner, calibration.policy, tensors, samples.labels_for(opened.class_names, test), passes=passes,
-                                      exit_kind=exit_kind, progress=progress)
+        compared = compare_per_sample(
+            runner,
+            calibration.policy,
+            tensors,
+            samples.labels_for(opened.class_names, test),
+            passes=passes,
+            exit_kind=exit_kind,
+            progress=progress,
+        )
     early = compared["early_exit"]
     accuracy = early.get("accuracy", float("nan"))
     full_accuracy = early.get("full_accuracy", float("nan"))
-    return EarlyExitSummary(bundle=str(opened.root), policy=calibration.policy.to_manifest(), val_data=val, test_data=test,
-                            count=len(tensors), exit_fractions=[float(f) for f in early["exit_fractions"]],
-                            accuracy=accuracy, full_accuracy=full_accuracy, mean_latency_ms=early["mean_latency_ms"],
-                            full_mean_latency_ms=early["full_mean_latency_ms"], expected_speedup_val=calibration.speedup)
+    return EarlyExitSummary(
+        bundle=str(opened.root),
+        policy=calibration.policy.to_manifest(),
+        val_data=val,
+        test_data=test,
+        count=len(tensors),
+        exit_fractions=[float(f) for f in early["exit_fractions"]],
+        accuracy=accuracy,
+        full_accuracy=full_accuracy,
+        mean_latency_ms=early["mean_latency_ms"],
+        full_mean_latency_ms=early["full_mean_latency_ms"],
+        expected_speedup_val=calibration.speedup,
+    )
 
 
 def format_early_exit(summary: EarlyExitSummary) -> str:
     """A few lines for the demo."""
     thresholds = ", ".join("never" if t is None else f"{t:.3g}" for t in summary.policy["thresholds"][:-1])
-    lines = [f"thresholds ({summary.policy['kind']}) fitted on {summary.val_data}: {thresholds}",
-             f"early exit on {summary.test_data} ({summary.count} samples, one at a time):",
-             "  exit distribution  " + "  ".join(f"exit {k}: {100 * f:.1f}%" for k, f in enumerate(summary.exit_fractions))]
+    lines = [
+        f"thresholds ({summary.policy['kind']}) fitted on {summary.val_data}: {thresholds}",
+        f"early exit on {summary.test_data} ({summary.count} samples, one at a time):",
+        "  exit distribution  " + "  ".join(f"exit {k}: {100 * f:.1f}%" for k, f in enumerate(summary.exit_fractions)),
+    ]
     if not np.isnan(summary.accuracy):
-        lines.append(f"  accuracy           {100 * summary.accuracy:.2f}% (full model {100 * summary.full_accuracy:.2f}%, "
-                     f"drop {summary.accuracy_drop_points:.2f} points)")
-    lines.append(f"  mean latency       {summary.mean_latency_ms:.3f} ms (full model {summary.full_mean_latency_ms:.3f} ms)")
-    lines.append(f"  speedup            {summary.speedup:.2f}x over the monolithic full model "
-                 f"(calibration predicted {summary.expected_speedup_val:.2f}x on the validation split, "
-                 f"relative to running every stage)")
+        lines.append(
+            f"  accuracy           {100 * summary.accuracy:.2f}% (full model {100 * summary.full_accuracy:.2f}%, "
+            f"drop {summary.accuracy_drop_points:.2f} points)"
+        )
+    lines.append(
+        f"  mean latency       {summary.mean_latency_ms:.3f} ms (full model {summary.full_mean_latency_ms:.3f} ms)"
+    )
+    lines.append(
+        f"  speedup            {summary.speedup:.2f}x over the monolithic full model "
+        f"(calibration predicted {summary.expected_speedup_val:.2f}x on the validation split, "
+        f"relative to running every stage)"
+    )
     return "\n".join(lines)

@@ -37,11 +37,17 @@ PROVIDER_ALIASES = {
 }
 _GPU_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
 
 
-def import_onnxruntime():  # type: ignore[no-untyped-def]
+def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
@@ -68,9 +74,15 @@ def resolve_providers(requested: Optional[Sequence[str]]) -> List[str]:
     for name in requested:
         full = PROVIDER_ALIASES.get(name.lower(), name)
         if full not in available:
-            hint = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)" if full != "CPUExecutionProvider" else ""
+            hint = (
+                "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)"
+                if full != "CPUExecutionProvider"
+                else ""
+            )
             raise DependencyError(
-                f"ONNX Runtime provider {name!r} is not available here (available: {', '.join(available)}); {hint}".rstrip("; ")
+                f"ONNX Runtime provider {name!r} is not available here (available: {', '.join(available)}); {hint}".rstrip(
+                    "; "
+                )
             )
         if full not in out:
             out.append(full)
@@ -106,7 +118,9 @@ class _Session:
             return
         capacity = max(rows, 2 * self.capacity, 1)
         assert self.sample_shapes is not None
-        self.buffers = [np.empty((capacity,) + shape, dtype=dtype) for shape, dtype in zip(self.sample_shapes, self.output_dtypes)]
+        self.buffers = [
+            np.empty((capacity, *shape), dtype=dtype) for shape, dtype in zip(self.sample_shapes, self.output_dtypes)
+        ]
         self.bindings = {}
         self.compact = None
         self.capacity = capacity
@@ -147,9 +161,9 @@ class _Session:
 
     def gather(self, source: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``source[rows]`` written into a reusable contiguous buffer (the compaction step)."""
-        need = (len(rows),) + source.shape[1:]
+        need = (len(rows), *source.shape[1:])
         if self.compact is None or self.compact.shape[0] < len(rows) or self.compact.shape[1:] != source.shape[1:]:
-            self.compact = np.empty((max(len(rows), self.capacity, 1),) + source.shape[1:], dtype=source.dtype)
+            self.compact = np.empty((max(len(rows), self.capacity, 1), *source.shape[1:]), dtype=source.dtype)
         out = self.compact[: need[0]]
         np.take(source, rows, axis=0, out=out)
         return out
@@ -181,7 +195,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, bundle, precision: str = "fp32", **options: Any):  # type: ignore[no-untyped-def]
+    def __init__(self, bundle, precision: str = "fp32", **options: Any):
         super().__init__(bundle, precision, **options)
         self._stages: List[_Session] = []
         self._full: Optional[_Session] = None
@@ -202,7 +216,7 @@ class OnnxRuntimeBackend(Backend):
         except (TypeError, ValueError):
             raise InputError(f"intra-op threads must be a number or 'auto', got {value!r}") from None
 
-    def _session_options(self):  # type: ignore[no-untyped-def]
+    def _session_options(self):
         ort = import_onnxruntime()
         so = ort.SessionOptions()
         threads = self.intra_op_threads
@@ -211,7 +225,9 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.get("allow_spinning") else "0")
+        so.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.options.get("allow_spinning") else "0"
+        )
         level = self._graph_optimization()
         if level not in _OPT_LEVELS:
             raise InputError(f"graph optimization level {level!r} is not one of {', '.join(_OPT_LEVELS)}")
@@ -231,13 +247,14 @@ class OnnxRuntimeBackend(Backend):
             return "basic" if self.precision == "int8" else "all"
         return str(level)
 
-    def _open(self, path, label: str) -> _Session:  # type: ignore[no-untyped-def]
+    def _open(self, path, label: str) -> _Session:
         ort = import_onnxruntime()
         provider_options = self.options.get("provider_options")
         options = self._session_options()
         try:
-            session = ort.InferenceSession(str(path), options, providers=self._providers,
-                                           provider_options=provider_options)
+            session = ort.InferenceSession(
+                str(path), options, providers=self._providers, provider_options=provider_options
+            )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             first = first_line(exc)
             raise BundleError(f"{path}: ONNX Runtime cannot load it ({first}); convert the model again") from None
@@ -255,13 +272,15 @@ class OnnxRuntimeBackend(Backend):
             stage = self._open(path, f"{path.name} (stage {k})")
             expected = [o["name"] for o in self.bundle.stages[k]["outputs"]]
             if sorted(stage.output_names) != sorted(expected):
-                raise BundleError(f"{path}: outputs {stage.output_names} differ from the manifest's {expected}; convert again")
+                raise BundleError(
+                    f"{path}: outputs {stage.output_names} differ from the manifest's {expected}; convert again"
+                )
             last = k == self.num_stages - 1
             # Reorder the buffers as the manifest names them: feat first, then exit, then conf.
             order = [stage.output_names.index(n) for n in expected]
             stage.output_names = [stage.output_names[i] for i in order]
             stage.output_dtypes = [stage.output_dtypes[i] for i in order]
-            probe: np.ndarray = np.zeros((1,) + shape, dtype=stage.input_dtype)
+            probe: np.ndarray = np.zeros((1, *shape), dtype=stage.input_dtype)
             outs = stage.session.run(stage.output_names, {stage.input_name: probe})
             stage.sample_shapes = [tuple(o.shape[1:]) for o in outs]
             meta = self._exit_meta[k]
@@ -279,15 +298,19 @@ class OnnxRuntimeBackend(Backend):
         if self._full is None:
             path = self.bundle.full_model_path()
             if path is None:
-                raise BundleError(f"{self.bundle.root}: the manifest names no full_model; convert again to benchmark it")
+                raise BundleError(
+                    f"{self.bundle.root}: the manifest names no full_model; convert again to benchmark it"
+                )
             full = self._open(path, f"{path.name} (full model)")
             wanted = [e["output"] for e in self._exit_meta]
             missing = [n for n in wanted if n not in full.output_names]
             if missing:
                 raise BundleError(f"{path}: the full model lacks outputs {missing}; convert again")
             full.output_names = wanted
-            full.output_dtypes = [_NP_TYPES.get(o.type, np.float32) for n in wanted for o in full.session.get_outputs() if o.name == n]
-            probe: np.ndarray = np.zeros((1,) + self.input_shape, dtype=full.input_dtype)
+            full.output_dtypes = [
+                _NP_TYPES.get(o.type, np.float32) for n in wanted for o in full.session.get_outputs() if o.name == n
+            ]
+            probe: np.ndarray = np.zeros((1, *self.input_shape), dtype=full.input_dtype)
             full.sample_shapes = [tuple(o.shape[1:]) for o in full.session.run(wanted, {full.input_name: probe})]
             self._full = full
         return self._full
@@ -299,10 +322,13 @@ class OnnxRuntimeBackend(Backend):
 
     def describe_impl(self) -> Dict[str, Any]:
         ort = import_onnxruntime()
-        return {"onnxruntime_version": ort.__version__, "providers": list(self._providers),
-                "intra_op_threads": self.intra_op_threads,
-                "graph_optimization": self._graph_optimization(),
-                "allow_spinning": bool(self.options.get("allow_spinning", False))}
+        return {
+            "onnxruntime_version": ort.__version__,
+            "providers": list(self._providers),
+            "intra_op_threads": self.intra_op_threads,
+            "graph_optimization": self._graph_optimization(),
+            "allow_spinning": bool(self.options.get("allow_spinning", False)),
+        }
 
     @property
     def supports_full_model(self) -> bool:
@@ -332,7 +358,9 @@ class OnnxRuntimeBackend(Backend):
         confidence: Optional[np.ndarray] = None
         if stage.conf_index >= 0:
             conf = outs[stage.conf_index]
-            confidence = conf.astype(np.float32) if conf.ndim == 1 else conf.astype(np.float32).reshape(-1)  # a copy: the buffer is reused
+            confidence = (
+                conf.astype(np.float32) if conf.ndim == 1 else conf.astype(np.float32).reshape(-1)
+            )  # a copy: the buffer is reused
         elif self._exit_meta[k].get("kind", "logits") == "logits":
             confidence = softmax_max(exit_out)
 

@@ -90,7 +90,9 @@ class ExitPolicy:
         """Scores (float64, one per active row) at exit k; updates ``state`` in place."""
         return self._score(k, confidence, outputs, state)
 
-    def _score(self, k: int, confidence: Optional[np.ndarray], outputs: Optional[np.ndarray], state: State) -> np.ndarray:
+    def _score(
+        self, k: int, confidence: Optional[np.ndarray], outputs: Optional[np.ndarray], state: State
+    ) -> np.ndarray:
         raise NotImplementedError
 
     def leaves(self, k: int, scores: np.ndarray) -> np.ndarray:
@@ -121,7 +123,7 @@ class MaxProbPolicy(ExitPolicy):
     kind = "max_prob"
     needs_outputs = False
 
-    def _score(self, k, confidence, outputs, state):  # type: ignore[no-untyped-def]
+    def _score(self, k, confidence, outputs, state):
         if confidence is None:
             confidence = softmax(outputs).max(axis=1)
         return np.asarray(confidence, dtype=np.float64)
@@ -133,7 +135,7 @@ class EntropyPolicy(ExitPolicy):
     kind = "entropy"
     lower_is_confident = True
 
-    def _score(self, k, confidence, outputs, state):  # type: ignore[no-untyped-def]
+    def _score(self, k, confidence, outputs, state):
         p = softmax(outputs)
         with np.errstate(divide="ignore", invalid="ignore"):
             h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
@@ -145,7 +147,7 @@ class MarginPolicy(ExitPolicy):
 
     kind = "margin"
 
-    def _score(self, k, confidence, outputs, state):  # type: ignore[no-untyped-def]
+    def _score(self, k, confidence, outputs, state):
         p = softmax(outputs)
         if p.shape[1] < 2:
             return p[:, 0]
@@ -161,7 +163,7 @@ class PatiencePolicy(ExitPolicy):
     def init_state(self, rows: int) -> State:
         return {"pred": np.full(rows, -1, dtype=np.int64), "streak": np.zeros(rows, dtype=np.int64)}
 
-    def _score(self, k, confidence, outputs, state):  # type: ignore[no-untyped-def]
+    def _score(self, k, confidence, outputs, state):
         with np.errstate(invalid="ignore"):
             pred = np.argmax(outputs, axis=1)
         streak = np.where(pred == state["pred"], state["streak"] + 1, 1)
@@ -178,7 +180,7 @@ class StabilityPolicy(ExitPolicy):
     def init_state(self, rows: int) -> State:
         return {}
 
-    def _score(self, k, confidence, outputs, state):  # type: ignore[no-untyped-def]
+    def _score(self, k, confidence, outputs, state):
         emb = np.asarray(outputs, dtype=np.float64)
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -194,15 +196,21 @@ POLICIES = {cls.kind: cls for cls in (MaxProbPolicy, EntropyPolicy, MarginPolicy
 POLICY_KINDS = tuple(POLICIES)
 
 
-def make_policy(kind: str, thresholds: Sequence[Optional[float]], num_exits: Optional[int] = None, exit_kind: str = "logits") -> ExitPolicy:
+def make_policy(
+    kind: str, thresholds: Sequence[Optional[float]], num_exits: Optional[int] = None, exit_kind: str = "logits"
+) -> ExitPolicy:
     """A policy by kind, checked against the bundle's exit kind."""
     if kind not in POLICIES:
         raise InputError(f"unknown exit policy {kind!r}; choose one of: {', '.join(POLICY_KINDS)}")
     cls = POLICIES[kind]
     if exit_kind == "embedding" and cls.exit_kind != "embedding":
-        raise InputError(f"the bundle's exits give embeddings, which policy {kind!r} cannot read; use --policy stability")
+        raise InputError(
+            f"the bundle's exits give embeddings, which policy {kind!r} cannot read; use --policy stability"
+        )
     if exit_kind == "logits" and cls.exit_kind == "embedding":
-        raise InputError(f"policy {kind!r} needs embedding exits but the bundle's exits give logits; use max_prob, entropy, margin or patience")
+        raise InputError(
+            f"policy {kind!r} needs embedding exits but the bundle's exits give logits; use max_prob, entropy, margin or patience"
+        )
     return cls(thresholds, num_exits)
 
 
@@ -210,7 +218,9 @@ def policy_from_manifest(policy: Dict[str, Any], num_exits: int, exit_kind: str 
     """The policy recorded in a bundle manifest (``policy`` key, see hisd_edge.bundle)."""
     if not policy:
         default_kind = "stability" if exit_kind == "embedding" else "max_prob"
-        raise InputError(f"the bundle has no exit policy; run hisd-edge thresholds (e.g. --policy {default_kind}) first")
+        raise InputError(
+            f"the bundle has no exit policy; run hisd-edge thresholds (e.g. --policy {default_kind}) first"
+        )
     thresholds = policy.get("thresholds")
     if not isinstance(thresholds, list):
         raise InputError("the bundle's policy has no thresholds list; run hisd-edge thresholds again")
@@ -220,5 +230,7 @@ def policy_from_manifest(policy: Dict[str, Any], num_exits: int, exit_kind: str 
 def bundle_exit_kind(exits: Sequence[Dict[str, Any]]) -> str:
     kinds = {e.get("kind", "logits") for e in exits}
     if len(kinds) != 1:
-        raise InputError(f"the bundle mixes exit kinds {sorted(kinds)}; every exit must give logits, or every exit embeddings")
+        raise InputError(
+            f"the bundle mixes exit kinds {sorted(kinds)}; every exit must give logits, or every exit embeddings"
+        )
     return kinds.pop()

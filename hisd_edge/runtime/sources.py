@@ -60,7 +60,7 @@ class _QuietOpenCV:
     def __enter__(self) -> None:
         self._logging = None
         try:
-            import cv2.utils.logging as cv_logging  # type: ignore[import-not-found]
+            import cv2.utils.logging as cv_logging
 
             self._logging = cv_logging
             self._level = cv_logging.getLogLevel()
@@ -132,14 +132,19 @@ def _file_items(paths: Sequence[Path]) -> Iterator[InputItem]:
 
 
 def _folder_files(folder: Path) -> List[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in data.IMAGE_EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in data.IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     if not files:
         raise InputError(f"{folder}: no image files ({', '.join(data.IMAGE_EXTENSIONS)}) in it or its sub-folders")
     return files
 
 
-def _samples_items(samples: "data.Samples") -> Iterator[InputItem]:
+def _samples_items(samples: data.Samples) -> Iterator[InputItem]:
     labels = samples.labels
     if samples.preprocessed is not None:
         for i, name in enumerate(samples.names):
@@ -170,8 +175,10 @@ def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: i
         else:
             path = Path(spec)
             if not path.exists():
-                raise InputError(f"{spec}: no such file or directory; give images, a folder, a video, a camera index, "
-                                 "a GStreamer pipeline (with '!') or a .npy/.npz")
+                raise InputError(
+                    f"{spec}: no such file or directory; give images, a folder, a video, a camera index, "
+                    "a GStreamer pipeline (with '!') or a .npy/.npz"
+                )
             suffix = path.suffix.lower()
             if path.is_dir():
                 files = _folder_files(path)
@@ -183,7 +190,9 @@ def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: i
                 capture = _cv2().VideoCapture(str(path))
                 if not capture.isOpened():
                     capture.release()
-                    raise InputError(f"{path}: cannot be opened as a video; check the file and that OpenCV has its codec")
+                    raise InputError(
+                        f"{path}: cannot be opened as a video; check the file and that OpenCV has its codec"
+                    )
                 makers.append(functools.partial(_capture_items, capture, str(path), max_frames, every))
             elif suffix in data.IMAGE_EXTENSIONS:
                 makers.append(functools.partial(_file_items, [path]))

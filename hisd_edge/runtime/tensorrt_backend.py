@@ -3,7 +3,7 @@
 What happens per batch (see :mod:`hisd_edge.runtime.backend` for the stage-by-stage contract):
 
 * **Name-based I/O** (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), the one
-  code path from TensorRT 8.5 to 11.x; engines come from :func:`hisd_edge.build.load_engines`,
+  code path from TensorRT 8.5 to 11.x; engines come from :func:`hisd_edge.engine.load_engines`,
   which refuses engines built for another device or TensorRT version.
 * **Chaining on the device.** Stage k's ``feat{k}`` output buffer *is* stage k+1's input buffer:
   both contexts are bound to the same device pointer, and one stream orders them, so features
@@ -50,8 +50,8 @@ from hisd_edge.runtime.backend import Backend, StageResult, softmax_max
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from hisd_edge.build.loader import LoadedEngines
     from hisd_edge.cuda.api import CudaBackend, DeviceBuffer, Event, Graph, HostBuffer, Stream
+    from hisd_edge.engine.loader import LoadedEngines
 
 
 @dataclasses.dataclass
@@ -71,21 +71,21 @@ class _Output:
 
     tensor: _Tensor
     ptr: int  # what the engine writes to
-    host: "HostBuffer"  # mapped (zero-copy: host.device_ptr == ptr) or pinned staging for copies
+    host: HostBuffer  # mapped (zero-copy: host.device_ptr == ptr) or pinned staging for copies
     mapped: bool
 
 
 @dataclasses.dataclass
 class _Stage:
     index: int
-    engine: "trt.ICudaEngine"
-    context: "trt.IExecutionContext"
+    engine: trt.ICudaEngine
+    context: trt.IExecutionContext
     input: _Tensor
     feat: Optional[_Tensor]
     exit: _Output
     conf: Optional[_Output]
-    start: "Event"
-    end: "Event"
+    start: Event
+    end: Event
 
 
 _MIB = float(1 << 20)
@@ -123,20 +123,20 @@ class TensorRTBackend(Backend):
 
     def __init__(self, bundle: Any, precision: str = "fp16", **options: Any):
         super().__init__(bundle, precision, **options)
-        self._cuda: Optional["CudaBackend"] = None
+        self._cuda: Optional[CudaBackend] = None
         self._owns_cuda = False
-        self._loaded: Optional["LoadedEngines"] = None
+        self._loaded: Optional[LoadedEngines] = None
         self._stages: List[_Stage] = []
         self._allocations: List[Any] = []
-        self._graphs: Dict[int, Tuple[Tuple[int, int], "Graph"]] = {}  # stage -> ((rows, input address), graph)
+        self._graphs: Dict[int, Tuple[Tuple[int, int], Graph]] = {}  # stage -> ((rows, input address), graph)
         self._last_key: Dict[int, Tuple[int, int]] = {}
         self._uncapturable: Set[Tuple[int, int, int]] = set()
-        self._stream: Optional["Stream"] = None
+        self._stream: Optional[Stream] = None
         self._input_ptr = 0
-        self._input_host: Optional["HostBuffer"] = None
-        self._scratch: Optional["DeviceBuffer"] = None
+        self._input_host: Optional[HostBuffer] = None
+        self._scratch: Optional[DeviceBuffer] = None
         self._feat_ptrs: List[int] = []
-        self._fetch_event: Optional["Event"] = None
+        self._fetch_event: Optional[Event] = None
         self._held_ptr = 0
         self._held_count = 0
         self.zero_copy = False
@@ -151,20 +151,24 @@ class TensorRTBackend(Backend):
         from hisd_edge.bundle import PRECISIONS
 
         if self.precision not in PRECISIONS:
-            raise InputError(f"precision {self.precision!r}: TensorRT engines are built as {', '.join(PRECISIONS)}; "
-                             f"pick one of those with --precision")
+            raise InputError(
+                f"precision {self.precision!r}: TensorRT engines are built as {', '.join(PRECISIONS)}; "
+                f"pick one of those with --precision"
+            )
 
     def activate_impl(self) -> None:
-        from hisd_edge.build.features import dims_to_tuple, import_tensorrt
-        from hisd_edge.build.loader import load_engines
         from hisd_edge.cuda import CudaBackend, open_cuda
+        from hisd_edge.engine.features import dims_to_tuple, import_tensorrt
+        from hisd_edge.engine.loader import load_engines
 
         import_tensorrt()  # the first thing missing is the first thing said
         choice = self.options.get("cuda", "auto")
         if isinstance(choice, CudaBackend):
             self._cuda = choice
         else:
-            self._cuda = open_cuda(str(choice), int(self.options.get("device", 0)), spin_wait=bool(self.options.get("spin_wait")))
+            self._cuda = open_cuda(
+                str(choice), int(self.options.get("device", 0)), spin_wait=bool(self.options.get("spin_wait"))
+            )
             self._owns_cuda = True
         cuda = self._cuda
         self._loaded = loaded = load_engines(self.bundle, self.precision, cuda.device)
@@ -175,11 +179,13 @@ class TensorRTBackend(Backend):
         if self.zero_copy and not cuda.device.can_map_host_memory:
             raise InputError(f"zero_copy: {cuda.device.name} cannot map host memory; use zero_copy='auto' or False")
 
-        def tensor(engine: "trt.ICudaEngine", name: str) -> _Tensor:
+        def tensor(engine: trt.ICudaEngine, name: str) -> _Tensor:
             dims = dims_to_tuple(engine.get_tensor_shape(name))
             if any(d < 0 for d in dims[1:]):
-                raise BundleError(f"{self.bundle.root}: engine tensor {name} has dynamic dimensions besides the batch {dims}; "
-                                  f"rebuild with hisd-edge build")
+                raise BundleError(
+                    f"{self.bundle.root}: engine tensor {name} has dynamic dimensions besides the batch {dims}; "
+                    f"rebuild with hisd-edge build"
+                )
             return _Tensor(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))), dims[1:])
 
         # Discover and check every stage's I/O against the manifest and the chain.
@@ -194,8 +200,10 @@ class TensorRTBackend(Backend):
             want_in = stage_meta["inputs"][0]["name"]
             want_out = [o["name"] for o in stage_meta["outputs"]]
             if inputs != [want_in] or sorted(outputs) != sorted(want_out):
-                raise BundleError(f"{self.bundle.root}: the stage {k} engine has inputs {inputs} and outputs {outputs}, the "
-                                  f"manifest says {[want_in]} and {want_out}; rebuild with hisd-edge build")
+                raise BundleError(
+                    f"{self.bundle.root}: the stage {k} engine has inputs {inputs} and outputs {outputs}, the "
+                    f"manifest says {[want_in]} and {want_out}; rebuild with hisd-edge build"
+                )
             ios.append({n: tensor(engine, n) for n in names})
             dims = dims_to_tuple(engine.get_tensor_shape(want_in))
             if dims[0] >= 0:
@@ -204,18 +212,24 @@ class TensorRTBackend(Backend):
                 profile_max.append(dims_to_tuple(engine.get_tensor_profile_shape(want_in, 0)[2])[0])
         first = ios[0][self.bundle.stages[0]["inputs"][0]["name"]]
         if first.sample_shape != self.input_shape:
-            raise BundleError(f"{self.bundle.root}: the stage 0 engine takes {first.sample_shape}, the manifest says "
-                              f"{self.input_shape}; rebuild with hisd-edge build")
+            raise BundleError(
+                f"{self.bundle.root}: the stage 0 engine takes {first.sample_shape}, the manifest says "
+                f"{self.input_shape}; rebuild with hisd-edge build"
+            )
         for k in range(len(engines) - 1):
             out, nxt = ios[k][f"feat{k}"], ios[k + 1][f"feat{k}"]
             if out.dtype != nxt.dtype or out.sample_shape != nxt.sample_shape:
-                raise BundleError(f"{self.bundle.root}: stage {k} writes feat{k} as {out.dtype} {out.sample_shape} but stage "
-                                  f"{k + 1} reads {nxt.dtype} {nxt.sample_shape}; rebuild the engines from one bundle")
+                raise BundleError(
+                    f"{self.bundle.root}: stage {k} writes feat{k} as {out.dtype} {out.sample_shape} but stage "
+                    f"{k + 1} reads {nxt.dtype} {nxt.sample_shape}; rebuild the engines from one bundle"
+                )
         self.max_batch = min(profile_max)
         if self.options.get("max_batch") is not None:
             wanted = int(self.options["max_batch"])
             if not 1 <= wanted <= self.max_batch:
-                raise InputError(f"max_batch {wanted}: the engines accept 1 to {self.max_batch} rows (rebuild with --batch to change)")
+                raise InputError(
+                    f"max_batch {wanted}: the engines accept 1 to {self.max_batch} rows (rebuild with --batch to change)"
+                )
             self.max_batch = wanted
 
         # Buffers, once, at the maximum batch.
@@ -223,25 +237,37 @@ class TensorRTBackend(Backend):
         self._stream = self._own(cuda.create_stream())
         self._fetch_event = self._own(cuda.create_event(timing=False))
         if self.zero_copy:
-            self._input_host = self._host((n,) + first.sample_shape, first.dtype, mapped=True)
+            self._input_host = self._host((n, *first.sample_shape), first.dtype, mapped=True)
             self._input_ptr = int(self._input_host.device_ptr or 0)
         else:
-            self._input_host = self._host((n,) + first.sample_shape, first.dtype, mapped=False)
+            self._input_host = self._host((n, *first.sample_shape), first.dtype, mapped=False)
             self._input_ptr = self._device(n * first.row_bytes).ptr
-        self._scratch = self._device(n * max(ios[k][self.bundle.stages[k]["inputs"][0]["name"]].row_bytes
-                                             for k in range(len(engines))))
+        self._scratch = self._device(
+            n * max(ios[k][self.bundle.stages[k]["inputs"][0]["name"]].row_bytes for k in range(len(engines)))
+        )
         self._feat_ptrs = [self._device(n * ios[k][f"feat{k}"].row_bytes).ptr for k in range(len(engines) - 1)]
         for k, engine in enumerate(engines):
             meta = self.bundle.exits[k]
             context = engine.create_execution_context()
             if context is None:
-                raise DeviceError(f"TensorRT could not create an execution context for stage {k} (out of device memory?)")
+                raise DeviceError(
+                    f"TensorRT could not create an execution context for stage {k} (out of device memory?)"
+                )
             exit_out = self._output(ios[k][meta["output"]], n)
             conf_name = meta.get("confidence_output")
             conf = self._output(ios[k][conf_name], n) if conf_name and conf_name in ios[k] else None
             feat = ios[k][f"feat{k}"] if k < len(engines) - 1 else None
-            stage = _Stage(k, engine, context, ios[k][self.bundle.stages[k]["inputs"][0]["name"]], feat, exit_out, conf,
-                           self._own(cuda.create_event()), self._own(cuda.create_event()))
+            stage = _Stage(
+                k,
+                engine,
+                context,
+                ios[k][self.bundle.stages[k]["inputs"][0]["name"]],
+                feat,
+                exit_out,
+                conf,
+                self._own(cuda.create_event()),
+                self._own(cuda.create_event()),
+            )
             bound = {exit_out.tensor.name: exit_out.ptr}
             if conf is not None:
                 bound[conf.tensor.name] = conf.ptr
@@ -259,7 +285,7 @@ class TensorRTBackend(Backend):
         self._allocations.append(obj)
         return obj
 
-    def _device(self, nbytes: int) -> "DeviceBuffer":
+    def _device(self, nbytes: int) -> DeviceBuffer:
         assert self._cuda is not None
         try:
             return self._own(self._cuda.alloc_device(nbytes))
@@ -268,14 +294,16 @@ class TensorRTBackend(Backend):
                 raise self._out_of_memory("device", nbytes) from None
             raise
 
-    def _host(self, shape: Tuple[int, ...], dtype: Any, mapped: bool) -> "HostBuffer":
+    def _host(self, shape: Tuple[int, ...], dtype: Any, mapped: bool) -> HostBuffer:
         assert self._cuda is not None
         try:
             return self._own(self._cuda.alloc_host(shape, dtype, mapped=mapped))
         except Exception as exc:
             if _is_out_of_memory(exc):
-                raise self._out_of_memory("mapped host" if mapped else "pinned host",
-                                          int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize) from None
+                raise self._out_of_memory(
+                    "mapped host" if mapped else "pinned host",
+                    int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize,
+                ) from None
             raise
 
     def _out_of_memory(self, kind: str, nbytes: int) -> DeviceError:
@@ -283,7 +311,7 @@ class TensorRTBackend(Backend):
         free = ""
         try:
             info = self._cuda.memory_info() if self._cuda is not None else None
-        except Exception:  # noqa: BLE001 - the figure is a hint only
+        except Exception:
             info = None
         if info is not None:
             free = f" ({info[0] / _MIB:.0f} MiB of {info[1] / _MIB:.0f} MiB free)"
@@ -291,15 +319,19 @@ class TensorRTBackend(Backend):
             fix = f"use max_batch={max(1, self.max_batch // 2)} or rebuild with a smaller --batch"
         else:
             fix = "close other GPU programs to free memory"
-        return DeviceError(f"TensorRT backend: out of {kind} memory allocating {nbytes / _MIB:.1f} MiB for "
-                           f"{self.max_batch}-row buffers{free}; {fix}")
+        return DeviceError(
+            f"TensorRT backend: out of {kind} memory allocating {nbytes / _MIB:.1f} MiB for "
+            f"{self.max_batch}-row buffers{free}; {fix}"
+        )
 
     def _output(self, tensor: _Tensor, n: int) -> _Output:
-        shape = (n,) + tensor.sample_shape
+        shape = (n, *tensor.sample_shape)
         if self.zero_copy:
             host = self._host(shape, tensor.dtype, mapped=True)
             return _Output(tensor, int(host.device_ptr or 0), host, True)
-        return _Output(tensor, self._device(n * tensor.row_bytes).ptr, self._host(shape, tensor.dtype, mapped=False), False)
+        return _Output(
+            tensor, self._device(n * tensor.row_bytes).ptr, self._host(shape, tensor.dtype, mapped=False), False
+        )
 
     def deactivate_impl(self) -> None:
         for _, graph in self._graphs.values():
@@ -310,7 +342,7 @@ class TensorRTBackend(Backend):
         while self._allocations:
             try:
                 self._allocations.pop().free()
-            except Exception:  # noqa: BLE001 - best effort while tearing down
+            except Exception:
                 pass
         if self._cuda is not None and self._owns_cuda:
             self._cuda.close()
@@ -319,9 +351,16 @@ class TensorRTBackend(Backend):
     def describe_impl(self) -> Dict[str, Any]:
         record = self._loaded.record if self._loaded is not None else {}
         device = self._cuda.device.to_dict() if self._cuda is not None else None
-        return {"tensorrt_version": record.get("tensorrt_version"), "cuda_binding": self._cuda.name if self._cuda else None,
-                "device": device, "zero_copy": self.zero_copy, "cuda_graphs": self.cuda_graphs, "max_batch": self.max_batch,
-                "engine_precision": record.get("precision"), "typing": record.get("recipe", {}).get("typing")}
+        return {
+            "tensorrt_version": record.get("tensorrt_version"),
+            "cuda_binding": self._cuda.name if self._cuda else None,
+            "device": device,
+            "zero_copy": self.zero_copy,
+            "cuda_graphs": self.cuda_graphs,
+            "max_batch": self.max_batch,
+            "engine_precision": record.get("precision"),
+            "typing": record.get("recipe", {}).get("typing"),
+        }
 
     def memory_info(self) -> Dict[str, int]:
         """Memory this backend holds, in bytes (for ``hisd-edge profile``; keys carry their units).
@@ -338,12 +377,17 @@ class TensorRTBackend(Backend):
         assert self._loaded is not None and self._cuda is not None
         record = self._loaded.record
         info: Dict[str, int] = {}
-        plan_sizes = {int(f["stage"]): int(f["bytes"]) for f in record.get("files", []) if f.get("kind", "plan") == "plan"}
+        plan_sizes = {
+            int(f["stage"]): int(f["bytes"]) for f in record.get("files", []) if f.get("kind", "plan") == "plan"
+        }
         totals: Dict[str, List[int]] = {"device_memory_bytes": [], "weights_bytes": [], "plan_bytes": []}
         for stage in sorted(record.get("stages", []), key=lambda s: int(s["index"])):
             k = int(stage["index"])
-            figures = {"device_memory_bytes": stage.get("device_memory_bytes"), "weights_bytes": stage.get("weights_bytes"),
-                       "plan_bytes": plan_sizes.get(k)}
+            figures = {
+                "device_memory_bytes": stage.get("device_memory_bytes"),
+                "weights_bytes": stage.get("weights_bytes"),
+                "plan_bytes": plan_sizes.get(k),
+            }
             for name, value in figures.items():
                 if value is not None:
                     info[f"stage{k}_{name}"] = int(value)
@@ -355,7 +399,7 @@ class TensorRTBackend(Backend):
         info["host_buffers_bytes"] = sum(int(a.nbytes) for a in self._allocations if isinstance(a, HostBuffer))
         try:
             cuda_memory = self._cuda.memory_info()
-        except Exception:  # noqa: BLE001 - optional figure
+        except Exception:
             cuda_memory = None
         if cuda_memory is not None:
             info["cuda_free_bytes"], info["cuda_total_bytes"] = int(cuda_memory[0]), int(cuda_memory[1])
@@ -379,8 +423,9 @@ class TensorRTBackend(Backend):
     def _gather(self, src_ptr: int, dst_ptr: int, rows: np.ndarray, row_bytes: int) -> None:
         assert self._cuda is not None and self._stream is not None
         for src_row, dst_row, count in row_runs(rows):
-            self._cuda.copy_dtod_async(dst_ptr + dst_row * row_bytes, src_ptr + src_row * row_bytes, count * row_bytes,
-                                       self._stream)
+            self._cuda.copy_dtod_async(
+                dst_ptr + dst_row * row_bytes, src_ptr + src_row * row_bytes, count * row_bytes, self._stream
+            )
 
     def _enqueue(self, stage: _Stage, rows: int) -> bool:
         assert self._cuda is not None and self._stream is not None
@@ -406,16 +451,20 @@ class TensorRTBackend(Backend):
             current[1].free()
             del self._graphs[k]
             current = None
-        if (current is None and self.cuda_graphs and self._last_key.get(k) == key
-                and (k, rows, src) not in self._uncapturable):
+        if (
+            current is None
+            and self.cuda_graphs
+            and self._last_key.get(k) == key
+            and (k, rows, src) not in self._uncapturable
+        ):
             self._cuda.begin_capture(self._stream)
-            graph: Optional["Graph"] = None
+            graph: Optional[Graph] = None
             try:
                 captured = self._enqueue(stage, rows)
             finally:
                 try:
                     graph = self._cuda.end_capture(self._stream)
-                except Exception:  # noqa: BLE001 - an invalidated capture: run this combination without a graph
+                except Exception:
                     graph, captured = None, False
             if captured and graph is not None:
                 current = self._graphs[k] = (key, graph)
@@ -429,7 +478,9 @@ class TensorRTBackend(Backend):
             return
         if not self._enqueue(stage, rows):
             errors = "; ".join(self._loaded.logger.errors()[-2:]) if self._loaded is not None else ""
-            raise DeviceError(f"TensorRT could not run stage {stage.index} on {rows} rows ({errors or 'no reason given'})")
+            raise DeviceError(
+                f"TensorRT could not run stage {stage.index} on {rows} rows ({errors or 'no reason given'})"
+            )
 
     def run_stage_impl(self, k: int, keep_rows: Optional[np.ndarray]) -> StageResult:
         assert self._cuda is not None and self._stream is not None and self._scratch is not None
@@ -438,10 +489,10 @@ class TensorRTBackend(Backend):
         stage.start.record(self._stream)
         if keep_rows is not None:
             self._gather(src, self._scratch.ptr, keep_rows, stage.input.row_bytes)
-            src, rows = self._scratch.ptr, int(len(keep_rows))
+            src, rows = self._scratch.ptr, len(keep_rows)
         context = stage.context
-        if not context.set_input_shape(stage.input.name, (rows,) + stage.input.sample_shape):
-            raise DeviceError(f"TensorRT refused input shape {(rows,) + stage.input.sample_shape} for stage {k}")
+        if not context.set_input_shape(stage.input.name, (rows, *stage.input.sample_shape)):
+            raise DeviceError(f"TensorRT refused input shape {(rows, *stage.input.sample_shape)} for stage {k}")
         if not context.set_tensor_address(stage.input.name, src):
             raise DeviceError(f"TensorRT refused the input address for stage {k}")
         self._run_enqueue(stage, rows, src)
@@ -466,7 +517,9 @@ class TensorRTBackend(Backend):
 
         def fetch(which: Optional[np.ndarray]) -> np.ndarray:
             if not self.is_active:
-                raise RuntimeError("exit outputs are only available while the backend is active; fetch them before deactivate()")
+                raise RuntimeError(
+                    "exit outputs are only available while the backend is active; fetch them before deactivate()"
+                )
             assert self._cuda is not None and self._stream is not None and self._fetch_event is not None
             index = np.arange(rows) if which is None else np.asarray(which, dtype=np.int64).reshape(-1)
             if out.mapped:  # zero-copy: the engine wrote straight into this host memory
@@ -474,9 +527,11 @@ class TensorRTBackend(Backend):
             staging = out.host.array
             row_bytes = out.tensor.row_bytes
             for src_row, dst_row, count in row_runs(index):
-                self._cuda.copy_dtoh_async(staging[dst_row:dst_row + count], out.ptr + src_row * row_bytes, self._stream)
+                self._cuda.copy_dtoh_async(
+                    staging[dst_row : dst_row + count], out.ptr + src_row * row_bytes, self._stream
+                )
             self._fetch_event.record(self._stream)
             self._fetch_event.synchronize()
-            return np.array(staging[:len(index)], dtype=np.float32)
+            return np.array(staging[: len(index)], dtype=np.float32)
 
         return fetch

@@ -50,7 +50,9 @@ class ExitOutputs:
         return len(self.outputs[0])
 
 
-def collect_exit_outputs(backend: Backend, tensors: np.ndarray, batch_size: int = 64, progress: bool = False) -> ExitOutputs:
+def collect_exit_outputs(
+    backend: Backend, tensors: np.ndarray, batch_size: int = 64, progress: bool = False
+) -> ExitOutputs:
     """Run all stages on all rows (no early exit) and keep every exit's outputs and confidences.
 
     Rows go in chunks of ``batch_size``, or fewer where the backend takes fewer per run
@@ -73,8 +75,9 @@ def collect_exit_outputs(backend: Backend, tensors: np.ndarray, batch_size: int 
             outputs[k].append(res.exit_output())
             if res.confidence is not None:
                 confs[k].append(np.array(res.confidence))
-    return ExitOutputs(outputs=[np.concatenate(o) for o in outputs],
-                       confidences=[np.concatenate(c) if c else None for c in confs])
+    return ExitOutputs(
+        outputs=[np.concatenate(o) for o in outputs], confidences=[np.concatenate(c) if c else None for c in confs]
+    )
 
 
 def exit_predictions(outputs: ExitOutputs, exit_kind: str, labels: Optional[np.ndarray]) -> np.ndarray:
@@ -97,8 +100,9 @@ def exit_predictions(outputs: ExitOutputs, exit_kind: str, labels: Optional[np.n
 
 
 # -- costs ------------------------------------------------------------------------------------------
-def measure_stage_latency_ms(backend: Backend, policy: ExitPolicy, sample: np.ndarray, reps: int = 50,
-                             warmup: int = 5) -> List[float]:
+def measure_stage_latency_ms(
+    backend: Backend, policy: ExitPolicy, sample: np.ndarray, reps: int = 50, warmup: int = 5
+) -> List[float]:
     """Per-stage latency at batch 1 on this machine, as the early-exit path pays it.
 
     Each exit k is reached through the real loop with a forced exit (``run_early_exit(...,
@@ -164,9 +168,13 @@ def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") 
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs") from None
+        raise InputError(
+            f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.__class__.__name__}); give the profile.json that hisd-edge profile wrote") from None
+        raise InputError(
+            f"{path}: not valid JSON ({exc.__class__.__name__}); give the profile.json that hisd-edge profile wrote"
+        ) from None
     if not isinstance(report, dict):
         raise InputError(f"{path}: not a profile report object")
     source: Dict[str, Any] = report
@@ -190,7 +198,11 @@ def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") 
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or entry.get(key) is None:
             why = entry.get("energy_unavailable_reason") if isinstance(entry, dict) else None
-            hint = f" ({why})" if why else (" (measure energy on the target with hisd-edge profile)" if objective == "energy" else "")
+            hint = (
+                f" ({why})"
+                if why
+                else (" (measure energy on the target with hisd-edge profile)" if objective == "energy" else "")
+            )
             raise InputError(f"{path}: stage {i} has no {key!r}{hint}")
         values.append(_pick(entry[key], f"{path}: stage {i} {key}"))
     if cumulative:
@@ -240,8 +252,17 @@ def _candidates(scores: np.ndarray, grid: int) -> np.ndarray:
     return np.concatenate([finite, [np.inf]])
 
 
-def calibrate(policy_kind: str, outputs: ExitOutputs, labels: Optional[np.ndarray], stage_costs: Sequence[float],
-              max_drop_points: float, *, exit_kind: str = "logits", grid: int = 40, cost_unit: str = "ms") -> Calibration:
+def calibrate(
+    policy_kind: str,
+    outputs: ExitOutputs,
+    labels: Optional[np.ndarray],
+    stage_costs: Sequence[float],
+    max_drop_points: float,
+    *,
+    exit_kind: str = "logits",
+    grid: int = 40,
+    cost_unit: str = "ms",
+) -> Calibration:
     """Choose thresholds for ``policy_kind`` (see the module docstring)."""
     num = len(outputs.outputs)
     if len(stage_costs) != num:
@@ -263,8 +284,11 @@ def calibrate(policy_kind: str, outputs: ExitOutputs, labels: Optional[np.ndarra
     floor = final_acc - max_drop_points / 100.0 - 1e-12
     free = num - 1
     cands = [_candidates(scores[:, k], grid) for k in range(free)]
-    header = [f"threshold{k}" for k in range(free)] + ["accuracy", "expected_cost", "speedup", "feasible"] + \
-             [f"exit{k}_fraction" for k in range(num)]
+    header = (
+        [f"threshold{k}" for k in range(free)]
+        + ["accuracy", "expected_cost", "speedup", "feasible"]
+        + [f"exit{k}_fraction" for k in range(num)]
+    )
     rows: List[List[Any]] = []
     best: Optional[Tuple[float, float, Tuple[float, ...], np.ndarray]] = None  # (cost, -acc, thresholds, fractions)
 
@@ -272,8 +296,11 @@ def calibrate(policy_kind: str, outputs: ExitOutputs, labels: Optional[np.ndarra
         nonlocal best
         feasible = acc >= floor
         fractions = counts / n
-        rows.append([("never" if math.isinf(t) else probe.to_stored(t)) for t in ths] +
-                    [acc, cost, cum[-1] / cost if cost > 0 else float("inf"), feasible] + fractions.tolist())
+        rows.append(
+            [("never" if math.isinf(t) else probe.to_stored(t)) for t in ths]
+            + [acc, cost, cum[-1] / cost if cost > 0 else float("inf"), feasible]
+            + fractions.tolist()
+        )
         if feasible and (best is None or (cost, -acc) < (best[0], best[1])):
             best = (cost, -acc, ths, fractions)
 
@@ -303,7 +330,7 @@ def calibrate(policy_kind: str, outputs: ExitOutputs, labels: Optional[np.ndarra
             costs = (cost + n_j * cum[j] + rest * cum[-1]) / n
             for g in range(len(cands[j])):
                 counts[j], counts[-1] = n_j[g], rest[g]
-                ths = tuple(cands[k][prefix[k]] for k in range(j)) + (cands[j][g],)
+                ths = (*tuple(cands[k][prefix[k]] for k in range(j)), cands[j][g])
                 record(ths, float(accs[g]), float(costs[g]), counts.copy())
     else:
         # Coordinate descent from "never exit early" over the same grids.
@@ -340,19 +367,28 @@ def calibrate(policy_kind: str, outputs: ExitOutputs, labels: Optional[np.ndarra
     cost, neg_acc, ths, fractions = best
     stored = [probe.to_stored(t) for t in ths] + [None]
     policy = make_policy(policy_kind, stored, num, exit_kind)
-    return Calibration(policy=policy, accuracy=-neg_acc, final_accuracy=final_acc, expected_cost=cost,
-                       full_cost=float(cum[-1]), exit_fractions=[float(f) for f in fractions], cost_unit=cost_unit,
-                       sweep_header=header, sweep_rows=rows, count=n, label_source=label_source)
+    return Calibration(
+        policy=policy,
+        accuracy=-neg_acc,
+        final_accuracy=final_acc,
+        expected_cost=cost,
+        full_cost=float(cum[-1]),
+        exit_fractions=[float(f) for f in fractions],
+        cost_unit=cost_unit,
+        sweep_header=header,
+        sweep_rows=rows,
+        count=n,
+        label_source=label_source,
+    )
 
 
 def write_sweep_csv(path: Path, calibration: Calibration) -> None:
     """The whole sweep (every evaluated threshold set: accuracy vs expected cost), written atomically."""
-    with atomic.atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(calibration.sweep_header)
-            for row in calibration.sweep_rows:
-                writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(calibration.sweep_header)
+        for row in calibration.sweep_rows:
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
 
 
 def policy_record(calibration: Calibration, **details: Any) -> Dict[str, Any]:
@@ -382,11 +418,23 @@ def default_policy_kind(bundle: Any, exit_kind: str) -> str:
     return "stability" if exit_kind == "embedding" else "max_prob"
 
 
-def fit_thresholds(bundle: Any, data_source: str = "default:val", *, max_drop_points: float = 0.5,
-                   policy_kind: Optional[str] = None, costs: Optional[Path] = None, objective: str = "latency",
-                   backend: str = "onnxruntime", precision: str = "fp32", count: Optional[int] = None, grid: int = 40,
-                   write: bool = True, progress: bool = False, backend_options: Optional[Dict[str, Any]] = None,
-                   runner: Optional[Backend] = None) -> Tuple[Calibration, Dict[str, Any]]:
+def fit_thresholds(
+    bundle: Any,
+    data_source: str = "default:val",
+    *,
+    max_drop_points: float = 0.5,
+    policy_kind: Optional[str] = None,
+    costs: Optional[Path] = None,
+    objective: str = "latency",
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    count: Optional[int] = None,
+    grid: int = 40,
+    write: bool = True,
+    progress: bool = False,
+    backend_options: Optional[Dict[str, Any]] = None,
+    runner: Optional[Backend] = None,
+) -> Tuple[Calibration, Dict[str, Any]]:
     """Calibrate ``bundle`` on ``data_source`` and (if ``write``) record the policy in its manifest.
 
     Returns the calibration and the details recorded with it (data, costs and where they came from).
@@ -398,7 +446,9 @@ def fit_thresholds(bundle: Any, data_source: str = "default:val", *, max_drop_po
     if objective not in OBJECTIVES:
         raise InputError(f"--objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if objective == "energy" and costs is None:
-        raise InputError("--objective energy needs measured energy: give --costs reports/NAME/profile.json from hisd-edge profile")
+        raise InputError(
+            "--objective energy needs measured energy: give --costs reports/NAME/profile.json from hisd-edge profile"
+        )
     exit_kind = bundle_exit_kind(bundle.exits)
     kind = policy_kind or default_policy_kind(bundle, exit_kind)
     make_policy(kind, [None] * bundle.num_stages, bundle.num_stages, exit_kind)  # validate before the long pass
@@ -409,21 +459,39 @@ def fit_thresholds(bundle: Any, data_source: str = "default:val", *, max_drop_po
     tensors = samples.tensors(bundle.preprocessing)
     labels = samples.labels_for(bundle.class_names, data_source)
     # An already active backend (``runner``, e.g. bench's) is used as it is instead of opening another.
-    opened = contextlib.nullcontext(runner) if runner is not None else \
-        create_backend(backend, bundle, precision=precision, **(backend_options or {}))
+    opened = (
+        contextlib.nullcontext(runner)
+        if runner is not None
+        else create_backend(backend, bundle, precision=precision, **(backend_options or {}))
+    )
     with opened as runner:
         precision = runner.precision
         outputs = collect_exit_outputs(runner, tensors, progress=progress)
         if profile_costs is None:
-            stage_costs = measure_stage_latency_ms(runner, make_policy(kind, [None] * bundle.num_stages, bundle.num_stages, exit_kind),
-                                                   tensors[:1])
+            stage_costs = measure_stage_latency_ms(
+                runner, make_policy(kind, [None] * bundle.num_stages, bundle.num_stages, exit_kind), tensors[:1]
+            )
             cost_meta: Dict[str, Any] = {"source": "measured here", **runner.describe(), "batch_size": 1}
         else:
             stage_costs, cost_meta = profile_costs
-    calibration = calibrate(kind, outputs, labels, stage_costs, max_drop_points, exit_kind=exit_kind, grid=grid,
-                            cost_unit=OBJECTIVES[objective][1])
-    details = {"data": data_source, "precision": precision, "max_drop_points": max_drop_points, "objective": objective,
-               "stage_cost": [round(c, 6) for c in stage_costs], "costs": cost_meta}
+    calibration = calibrate(
+        kind,
+        outputs,
+        labels,
+        stage_costs,
+        max_drop_points,
+        exit_kind=exit_kind,
+        grid=grid,
+        cost_unit=OBJECTIVES[objective][1],
+    )
+    details = {
+        "data": data_source,
+        "precision": precision,
+        "max_drop_points": max_drop_points,
+        "objective": objective,
+        "stage_cost": [round(c, 6) for c in stage_costs],
+        "costs": cost_meta,
+    }
     if write:
         record = policy_record(calibration, **details)
         bundle.update(lambda manifest: manifest.__setitem__("policy", record))
@@ -434,18 +502,26 @@ def format_calibration(calibration: Calibration, details: Dict[str, Any]) -> str
     """Human-readable summary: thresholds, expected exit distribution, accuracy, speedup."""
     policy = calibration.policy
     unit = calibration.cost_unit
-    lines = [f"policy {policy.kind}: thresholds "
-             + ", ".join("never" if t is None else f"{t:.4g}" for t in policy.thresholds[:-1])
-             + (", (last exit accepts all)" if len(policy.thresholds) > 1 else "(single exit)")]
-    lines.append(f"validation: {calibration.count} samples from {details.get('data')}"
-                 + (" (accuracy = agreement with the last exit: no labels)" if calibration.label_source != "labels" else ""))
+    lines = [
+        f"policy {policy.kind}: thresholds "
+        + ", ".join("never" if t is None else f"{t:.4g}" for t in policy.thresholds[:-1])
+        + (", (last exit accepts all)" if len(policy.thresholds) > 1 else "(single exit)")
+    ]
+    lines.append(
+        f"validation: {calibration.count} samples from {details.get('data')}"
+        + (" (accuracy = agreement with the last exit: no labels)" if calibration.label_source != "labels" else "")
+    )
     cum = np.cumsum(details.get("stage_cost", []))
     lines.append(f"{'exit':>4}  {'expected share':>14}  {'cost to reach':>14}")
     for k, frac in enumerate(calibration.exit_fractions):
         cost = f"{cum[k]:.4g} {unit}" if k < len(cum) else "-"
         lines.append(f"{k:>4}  {100 * frac:>13.1f}%  {cost:>14}")
-    lines.append(f"accuracy {100 * calibration.accuracy:.2f}% vs {100 * calibration.final_accuracy:.2f}% at the last exit "
-                 f"(drop {calibration.accuracy_drop_points:.2f} points, allowed {details.get('max_drop_points')})")
-    lines.append(f"expected cost {calibration.expected_cost:.4g} {unit} per sample vs {calibration.full_cost:.4g} {unit} "
-                 f"for all stages: speedup {calibration.speedup:.2f}x ({details.get('objective')}, costs {details.get('costs', {}).get('source')})")
+    lines.append(
+        f"accuracy {100 * calibration.accuracy:.2f}% vs {100 * calibration.final_accuracy:.2f}% at the last exit "
+        f"(drop {calibration.accuracy_drop_points:.2f} points, allowed {details.get('max_drop_points')})"
+    )
+    lines.append(
+        f"expected cost {calibration.expected_cost:.4g} {unit} per sample vs {calibration.full_cost:.4g} {unit} "
+        f"for all stages: speedup {calibration.speedup:.2f}x ({details.get('objective')}, costs {details.get('costs', {}).get('source')})"
+    )
     return "\n".join(lines)

@@ -14,7 +14,7 @@ so their effect can be measured: ``none`` (CE only), ``final`` (CE + final-teach
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ class FeatureHint(nn.Module):
 
     def __init__(self, feat_shapes: Sequence[Tuple[int, ...]]):
         super().__init__()
-        projs = []
+        projs: List[nn.Module] = []
         for src, dst in zip(feat_shapes[:-1], feat_shapes[1:]):
             if len(src) == 4:
                 projs.append(nn.Conv2d(src[1], dst[1], 1, bias=False))
@@ -62,7 +62,7 @@ class FeatureHint(nn.Module):
         for k, proj in enumerate(self.projs):
             src, dst = feats[k], feats[k + 1].detach()
             if src.dim() == 4:
-                src = F.adaptive_avg_pool2d(src, dst.shape[-2:])
+                src = F.adaptive_avg_pool2d(src, (dst.shape[-2], dst.shape[-1]))
             elif src.shape[1] != dst.shape[1]:
                 src = F.adaptive_avg_pool1d(src.transpose(1, 2), dst.shape[1]).transpose(1, 2)
             total = total + F.mse_loss(proj(src), dst)
@@ -72,19 +72,25 @@ class FeatureHint(nn.Module):
 class HisdObjective(nn.Module):
     """Model + loss in one module, so DDP synchronises the hint projections with the model."""
 
-    def __init__(self, model: nn.Module, config: HisdLossConfig, feat_shapes: Optional[Sequence[Tuple[int, ...]]] = None):
+    exit_weights: torch.Tensor  # a registered buffer
+
+    def __init__(
+        self, model: nn.Module, config: HisdLossConfig, feat_shapes: Optional[Sequence[Tuple[int, ...]]] = None
+    ):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # any module that follows the multi-exit protocol
         self.config = config
-        num_exits = len(model.exit_info)
+        num_exits = len(model.exit_info)  # type: ignore[arg-type]
         weights = list(config.exit_weights) if config.exit_weights else [1.0] * num_exits
         if len(weights) != num_exits:
             raise ValueError(f"{len(weights)} exit weights given for {num_exits} exits")
         self.register_buffer("exit_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
         use_hint = config.regime == "hisd" and config.hint > 0 and feat_shapes is not None
-        self.hint = FeatureHint(feat_shapes) if use_hint else None
+        self.hint = FeatureHint(feat_shapes) if use_hint and feat_shapes is not None else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], List[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], List[torch.Tensor]]:
         cfg = self.config
         feats, logits = self.model.forward_features(x)
         ce = torch.stack([F.cross_entropy(z, y) for z in logits])

@@ -86,7 +86,9 @@ def _preprocessing_for(arch: Dict[str, Any], train: Samples, data: str) -> Prepr
         # Standard MNIST statistics, so the default model matches what people expect.
         return Preprocessing(input_size=input_size, channels=1, color_order="gray", mean=(0.1307,), std=(0.3081,))
     color = "gray" if channels == 1 else "rgb"
-    probe = Preprocessing(input_size=input_size, channels=channels, color_order=color, mean=(0.0,) * channels, std=(1.0,) * channels)
+    probe = Preprocessing(
+        input_size=input_size, channels=channels, color_order=color, mean=(0.0,) * channels, std=(1.0,) * channels
+    )
     x = train.subset(range(min(len(train), 512))).tensors(probe) / 255.0
     mean = tuple(float(v) for v in x.mean(axis=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in x.std(axis=(0, 2, 3)))
@@ -100,7 +102,7 @@ def _split_labelled(samples: Samples, fraction: float, seed: int) -> Tuple[Sampl
     for cls in np.unique(samples.labels):
         idx = np.flatnonzero(samples.labels == cls)
         rng.shuffle(idx)
-        n_val = max(1, int(round(len(idx) * fraction))) if len(idx) > 1 else 0
+        n_val = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
         val_idx.extend(idx[:n_val].tolist())
         train_idx.extend(idx[n_val:].tolist())
     return samples.subset(sorted(train_idx)), samples.subset(sorted(val_idx))
@@ -116,11 +118,15 @@ def load_training_data(config: TrainConfig) -> Tuple[Samples, Samples, Optional[
     if samples.class_names is None:  # .npz labels are class indices: name the classes after them
         samples.class_names = [str(c) for c in range(int(samples.labels.max()) + 1)]
     if len(samples.class_names or []) < 2:
-        raise InputError(f"{config.data}: found {len(samples.class_names or [])} class folder(s); training needs at least 2")
+        raise InputError(
+            f"{config.data}: found {len(samples.class_names or [])} class folder(s); training needs at least 2"
+        )
     if config.val:
         val = load_samples(config.val, strict=config.strict)
         if val.class_names != samples.class_names:
-            raise InputError(f"{config.val}: class folders {val.class_names} differ from {config.data}'s {samples.class_names}")
+            raise InputError(
+                f"{config.val}: class folders {val.class_names} differ from {config.data}'s {samples.class_names}"
+            )
         return samples, val, None
     train, val = _split_labelled(samples, 0.15, config.seed)
     return train, val, None
@@ -158,17 +164,18 @@ class _SingleExit(nn.Module):
 
     def __init__(self, model: nn.Module, k: int):
         super().__init__()
-        self.stages = nn.ModuleList(list(model.stages)[: k + 1])
-        self.exits = nn.ModuleList([model.exits[k]])
-        self.exit_info = [model.exit_info[k]]
+        stages: Any = model.stages
+        self.stages = nn.ModuleList(list(stages)[: k + 1])
+        self.exits = nn.ModuleList([model.exits[k]])  # type: ignore[index,list-item]
+        self.exit_info = [model.exit_info[k]]  # type: ignore[index]
         self.arch = None
 
-    def forward_features(self, x):  # type: ignore[no-untyped-def]
+    def forward_features(self, x):
         for stage in self.stages:
             x = stage(x)
         return [x], [self.exits[0](x)]
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x):
         return self.forward_features(x)[1]
 
 
@@ -193,24 +200,31 @@ def train(config: TrainConfig, out: Optional[Path], argv: Optional[Sequence[str]
         model = _SingleExit(model, config.single_exit)  # type: ignore[assignment]
 
     x_train = torch.from_numpy(train_set.tensors(spec))
-    y_train = torch.from_numpy(train_set.labels)  # type: ignore[arg-type]
+    y_train = torch.from_numpy(train_set.labels)
     x_val = torch.from_numpy(val_set.tensors(spec))
-    y_val = torch.from_numpy(val_set.labels)  # type: ignore[arg-type]
+    y_val = torch.from_numpy(val_set.labels)
 
     with torch.no_grad():
         feats, _ = model.eval().forward_features(x_train[:2])
-    loss_cfg = HisdLossConfig(regime=config.distill, alpha=config.alpha, beta=config.beta,
-                              temperature=config.temperature, hint=config.hint,
-                              exit_weights=config.exit_weights if config.single_exit is None else None)
+    loss_cfg = HisdLossConfig(
+        regime=config.distill,
+        alpha=config.alpha,
+        beta=config.beta,
+        temperature=config.temperature,
+        hint=config.hint,
+        exit_weights=config.exit_weights if config.single_exit is None else None,
+    )
     objective: nn.Module = HisdObjective(model, loss_cfg, [tuple(f.shape) for f in feats])
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
 
-    optimizer = torch.optim.SGD(objective.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=True)
+    optimizer = torch.optim.SGD(
+        objective.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
+    )
     steps_per_epoch = max(1, (len(x_train) // world + config.batch_size - 1) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-                                                    pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+    )
     generator = torch.Generator().manual_seed(config.seed)
     num_exits = len(model.exit_info)
 
@@ -218,8 +232,13 @@ def train(config: TrainConfig, out: Optional[Path], argv: Optional[Sequence[str]
     if config.progress and rank == 0:
         from tqdm import tqdm
 
-        progress = tqdm(total=config.epochs * steps_per_epoch, desc=f"train {config.arch} ({config.distill})", unit="step",
-                        file=sys.stderr, dynamic_ncols=True)
+        progress = tqdm(
+            total=config.epochs * steps_per_epoch,
+            desc=f"train {config.arch} ({config.distill})",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
     val_acc: List[float] = []
     for epoch in range(config.epochs):
         objective.train()
@@ -244,7 +263,9 @@ def train(config: TrainConfig, out: Optional[Path], argv: Optional[Sequence[str]
                 ce = parts["ce"]
                 progress.set_postfix_str(
                     f"ep {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
-                    + " ".join(f"e{k}:{float(ce[k]):.2f}/{100 * float(correct[k]) / seen:.0f}%" for k in range(num_exits))
+                    + " ".join(
+                        f"e{k}:{float(ce[k]):.2f}/{100 * float(correct[k]) / seen:.0f}%" for k in range(num_exits)
+                    )
                 )
         if rank == 0:
             val_acc = evaluate(model, x_val, y_val)
@@ -257,19 +278,29 @@ def train(config: TrainConfig, out: Optional[Path], argv: Optional[Sequence[str]
     written = None
     if rank == 0:
         if test_set is not None:
-            test_acc = evaluate(model, torch.from_numpy(test_set.tensors(spec)), torch.from_numpy(test_set.labels))  # type: ignore[arg-type]
+            test_acc = evaluate(model, torch.from_numpy(test_set.tensors(spec)), torch.from_numpy(test_set.labels))
         if out is not None and config.single_exit is None:
-            command = "hisd-edge train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+            command = "hisd-edge train " + " ".join(
+                shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+            )
             meta = checkpoint.build_metadata(
                 model,
                 class_names=train_set.class_names or [],
                 preprocessing=spec.to_dict(),
-                metrics={"val_accuracy": val_acc, "test_accuracy": test_acc,
-                         "val_split": "default:val" if config.data == "default" else (config.val or "15% of --data"),
-                         "test_split": "default:test" if test_set is not None else None},
-                training={"command": command, "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                                         for k, v in dataclasses.asdict(config).items()},
-                          "world_size": world, "seconds": round(time.time() - started, 1)},
+                metrics={
+                    "val_accuracy": val_acc,
+                    "test_accuracy": test_acc,
+                    "val_split": "default:val" if config.data == "default" else (config.val or "15% of --data"),
+                    "test_split": "default:test" if test_set is not None else None,
+                },
+                training={
+                    "command": command,
+                    "config": {
+                        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
+                    },
+                    "world_size": world,
+                    "seconds": round(time.time() - started, 1),
+                },
             )
             written = checkpoint.save_checkpoint(out, model, meta)
     if joined:

@@ -6,8 +6,10 @@ from hisd_edge.convert import calib_cache
 from hisd_edge.errors import BundleError, InputError
 
 
-@pytest.mark.parametrize("version, tag", [("8.5.2", 8502), ("8.6.1", 8601), ("8.2.3", 8203), ("10.3.0", 100300),
-                                          ("10.16.2", 101602), ("11.1", 110100)])
+@pytest.mark.parametrize(
+    "version, tag",
+    [("8.5.2", 8502), ("8.6.1", 8601), ("8.2.3", 8203), ("10.3.0", 100300), ("10.16.2", 101602), ("11.1", 110100)],
+)
 def test_version_tag_follows_tensorrt_numbering(version, tag):
     assert calib_cache.version_tag(version) == tag
 
@@ -58,7 +60,9 @@ def test_module_needs_only_the_standard_library():
     import subprocess
     import sys
 
-    code = ("import sys; import hisd_edge.convert.calib_cache; "
-            "print(any(m in sys.modules for m in ('numpy', 'onnx', 'torch', 'onnxruntime')))")
+    code = (
+        "import sys; import hisd_edge.convert.calib_cache; "
+        "print(any(m in sys.modules for m in ('numpy', 'onnx', 'torch', 'onnxruntime')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

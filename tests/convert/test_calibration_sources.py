@@ -27,7 +27,8 @@ def test_default_recipe_file_matches_the_built_in_default():
 def test_recipe_overrides_and_errors(tmp_path):
     assert calibrate.resolve_recipe(None).source == "default:train"
     assert calibrate.resolve_recipe("some/folder", count=8, method="minmax") == calibrate.CalibrationRecipe(
-        source="some/folder", count=8, method="minmax", name="cli")
+        source="some/folder", count=8, method="minmax", name="cli"
+    )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"source": "x", "colour": "blue"}))
     with pytest.raises(InputError, match="colour"):

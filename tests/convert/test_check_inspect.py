@@ -26,22 +26,33 @@ def _codes(findings, target=None):
 def test_layernorm_is_unsupported_on_trt85_only():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])
-    inits = [numpy_helper.from_array(np.ones(8, np.float32), "g"), numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    inits = [
+        numpy_helper.from_array(np.ones(8, np.float32), "g"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+    ]
     model = _model([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)], [x], [y], inits)
     findings = check_model(model, ALL)
     assert _codes(findings, "8.5") == {"unsupported_op"}
     assert not _codes(findings, "8.6") and not _codes(findings, "10") and not _codes(findings, "11")
-    assert "--opset 16" in [f for f in findings if f.code == "unsupported_op"][0].message
+    assert "--opset 16" in next(f for f in findings if f.code == "unsupported_op").message
 
 
 def test_asymmetric_and_uint8_qdq_are_errors():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(3, np.int8), "zp"),
-             numpy_helper.from_array(np.array(0, np.uint8), "zu")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
-             helper.make_node("QuantizeLinear", ["d", "s", "zu"], ["q2"]), helper.make_node("DequantizeLinear", ["q2", "s", "zu"], ["d2"]),
-             helper.make_node("QuantizeLinear", ["d2", "s"], ["q3"]), helper.make_node("DequantizeLinear", ["q3", "s"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(3, np.int8), "zp"),
+        numpy_helper.from_array(np.array(0, np.uint8), "zu"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
+        helper.make_node("QuantizeLinear", ["d", "s", "zu"], ["q2"]),
+        helper.make_node("DequantizeLinear", ["q2", "s", "zu"], ["d2"]),
+        helper.make_node("QuantizeLinear", ["d2", "s"], ["q3"]),
+        helper.make_node("DequantizeLinear", ["q3", "s"], ["y"]),
+    ]
     findings = check_model(_model(nodes, [x], [y], inits), ALL)
     codes = [f.code for f in findings]
     assert codes.count("nonzero_zero_point") == 2  # the Q and the DQ with zero point 3
@@ -54,12 +65,16 @@ def test_dynamic_dims_int64_weights_custom_ops_missing_shapes_and_opset():
     idx = helper.make_tensor_value_info("idx", TensorProto.INT64, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     table = numpy_helper.from_array(np.arange(100, dtype=np.int64), "table")
-    nodes = [helper.make_node("Gather", ["table", "idx"], ["picked"]),
-             helper.make_node("Cast", ["picked"], ["picked_f"], to=TensorProto.FLOAT),
-             helper.make_node("Fancy", ["x"], ["z"], domain="com.example"),
-             helper.make_node("Add", ["z", "picked_f"], ["y"])]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x, idx], [y], initializer=[table]),
-                              opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.example", 1)])
+    nodes = [
+        helper.make_node("Gather", ["table", "idx"], ["picked"]),
+        helper.make_node("Cast", ["picked"], ["picked_f"], to=TensorProto.FLOAT),
+        helper.make_node("Fancy", ["x"], ["z"], domain="com.example"),
+        helper.make_node("Add", ["z", "picked_f"], ["y"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x, idx], [y], initializer=[table]),
+        opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.example", 1)],
+    )
     findings = check_model(model, ALL)
     assert "dynamic_dim" in _codes(findings) and "height" in " ".join(f.message for f in findings)
     assert "custom_domain" in _codes(findings)
@@ -83,13 +98,27 @@ def vit_bundles(tmp_path_factory):
 
     spec = Preprocessing(input_size=(28, 28), channels=1, color_order="gray", mean=(0.1307,), std=(0.3081,))
     root = tmp_path_factory.mktemp("vit")
-    common = dict(preprocessing=spec, class_names=[str(d) for d in range(10)], calib="default:train", calib_count=16,
-                  val="default:val", val_count=40)
+    common = {
+        "preprocessing": spec,
+        "class_names": [str(d) for d in range(10)],
+        "calib": "default:train",
+        "calib_count": 16,
+        "val": "default:val",
+        "val_count": 40,
+    }
     results = {
-        "opset17": convert_model(create_model("tiny_vit").eval(), root / "vit17", precisions=("fp32", "int8"), **common),
-        "opset16": convert_model(create_model("tiny_vit").eval(), root / "vit16", precisions=("fp32",), opset=16, **common),
-        "embedding": convert_model(create_model("tiny_vit", exit_output="embedding").eval(), root / "emb",
-                                   precisions=("fp32", "fp16"), **common),
+        "opset17": convert_model(
+            create_model("tiny_vit").eval(), root / "vit17", precisions=("fp32", "int8"), **common
+        ),
+        "opset16": convert_model(
+            create_model("tiny_vit").eval(), root / "vit16", precisions=("fp32",), opset=16, **common
+        ),
+        "embedding": convert_model(
+            create_model("tiny_vit", exit_output="embedding").eval(),
+            root / "emb",
+            precisions=("fp32", "fp16"),
+            **common,
+        ),
     }
     return results
 
@@ -129,18 +158,28 @@ def test_int32_bias_and_int8_weight_constants_are_flagged():
     """What ONNX Runtime's defaults produce (QuantizeBias, int8 weight initializers) and TensorRT rejects."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 4, 4])
-    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), "w_q"), numpy_helper.from_array(np.full(2, 0.1, np.float32), "w_s"),
-             numpy_helper.from_array(np.zeros(2, np.int8), "w_z"), numpy_helper.from_array(np.ones(2, np.int32), "b_q"),
-             numpy_helper.from_array(np.full(2, 0.01, np.float32), "b_s"), numpy_helper.from_array(np.zeros(2, np.int32), "b_z")]
-    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=0),
-             helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], axis=0),
-             helper.make_node("Conv", ["x", "w", "b"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.ones((2, 2, 1, 1), np.int8), "w_q"),
+        numpy_helper.from_array(np.full(2, 0.1, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(2, np.int8), "w_z"),
+        numpy_helper.from_array(np.ones(2, np.int32), "b_q"),
+        numpy_helper.from_array(np.full(2, 0.01, np.float32), "b_s"),
+        numpy_helper.from_array(np.zeros(2, np.int32), "b_z"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=0),
+        helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], axis=0),
+        helper.make_node("Conv", ["x", "w", "b"], ["y"]),
+    ]
     findings = check_model(_model(nodes, [x], [y], inits), ALL)
     assert "int32_dequantize" in _codes(findings, "10")
     assert "int8_weight_constant" in _codes(findings, "8.5") and "int8_weight_constant" not in _codes(findings, "11")
     # The same constants without zero-point inputs (optional in ONNX) are flagged just the same.
-    bare = [helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], axis=0),
-            helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], axis=0), nodes[2]]
+    bare = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], axis=0),
+        helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], axis=0),
+        nodes[2],
+    ]
     findings = check_model(_model(bare, [x], [y], inits), ALL)
     assert "int32_dequantize" in _codes(findings, "10") and "int8_weight_constant" in _codes(findings, "8.5")
 

@@ -65,8 +65,23 @@ def test_help_of_each_verb(capsys):
 
 def test_convert_cli_writes_bundle_and_inspect_check_read_it(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "engines" / "tiny"
-    rc, stdout, _ = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--precision", "fp32,int8",
-                         "--calib-count", "32", "--val-count", "100", "--calib-method", "percentile", "--timings", "--no-progress")
+    rc, stdout, _ = _run(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32,int8",
+        "--calib-count",
+        "32",
+        "--val-count",
+        "100",
+        "--calib-method",
+        "percentile",
+        "--timings",
+        "--no-progress",
+    )
     assert rc == 0
     assert "int8 top-1" in stdout and "wrote" in stdout and "timings:" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
@@ -87,8 +102,22 @@ def test_convert_cli_writes_bundle_and_inspect_check_read_it(tiny_checkpoint, tm
 
 def test_mixed_precision_plan(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "mixed"
-    rc, stdout, _ = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--precision", "mixed", "--max-drop", "100",
-                         "--calib-count", "32", "--val-count", "100", "--json")
+    rc, stdout, _ = _run(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--precision",
+        "mixed",
+        "--max-drop",
+        "100",
+        "--calib-count",
+        "32",
+        "--val-count",
+        "100",
+        "--json",
+    )
     assert rc == 0
     result = json.loads(stdout)
     # a 100-point budget admits INT8 everywhere: the lowest precision is chosen for every stage
@@ -97,8 +126,22 @@ def test_mixed_precision_plan(tiny_checkpoint, tmp_path, capsys):
     assert manifest["mixed_precision"] == {"stages": ["int8", "int8", "int8"], "max_drop_pp": 100.0}
     assert {r["precision"] for r in manifest["validation"]["rows"]} == {"fp32", "fp16", "int8", "mixed"}
     out0 = tmp_path / "mixed0"
-    rc, stdout, _ = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(out0), "--precision", "mixed", "--max-drop", "0",
-                         "--calib-count", "32", "--val-count", "100", "--json")
+    rc, stdout, _ = _run(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(out0),
+        "--precision",
+        "mixed",
+        "--max-drop",
+        "0",
+        "--calib-count",
+        "32",
+        "--val-count",
+        "100",
+        "--json",
+    )
     plan = json.loads(stdout)["validation"]["mixed_plan"]
     rows = {(r["exit"], r["precision"]): r["top1"] for r in json.loads(stdout)["validation"]["rows"]}
     # with no budget, a stage may only go below fp32 where no exit from it on loses anything
@@ -110,16 +153,37 @@ def test_mixed_precision_plan(tiny_checkpoint, tmp_path, capsys):
 
 def test_undecodable_images_are_skipped_and_counted_or_fatal_with_strict(tiny_checkpoint, digits, tmp_path, capsys):
     out = tmp_path / "fromfolder"
-    rc, stdout, err = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--calib", str(digits),
-                           "--precision", "fp32,int8", "--val-count", "50", "--no-progress")
+    rc, _stdout, err = _run(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--calib",
+        str(digits),
+        "--precision",
+        "fp32,int8",
+        "--val-count",
+        "50",
+        "--no-progress",
+    )
     assert rc == 0
     assert "broken.png" in err and "skipped 1" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["calibration"]["skipped"] == 1 and manifest["calibration"]["count"] == 12
     assert manifest["calibration"]["skipped_files"][0].endswith("broken.png")
 
-    line = _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "strict"), "--calib", str(digits),
-                           "--strict", "--no-progress")
+    line = _one_line_error(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "strict"),
+        "--calib",
+        str(digits),
+        "--strict",
+        "--no-progress",
+    )
     assert "broken.png" in line and "--strict" in line
     assert not (tmp_path / "strict").exists()
     _no_temp_dirs(tmp_path, "strict")
@@ -136,7 +200,9 @@ def test_corrupt_and_foreign_checkpoints(tiny_checkpoint, tmp_path, capsys):
 
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": np.zeros(3, dtype=np.float32)}, str(foreign))
-    assert "without hisd-edge metadata" in _one_line_error(capsys, "convert", str(foreign), "--out", str(tmp_path / "c"))
+    assert "without hisd-edge metadata" in _one_line_error(
+        capsys, "convert", str(foreign), "--out", str(tmp_path / "c")
+    )
     pickled = tmp_path / "model.pt"
     pickled.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
     _one_line_error(capsys, "convert", str(pickled), "--out", str(tmp_path / "d"))
@@ -146,8 +212,16 @@ def test_corrupt_and_foreign_checkpoints(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_unknown_split_points_and_exits_list_valid_names(tiny_checkpoint, tmp_path, capsys):
-    line = _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--split-at", "stages.0,nowhere",
-                           "--no-progress")
+    line = _one_line_error(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "x"),
+        "--split-at",
+        "stages.0,nowhere",
+        "--no-progress",
+    )
     assert "nowhere" in line and "stages.1" in line
     rc, stdout, _ = _run(capsys, "convert", str(tiny_checkpoint), "--list-points")
     assert rc == 0 and "stages.0" in stdout
@@ -159,23 +233,68 @@ def test_unknown_split_points_and_exits_list_valid_names(tiny_checkpoint, tmp_pa
     model, _ = load_checkpoint(tiny_checkpoint)
     onnx_path = tmp_path / "user.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(onnx_path), input_names=["image"],
-                          output_names=["a", "b", "c"], dynamic_axes={"image": {0: "n"}, "a": {0: "n"}, "b": {0: "n"}, "c": {0: "n"}},
-                          opset_version=17, dynamo=False)
-    line = _one_line_error(capsys, "convert", str(onnx_path), "--out", str(tmp_path / "y"), "--exits", "a,b,zzz",
-                           "--calib", "default:train")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 28, 28),),
+            str(onnx_path),
+            input_names=["image"],
+            output_names=["a", "b", "c"],
+            dynamic_axes={"image": {0: "n"}, "a": {0: "n"}, "b": {0: "n"}, "c": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    line = _one_line_error(
+        capsys,
+        "convert",
+        str(onnx_path),
+        "--out",
+        str(tmp_path / "y"),
+        "--exits",
+        "a,b,zzz",
+        "--calib",
+        "default:train",
+    )
     assert "zzz" in line and "a, b, c" in line
     assert "--exits" in _one_line_error(capsys, "convert", str(onnx_path), "--out", str(tmp_path / "y"))
-    line = _one_line_error(capsys, "convert", str(onnx_path), "--out", str(tmp_path / "y"), "--exits", "a,b,c",
-                           "--split-at", "feat_x,feat_y", "--calib", "default:train", "--no-progress")
+    line = _one_line_error(
+        capsys,
+        "convert",
+        str(onnx_path),
+        "--out",
+        str(tmp_path / "y"),
+        "--exits",
+        "a,b,c",
+        "--split-at",
+        "feat_x,feat_y",
+        "--calib",
+        "default:train",
+        "--no-progress",
+    )
     assert "feat_x" in line
     rc, stdout, _ = _run(capsys, "convert", str(onnx_path), "--list-points")
     assert rc == 0 and " a " in stdout.replace("\n", " ")
     # and the same ONNX converts, going through the same checks (structural split, verification)
-    rc, stdout, _ = _run(capsys, "convert", str(onnx_path), "--out", str(tmp_path / "fromonnx"), "--exits", "a,b,c",
-                         "--calib", "default:train", "--calib-count", "16", "--val", "default:val", "--val-count", "50",
-                         "--preprocessing", json.dumps(_mnist_preprocessing(tiny_checkpoint)),
-                         "--no-progress", "--json")
+    rc, stdout, _ = _run(
+        capsys,
+        "convert",
+        str(onnx_path),
+        "--out",
+        str(tmp_path / "fromonnx"),
+        "--exits",
+        "a,b,c",
+        "--calib",
+        "default:train",
+        "--calib-count",
+        "16",
+        "--val",
+        "default:val",
+        "--val-count",
+        "50",
+        "--preprocessing",
+        json.dumps(_mnist_preprocessing(tiny_checkpoint)),
+        "--no-progress",
+        "--json",
+    )
     assert rc == 0
     manifest = json.loads((tmp_path / "fromonnx" / "manifest.json").read_text())
     assert manifest["model"]["source"] == "onnx" and [e["name"] for e in manifest["exits"]] == ["a", "b", "c"]
@@ -192,28 +311,51 @@ def _mnist_preprocessing(checkpoint):
 def test_empty_calibration_sources(tiny_checkpoint, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert str(empty) in _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o1"), "--calib", str(empty))
+    assert str(empty) in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o1"), "--calib", str(empty)
+    )
     np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), dtype=np.uint8))
-    _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o2"), "--calib", str(tmp_path / "none.npy"))
+    _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o2"), "--calib", str(tmp_path / "none.npy")
+    )
     only_broken = tmp_path / "broken"
     only_broken.mkdir()
     (only_broken / "x.png").write_bytes(b"nope")
-    assert "could be decoded" in _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o3"),
-                                                 "--calib", str(only_broken))
+    assert "could be decoded" in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o3"), "--calib", str(only_broken)
+    )
     assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3"))
 
 
 def test_wrong_channel_count(tiny_checkpoint, tmp_path, capsys):
     np.save(tmp_path / "rgb_tensors.npy", np.zeros((4, 3, 28, 28), dtype=np.float32))
-    line = _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--calib", str(tmp_path / "rgb_tensors.npy"))
+    line = _one_line_error(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "o"),
+        "--calib",
+        str(tmp_path / "rgb_tensors.npy"),
+    )
     assert "(1, 28, 28)" in line
     np.save(tmp_path / "two_channel.npy", np.zeros((4, 28, 28, 2), dtype=np.uint8))
-    line = _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--calib", str(tmp_path / "two_channel.npy"))
+    line = _one_line_error(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "o"),
+        "--calib",
+        str(tmp_path / "two_channel.npy"),
+    )
     assert "channel" in line
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_output_is_refused_unless_force_and_failures_leave_it_intact(tiny_checkpoint, tiny_bundle, tmp_path, capsys, monkeypatch):
+def test_existing_output_is_refused_unless_force_and_failures_leave_it_intact(
+    tiny_checkpoint, tiny_bundle, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "existing"
     shutil.copytree(tiny_bundle, out)
     before = _tree(out)
@@ -229,8 +371,9 @@ def test_existing_output_is_refused_unless_force_and_failures_leave_it_intact(ti
         raise ConversionError("chained stages do not reproduce the monolithic ONNX (forced by the test)")
 
     monkeypatch.setattr(verify, "verify", refuse)
-    assert "forced by the test" in _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--force",
-                                                   "--calib-count", "16", "--no-progress")
+    assert "forced by the test" in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--force", "--calib-count", "16", "--no-progress"
+    )
     assert _tree(out) == before
     _no_temp_dirs(tmp_path, "existing")
     monkeypatch.undo()
@@ -242,7 +385,9 @@ def test_existing_output_is_refused_unless_force_and_failures_leave_it_intact(ti
         raise KeyboardInterrupt
 
     monkeypatch.setattr(quantize, "quantize_int8", interrupt)
-    rc, _, err = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--force", "--calib-count", "16", "--no-progress")
+    rc, _, err = _run(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--force", "--calib-count", "16", "--no-progress"
+    )
     assert rc == 130 and "interrupted" in err
     assert _tree(out) == before
     _no_temp_dirs(tmp_path, "existing")
@@ -250,8 +395,19 @@ def test_existing_output_is_refused_unless_force_and_failures_leave_it_intact(ti
 
     # --force replaces it (atomically) with a fresh bundle.
     (out / "stale-marker").write_text("old")
-    rc, _, _ = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--force", "--precision", "fp32",
-                    "--val-count", "50", "--no-progress")
+    rc, _, _ = _run(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--force",
+        "--precision",
+        "fp32",
+        "--val-count",
+        "50",
+        "--no-progress",
+    )
     assert rc == 0 and not (out / "stale-marker").exists()
     assert json.loads((out / "manifest.json").read_text())["stages"][0]["files"].keys() == {"fp32"}
     _no_temp_dirs(tmp_path, "existing")
@@ -265,10 +421,18 @@ def test_existing_output_is_refused_unless_force_and_failures_leave_it_intact(ti
 
 
 def test_bad_options(tiny_checkpoint, tmp_path, capsys):
-    assert "bogus" in _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--precision", "fp32,bogus")
-    assert "mixed" in _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--max-drop", "1")
-    assert "--calib-count" in _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--calib-count", "0")
-    assert "ONNX" in _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--exits", "a,b")
+    assert "bogus" in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--precision", "fp32,bogus"
+    )
+    assert "mixed" in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--max-drop", "1"
+    )
+    assert "--calib-count" in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--calib-count", "0"
+    )
+    assert "ONNX" in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--exits", "a,b"
+    )
 
 
 def test_inspect_and_check_bad_input(tmp_path, capsys):
@@ -290,8 +454,12 @@ def test_altered_stage_file_is_named(tiny_bundle, tmp_path, capsys):
 def test_errors_are_one_line_in_a_real_process(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"garbage!" * 8)
-    result = subprocess.run([sys.executable, "-m", "hisd_edge", "convert", str(junk), "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hisd_edge", "convert", str(junk), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("hisd-edge convert: error:")
@@ -314,22 +482,45 @@ def test_validation_folder_labels_map_by_class_name(tiny_checkpoint, tmp_path, c
     np.savez(tmp_path / "same.npz", images=np.stack([samples.images[i] for i in keep]), labels=samples.labels[keep])
     results = {}
     for name, source in (("folder", str(val)), ("npz", str(tmp_path / "same.npz"))):
-        rc, stdout, _ = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / name), "--precision", "fp32",
-                             "--val", source, "--json")
+        rc, stdout, _ = _run(
+            capsys,
+            "convert",
+            str(tiny_checkpoint),
+            "--out",
+            str(tmp_path / name),
+            "--precision",
+            "fp32",
+            "--val",
+            source,
+            "--json",
+        )
         assert rc == 0
         results[name] = sorted(r["top1"] for r in json.loads(stdout)["validation"]["rows"])
     assert results["folder"] == results["npz"]
     (val / "zebra").mkdir()
     cv2.imwrite(str(val / "zebra" / "z.png"), np.asarray(samples.images[0]))
-    line = _one_line_error(capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o3"), "--precision", "fp32",
-                           "--val", str(val))
+    line = _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o3"), "--precision", "fp32", "--val", str(val)
+    )
     assert "zebra" in line
 
 
 def test_no_confidence_outputs_on_request(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "noconf"
-    rc, _, _ = _run(capsys, "convert", str(tiny_checkpoint), "--out", str(out), "--precision", "fp32", "--no-confidence",
-                    "--threshold", "0.8", "--val-count", "20")
+    rc, _, _ = _run(
+        capsys,
+        "convert",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        "--no-confidence",
+        "--threshold",
+        "0.8",
+        "--val-count",
+        "20",
+    )
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(e["confidence_output"] is None for e in manifest["exits"])

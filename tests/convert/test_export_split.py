@@ -54,7 +54,11 @@ def test_structural_split_of_cnn_and_transformer_is_exact():
         proto, stages, boundaries = _split(model, (1, 28, 28))
         assert len(stages) == 3 and len(boundaries) == 2
         assert [s.inputs for s in stages] == [["input"], ["feat0"], ["feat1"]]
-        assert [s.outputs for s in stages] == [["feat0", "exit0", "conf0"], ["feat1", "exit1", "conf1"], ["exit2", "conf2"]]
+        assert [s.outputs for s in stages] == [
+            ["feat0", "exit0", "conf0"],
+            ["feat1", "exit1", "conf1"],
+            ["exit2", "conf2"],
+        ]
         for stage in stages:
             onnx.checker.check_model(stage.model, full_check=True)
             assert stage.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -97,7 +101,7 @@ def test_named_split_points_match_the_structural_ones():
     model = create_model("tiny_cnn").eval()
     names = [n for n, _ in export.list_split_points(model, (1, 28, 28))]
     assert "stages.0" in names and "stages.1" in names
-    _, stages_named, boundaries_named = _split(model, (1, 28, 28), split_points=["stages.0", "stages.1"])
+    _, stages_named, _boundaries_named = _split(model, (1, 28, 28), split_points=["stages.0", "stages.1"])
     _, stages_found, _ = _split(model, (1, 28, 28))
     for a, b in zip(stages_named, stages_found):
         assert [n.op_type for n in a.model.graph.node] == [n.op_type for n in b.model.graph.node]
@@ -113,7 +117,7 @@ def test_unknown_split_point_lists_valid_names():
 def test_split_point_that_is_not_a_clean_cut_is_refused():
     model = create_model("tiny_cnn").eval()
     # inside stage 1's residual block: the block's shortcut still needs the block input
-    inner = [n for n, _ in export.list_split_points(model, (1, 28, 28)) if n.startswith("stages.1.0.body")][0]
+    inner = next(n for n, _ in export.list_split_points(model, (1, 28, 28)) if n.startswith("stages.1.0.body"))
     with pytest.raises(ConversionError, match="not a clean cut|not a boundary"):
         _split(model, (1, 28, 28), split_points=["stages.0", inner])
 
@@ -122,9 +126,16 @@ def test_user_onnx_exits_are_renamed_and_checked(tmp_path):
     model = create_model("tiny_cnn").eval()
     path = tmp_path / "user.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(path), input_names=["image"],
-                          output_names=["logits_a", "logits_b", "logits_c"], dynamic_axes={"image": {0: "n"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 28, 28),),
+            str(path),
+            input_names=["image"],
+            output_names=["logits_a", "logits_b", "logits_c"],
+            dynamic_axes={"image": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
     proto, original = export.load_onnx(path, ["logits_a", "logits_b", "logits_c"])
     assert [o.name for o in proto.graph.output] == ["exit0", "exit1", "exit2"]
     assert original == {"exit0": "logits_a", "exit1": "logits_b", "exit2": "logits_c"}
@@ -144,8 +155,15 @@ def test_exit_name_clash_in_user_onnx_is_resolved(tmp_path):
     model = create_model("tiny_cnn").eval()
     path = tmp_path / "clash.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(path), input_names=["x"],
-                          output_names=["exit1", "exit2", "exit0"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 28, 28),),
+            str(path),
+            input_names=["x"],
+            output_names=["exit1", "exit2", "exit0"],
+            opset_version=17,
+            dynamo=False,
+        )
     proto, original = export.load_onnx(path, ["exit1", "exit2", "exit0"])
     assert original == {"exit0": "exit1", "exit1": "exit2", "exit2": "exit0"}
     x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)

@@ -28,7 +28,7 @@ def test_manifest_contract(tiny_bundle, tiny_checkpoint):
         assert names == ([f"feat{k}"] if k < 2 else []) + [f"exit{k}", f"conf{k}"]
         assert stage["inputs"][0]["shape"][0] == "batch" and stage["inputs"][0]["dtype"] == "float32"
         assert stage["params"] > 0 and stage["macs"] > 0
-        for precision, record in stage["files"].items():
+        for record in stage["files"].values():
             assert record["io_dtype"] == "float32"
             assert (tiny_bundle / record["path"]).is_file()
         assert stage["files"]["int8"]["calibration_cache"]["path"] == f"stage{k}.int8.cache"
@@ -47,9 +47,14 @@ def test_manifest_contract(tiny_bundle, tiny_checkpoint):
     stem, width, hidden, kernel = cfg["stem_channels"], cfg["widths"][0], cfg["exit_hidden"], cfg["exit_kernel"]
     assert cfg["stem_stride"] == 2 and cfg["depths"][0] == 1 and cfg["strides"][0] == 1
     pixels = 14 * 14
-    expected = (pixels * stem * cfg["in_channels"] * 49 + pixels * width * stem * 9 + pixels * width * width * 9
-                + (pixels * width * stem if stem != width else 0) + pixels * hidden * width * kernel * kernel
-                + hidden * cfg["num_classes"])
+    expected = (
+        pixels * stem * cfg["in_channels"] * 49
+        + pixels * width * stem * 9
+        + pixels * width * width * 9
+        + (pixels * width * stem if stem != width else 0)
+        + pixels * hidden * width * kernel * kernel
+        + hidden * cfg["num_classes"]
+    )
     assert m["stages"][0]["macs"] == expected
 
 
@@ -59,8 +64,9 @@ def test_stage_files_pass_full_checker_and_chain_matches_full_model(tiny_bundle)
     for precision in ("fp32", "fp16", "int8"):
         for k in range(bundle.num_stages):
             onnx.checker.check_model(onnx.load(str(bundle.stage_path(k, precision))), full_check=True)
-    chain = verify.Chain([str(bundle.stage_path(k)) for k in range(3)],
-                         [[o["name"] for o in s["outputs"]] for s in bundle.stages])
+    chain = verify.Chain(
+        [str(bundle.stage_path(k)) for k in range(3)], [[o["name"] for o in s["outputs"]] for s in bundle.stages]
+    )
     report = verify.verify(str(bundle.full_model_path()), chain, x, 3)
     assert max(report.chain_max_abs_diff) <= 1e-5
     assert bundle.manifest["verification"]["torch_max_abs_diff"] is not None
@@ -90,8 +96,11 @@ def test_int8_is_symmetric_qdq_that_tensorrt_accepts(tiny_bundle):
             assert (dq.op_type, q.op_type) == ("DequantizeLinear", "QuantizeLinear")
             weight = inits[q.input[0]]
             assert weight.dtype == np.float32
-            out_channels = weight.shape[0] if node.op_type == "Conv" else (
-                weight.shape[0] if any(a.name == "transB" and a.i for a in node.attribute) else weight.shape[1])
+            out_channels = (
+                weight.shape[0]
+                if node.op_type == "Conv"
+                else (weight.shape[0] if any(a.name == "transB" and a.i for a in node.attribute) else weight.shape[1])
+            )
             assert inits[q.input[1]].size == out_channels, f"{node.name}: one weight scale per output channel"
             if len(node.input) > 2:
                 assert node.input[2] in inits and inits[node.input[2]].dtype == np.float32, "bias stays float"
@@ -161,7 +170,7 @@ def test_stage_file_runs_under_polygraphy(tiny_bundle):
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     bundle = Bundle.open(tiny_bundle)
-    feat_shape = [2] + bundle.stages[1]["inputs"][0]["shape"][1:]
+    feat_shape = [2, *bundle.stages[1]["inputs"][0]["shape"][1:]]
     for precision in ("fp32", "fp16", "int8"):
         path = str(bundle.stage_path(1, precision))
         with OnnxrtRunner(SessionFromOnnx(path)) as runner:
@@ -179,8 +188,9 @@ def test_polygraphy_cli_runs_a_stage_file(tiny_bundle):
     exe = shutil.which("polygraphy") or str(Path(sys.executable).parent / "polygraphy")
     if not Path(exe).exists():
         pytest.skip("the polygraphy command is not installed")
-    result = subprocess.run([exe, "run", str(tiny_bundle / "stage0.onnx"), "--onnxrt"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [exe, "run", str(tiny_bundle / "stage0.onnx"), "--onnxrt"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "PASSED" in result.stdout + result.stderr
 
@@ -203,12 +213,12 @@ def test_older_onnxruntime_path_recalibrates_to_the_same_scales(tiny_bundle, tmp
     stage1 = calibrate.calibrate_chain(paths, chain, calibration, recipe, tmp_path)[1]
     scales = {}
     for accepts in (True, False):
-        monkeypatch.setattr(quantize, "_accepts_cache", lambda: accepts)
+        monkeypatch.setattr(quantize, "_accepts_cache", lambda accepts=accepts: accepts)
         out = tmp_path / f"stage1.{accepts}.int8.onnx"
         quantize.quantize_int8(paths[1], out, stage1, "minmax", tmp_path)
         model = onnx.load(str(out))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-        node = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "feat0"][0]
+        node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "feat0")
         scales[accepts] = float(inits[node.input[1]])
     assert scales[True] == pytest.approx(scales[False], rel=1e-6)
     assert scales[True] == pytest.approx(stage1.amax()["feat0"] / 127, rel=1e-6)
@@ -223,11 +233,27 @@ def test_user_onnx_with_a_fixed_batch_of_one(tiny_model_and_meta, tmp_path):
     model, meta = tiny_model_and_meta
     path = tmp_path / "batch1.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(path), input_names=["pixels"],
-                          output_names=["e0", "e1", "e2"], opset_version=17, dynamo=False)
-    result = convert_onnx(path, tmp_path / "b1", ["e0", "e1", "e2"], preprocessing=meta["preprocessing"],
-                          precisions=("fp32", "int8"), calib="default:train", calib_count=9, val="default:val", val_count=11,
-                          verify_count=5)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 28, 28),),
+            str(path),
+            input_names=["pixels"],
+            output_names=["e0", "e1", "e2"],
+            opset_version=17,
+            dynamo=False,
+        )
+    result = convert_onnx(
+        path,
+        tmp_path / "b1",
+        ["e0", "e1", "e2"],
+        preprocessing=meta["preprocessing"],
+        precisions=("fp32", "int8"),
+        calib="default:train",
+        calib_count=9,
+        val="default:val",
+        val_count=11,
+        verify_count=5,
+    )
     manifest = result.manifest
     assert manifest["stages"][0]["inputs"][0]["shape"] == [1, 1, 28, 28]
     assert manifest["calibration"]["count"] == 9 and result.validation["count"] == 11
@@ -251,9 +277,24 @@ def test_user_onnx_with_a_fixed_batch_above_one_is_refused(tiny_model_and_meta, 
     model, meta = tiny_model_and_meta
     path = tmp_path / "batch4.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(4, 1, 28, 28),), str(path), input_names=["pixels"],
-                          output_names=["e0", "e1", "e2"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(4, 1, 28, 28),),
+            str(path),
+            input_names=["pixels"],
+            output_names=["e0", "e1", "e2"],
+            opset_version=17,
+            dynamo=False,
+        )
     with pytest.raises(InputError, match="fixed batch of 4.*dynamic batch axis"):
-        convert_onnx(path, tmp_path / "b4", ["e0", "e1", "e2"], preprocessing=meta["preprocessing"], precisions=("fp32",),
-                     calib_count=8, val="default:val", val_count=8)
+        convert_onnx(
+            path,
+            tmp_path / "b4",
+            ["e0", "e1", "e2"],
+            preprocessing=meta["preprocessing"],
+            precisions=("fp32",),
+            calib_count=8,
+            val="default:val",
+            val_count=8,
+        )
     assert not (tmp_path / "b4").exists()

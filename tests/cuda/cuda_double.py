@@ -25,13 +25,34 @@ import numpy as np
 
 from hisd_edge.cuda.api import CudaBackend, DeviceBuffer, DeviceInfo, Event, Graph, HostBuffer, Stream, nbytes_of
 
-DISCRETE = DeviceInfo(index=0, name="Fake RTX 4090", compute_capability=(8, 9), integrated=False,
-                      can_map_host_memory=True, total_memory_bytes=24 << 30, multiprocessor_count=128)
+DISCRETE = DeviceInfo(
+    index=0,
+    name="Fake RTX 4090",
+    compute_capability=(8, 9),
+    integrated=False,
+    can_map_host_memory=True,
+    total_memory_bytes=24 << 30,
+    multiprocessor_count=128,
+)
 # An Orin Nano 8GB (8 SMs); an AGX Orin reports the same name and capability with 16 SMs.
-JETSON_ORIN = DeviceInfo(index=0, name="Orin", compute_capability=(8, 7), integrated=True,
-                         can_map_host_memory=True, total_memory_bytes=8 << 30, multiprocessor_count=8)
-AGX_ORIN = DeviceInfo(index=0, name="Orin", compute_capability=(8, 7), integrated=True,
-                      can_map_host_memory=True, total_memory_bytes=64 << 30, multiprocessor_count=16)
+JETSON_ORIN = DeviceInfo(
+    index=0,
+    name="Orin",
+    compute_capability=(8, 7),
+    integrated=True,
+    can_map_host_memory=True,
+    total_memory_bytes=8 << 30,
+    multiprocessor_count=8,
+)
+AGX_ORIN = DeviceInfo(
+    index=0,
+    name="Orin",
+    compute_capability=(8, 7),
+    integrated=True,
+    can_map_host_memory=True,
+    total_memory_bytes=64 << 30,
+    multiprocessor_count=16,
+)
 
 
 class FakeCudaError(RuntimeError):
@@ -71,8 +92,10 @@ class FakeMemory:
         block = self._blocks[base]
         offset = int(ptr) - base
         if offset + nbytes > block.size:
-            raise FakeCudaError(f"illegal address: {nbytes} bytes at {int(ptr):#x} run past the end of a {block.size}-byte allocation")
-        return block[offset:offset + nbytes]
+            raise FakeCudaError(
+                f"illegal address: {nbytes} bytes at {int(ptr):#x} run past the end of a {block.size}-byte allocation"
+            )
+        return block[offset : offset + nbytes]
 
     def read(self, ptr: int, shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
         return self.view(ptr, nbytes_of(shape, dtype)).view(dtype).reshape(shape).copy()
@@ -83,7 +106,7 @@ class FakeMemory:
 
 
 class _DeviceBuffer(DeviceBuffer):
-    def __init__(self, cuda: "FakeCuda", nbytes: int):
+    def __init__(self, cuda: FakeCuda, nbytes: int):
         self._cuda, self.nbytes = cuda, nbytes
         self.ptr = cuda.memory.add(np.zeros(max(nbytes, 1), dtype=np.uint8))
 
@@ -94,10 +117,10 @@ class _DeviceBuffer(DeviceBuffer):
 
 
 class _HostBuffer(HostBuffer):
-    def __init__(self, cuda: "FakeCuda", shape: Tuple[int, ...], dtype: Any, mapped: bool):
+    def __init__(self, cuda: FakeCuda, shape: Tuple[int, ...], dtype: Any, mapped: bool):
         self._cuda = cuda
         raw = np.zeros(max(nbytes_of(shape, dtype), 1), dtype=np.uint8)
-        self.array = raw[:nbytes_of(shape, dtype)].view(dtype).reshape(shape)
+        self.array = raw[: nbytes_of(shape, dtype)].view(dtype).reshape(shape)
         self._raw = raw
         self.device_ptr = cuda.memory.add(raw) if mapped else None
         cuda.pinned.append(raw)
@@ -112,19 +135,21 @@ class _HostBuffer(HostBuffer):
 class FakeStream(Stream):
     _handles = itertools.count(0x5000)
 
-    def __init__(self, cuda: "FakeCuda"):
+    def __init__(self, cuda: FakeCuda):
         self._cuda = cuda
         self.handle = next(self._handles)
         self.capture: Optional[List[Callable[[], None]]] = None
 
     def synchronize(self) -> None:
         if self.capture is not None:
-            raise FakeCudaError("cudaStreamSynchronize on a capturing stream (operation not permitted when stream is capturing)")
+            raise FakeCudaError(
+                "cudaStreamSynchronize on a capturing stream (operation not permitted when stream is capturing)"
+            )
         self._cuda.stats["stream_syncs"] += 1
 
 
 class FakeEvent(Event):
-    def __init__(self, cuda: "FakeCuda", timing: bool):
+    def __init__(self, cuda: FakeCuda, timing: bool):
         self._cuda, self.timing = cuda, timing
         self.time_s: Optional[float] = None
 
@@ -147,7 +172,7 @@ class FakeEvent(Event):
 
 
 class FakeGraph(Graph):
-    def __init__(self, cuda: "FakeCuda", ops: List[Callable[[], None]]):
+    def __init__(self, cuda: FakeCuda, ops: List[Callable[[], None]]):
         self._cuda, self.ops = cuda, ops
 
     def launch(self, stream: Stream) -> None:

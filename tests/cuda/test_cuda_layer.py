@@ -50,7 +50,7 @@ def test_importing_the_cuda_package_imports_no_binding():
 def test_no_binding_installed_is_one_line_dependency_error_with_install_hint(monkeypatch):
     import hisd_edge.cuda as hc
 
-    monkeypatch.setattr(hc, "available_bindings", lambda: [])
+    monkeypatch.setattr(hc, "available_bindings", list)
     with pytest.raises(DependencyError) as err:
         open_cuda()
     message = str(err.value)
@@ -99,19 +99,42 @@ def test_both_bindings_read_the_multiprocessor_count(monkeypatch):
     import hisd_edge.cuda.pycuda_backend as pyc
 
     ok = object()
-    prop = NS(name=b"Orin\0\0", major=8, minor=7, integrated=1, canMapHostMemory=1, totalGlobalMem=64 << 30,
-              multiProcessorCount=16)
-    rt = NS(cudaError_t=NS(cudaSuccess=ok), cudaGetDeviceCount=lambda: (ok, 1), cudaSetDevice=lambda i: (ok,),
-            cudaDeviceMapHost=8, cudaDeviceScheduleSpin=1, cudaDeviceScheduleAuto=0, cudaSetDeviceFlags=lambda f: (ok,),
-            cudaGetDeviceProperties=lambda i: (ok, prop))
+    prop = NS(
+        name=b"Orin\0\0",
+        major=8,
+        minor=7,
+        integrated=1,
+        canMapHostMemory=1,
+        totalGlobalMem=64 << 30,
+        multiProcessorCount=16,
+    )
+    rt = NS(
+        cudaError_t=NS(cudaSuccess=ok),
+        cudaGetDeviceCount=lambda: (ok, 1),
+        cudaSetDevice=lambda i: (ok,),
+        cudaDeviceMapHost=8,
+        cudaDeviceScheduleSpin=1,
+        cudaDeviceScheduleAuto=0,
+        cudaSetDeviceFlags=lambda f: (ok,),
+        cudaGetDeviceProperties=lambda i: (ok, prop),
+    )
     monkeypatch.setattr(cudart, "_runtime", lambda: rt)
     assert cudart.CudaPythonBackend(0).device.key == "orin-sm87-16sm"
 
     attrs = NS(INTEGRATED="integrated", CAN_MAP_HOST_MEMORY="map", MULTIPROCESSOR_COUNT="sms")
-    dev = NS(make_context=lambda flags: None, compute_capability=lambda: (8, 7), name=lambda: "Orin",
-             get_attribute=lambda a: {"integrated": 1, "map": 1, "sms": 8}[a], total_memory=lambda: 8 << 30)
-    driver = NS(init=lambda: None, Error=RuntimeError, device_attribute=attrs,
-                ctx_flags=NS(MAP_HOST=8, SCHED_SPIN=1, SCHED_AUTO=0))
+    dev = NS(
+        make_context=lambda flags: None,
+        compute_capability=lambda: (8, 7),
+        name=lambda: "Orin",
+        get_attribute=lambda a: {"integrated": 1, "map": 1, "sms": 8}[a],
+        total_memory=lambda: 8 << 30,
+    )
+    driver = NS(
+        init=lambda: None,
+        Error=RuntimeError,
+        device_attribute=attrs,
+        ctx_flags=NS(MAP_HOST=8, SCHED_SPIN=1, SCHED_AUTO=0),
+    )
     driver.Device = type("Device", (), {"count": staticmethod(lambda: 1), "__new__": lambda cls, i: dev})
     monkeypatch.setattr(pyc, "_driver", lambda: driver)
     assert pyc.PyCudaBackend(0).device.key == "orin-sm87-8sm"

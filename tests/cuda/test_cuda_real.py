@@ -34,8 +34,10 @@ def cuda(request):
 
 def test_device_info(cuda):
     info = cuda.device
-    print(f"\n{cuda.name}: {info.name} sm {info.compute_capability_str}, integrated={info.integrated}, "
-          f"map host={info.can_map_host_memory}, {info.total_memory_bytes >> 20} MiB, key {info.key}")
+    print(
+        f"\n{cuda.name}: {info.name} sm {info.compute_capability_str}, integrated={info.integrated}, "
+        f"map host={info.can_map_host_memory}, {info.total_memory_bytes >> 20} MiB, key {info.key}"
+    )
     assert info.compute_capability[0] >= 5 and info.total_memory_bytes > 0
     free, total = cuda.memory_info()
     assert 0 < free <= total

@@ -67,12 +67,20 @@ def main() -> None:
         source.close()
     ratios_pct = 100.0 * (np.asarray(ratios) - 1.0)
     q1, med, q3 = np.percentile(ratios_pct, [25, 50, 75])
-    print(f"bundle {bundle.name}, batch {args.batch}, last exit {last}, sysfs {root if args.sysfs_root else 'recorded Orin Nano tree'}")
-    print(f"sampler period {sampler.period_s * 1e3:.1f} ms, {len(source.rails)} rails, {len(trace.samples)} samples taken")
-    print(f"median latency without sampler {np.median(off_all):.4f} ms, with {np.median(on_all):.4f} ms "
-          f"({args.pairs} block pairs x {args.per_block} runs)")
-    print(f"overhead: median of per-pair ratios {med:+.2f}% (IQR {q1:+.2f}% .. {q3:+.2f}%); "
-          f"mean-based {100.0 * (np.mean(on_all) / np.mean(off_all) - 1.0):+.2f}%")
+    print(
+        f"bundle {bundle.name}, batch {args.batch}, last exit {last}, sysfs {root if args.sysfs_root else 'recorded Orin Nano tree'}"
+    )
+    print(
+        f"sampler period {sampler.period_s * 1e3:.1f} ms, {len(source.rails)} rails, {len(trace.samples)} samples taken"
+    )
+    print(
+        f"median latency without sampler {np.median(off_all):.4f} ms, with {np.median(on_all):.4f} ms "
+        f"({args.pairs} block pairs x {args.per_block} runs)"
+    )
+    print(
+        f"overhead: median of per-pair ratios {med:+.2f}% (IQR {q1:+.2f}% .. {q3:+.2f}%); "
+        f"mean-based {100.0 * (np.mean(on_all) / np.mean(off_all) - 1.0):+.2f}%"
+    )
 
 
 if __name__ == "__main__":

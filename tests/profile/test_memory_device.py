@@ -44,10 +44,13 @@ def test_snapshot_off_jetson_has_no_nvmap_and_live_proc_works(tmp_path):
 
 
 def test_difference_in_mib():
-    before = memory.MemorySnapshot(100 * 2 ** 20, None, 1000 * 2 ** 20, 10 * 2 ** 20)
-    after = memory.MemorySnapshot(150 * 2 ** 20, None, 900 * 2 ** 20, None)
-    assert memory.difference(before, after) == {"rss_delta_mib": 50.0, "mem_available_taken_mib": 100.0,
-                                                "nvmap_used_delta_mib": None}
+    before = memory.MemorySnapshot(100 * 2**20, None, 1000 * 2**20, 10 * 2**20)
+    after = memory.MemorySnapshot(150 * 2**20, None, 900 * 2**20, None)
+    assert memory.difference(before, after) == {
+        "rss_delta_mib": 50.0,
+        "mem_available_taken_mib": 100.0,
+        "nvmap_used_delta_mib": None,
+    }
 
 
 def test_backend_memory_is_optional():
@@ -64,11 +67,14 @@ def test_backend_memory_is_optional():
     assert memory.backend_memory(Broken()) == {"error": "cuda error"}
 
 
-@pytest.mark.parametrize("board,model,l4t,clocks", [
-    ("nano_jp4", "NVIDIA Jetson Nano Developer Kit", "32.7.1", "off"),
-    ("agx_xavier_jp4", "Jetson-AGX", "32.7.1", "on"),
-    ("orin_nano_jp6", "NVIDIA Jetson Orin Nano Developer Kit", "36.4.3", "off"),
-])
+@pytest.mark.parametrize(
+    "board,model,l4t,clocks",
+    [
+        ("nano_jp4", "NVIDIA Jetson Nano Developer Kit", "32.7.1", "off"),
+        ("agx_xavier_jp4", "Jetson-AGX", "32.7.1", "on"),
+        ("orin_nano_jp6", "NVIDIA Jetson Orin Nano Developer Kit", "36.4.3", "off"),
+    ],
+)
 def test_device_info_from_recorded_trees(board, model, l4t, clocks, board_tree):
     info = device.device_info(str(board_tree(board)))
     assert (info["model"], info["l4t_release"], info["is_jetson"]) == (model, l4t, True)
@@ -87,7 +93,9 @@ def test_jetson_clocks_unknown_without_gpu_node(board_tree):
 def test_nvpmodel_query_parsing_and_the_live_tool(fake_tool, board_tree):
     assert device.parse_nvpmodel_query("NV Power Mode: MAXN\n0\n") == {"mode_name": "MAXN", "mode_id": 0}
     assert device.parse_nvpmodel_query("NVPM WARN: fan mode is not set!\nNV Power Mode: 15W\n1\n") == {
-        "mode_name": "15W", "mode_id": 1}
+        "mode_name": "15W",
+        "mode_id": 1,
+    }
     assert device.parse_nvpmodel_query("nothing") is None
     fake_tool("nvpmodel", 'echo "NV Power Mode: MAXN_SUPER"\necho 2\n')
     info = device.device_info(str(board_tree("orin_nano_jp6")), run_tools=True)

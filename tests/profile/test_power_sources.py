@@ -140,7 +140,7 @@ def test_rapl_unreadable_is_none_in_auto_but_an_error_when_asked(board_tree, den
     root = board_tree("x86_rapl")
     deny_read(root / "sys/class/powercap/intel-rapl:0/energy_uj")
     monkeypatch.setenv("PATH", str(tmp_path))
-    source, notes = open_power_source("auto", sysfs_root=str(root))
+    source, _notes = open_power_source("auto", sysfs_root=str(root))
     assert isinstance(source, NullSource) and "chmod a+r" in source.reason
     with pytest.raises(DeviceError, match="chmod a\\+r"):
         explicit, _ = open_power_source("rapl", sysfs_root=str(root))
@@ -202,9 +202,13 @@ def test_jtop_reads_power_and_reports_a_lost_service(monkeypatch, counter_clock)
     class FakeJtop:
         def __init__(self, interval):
             self.interval = interval
-            self.power = {"rail": {"VDD_CPU_CV": {"power": 796, "volt": 5080, "curr": 156},
-                                   "VDD_GPU_SOC": {"power": 2390, "volt": 5080, "curr": 470}},
-                          "tot": {"power": 3186}}
+            self.power = {
+                "rail": {
+                    "VDD_CPU_CV": {"power": 796, "volt": 5080, "curr": 156},
+                    "VDD_GPU_SOC": {"power": 2390, "volt": 5080, "curr": 470},
+                },
+                "tot": {"power": 3186},
+            }
 
         def start(self):
             pass

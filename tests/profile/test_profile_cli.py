@@ -31,25 +31,58 @@ def _one_line_error(code, err, *needles):
 def none_profile(tiny_bundle_dir, tmp_path_factory):
     """One profile with no power source (this machine), batch 1 and 4."""
     out = tmp_path_factory.mktemp("reports") / "tiny_none"
-    argv = ["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(out),
-            "--data", "default:test", "--samples", "120", "--repeats", "12", "--warmup", "2", "--sweep-points", "11",
-            "--no-progress", "--json"]
+    argv = [
+        "profile",
+        str(tiny_bundle_dir),
+        "--power",
+        "none",
+        "--batch",
+        "1,4",
+        "--out",
+        str(out),
+        "--data",
+        "default:test",
+        "--samples",
+        "120",
+        "--repeats",
+        "12",
+        "--warmup",
+        "2",
+        "--sweep-points",
+        "11",
+        "--no-progress",
+        "--json",
+    ]
     assert main(argv) == 0
     return out, json.loads((out / "profile.json").read_text())
 
 
 def test_help_of_both_verbs():
     for verb in ("profile", "report"):
-        done = subprocess.run([sys.executable, "-m", "hisd_edge", verb, "--help"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "hisd_edge", verb, "--help"], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0 and f"usage: hisd-edge {verb}" in done.stdout
 
 
 def test_profile_without_power_reports_energy_as_unavailable(none_profile):
     out, profile = none_profile
-    assert {p.name for p in out.iterdir()} >= {"profile.json", "report.html", "exits.csv", "stages.csv", "sweep.csv",
-                                               "accuracy_vs_latency.png", "exit_distribution.png", "stage_breakdown.png"}
+    assert {p.name for p in out.iterdir()} >= {
+        "profile.json",
+        "report.html",
+        "exits.csv",
+        "stages.csv",
+        "sweep.csv",
+        "accuracy_vs_latency.png",
+        "exit_distribution.png",
+        "stage_breakdown.png",
+    }
     assert not (out / "accuracy_vs_energy.png").exists()
-    assert profile["schema_version"] == 1 and profile["power"] == {**profile["power"], "source": "none", "available": False}
+    assert profile["schema_version"] == 1 and profile["power"] == {
+        **profile["power"],
+        "source": "none",
+        "available": False,
+    }
     for block in profile["batches"]:
         for e in block["exits"]:
             assert e["energy_mj"] is None and e["energy_unavailable_reason"] == "no power source"
@@ -85,7 +118,7 @@ def test_accuracy_sweep_and_current_thresholds_match_the_runtime(none_profile, t
     assert sum(current["exit_fraction"]) == pytest.approx(1.0)
     assert current["thresholds"] == profile["policy"]["thresholds"] == [0.9, 0.9, None]
     sweep = accuracy["sweep"]
-    never = [p for p in sweep if p["threshold"] is None][0]
+    never = next(p for p in sweep if p["threshold"] is None)
     assert never["exit_fraction"][-1] == 1.0 and never["accuracy"] == pytest.approx(accuracy["per_exit_top1"][-1])
     assert any(p["pareto_latency"] for p in sweep)
     # expected latency = fractions x per-exit p50
@@ -93,14 +126,17 @@ def test_accuracy_sweep_and_current_thresholds_match_the_runtime(none_profile, t
     for point in sweep:
         assert point["mean_latency_ms"] == pytest.approx(float(np.dot(point["exit_fraction"], p50)))
     # per-exit top-1 recomputed independently with ONNX Runtime on the same samples
+    import onnxruntime as ort
+
     from hisd_edge.bundle import Bundle
     from hisd_edge.data import load_samples
-    import onnxruntime as ort
 
     bundle = Bundle.open(tiny_bundle_dir)
     samples = load_samples("default:test", count=120)
     session = ort.InferenceSession(str(bundle.full_model_path()), providers=["CPUExecutionProvider"])
-    outputs = session.run([e["output"] for e in bundle.exits], {session.get_inputs()[0].name: samples.tensors(bundle.preprocessing)})
+    outputs = session.run(
+        [e["output"] for e in bundle.exits], {session.get_inputs()[0].name: samples.tensors(bundle.preprocessing)}
+    )
     top1 = [float((np.argmax(o, axis=1) == samples.labels).mean()) for o in outputs]
     assert accuracy["per_exit_top1"] == pytest.approx(top1)
 
@@ -114,18 +150,39 @@ def test_uncalibrated_policy_is_said(none_profile):
 def test_bundle_without_a_policy_is_profiled_with_defaults(bundle_copy, tmp_path, fast_args, capsys):
     bundle = bundle_copy(lambda m: m.pop("policy"))
     out = tmp_path / "report"
-    code, stdout, _ = _run(["profile", str(bundle), "--power", "none", "--out", str(out)] + fast_args, capsys)
+    code, stdout, _ = _run(["profile", str(bundle), "--power", "none", "--out", str(out), *fast_args], capsys)
     assert code == 0 and "has no exit policy" in stdout
     profile = json.loads((out / "profile.json").read_text())
-    assert profile["policy"] == {**profile["policy"], "kind": "max_prob", "thresholds": [0.9, 0.9, None], "calibrated": False}
+    assert profile["policy"] == {
+        **profile["policy"],
+        "kind": "max_prob",
+        "thresholds": [0.9, 0.9, None],
+        "calibrated": False,
+    }
     assert "has no exit policy" in (out / "report.html").read_text()
 
 
-def test_profile_with_a_recorded_orin_tree_measures_energy_exactly(board_tree, tiny_bundle_dir, tmp_path, fast_args, capsys):
+def test_profile_with_a_recorded_orin_tree_measures_energy_exactly(
+    board_tree, tiny_bundle_dir, tmp_path, fast_args, capsys
+):
     root = board_tree("orin_nano_jp6")
     out = tmp_path / "orin"
-    code, stdout, _ = _run(["profile", str(tiny_bundle_dir), "--sysfs-root", str(root), "--batch", "2", "--out", str(out),
-                            "--overhead-pairs", "2"] + fast_args, capsys)
+    code, stdout, _ = _run(
+        [
+            "profile",
+            str(tiny_bundle_dir),
+            "--sysfs-root",
+            str(root),
+            "--batch",
+            "2",
+            "--out",
+            str(out),
+            "--overhead-pairs",
+            "2",
+            *fast_args,
+        ],
+        capsys,
+    )
     assert code == 0, stdout
     profile = json.loads((out / "profile.json").read_text())
     power = profile["power"]
@@ -147,16 +204,44 @@ def test_profile_with_a_recorded_orin_tree_measures_energy_exactly(board_tree, t
     assert overhead["runs_with"] >= 20 and overhead["runs_without"] >= 20
     assert (out / "accuracy_vs_energy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     trace_rows = (out / "power_trace.csv").read_text().splitlines()
-    assert trace_rows[0] == "time_s,total_mw" and len(trace_rows) - 1 == power["samples"] == len(power["trace"]["time_s"])
+    assert trace_rows[0] == "time_s,total_mw" and len(trace_rows) - 1 == power["samples"] == len(
+        power["trace"]["time_s"]
+    )
 
 
 def test_power_source_stopping_mid_run_keeps_what_was_measured(tegrastats_lines, tiny_bundle_dir, tmp_path, capsys):
     log = tmp_path / "tegrastats.log"
     log.write_text("\n".join([tegrastats_lines["orin_nano_jp6"]] * 25) + "\n")
     out = tmp_path / "gap"
-    argv = ["profile", str(tiny_bundle_dir), "--tegrastats-log", str(log), "--tegrastats-interval-ms", "20", "--out", str(out),
-            "--data", "default:test", "--samples", "60", "--repeats", "5", "--warmup", "1", "--energy-seconds", "0.5",
-            "--energy-inferences", "5", "--idle-seconds", "0.2", "--sweep-points", "5", "--overhead-pairs", "0", "--no-progress"]
+    argv = [
+        "profile",
+        str(tiny_bundle_dir),
+        "--tegrastats-log",
+        str(log),
+        "--tegrastats-interval-ms",
+        "20",
+        "--out",
+        str(out),
+        "--data",
+        "default:test",
+        "--samples",
+        "60",
+        "--repeats",
+        "5",
+        "--warmup",
+        "1",
+        "--energy-seconds",
+        "0.5",
+        "--energy-inferences",
+        "5",
+        "--idle-seconds",
+        "0.2",
+        "--sweep-points",
+        "5",
+        "--overhead-pairs",
+        "0",
+        "--no-progress",
+    ]
     code, stdout, _ = _run(argv, capsys)
     assert code == 0
     profile = json.loads((out / "profile.json").read_text())
@@ -170,45 +255,53 @@ def test_power_source_stopping_mid_run_keeps_what_was_measured(tegrastats_lines,
     assert all(e["energy"]["complete"] or e["energy"]["gaps"] for e in measured)
 
 
-def test_unreadable_sysfs_fails_before_work_naming_path_and_fix(board_tree, deny_read, tiny_bundle_dir, tmp_path, fast_args,
-                                                                capsys):
+def test_unreadable_sysfs_fails_before_work_naming_path_and_fix(
+    board_tree, deny_read, tiny_bundle_dir, tmp_path, fast_args, capsys
+):
     root = board_tree("agx_orin_jp5")
     path = root / "sys/bus/i2c/drivers/ina3221/1-0041/hwmon/hwmon4/curr2_input"
     deny_read(path)
     out = tmp_path / "never"
-    code, _, err = _run(["profile", str(tiny_bundle_dir), "--sysfs-root", str(root), "--out", str(out)] + fast_args, capsys)
+    code, _, err = _run(
+        ["profile", str(tiny_bundle_dir), "--sysfs-root", str(root), "--out", str(out), *fast_args], capsys
+    )
     _one_line_error(code, err, str(path), "sudo chmod a+r", "--power tegrastats")
     assert not out.exists()
 
 
 def test_tegrastats_missing(tiny_bundle_dir, tmp_path, fast_args, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "tegrastats", "--out", str(tmp_path / "r")] + fast_args,
-                        capsys)
+    code, _, err = _run(
+        ["profile", str(tiny_bundle_dir), "--power", "tegrastats", "--out", str(tmp_path / "r"), *fast_args], capsys
+    )
     _one_line_error(code, err, "tegrastats", "not found on PATH")
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--batch", "0,4"], "--batch"),
-    (["--batch", "x"], "--batch"),
-    (["--samples", "0"], "--samples"),
-    (["--backend", "nope"], "unknown backend"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--batch", "0,4"], "--batch"),
+        (["--batch", "x"], "--batch"),
+        (["--samples", "0"], "--samples"),
+        (["--backend", "nope"], "unknown backend"),
+    ],
+)
 def test_bad_flags(extra, needle, tiny_bundle_dir, tmp_path, fast_args, capsys):
-    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--out", str(tmp_path / "r")] + fast_args + extra,
-                        capsys)
+    code, _, err = _run(
+        ["profile", str(tiny_bundle_dir), "--power", "none", "--out", str(tmp_path / "r"), *fast_args, *extra], capsys
+    )
     _one_line_error(code, err, needle)
     assert not (tmp_path / "r").exists()
 
 
 def test_missing_bundle_and_foreign_out_dir(tiny_bundle_dir, tmp_path, fast_args, capsys):
-    code, _, err = _run(["profile", str(tmp_path / "absent"), "--power", "none"] + fast_args, capsys)
+    code, _, err = _run(["profile", str(tmp_path / "absent"), "--power", "none", *fast_args], capsys)
     _one_line_error(code, err, "no such bundle")
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--out", str(foreign)] + fast_args, capsys)
+    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--out", str(foreign), *fast_args], capsys)
     _one_line_error(code, err, "not a hisd-edge report")
     assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
 
@@ -230,7 +323,9 @@ def test_report_rerenders_and_compares(none_profile, tmp_path, capsys):
     (tmp_path / "fp16").mkdir()
     (tmp_path / "fp16" / "profile.json").write_text(json.dumps(other))
     out = tmp_path / "cmp"
-    code, stdout, _ = _run(["report", str(copy), str(tmp_path / "fp16" / "profile.json"), "--out", str(out), "--json"], capsys)
+    code, stdout, _ = _run(
+        ["report", str(copy), str(tmp_path / "fp16" / "profile.json"), "--out", str(out), "--json"], capsys
+    )
     assert code == 0
     result = json.loads(stdout)
     assert result["labels"] == ["copy", "fp16"] and (out / "compare.html").is_file()
@@ -269,7 +364,9 @@ def test_policy_resolution_calibrated_and_not(bundle_copy):
     from hisd_edge.bundle import Bundle
     from hisd_edge.profile.runner import resolve_policy
 
-    calibrated = bundle_copy(lambda m: m.update(policy={"kind": "margin", "thresholds": [0.3, 0.2, None], "calibrated": True}))
+    calibrated = bundle_copy(
+        lambda m: m.update(policy={"kind": "margin", "thresholds": [0.3, 0.2, None], "calibrated": True})
+    )
     policy, block, note = resolve_policy(Bundle.open(calibrated))
     assert (policy.kind, block["thresholds"], block["calibrated"], note) == ("margin", [0.3, 0.2, None], True, None)
 
@@ -337,10 +434,24 @@ def _with_max_batch(monkeypatch, max_batch):
     return calls
 
 
-def test_batch_over_the_backends_max_batch_fails_before_measuring(tiny_bundle_dir, tmp_path, fast_args, monkeypatch, capsys):
+def test_batch_over_the_backends_max_batch_fails_before_measuring(
+    tiny_bundle_dir, tmp_path, fast_args, monkeypatch, capsys
+):
     calls = _with_max_batch(monkeypatch, 2)
-    code, _, err = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(tmp_path / "r")]
-                        + fast_args, capsys)
+    code, _, err = _run(
+        [
+            "profile",
+            str(tiny_bundle_dir),
+            "--power",
+            "none",
+            "--batch",
+            "1,4",
+            "--out",
+            str(tmp_path / "r"),
+            *fast_args,
+        ],
+        capsys,
+    )
     _one_line_error(code, err, "--batch 1,4", "at most 2 rows", "rebuild with a larger --batch MAX")
     assert calls == [] and not (tmp_path / "r").exists()
 
@@ -348,8 +459,9 @@ def test_batch_over_the_backends_max_batch_fails_before_measuring(tiny_bundle_di
 def test_all_exit_pass_is_the_runtimes_collect_exit_outputs(tiny_bundle_dir, tmp_path, fast_args, monkeypatch, capsys):
     calls = _with_max_batch(monkeypatch, 4)
     out = tmp_path / "r"
-    code, _, _ = _run(["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(out)] + fast_args,
-                      capsys)
+    code, _, _ = _run(
+        ["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(out), *fast_args], capsys
+    )
     assert code == 0 and calls == [120]
     profile = json.loads((out / "profile.json").read_text())
     assert profile["accuracy"]["samples"] == 120 and profile["accuracy"]["sweep"][-1]["threshold"] is None

@@ -24,44 +24,117 @@ def _lat(p50):
 def make_profile(energy=True, name="mnist"):
     exits, stages = [], []
     for k, (lat, mj) in enumerate([(1.0, 2.0), (2.0, 3.5), (3.0, 6.0)]):
-        exits.append({"index": k, "latency_ms": _lat(lat),
-                      "energy_mj": {"total": mj, "dynamic": mj / 2} if energy else None,
-                      **({} if energy else {"energy_unavailable_reason": "no power source"}),
-                      "energy": {"window_s": 2.0, "samples": 100, "sampling_period_ms": 20.0, "mean_power_mw": 5000.0,
-                                 "idle_power_mw": 2500.0, "complete": True} if energy else None})
-        stages.append({"index": k, "latency_ms": _lat(1.0), "energy_mj": {"total": 2.0, "dynamic": 1.0} if energy else None,
-                       "model_bytes": 1000 * (k + 1)})
-    sweep = [{"threshold": t, "thresholds": [t, t, None], "accuracy": a, "exit_fraction": f,
-              "mean_latency_ms": float(np.dot(f, [1, 2, 3])), "mean_energy_mj": float(np.dot(f, [2, 3.5, 6])) if energy else None,
-              "pareto_latency": p, "pareto_energy": p and energy}
-             for t, a, f, p in [(0.5, 0.90, [0.8, 0.1, 0.1], True), (0.9, 0.95, [0.5, 0.3, 0.2], True),
-                                (0.99, 0.94, [0.2, 0.3, 0.5], False), (None, 0.97, [0.0, 0.0, 1.0], True)]]
+        exits.append(
+            {
+                "index": k,
+                "latency_ms": _lat(lat),
+                "energy_mj": {"total": mj, "dynamic": mj / 2} if energy else None,
+                **({} if energy else {"energy_unavailable_reason": "no power source"}),
+                "energy": {
+                    "window_s": 2.0,
+                    "samples": 100,
+                    "sampling_period_ms": 20.0,
+                    "mean_power_mw": 5000.0,
+                    "idle_power_mw": 2500.0,
+                    "complete": True,
+                }
+                if energy
+                else None,
+            }
+        )
+        stages.append(
+            {
+                "index": k,
+                "latency_ms": _lat(1.0),
+                "energy_mj": {"total": 2.0, "dynamic": 1.0} if energy else None,
+                "model_bytes": 1000 * (k + 1),
+            }
+        )
+    sweep = [
+        {
+            "threshold": t,
+            "thresholds": [t, t, None],
+            "accuracy": a,
+            "exit_fraction": f,
+            "mean_latency_ms": float(np.dot(f, [1, 2, 3])),
+            "mean_energy_mj": float(np.dot(f, [2, 3.5, 6])) if energy else None,
+            "pareto_latency": p,
+            "pareto_energy": p and energy,
+        }
+        for t, a, f, p in [
+            (0.5, 0.90, [0.8, 0.1, 0.1], True),
+            (0.9, 0.95, [0.5, 0.3, 0.2], True),
+            (0.99, 0.94, [0.2, 0.3, 0.5], False),
+            (None, 0.97, [0.0, 0.0, 1.0], True),
+        ]
+    ]
     return {
-        "schema_version": 1, "kind": "hisd-edge-profile", "created": "2026-01-01T00:00:00+00:00", "toolkit_version": "0.1.0",
-        "command": "hisd-edge profile x", "bundle": {"name": name, "path": "engines/x", "stages": 3, "exits": 3},
-        "device": {"model": "NVIDIA Jetson Orin Nano Developer Kit", "nvpmodel": {"mode_name": "15W", "mode_id": 0},
-                   "jetson_clocks": {"state": "on"}},
-        "backend": {"backend": "tensorrt", "precision": "fp16"}, "precision": "fp16",
-        "power": {"source": "ina3221-hwmon", "available": energy, "reason": None if energy else "no power source",
-                  "rails": ["VDD_IN"], "total": "VDD_IN", "sampling_period_ms": 20.0},
+        "schema_version": 1,
+        "kind": "hisd-edge-profile",
+        "created": "2026-01-01T00:00:00+00:00",
+        "toolkit_version": "0.1.0",
+        "command": "hisd-edge profile x",
+        "bundle": {"name": name, "path": "engines/x", "stages": 3, "exits": 3},
+        "device": {
+            "model": "NVIDIA Jetson Orin Nano Developer Kit",
+            "nvpmodel": {"mode_name": "15W", "mode_id": 0},
+            "jetson_clocks": {"state": "on"},
+        },
+        "backend": {"backend": "tensorrt", "precision": "fp16"},
+        "precision": "fp16",
+        "power": {
+            "source": "ina3221-hwmon",
+            "available": energy,
+            "reason": None if energy else "no power source",
+            "rails": ["VDD_IN"],
+            "total": "VDD_IN",
+            "sampling_period_ms": 20.0,
+        },
         "policy": {"kind": "max_prob", "thresholds": [0.9, 0.9, None], "calibrated": True, "note": None},
-        "settings": {"repeats": 100}, "batch": 1, "stages": stages, "exits": exits,
+        "settings": {"repeats": 100},
+        "batch": 1,
+        "stages": stages,
+        "exits": exits,
         "batches": [{"batch": 1, "stages": stages, "exits": exits}, {"batch": 8, "stages": stages, "exits": exits}],
-        "idle": {"power_mw": 2500.0}, "memory": {"before": {"rss_mib": 100.0}, "after_load": {"rss_mib": 150.0},
-                                                  "load": {"rss_delta_mib": 50.0}, "model_bytes": 6000},
-        "accuracy": {"samples": 100, "labelled": True, "per_exit_top1": [0.9, 0.95, 0.97],
-                     "current": {"thresholds": [0.9, 0.9, None], "accuracy": 0.95, "exit_fraction": [0.5, 0.3, 0.2],
-                                 "mean_latency_ms": 1.7, "mean_energy_mj": 3.25 if energy else None},
-                     "sweep": sweep},
-        "overhead": {"sampler": {"overhead_pct": 0.4}}, "notes": ["a note <with> markup"],
+        "idle": {"power_mw": 2500.0},
+        "memory": {
+            "before": {"rss_mib": 100.0},
+            "after_load": {"rss_mib": 150.0},
+            "load": {"rss_delta_mib": 50.0},
+            "model_bytes": 6000,
+        },
+        "accuracy": {
+            "samples": 100,
+            "labelled": True,
+            "per_exit_top1": [0.9, 0.95, 0.97],
+            "current": {
+                "thresholds": [0.9, 0.9, None],
+                "accuracy": 0.95,
+                "exit_fraction": [0.5, 0.3, 0.2],
+                "mean_latency_ms": 1.7,
+                "mean_energy_mj": 3.25 if energy else None,
+            },
+            "sweep": sweep,
+        },
+        "overhead": {"sampler": {"overhead_pct": 0.4}},
+        "notes": ["a note <with> markup"],
     }
 
 
 def test_report_directory_is_complete_and_self_contained(tmp_path):
     result = write_report(make_profile(), tmp_path / "r")
     out = tmp_path / "r"
-    for name in ("profile.json", "exits.csv", "stages.csv", "sweep.csv", "report.html", "accuracy_vs_latency.png",
-                 "accuracy_vs_energy.png", "exit_distribution.png", "stage_breakdown.png"):
+    for name in (
+        "profile.json",
+        "exits.csv",
+        "stages.csv",
+        "sweep.csv",
+        "report.html",
+        "accuracy_vs_latency.png",
+        "accuracy_vs_energy.png",
+        "exit_distribution.png",
+        "stage_breakdown.png",
+    ):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
@@ -107,14 +180,8 @@ def test_comparison_of_three(tmp_path):
 
 
 # -- trade-off arithmetic --------------------------------------------------------------------------
-SCORES = np.array([[0.95, 0.99, 0.99],
-                   [0.50, 0.92, 0.99],
-                   [0.40, 0.60, 0.70],
-                   [0.91, 0.10, 0.10]])
-CORRECT = np.array([[True, True, True],
-                    [False, True, True],
-                    [False, False, True],
-                    [False, True, True]])
+SCORES = np.array([[0.95, 0.99, 0.99], [0.50, 0.92, 0.99], [0.40, 0.60, 0.70], [0.91, 0.10, 0.10]])
+CORRECT = np.array([[True, True, True], [False, True, True], [False, False, True], [False, True, True]])
 
 
 def test_exit_indices_and_evaluate_by_hand():
@@ -155,7 +222,10 @@ def test_a_profile_json_next_to_a_users_file_is_not_replaced(tmp_path):
     with pytest.raises(InputError, match=r"'notes\.txt'.*choose another --out or remove them") as caught:
         write_report(make_profile(), out)
     assert "\n" not in str(caught.value)
-    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt", "profile.json"]
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == [
+        "notes.txt",
+        "profile.json",
+    ]
     with pytest.raises(InputError, match="notes.txt"):
         write_comparison([make_profile(), make_profile(name="b")], ["a", "b"], out)
     assert (out / "notes.txt").read_text() == "mine"
@@ -165,7 +235,10 @@ def test_every_file_the_writers_produce_is_replaceable(tmp_path):
     from hisd_edge.profile.report import WRITTEN_NAMES, check_replaceable
 
     profile = make_profile()
-    profile["power"]["trace"] = {"time_s": [0.0, 0.02, 0.04], "total_mw": [5000.0, 5100.0, 5050.0]}  # power_trace.csv/.png
+    profile["power"]["trace"] = {
+        "time_s": [0.0, 0.02, 0.04],
+        "total_mw": [5000.0, 5100.0, 5050.0],
+    }  # power_trace.csv/.png
     out = tmp_path / "r"
     first = write_report(profile, out)
     assert {"power_trace.csv", "power_trace.png"} <= set(first["files"])

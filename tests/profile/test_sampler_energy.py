@@ -32,7 +32,9 @@ class ScriptedSource(PowerSource):
             raise DeviceError("sensor went away")
         t = self.clock()
         energy = self.counter_of_t(t) if self.counter_of_t else None
-        return PowerSample(time_s=t, total_mw=self.power_of_t(t), rails_mw={"VDD_IN": self.power_of_t(t)}, energy_mj=energy)
+        return PowerSample(
+            time_s=t, total_mw=self.power_of_t(t), rails_mw={"VDD_IN": self.power_of_t(t)}, energy_mj=energy
+        )
 
 
 def _step(sampler, clock, times):
@@ -56,7 +58,7 @@ def test_linear_ramp_and_window_edges_between_samples(counter_clock):
     _step(sampler, counter_clock, [0.0, 1.0, 2.0, 3.0, 4.0])
     window = integrate_window(sampler.trace(), 0.25, 3.5)
     # integral of 100 t dt from 0.25 to 3.5 = 50 * (3.5^2 - 0.25^2): trapezoids are exact on a ramp
-    assert window.energy_mj == pytest.approx(50.0 * (3.5 ** 2 - 0.25 ** 2), abs=1e-9)
+    assert window.energy_mj == pytest.approx(50.0 * (3.5**2 - 0.25**2), abs=1e-9)
     assert window.mean_power_mw == pytest.approx(window.energy_mj / 3.25)
 
 

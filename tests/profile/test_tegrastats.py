@@ -20,10 +20,21 @@ from hisd_edge.profile.sampler import PowerSampler
 
 EXPECTED = {
     "nano_jp4": ({"POM_5V_IN": 4520.0, "POM_5V_GPU": 0.0, "POM_5V_CPU": 1078.0}, 4520.0),
-    "agx_xavier_jp4": ({"VDD_IN": 14025.0, "VDD_CPU": 2209.0, "VDD_GPU": 6854.0, "VDD_SOC": 1371.0, "VDD_WIFI": 19.0,
-                        "VDD_DDR": 2702.0}, 14025.0),
-    "agx_orin_jp5": ({"VDD_GPU_SOC": 2390.0, "VDD_CPU_CV": 796.0, "VIN_SYS_5V0": 3522.0, "VDDQ_VDD2_1V8AO": 301.0},
-                     2390.0 + 796 + 3522 + 301),
+    "agx_xavier_jp4": (
+        {
+            "VDD_IN": 14025.0,
+            "VDD_CPU": 2209.0,
+            "VDD_GPU": 6854.0,
+            "VDD_SOC": 1371.0,
+            "VDD_WIFI": 19.0,
+            "VDD_DDR": 2702.0,
+        },
+        14025.0,
+    ),
+    "agx_orin_jp5": (
+        {"VDD_GPU_SOC": 2390.0, "VDD_CPU_CV": 796.0, "VIN_SYS_5V0": 3522.0, "VDDQ_VDD2_1V8AO": 301.0},
+        2390.0 + 796 + 3522 + 301,
+    ),
     "orin_nano_jp6": ({"VDD_IN": 5704.0, "VDD_CPU_GPU_CV": 831.0, "VDD_SOC": 1624.0}, 5704.0),
     "agx_orin_jp7": ({"VDD_GPU_SOC": 5139.0, "VDD_CPU_CV": 3268.0, "VIN_SYS_5V0": 5500.0}, 5139.0 + 3268 + 5500),
 }
@@ -37,8 +48,10 @@ def test_every_line_format_parses_exactly(fmt, tegrastats_lines):
 
 
 def test_memory_temperatures_and_frequencies_are_not_rails():
-    line = ("RAM 2257/30536MB (lfb 5392x4MB) SWAP 0/15268MB (cached 0MB) IRAM 0/252kB(lfb 252kB) EMC_FREQ 0%@2133 "
-            "GR3D_FREQ 12%@[1300,1300] cpu@52.968C/52.968C APE 174 MTS fg 0% bg 0%")
+    line = (
+        "RAM 2257/30536MB (lfb 5392x4MB) SWAP 0/15268MB (cached 0MB) IRAM 0/252kB(lfb 252kB) EMC_FREQ 0%@2133 "
+        "GR3D_FREQ 12%@[1300,1300] cpu@52.968C/52.968C APE 174 MTS fg 0% bg 0%"
+    )
     assert parse_rails_mw(line) == {}
     assert sample_from_line(line, 0.0) is None
 
@@ -51,12 +64,17 @@ def test_current_value_is_used_not_the_average():
 
 def test_timestamps(tegrastats_lines):
     assert parse_timestamp_s(tegrastats_lines["agx_orin_jp5"]) == pytest.approx(
-        time.mktime((2023, 1, 3, 16, 7, 54, 0, 0, -1)))
+        time.mktime((2023, 1, 3, 16, 7, 54, 0, 0, -1))
+    )
     assert parse_timestamp_s(tegrastats_lines["nano_jp4"]) is None
 
 
 def test_samples_from_a_recorded_log(tegrastats_lines):
-    lines = [tegrastats_lines["orin_nano_jp6"], "garbage", tegrastats_lines["orin_nano_jp6"].replace("5704mW/", "6704mW/")]
+    lines = [
+        tegrastats_lines["orin_nano_jp6"],
+        "garbage",
+        tegrastats_lines["orin_nano_jp6"].replace("5704mW/", "6704mW/"),
+    ]
     samples = samples_from_log(lines, interval_s=0.1, start_s=10.0)
     assert [s.time_s for s in samples] == [10.0, pytest.approx(10.1)]
     assert [s.total_mw for s in samples] == [5704.0, 6704.0]

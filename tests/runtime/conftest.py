@@ -22,12 +22,29 @@ def _export(module, example, path: Path, input_name: str, output_names: List[str
 
     dynamic = {input_name: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
     with torch.no_grad():
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=[input_name],
-                          output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
 
 
-def make_bundle(model, out_dir: Path, *, preprocessing: Dict[str, Any], class_names: List[str], name: str = "test",
-                fuse_confidence: bool = True, policy: Optional[Dict[str, Any]] = None) -> Path:
+def make_bundle(
+    model,
+    out_dir: Path,
+    *,
+    preprocessing: Dict[str, Any],
+    class_names: List[str],
+    name: str = "test",
+    fuse_confidence: bool = True,
+    policy: Optional[Dict[str, Any]] = None,
+) -> Path:
     """Export ``model`` (eval mode) into a bundle directory; returns its path."""
     import torch
     from torch import nn
@@ -63,7 +80,7 @@ def make_bundle(model, out_dir: Path, *, preprocessing: Dict[str, Any], class_na
         def forward(self, x):  # type: ignore[no-untyped-def]
             return tuple(self.inner(x))
 
-    x = torch.zeros((2,) + spec.input_shape)
+    x = torch.zeros((2, *spec.input_shape))
     stages, exits = [], []
     with torch.no_grad():
         for k in range(n):
@@ -78,16 +95,34 @@ def make_bundle(model, out_dir: Path, *, preprocessing: Dict[str, Any], class_na
             input_name = "input" if k == 0 else f"feat{k - 1}"
             rel = f"stage{k}.fp32.onnx"
             _export(module, x, out_dir / rel, input_name, outs)
-            in_shape = ["batch"] + list(x.shape[1:])
+            in_shape = ["batch", *list(x.shape[1:])]
             x = model.stages[k](x)
-            stages.append({"index": k, "inputs": [{"name": input_name, "shape": in_shape, "dtype": "float32"}],
-                           "outputs": [{"name": o} for o in outs],
-                           "files": {"fp32": file_record(out_dir, rel, io_dtype="float32")},
-                           "params": int(sum(p.numel() for p in module.parameters())), "macs": None})
-            exits.append({"index": k, "stage": k, "output": f"exit{k}", "confidence_output": f"conf{k}" if has_conf else None,
-                          "kind": "embedding" if embedding else "logits"})
-        _export(FullModule(model).eval(), torch.zeros((2,) + spec.input_shape), out_dir / "full.fp32.onnx", "input",
-                [f"exit{k}" for k in range(n)])
+            stages.append(
+                {
+                    "index": k,
+                    "inputs": [{"name": input_name, "shape": in_shape, "dtype": "float32"}],
+                    "outputs": [{"name": o} for o in outs],
+                    "files": {"fp32": file_record(out_dir, rel, io_dtype="float32")},
+                    "params": int(sum(p.numel() for p in module.parameters())),
+                    "macs": None,
+                }
+            )
+            exits.append(
+                {
+                    "index": k,
+                    "stage": k,
+                    "output": f"exit{k}",
+                    "confidence_output": f"conf{k}" if has_conf else None,
+                    "kind": "embedding" if embedding else "logits",
+                }
+            )
+        _export(
+            FullModule(model).eval(),
+            torch.zeros((2, *spec.input_shape)),
+            out_dir / "full.fp32.onnx",
+            "input",
+            [f"exit{k}" for k in range(n)],
+        )
     manifest = {
         "name": name,
         "model": {"arch": model.arch, "source": "checkpoint", "exit_output": "embedding" if embedding else "logits"},
@@ -124,7 +159,9 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle_unfused(tiny_checkpoint, tmp_path_factory) -> Path:
     """The same model without fused confidence outputs (the host computes max softmax)."""
-    return bundle_from_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny_unfused", fuse_confidence=False)
+    return bundle_from_checkpoint(
+        tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny_unfused", fuse_confidence=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -136,9 +173,13 @@ def embedding_bundle(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     model = create_model("tiny_vit", exit_output="embedding")
-    return make_bundle(model, tmp_path_factory.mktemp("bundle") / "vit_emb", preprocessing=MNIST_PREPROCESSING,
-                       class_names=[str(d) for d in range(10)],
-                       policy={"kind": "stability", "thresholds": [0.99, 0.99, None], "calibrated": False})
+    return make_bundle(
+        model,
+        tmp_path_factory.mktemp("bundle") / "vit_emb",
+        preprocessing=MNIST_PREPROCESSING,
+        class_names=[str(d) for d in range(10)],
+        policy={"kind": "stability", "thresholds": [0.99, 0.99, None], "calibrated": False},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +196,9 @@ def random_images(count: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="session")
 def converted_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     """The tiny checkpoint through the real converter (fp32 + int8); read-only."""
-    convert = pytest.importorskip("hisd_edge.convert.pipeline", reason="the converter (hisd_edge.convert) is not in this tree")
+    convert = pytest.importorskip(
+        "hisd_edge.convert.pipeline", reason="the converter (hisd_edge.convert) is not in this tree"
+    )
     out = tmp_path_factory.mktemp("converted") / "tiny_conv"
     convert.convert_checkpoint(tiny_checkpoint, out, precisions=("fp32", "int8"), calib_count=32, val_count=64)
     return out
@@ -166,8 +209,14 @@ def run_cli(*args: str, cwd: Optional[Path] = None):  # type: ignore[no-untyped-
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "hisd_edge", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hisd_edge", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
 
 
 @pytest.fixture()

@@ -27,7 +27,7 @@ def _middle_thresholds(outputs, kind):
         stored = [2.0] * (scores.shape[1] - 1)
     else:
         stored = [policy.to_stored(float(np.median(scores[:, k]))) for k in range(scores.shape[1] - 1)]
-    return make_policy(kind, stored + [None]), scores
+    return make_policy(kind, [*stored, None]), scores
 
 
 def _expected_exits(policy, scores):
@@ -51,8 +51,9 @@ def test_exits_match_offline_scores_for_any_batching(setup, kind, batch):
     got_exit, got_class, got_index = [], [], []
     with create_backend("onnxruntime", bundle) as backend:
         for start in range(0, len(x), batch):
-            results, trace = run_early_exit(backend, policy, x[start : start + batch], class_names=bundle.class_names,
-                                            first_index=start)
+            results, trace = run_early_exit(
+                backend, policy, x[start : start + batch], class_names=bundle.class_names, first_index=start
+            )
             assert [r.index for r in results] == list(range(start, start + len(results)))
             assert trace.stage_rows[0] == len(results) and trace.stage_rows == sorted(trace.stage_rows, reverse=True)
             got_exit += [r.exit for r in results]
@@ -112,8 +113,12 @@ def test_nan_and_inf_inputs_are_flagged_and_do_not_disturb_the_others(setup):
 
 
 def test_raw_images_errors_and_resizing(tiny_bundle, val_samples):
-    images = [val_samples.images[0], None, np.zeros((28, 28, 2), np.uint8),
-              np.repeat(np.kron(val_samples.images[3], np.ones((2, 2), np.uint8))[:, :, None], 3, axis=2)]
+    images = [
+        val_samples.images[0],
+        None,
+        np.zeros((28, 28, 2), np.uint8),
+        np.repeat(np.kron(val_samples.images[3], np.ones((2, 2), np.uint8))[:, :, None], 3, axis=2),
+    ]
     with open_runtime(tiny_bundle) as rt:
         results = rt.infer(images, names=["ok", "broken", "two-channel", "big-bgr"])
         alone = rt.infer([val_samples.images[0]])[0]

@@ -34,8 +34,12 @@ def test_files_folders_arrays_in_order(tmp_path, val_samples):
 def test_everything_is_checked_before_the_first_item(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "x.txt").write_text("?")
-    for spec, message in ((str(tmp_path / "empty"), "no image files"), (str(tmp_path / "x.txt"), "unsupported file type"),
-                          (str(tmp_path / "missing.jpg"), "no such file"), ("96", "camera 96 cannot be opened")):
+    for spec, message in (
+        (str(tmp_path / "empty"), "no image files"),
+        (str(tmp_path / "x.txt"), "unsupported file type"),
+        (str(tmp_path / "missing.jpg"), "no such file"),
+        ("96", "camera 96 cannot be opened"),
+    ):
         with pytest.raises(HisdError, match=message):
             open_inputs(["default:val", spec])
     with pytest.raises(InputError, match="at least one input"):

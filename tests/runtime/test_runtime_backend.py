@@ -30,8 +30,9 @@ def test_chained_stages_reproduce_the_full_model(tiny_bundle, val_tensors):
 
 
 def test_fused_confidence_equals_host_softmax_max(tiny_bundle, tiny_bundle_unfused, val_tensors):
-    with create_backend("onnxruntime", Bundle.open(tiny_bundle)) as fused, \
-         create_backend("onnxruntime", Bundle.open(tiny_bundle_unfused)) as plain:
+    with create_backend("onnxruntime", Bundle.open(tiny_bundle)) as fused, create_backend(
+        "onnxruntime", Bundle.open(tiny_bundle_unfused)
+    ) as plain:
         for a, b in zip(_chain(fused, val_tensors), _chain(plain, val_tensors)):
             np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-6)
             np.testing.assert_allclose(a.confidence, softmax_max(a.exit_output()), atol=1e-6)
@@ -114,9 +115,8 @@ def test_tensorrt_backend_without_tensorrt_is_a_user_error(tiny_bundle):
         tensorrt = None
     if getattr(tensorrt, "Builder", None) is not None:  # not just the type-stubs namespace package
         pytest.skip("TensorRT is installed here")
-    with pytest.raises(HisdError):
-        with create_backend("tensorrt", Bundle.open(tiny_bundle)):
-            pass
+    with pytest.raises(HisdError), create_backend("tensorrt", Bundle.open(tiny_bundle)):
+        pass
 
 
 def test_providers():

@@ -33,7 +33,9 @@ def images(tmp_path, val_samples):
     (folder / "sub").mkdir(parents=True)
     for i in range(3):
         cv2.imwrite(str(folder / f"d{i}.png"), val_samples.images[i])
-    cv2.imwrite(str(folder / "sub" / "big.jpg"), np.repeat(cv2.resize(val_samples.images[3], (64, 48))[:, :, None], 3, 2))
+    cv2.imwrite(
+        str(folder / "sub" / "big.jpg"), np.repeat(cv2.resize(val_samples.images[3], (64, 48))[:, :, None], 3, 2)
+    )
     (folder / "broken.png").write_bytes(b"not a png at all")
     return folder
 
@@ -80,7 +82,12 @@ def test_run_video(cli, tiny_bundle, tmp_path, val_samples):
     writer.release()
     proc = cli("run", str(tiny_bundle), str(path), "--json", "--frames", "4", "--every", "1")
     records = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert proc.returncode == 0 and [r["name"].rsplit("#", 1)[1] for r in records] == ["frame0", "frame1", "frame2", "frame3"]
+    assert proc.returncode == 0 and [r["name"].rsplit("#", 1)[1] for r in records] == [
+        "frame0",
+        "frame1",
+        "frame2",
+        "frame3",
+    ]
 
 
 def test_run_bad_inputs(cli, tiny_bundle, tmp_path, copy_of):
@@ -121,19 +128,44 @@ def test_thresholds_writes_policy_and_sweep(cli, tiny_bundle, copy_of, tmp_path)
     root = copy_of(tiny_bundle)
     sweep = tmp_path / "sweep.csv"
     profile = tmp_path / "profile.json"
-    profile.write_text(json.dumps({"stages": [{"latency_ms": {"p50": v}, "energy_mj": 2 * v} for v in (1.0, 2.0, 5.0)]}))
-    proc = cli("thresholds", str(root), "--count", "150", "--max-drop", "1", "--costs", str(profile),
-               "--objective", "energy", "--sweep-csv", str(sweep), "--json")
+    profile.write_text(
+        json.dumps({"stages": [{"latency_ms": {"p50": v}, "energy_mj": 2 * v} for v in (1.0, 2.0, 5.0)]})
+    )
+    proc = cli(
+        "thresholds",
+        str(root),
+        "--count",
+        "150",
+        "--max-drop",
+        "1",
+        "--costs",
+        str(profile),
+        "--objective",
+        "energy",
+        "--sweep-csv",
+        str(sweep),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["cost_unit"] == "mJ" and out["stage_cost"] == [2.0, 4.0, 10.0] and out["written"]
     manifest = json.loads((root / MANIFEST).read_text())
     assert manifest["policy"]["thresholds"] == out["policy"]["thresholds"]
     assert manifest["policy"]["calibration"]["objective"] == "energy"
-    rows = list(csv.reader(open(sweep)))
+    rows = list(csv.reader(sweep.read_text().splitlines()))
     assert rows[0][:2] == ["threshold0", "threshold1"] and len(rows) > 2
-    proc = cli("thresholds", str(root), "--count", "100", "--policy", "entropy", "--dry-run", "--sweep-csv", str(sweep),
-               "--no-progress")
+    proc = cli(
+        "thresholds",
+        str(root),
+        "--count",
+        "100",
+        "--policy",
+        "entropy",
+        "--dry-run",
+        "--sweep-csv",
+        str(sweep),
+        "--no-progress",
+    )
     assert proc.returncode == 0 and "manifest unchanged" in proc.stdout and "speedup" in proc.stdout
     assert json.loads((root / MANIFEST).read_text())["policy"]["kind"] == "max_prob"
 
@@ -144,7 +176,9 @@ def test_thresholds_bad_inputs_leave_the_manifest_alone(cli, tiny_bundle, copy_o
     one_line_error(cli("thresholds", str(root), "--objective", "energy"), "--costs")
     one_line_error(cli("thresholds", str(root), "--costs", str(tmp_path / "none.json")), "no such profile report")
     (tmp_path / "short.json").write_text(json.dumps({"stages": [{"latency_ms": 1}]}))
-    one_line_error(cli("thresholds", str(root), "--costs", str(tmp_path / "short.json"), "--count", "20"), "profiles 1 stages")
+    one_line_error(
+        cli("thresholds", str(root), "--costs", str(tmp_path / "short.json"), "--count", "20"), "profiles 1 stages"
+    )
     one_line_error(cli("thresholds", str(root), "--max-drop", "-1", "--count", "20"), "--max-drop")
     one_line_error(cli("thresholds", str(root), "--data", str(tmp_path / "nowhere")), "no such file")
     assert (root / MANIFEST).read_bytes() == before
@@ -153,7 +187,9 @@ def test_thresholds_bad_inputs_leave_the_manifest_alone(cli, tiny_bundle, copy_o
 
 def test_bench_quick_json(cli, tiny_bundle, tmp_path):
     out = tmp_path / "bench.json"
-    proc = cli("bench", str(tiny_bundle), "--count", "40", "--seconds", "2", "--batch", "8", "--json", "--out", str(out))
+    proc = cli(
+        "bench", str(tiny_bundle), "--count", "40", "--seconds", "2", "--batch", "8", "--json", "--out", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == report
@@ -168,6 +204,8 @@ def test_bench_quick_json(cli, tiny_bundle, tmp_path):
 
 
 def test_bench_random_inputs_text(cli, tiny_bundle):
-    proc = cli("bench", str(tiny_bundle), "--data", "random", "--count", "8", "--seconds", "1", "--batch", "4", "--no-progress")
+    proc = cli(
+        "bench", str(tiny_bundle), "--data", "random", "--count", "8", "--seconds", "1", "--batch", "4", "--no-progress"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "monolithic full model vs all stages chained" in proc.stdout and "oracle" not in proc.stdout

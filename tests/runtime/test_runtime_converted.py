@@ -30,14 +30,16 @@ def test_exit_decisions_match_torch(converted_bundle, reference, kind):
         stored = [2.0, 2.0]
     else:
         stored = [policy.to_stored(float(np.quantile(scores[:, k], 0.4))) for k in range(2)]
-    policy = make_policy(kind, stored + [None])
+    policy = make_policy(kind, [*stored, None])
     leave = scores[:, :2] >= np.array([policy.score_threshold(0), policy.score_threshold(1)])
     expected_exit = np.where(leave.any(1), leave.argmax(1), 2)
     with open_runtime(converted_bundle, policy=policy) as rt:
         results, _ = rt.infer_tensors(x)
     got_exit = np.array([r.exit for r in results])
     # A decision may flip only where torch's score sits within float noise of the threshold.
-    margin = np.array([abs(scores[i, min(e, 1)] - policy.score_threshold(min(e, 1))) for i, e in enumerate(expected_exit)])
+    margin = np.array(
+        [abs(scores[i, min(e, 1)] - policy.score_threshold(min(e, 1))) for i, e in enumerate(expected_exit)]
+    )
     differs = got_exit != expected_exit
     assert not (differs & (margin > 1e-4)).any()
     assert len(set(expected_exit.tolist())) > 1

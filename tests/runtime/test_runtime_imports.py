@@ -17,10 +17,20 @@ def check():
     assert not leaked, leaked
 """
 
-MODULES = ["hisd_edge.runtime", "hisd_edge.runtime.backend", "hisd_edge.runtime.ort_backend", "hisd_edge.runtime.policies",
-           "hisd_edge.runtime.early_exit", "hisd_edge.runtime.sources", "hisd_edge.runtime.thresholds",
-           "hisd_edge.runtime.bench", "hisd_edge.runtime.evaluate", "hisd_edge.commands.run",
-           "hisd_edge.commands.thresholds", "hisd_edge.commands.bench"]
+MODULES = [
+    "hisd_edge.runtime",
+    "hisd_edge.runtime.backend",
+    "hisd_edge.runtime.ort_backend",
+    "hisd_edge.runtime.policies",
+    "hisd_edge.runtime.early_exit",
+    "hisd_edge.runtime.sources",
+    "hisd_edge.runtime.thresholds",
+    "hisd_edge.runtime.bench",
+    "hisd_edge.runtime.evaluate",
+    "hisd_edge.commands.run",
+    "hisd_edge.commands.thresholds",
+    "hisd_edge.commands.bench",
+]
 
 
 def _python(code):
@@ -59,7 +69,7 @@ def test_run_and_thresholds_work_without_torch(tiny_bundle, copy_of):
 from hisd_edge.cli import main
 assert main(['run', {str(root)!r}, 'default:val', '--json', '--batch-size', '8']) == 0
 assert main(['thresholds', {str(root)!r}, '--count', '60', '--dry-run', '--no-progress',
-             '--sweep-csv', {str(root / 'sweep.csv')!r}]) == 0
+             '--sweep-csv', {str(root / "sweep.csv")!r}]) == 0
 check()
 print('ok')
 """

@@ -9,8 +9,7 @@ import pytest
 
 from hisd_edge.bundle import Bundle
 from hisd_edge.errors import InputError
-from hisd_edge.runtime.thresholds import (ExitOutputs, calibrate, fit_thresholds, read_profile_costs,
-                                          write_sweep_csv)
+from hisd_edge.runtime.thresholds import ExitOutputs, calibrate, fit_thresholds, read_profile_costs, write_sweep_csv
 
 
 def synthetic(n=200, num=3, classes=4, seed=0):
@@ -99,26 +98,58 @@ def test_bad_arguments():
 
 def test_profile_reader(tmp_path):
     path = tmp_path / "profile.json"
-    path.write_text(json.dumps({"device": "orin", "stages": [
-        {"index": 1, "latency_ms": {"p50": 2.0, "p99": 9}, "energy_mj": 5},
-        {"index": 0, "latency_ms": 1.0, "energy_mj": {"mean": 3.0}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "device": "orin",
+                "stages": [
+                    {"index": 1, "latency_ms": {"p50": 2.0, "p99": 9}, "energy_mj": 5},
+                    {"index": 0, "latency_ms": 1.0, "energy_mj": {"mean": 3.0}},
+                ],
+            }
+        )
+    )
     assert read_profile_costs(path, 2, "latency")[0] == [1.0, 2.0]
     values, meta = read_profile_costs(path, 2, "energy")
     assert values == [3.0, 5.0] and meta["device"] == "orin"
-    path.write_text(json.dumps({"batch_size": 4, "exits": [{"index": 0, "latency_ms": 4.0}, {"index": 1, "latency_ms": 10.0}]}))
+    path.write_text(
+        json.dumps({"batch_size": 4, "exits": [{"index": 0, "latency_ms": 4.0}, {"index": 1, "latency_ms": 10.0}]})
+    )
     assert read_profile_costs(path, 2, "latency")[0] == [1.0, 1.5]  # cumulative, per batch of 4
     with pytest.raises(InputError, match="no 'energy_mj'"):
         read_profile_costs(path, 2, "energy")
     # The shape hisd-edge profile writes (hisd_edge/profile/schema.py): stats dicts, energy total/dynamic
     # or null with a reason, a batch-1 entry under "batches".
     stats = lambda p50: {"p50": p50, "p90": 2 * p50, "mean": 1.1 * p50, "count": 50}  # noqa: E731
-    path.write_text(json.dumps({
-        "schema_version": 1, "kind": "hisd-edge-profile", "device": {"model": "Jetson Orin Nano"}, "batch": 8,
-        "stages": [{"index": k, "latency_ms": stats(8.0 * (k + 1)), "energy_mj": None,
-                    "energy_unavailable_reason": "no power sensor"} for k in range(2)],
-        "batches": [{"batch": 8, "stages": []},
-                    {"batch": 1, "stages": [{"index": k, "latency_ms": stats(k + 0.5),
-                                             "energy_mj": {"total": 3.0 + k, "dynamic": 1.0}} for k in range(2)]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "kind": "hisd-edge-profile",
+                "device": {"model": "Jetson Orin Nano"},
+                "batch": 8,
+                "stages": [
+                    {
+                        "index": k,
+                        "latency_ms": stats(8.0 * (k + 1)),
+                        "energy_mj": None,
+                        "energy_unavailable_reason": "no power sensor",
+                    }
+                    for k in range(2)
+                ],
+                "batches": [
+                    {"batch": 8, "stages": []},
+                    {
+                        "batch": 1,
+                        "stages": [
+                            {"index": k, "latency_ms": stats(k + 0.5), "energy_mj": {"total": 3.0 + k, "dynamic": 1.0}}
+                            for k in range(2)
+                        ],
+                    },
+                ],
+            }
+        )
+    )
     values, meta = read_profile_costs(path, 2, "latency")
     assert values == [0.5, 1.5] and meta["device"] == "Jetson Orin Nano" and meta["batch"] == 1
     assert read_profile_costs(path, 2, "energy")[0] == [3.0, 4.0]
@@ -169,7 +200,7 @@ def test_fit_writes_the_policy_atomically(tiny_bundle, copy_of):
 
 def test_embedding_exits_calibrate_stability_with_class_centroids(embedding_bundle, copy_of):
     root = copy_of(embedding_bundle)
-    cal, details = fit_thresholds(Bundle.open(root), "default:val", max_drop_points=5.0, count=80, grid=10)
+    cal, _details = fit_thresholds(Bundle.open(root), "default:val", max_drop_points=5.0, count=80, grid=10)
     assert cal.policy.kind == "stability" and cal.policy.thresholds[-1] is None
     assert cal.accuracy >= cal.final_accuracy - 0.05 - 1e-9
     # exit 0 has no previous embedding: its score is -inf, so it can never be chosen to leave there
@@ -177,6 +208,7 @@ def test_embedding_exits_calibrate_stability_with_class_centroids(embedding_bund
     assert Bundle.open(root).policy["kind"] == "stability"
     with pytest.raises(InputError, match="labelled"):
         from hisd_edge.runtime.thresholds import exit_predictions
+
         exit_predictions(ExitOutputs([np.ones((2, 3))], [None]), "embedding", None)
 
 

@@ -56,16 +56,21 @@ def test_trains_on_a_user_image_folder(tmp_path):
 
 def _cli(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "hisd_edge", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hisd_edge", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--arch", "resnet9000", "--out", "x.safetensors"], "unknown architecture"),
-    (["--data", "/nonexistent/folder", "--arch", "tiny_cnn", "--out", "x.safetensors"], "no such file"),
-    (["--arch", "tiny_cnn"], "--out is required"),
-    (["--arch", "tiny_cnn", "--out", "model.pt"], "safetensors"),
-    (["--arch", "tiny_cnn", "--out", "x.safetensors", "--exit-weights", "1,a"], "comma-separated"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--arch", "resnet9000", "--out", "x.safetensors"], "unknown architecture"),
+        (["--data", "/nonexistent/folder", "--arch", "tiny_cnn", "--out", "x.safetensors"], "no such file"),
+        (["--arch", "tiny_cnn"], "--out is required"),
+        (["--arch", "tiny_cnn", "--out", "model.pt"], "safetensors"),
+        (["--arch", "tiny_cnn", "--out", "x.safetensors", "--exit-weights", "1,a"], "comma-separated"),
+    ],
+)
 def test_train_cli_bad_input_is_one_line(tmp_path, args, needle):
     proc = _cli("train", "--no-progress", *args, cwd=tmp_path)
     assert proc.returncode == 2
@@ -92,7 +97,9 @@ def test_train_cli_bad_folders(tmp_path):
 
 def test_train_cli_wrong_channel_count(tmp_path):
     np.savez(tmp_path / "two.npz", images=np.zeros((20, 28, 28, 2), np.uint8), labels=np.arange(20) % 2)
-    proc = _cli("train", "--arch", "tiny_cnn", "--data", str(tmp_path / "two.npz"), "--out", str(tmp_path / "m.safetensors"))
+    proc = _cli(
+        "train", "--arch", "tiny_cnn", "--data", str(tmp_path / "two.npz"), "--out", str(tmp_path / "m.safetensors")
+    )
     assert proc.returncode == 2 and "channel count" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.safetensors").exists()
 
@@ -102,13 +109,34 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     """torchrun with 2 gloo processes trains and rank 0 alone writes the checkpoint."""
     out = tmp_path / "ddp.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "hisd_edge", "train", "--arch", "tiny_cnn", "--epochs", "1", "--threads", "1", "--no-progress",
-         "--json", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",  # a free port: a fixed one collides with other runs
+            "-m",
+            "hisd_edge",
+            "train",
+            "--arch",
+            "tiny_cnn",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--json",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = read_metadata(out)
     assert meta["training"]["world_size"] == 2
     summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert any(s["val_accuracy"] for s in summaries)
+    assert len(summaries) == 1 and summaries[0]["val_accuracy"]  # rank 0 alone reports

@@ -63,7 +63,9 @@ def sysfs_root(root: Optional[str] = None) -> Path:
     chosen = root or os.environ.get(SYSFS_ROOT_ENV) or "/"
     path = Path(chosen)
     if not path.is_dir():
-        raise DeviceError(f"sysfs root {chosen}: no such directory; give a directory that holds sys/ (or unset {SYSFS_ROOT_ENV})")
+        raise DeviceError(
+            f"sysfs root {chosen}: no such directory; give a directory that holds sys/ (or unset {SYSFS_ROOT_ENV})"
+        )
     return path
 
 
@@ -87,14 +89,16 @@ def read_number(path: Path, what: str, alternative: str = "--power tegrastats") 
     vanished (driver unbound) becomes a :class:`DeviceError` too, so a sampler flags a gap.
     """
     try:
-        with open(path, "r", encoding="ascii", errors="replace") as handle:
+        with open(path, encoding="ascii", errors="replace") as handle:
             text = handle.read()
     except PermissionError:
         raise permission_error(path, what, alternative) from None
     except OSError as exc:
         if exc.errno == errno.EACCES:
             raise permission_error(path, what, alternative) from None
-        raise DeviceError(f"{path}: cannot be read ({exc.strerror or exc}); the {what} driver may have gone away") from None
+        raise DeviceError(
+            f"{path}: cannot be read ({exc.strerror or exc}); the {what} driver may have gone away"
+        ) from None
     token = text.strip().split(" ")[0] if text.strip() else ""
     try:
         return float(token)
@@ -104,7 +108,7 @@ def read_number(path: Path, what: str, alternative: str = "--power tegrastats") 
 
 def read_label(path: Path, what: str) -> str:
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read().strip()
     except PermissionError:
         raise permission_error(path, what) from None
@@ -134,7 +138,7 @@ class PowerSource(abc.ABC):
         self.min_period_s = 0.0
         self._open = False
 
-    def open(self) -> "PowerSource":
+    def open(self) -> PowerSource:
         if not self._open:
             self.open_impl()
             self._open = True
@@ -145,7 +149,7 @@ class PowerSource(abc.ABC):
             self._open = False
             self.close_impl()
 
-    def __enter__(self) -> "PowerSource":
+    def __enter__(self) -> PowerSource:
         return self.open()
 
     def __exit__(self, *exc: Any) -> None:

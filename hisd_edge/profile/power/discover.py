@@ -45,15 +45,19 @@ def open_power_source(
         from hisd_edge.profile.power.tegrastats import TegrastatsLogSource
 
         return TegrastatsLogSource(tegrastats_log, tegrastats_interval_ms, clock), [
-            {"source": "tegrastats-log", "used": True, "why": f"replaying {tegrastats_log}"}]
+            {"source": "tegrastats-log", "used": True, "why": f"replaying {tegrastats_log}"}
+        ]
     if name not in POWER_CHOICES:
         raise InputError(f"--power {name}: unknown power source; choose one of {', '.join(POWER_CHOICES)}")
     if name == "none":
-        return NullSource("no power source selected (--power none)", clock), [{"source": "none", "used": True, "why": "--power none"}]
+        return NullSource("no power source selected (--power none)", clock), [
+            {"source": "none", "used": True, "why": "--power none"}
+        ]
     if name == "auto":
         return _discover(sysfs_root, tegrastats_interval_ms, gpu_index, clock)
     return _explicit(name, sysfs_root, tegrastats_interval_ms, gpu_index, clock), [
-        {"source": name, "used": True, "why": f"--power {name}"}]
+        {"source": name, "used": True, "why": f"--power {name}"}
+    ]
 
 
 def _explicit(name: str, sysfs_root: Optional[str], interval_ms: int, gpu_index: int, clock: Clock) -> PowerSource:
@@ -84,14 +88,17 @@ def _explicit(name: str, sysfs_root: Optional[str], interval_ms: int, gpu_index:
 
         rapl = RaplSource.discover(sysfs_root, clock)
         if rapl is None:
-            raise DeviceError("no RAPL powercap domains under /sys/class/powercap (not an x86 host, or the intel_rapl "
-                              "module is not loaded: sudo modprobe intel_rapl_common); use --power none")
+            raise DeviceError(
+                "no RAPL powercap domains under /sys/class/powercap (not an x86 host, or the intel_rapl "
+                "module is not loaded: sudo modprobe intel_rapl_common); use --power none"
+            )
         return rapl
     raise InputError(f"--power {name}: unknown power source")
 
 
-def _discover(sysfs_root: Optional[str], interval_ms: int, gpu_index: int,
-              clock: Clock) -> Tuple[PowerSource, List[Dict[str, Any]]]:
+def _discover(
+    sysfs_root: Optional[str], interval_ms: int, gpu_index: int, clock: Clock
+) -> Tuple[PowerSource, List[Dict[str, Any]]]:
     notes: List[Dict[str, Any]] = []
     from hisd_edge.profile.power.ina3221 import Ina3221Source
 

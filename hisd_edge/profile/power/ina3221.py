@@ -100,8 +100,14 @@ def hwmon_rails(root: Path) -> List[Rail]:
             label = read_label(label_path, WHAT)
             if not label or label.upper() == "NC":
                 continue
-            rails.append(Rail(name=label, device=chip, voltage_mv_path=directory / f"in{channel}_input",
-                              current_ma_path=directory / f"curr{channel}_input"))
+            rails.append(
+                Rail(
+                    name=label,
+                    device=chip,
+                    voltage_mv_path=directory / f"in{channel}_input",
+                    current_ma_path=directory / f"curr{channel}_input",
+                )
+            )
     return _unique_names(rails)
 
 
@@ -111,7 +117,7 @@ def iio_rails(root: Path) -> List[Rail]:
     for directory in map(Path, sorted(glob.glob(str(under(root, IIO_GLOB))))):
         chip = directory.parent.name
         for label_path in sorted(directory.glob("rail_name_*")):
-            channel = label_path.name[len("rail_name_"):]
+            channel = label_path.name[len("rail_name_") :]
             label = read_label(label_path, WHAT)
             if not label or label.upper() == "NC":
                 continue
@@ -119,8 +125,14 @@ def iio_rails(root: Path) -> List[Rail]:
             if power.is_file():
                 rails.append(Rail(name=label, device=chip, power_mw_path=power))
             else:
-                rails.append(Rail(name=label, device=chip, voltage_mv_path=directory / f"in_voltage{channel}_input",
-                                  current_ma_path=directory / f"in_current{channel}_input"))
+                rails.append(
+                    Rail(
+                        name=label,
+                        device=chip,
+                        voltage_mv_path=directory / f"in_voltage{channel}_input",
+                        current_ma_path=directory / f"in_current{channel}_input",
+                    )
+                )
     return _unique_names(rails)
 
 
@@ -150,7 +162,9 @@ class Ina3221Source(PowerSource):
     def __init__(self, rails: List[Rail], layout: str, root: Path, clock: Clock = time.perf_counter):
         super().__init__(clock)
         if not rails:
-            raise DeviceError(f"{root}: no INA3221 rails found; use --power tegrastats, or --sysfs-root for a recorded tree")
+            raise DeviceError(
+                f"{root}: no INA3221 rails found; use --power tegrastats, or --sysfs-root for a recorded tree"
+            )
         self.rails = rails
         self.layout = layout
         self.root = root
@@ -160,7 +174,7 @@ class Ina3221Source(PowerSource):
         self.total_rule = total_from_rails({r.name: 0.0 for r in rails})[1]
 
     @classmethod
-    def discover(cls, root: Optional[str] = None, clock: Clock = time.perf_counter) -> Optional["Ina3221Source"]:
+    def discover(cls, root: Optional[str] = None, clock: Clock = time.perf_counter) -> Optional[Ina3221Source]:
         """The hwmon source if any ina3221 chip is bound, else the iio source, else None."""
         base = sysfs_root(root)
         rails = hwmon_rails(base)
@@ -186,7 +200,8 @@ class Ina3221Source(PowerSource):
             "source": self.name,
             "rails": [r.name for r in self.rails],
             "total": self.total_rule,
-            "total_note": None if self.total_rule != "sum of rails"
+            "total_note": None
+            if self.total_rule != "sum of rails"
             else "this board has no module input rail (VDD_IN): total = sum of the metered rails, carrier board not included",
             "devices": sorted({r.device for r in self.rails}),
             "paths": [p for r in self.rails for p in r.paths()],

@@ -30,15 +30,17 @@ class JtopSource(PowerSource):
 
     def open_impl(self) -> None:
         try:
-            from jtop import jtop  # type: ignore[import-not-found]
+            from jtop import jtop
         except ImportError:
             raise DependencyError(f"--power jtop needs the jtop module: {INSTALL_HINT}") from None
         jetson = jtop(interval=self.interval_s)
         try:
             jetson.start()
         except Exception as exc:  # jtop raises its own JtopException when the service is down
-            raise DeviceError(f"jtop could not connect to jtop.service ({exc}); "
-                              "sudo systemctl restart jtop.service, or use --power ina3221") from None
+            raise DeviceError(
+                f"jtop could not connect to jtop.service ({exc}); "
+                "sudo systemctl restart jtop.service, or use --power ina3221"
+            ) from None
         self._jetson = jetson
         first = self.read_impl()
         self._rails = dict(first.rails_mw)
@@ -65,4 +67,9 @@ class JtopSource(PowerSource):
 
     def describe(self) -> Dict[str, Any]:
         rule = total_from_rails(self._rails)[1] if self._rails else None
-        return {"source": self.name, "rails": list(self._rails), "total": rule, "interval_ms": round(self.interval_s * 1000.0, 3)}
+        return {
+            "source": self.name,
+            "rails": list(self._rails),
+            "total": rule,
+            "interval_ms": round(self.interval_s * 1000.0, 3),
+        }

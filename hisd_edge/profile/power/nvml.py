@@ -20,7 +20,7 @@ INSTALL_HINT = "pip install nvidia-ml-py (and an NVIDIA driver)"
 
 def _nvml() -> Any:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         raise DependencyError(f"--power nvml needs NVML's Python bindings: {INSTALL_HINT}") from None
     return pynvml
@@ -82,5 +82,11 @@ class NvmlSource(PowerSource):
                 pass
 
     def describe(self) -> Dict[str, Any]:
-        return {"source": self.name, "gpu_index": self.gpu_index, "gpu_name": self._gpu_name, "rails": ["GPU"],
-                "total": "GPU board (NVML energy counter)", "total_note": "GPU board only: host CPU and memory are not included"}
+        return {
+            "source": self.name,
+            "gpu_index": self.gpu_index,
+            "gpu_name": self._gpu_name,
+            "rails": ["GPU"],
+            "total": "GPU board (NVML energy counter)",
+            "total_note": "GPU board only: host CPU and memory are not included",
+        }

@@ -30,7 +30,7 @@ class _Domain:
         self.top_level = bool(_TOP_LEVEL.match(directory.name))
         self.counter = directory / "energy_uj"
         range_path = directory / "max_energy_range_uj"
-        self.range_uj = read_number(range_path, WHAT, "--power none") if range_path.is_file() else float(2 ** 32)
+        self.range_uj = read_number(range_path, WHAT, "--power none") if range_path.is_file() else float(2**32)
         self._last_raw: Optional[float] = None
         self.total_uj = 0.0
 
@@ -73,7 +73,7 @@ class RaplSource(PowerSource):
         self._last_rails: Dict[str, Tuple[float, float]] = {}
 
     @classmethod
-    def discover(cls, root: Optional[str] = None, clock: Clock = time.perf_counter) -> Optional["RaplSource"]:
+    def discover(cls, root: Optional[str] = None, clock: Clock = time.perf_counter) -> Optional[RaplSource]:
         domains = rapl_domains(sysfs_root(root))
         return cls(domains, clock) if domains else None
 
@@ -87,7 +87,9 @@ class RaplSource(PowerSource):
         rails_mw: Dict[str, float] = {}
         for name, uj in energies.items():
             previous = self._last_rails.get(name)
-            rails_mw[name] = (uj - previous[1]) / 1000.0 / (now - previous[0]) if previous and now > previous[0] else 0.0
+            rails_mw[name] = (
+                (uj - previous[1]) / 1000.0 / (now - previous[0]) if previous and now > previous[0] else 0.0
+            )
             self._last_rails[name] = (now, uj)
         if self._last is not None and now > self._last[0]:
             total_mw = (total_uj - self._last[1]) / 1000.0 / (now - self._last[0])
@@ -97,7 +99,10 @@ class RaplSource(PowerSource):
         return PowerSample(time_s=now, total_mw=total_mw, rails_mw=rails_mw, energy_mj=total_uj / 1000.0)
 
     def describe(self) -> Dict[str, Any]:
-        return {"source": self.name, "rails": [d.name for d in self.domains],
-                "total": " + ".join(d.name for d in self.total_domains),
-                "total_note": "CPU package energy (RAPL): accelerators, board and PSU losses are not included",
-                "paths": [str(d.counter) for d in self.domains]}
+        return {
+            "source": self.name,
+            "rails": [d.name for d in self.domains],
+            "total": " + ".join(d.name for d in self.total_domains),
+            "total_note": "CPU package energy (RAPL): accelerators, board and PSU losses are not included",
+            "paths": [str(d.counter) for d in self.domains],
+        }

@@ -17,8 +17,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -86,7 +86,8 @@ def _describe_rails(rails: Dict[str, float]) -> Dict[str, Any]:
     return {
         "rails": list(rails),
         "total": total_rule,
-        "total_note": None if total_rule != "sum of rails"
+        "total_note": None
+        if total_rule != "sum of rails"
         else "no module input rail (VDD_IN/POM_5V_IN) in the tegrastats line: total = sum of the rails shown",
     }
 
@@ -109,8 +110,13 @@ class TegrastatsProcessSource(PowerSource):
     streaming = True
     runs_in_background = True  # the tegrastats process runs until close()
 
-    def __init__(self, interval_ms: int = 100, executable: Optional[str] = None, clock: Clock = time.perf_counter,
-                 first_line_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        interval_ms: int = 100,
+        executable: Optional[str] = None,
+        clock: Clock = time.perf_counter,
+        first_line_timeout_s: float = 5.0,
+    ):
         super().__init__(clock)
         if interval_ms <= 0:
             raise InputError(f"--tegrastats-interval-ms {interval_ms}: must be positive")
@@ -127,18 +133,32 @@ class TegrastatsProcessSource(PowerSource):
 
     def open_impl(self) -> None:
         try:
-            self._process = subprocess.Popen([self.executable, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
-                                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                                             start_new_session=True)
+            self._process = subprocess.Popen(
+                [self.executable, "--interval", str(self.interval_ms)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
         except OSError as exc:
-            raise DeviceError(f"{self.executable}: cannot be started ({exc.strerror or exc}); use --power ina3221") from None
+            raise DeviceError(
+                f"{self.executable}: cannot be started ({exc.strerror or exc}); use --power ina3221"
+            ) from None
         self._thread = threading.Thread(target=self._pump, name="hisd-edge-tegrastats", daemon=True)
         self._thread.start()
         if not self._first.wait(self.first_line_timeout_s):
             code = self._process.poll()
             self.close_impl()
-            state = f"exited with status {code}" if code is not None else f"printed no power rails in {self.first_line_timeout_s:g} s"
-            raise DeviceError(f"{self.executable} {state}; check it runs on this board (sudo may be needed), or use --power ina3221")
+            state = (
+                f"exited with status {code}"
+                if code is not None
+                else f"printed no power rails in {self.first_line_timeout_s:g} s"
+            )
+            raise DeviceError(
+                f"{self.executable} {state}; check it runs on this board (sudo may be needed), or use --power ina3221"
+            )
 
     def _pump(self) -> None:
         process = self._process
@@ -184,8 +204,12 @@ class TegrastatsProcessSource(PowerSource):
             process.stdout.close()
 
     def describe(self) -> Dict[str, Any]:
-        return {"source": self.name, "command": f"{self.executable} --interval {self.interval_ms}",
-                "interval_ms": self.interval_ms, **_describe_rails(self._rails)}
+        return {
+            "source": self.name,
+            "command": f"{self.executable} --interval {self.interval_ms}",
+            "interval_ms": self.interval_ms,
+            **_describe_rails(self._rails),
+        }
 
 
 class TegrastatsLogSource(PowerSource):
@@ -201,7 +225,9 @@ class TegrastatsLogSource(PowerSource):
         super().__init__(clock)
         self.path = Path(path)
         if not self.path.is_file():
-            raise InputError(f"--tegrastats-log {path}: no such file; record one with `tegrastats --interval 100 --logfile FILE`")
+            raise InputError(
+                f"--tegrastats-log {path}: no such file; record one with `tegrastats --interval 100 --logfile FILE`"
+            )
         lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         self._samples = [s for s in (sample_from_line(line, 0.0) for line in lines) if s is not None]
         if not self._samples:
@@ -218,5 +244,10 @@ class TegrastatsLogSource(PowerSource):
         return PowerSample(time_s=self.clock(), total_mw=sample.total_mw, rails_mw=sample.rails_mw)
 
     def describe(self) -> Dict[str, Any]:
-        return {"source": self.name, "log": str(self.path), "log_samples": len(self._samples),
-                "interval_ms": self.interval_ms, **_describe_rails(dict(self._samples[0].rails_mw))}
+        return {
+            "source": self.name,
+            "log": str(self.path),
+            "log_samples": len(self._samples),
+            "interval_ms": self.interval_ms,
+            **_describe_rails(dict(self._samples[0].rails_mw)),
+        }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hisd_edge import atomic
-from hisd_edge.errors import DependencyError, InputError
+from hisd_edge.errors import InputError
 from hisd_edge.profile.report import html, plots, tables
 from hisd_edge.profile.schema import FILENAME
 
@@ -38,8 +38,18 @@ COMPARE_PLOTS: Dict[str, Callable[[Sequence[Dict[str, Any]], Sequence[str]], Opt
     "compare_exit_energy.png": lambda ps, ls: plots.compare_exits(ps, ls, "mean_energy_mj"),
 }
 # Every name write_report or write_comparison can put in a directory: only these may be replaced.
-WRITTEN_NAMES = frozenset((FILENAME, HTML_NAME, COMPARE_HTML_NAME, COMPARE_CSV_NAME, SOURCES_NAME)
-                          + tables.TABLE_NAMES + tuple(REPORT_PLOTS) + tuple(COMPARE_PLOTS))
+WRITTEN_NAMES = frozenset(
+    (
+        FILENAME,
+        HTML_NAME,
+        COMPARE_HTML_NAME,
+        COMPARE_CSV_NAME,
+        SOURCES_NAME,
+        *tables.TABLE_NAMES,
+        *tuple(REPORT_PLOTS),
+        *tuple(COMPARE_PLOTS),
+    )
+)
 
 
 def render_images(profile: Dict[str, Any]) -> Dict[str, Optional[bytes]]:
@@ -52,7 +62,9 @@ def render_images(profile: Dict[str, Any]) -> Dict[str, Optional[bytes]]:
 def _render_notes(profile: Dict[str, Any], images: Dict[str, Optional[bytes]]) -> List[str]:
     notes = []
     if not images:
-        notes.append("plots left out: matplotlib is not installed here (pip install matplotlib, then hisd-edge report DIR)")
+        notes.append(
+            "plots left out: matplotlib is not installed here (pip install matplotlib, then hisd-edge report DIR)"
+        )
     elif images.get("accuracy_vs_energy.png") is None and (profile.get("accuracy") or {}).get("sweep"):
         if (profile.get("power") or {}).get("available"):
             notes.append("no accuracy-vs-energy plot: not every exit has an energy figure (see the power gaps)")
@@ -78,11 +90,15 @@ def check_replaceable(out_dir: Path) -> None:
     foreign = [n for n in names if n not in WRITTEN_NAMES]
     if foreign:
         shown = ", ".join(map(repr, foreign[:5])) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise InputError(f"--out {out_dir}: not a hisd-edge report (it holds {shown}, which the report would delete); "
-                         "choose another --out or remove them")
+        raise InputError(
+            f"--out {out_dir}: not a hisd-edge report (it holds {shown}, which the report would delete); "
+            "choose another --out or remove them"
+        )
     if FILENAME not in names and COMPARE_HTML_NAME not in names:
-        raise InputError(f"--out {out_dir}: not a hisd-edge report (no {FILENAME} or {COMPARE_HTML_NAME}); "
-                         "choose a new or empty directory")
+        raise InputError(
+            f"--out {out_dir}: not a hisd-edge report (no {FILENAME} or {COMPARE_HTML_NAME}); "
+            "choose a new or empty directory"
+        )
 
 
 def write_report(profile: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
@@ -125,8 +141,10 @@ def _comparison_notes(profiles: Sequence[Dict[str, Any]], labels: Sequence[str])
     notes = []
     batches = {p.get("batch") for p in profiles}
     if len(batches) > 1:
-        notes.append(f"the profiles' headline batch sizes differ ({', '.join(map(str, sorted(b for b in batches if b is not None)))}): "
-                     "per-call latencies are not directly comparable")
+        notes.append(
+            f"the profiles' headline batch sizes differ ({', '.join(map(str, sorted(b for b in batches if b is not None)))}): "
+            "per-call latencies are not directly comparable"
+        )
     names = {(p.get("bundle") or {}).get("name") for p in profiles}
     if len(names) > 1:
         notes.append("different bundles: accuracy differences come from the models, not only from the settings")
@@ -150,8 +168,12 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
     if not images:
         notes.append("plots left out: matplotlib is not installed here")
     page = html.render_compare_html(profiles, labels, images, notes)
-    header = "exit," + ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', l)}_latency_p50_ms" for l in labels) + "," + \
-        ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', l)}_energy_total_mj" for l in labels)
+    header = (
+        "exit,"
+        + ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', lab)}_latency_p50_ms" for lab in labels)
+        + ","
+        + ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', lab)}_energy_total_mj" for lab in labels)
+    )
     lines = [header]
     for k in range(max(len(p.get("exits") or []) for p in profiles)):
         cells = [str(k)]
@@ -160,8 +182,13 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
                 exits = p.get("exits") or []
                 value = None
                 if k < len(exits):
-                    value = (exits[k].get("latency_ms") or {}).get("p50") if key == "latency" else \
-                        (exits[k].get("energy_mj") or {}).get("total") if isinstance(exits[k].get("energy_mj"), dict) else None
+                    value = (
+                        (exits[k].get("latency_ms") or {}).get("p50")
+                        if key == "latency"
+                        else (exits[k].get("energy_mj") or {}).get("total")
+                        if isinstance(exits[k].get("energy_mj"), dict)
+                        else None
+                    )
                 cells.append("" if value is None else f"{value:.6g}")
         lines.append(",".join(cells))
     written = []
@@ -170,15 +197,29 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
         written.append(COMPARE_HTML_NAME)
         (tmp / COMPARE_CSV_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
         written.append(COMPARE_CSV_NAME)
-        (tmp / SOURCES_NAME).write_text(json.dumps({"labels": labels, "profiles": list(map(str, paths))}, indent=2) + "\n",
-                                          encoding="utf-8")
+        (tmp / SOURCES_NAME).write_text(
+            json.dumps({"labels": labels, "profiles": list(map(str, paths))}, indent=2) + "\n", encoding="utf-8"
+        )
         written.append(SOURCES_NAME)
         for name, png in images.items():
             if png:
                 (tmp / name).write_bytes(png)
                 written.append(name)
-    return {"out": str(out_dir), "files": written, "html": str(out_dir / COMPARE_HTML_NAME), "labels": labels, "notes": notes}
+    return {
+        "out": str(out_dir),
+        "files": written,
+        "html": str(out_dir / COMPARE_HTML_NAME),
+        "labels": labels,
+        "notes": notes,
+    }
 
 
-__all__ = ["HTML_NAME", "COMPARE_HTML_NAME", "WRITTEN_NAMES", "check_replaceable", "render_images", "write_report",
-           "write_comparison"]
+__all__ = [
+    "COMPARE_HTML_NAME",
+    "HTML_NAME",
+    "WRITTEN_NAMES",
+    "check_replaceable",
+    "render_images",
+    "write_comparison",
+    "write_report",
+]

@@ -76,20 +76,36 @@ def tradeoff(profile: Dict[str, Any], cost_key: str = "mean_latency_ms") -> Opti
     ax.scatter(xs, ys, s=14, color="#9aa5b1", label="threshold sweep", zorder=2)
     front = sorted((p for p in sweep if p.get(pareto_flag)), key=lambda p: p[cost_key])
     if front:
-        ax.plot([p[cost_key] for p in front], [100.0 * p["accuracy"] for p in front], "-o", color="#d9480f", ms=4,
-                label="Pareto front", zorder=3)
+        ax.plot(
+            [p[cost_key] for p in front],
+            [100.0 * p["accuracy"] for p in front],
+            "-o",
+            color="#d9480f",
+            ms=4,
+            label="Pareto front",
+            zorder=3,
+        )
     current = accuracy.get("current") or {}
     if current.get(cost_key) is not None and current.get("accuracy") is not None:
-        ax.scatter([current[cost_key]], [100.0 * current["accuracy"]], marker="*", s=180, color="#1971c2",
-                   label="current thresholds", zorder=4)
+        ax.scatter(
+            [current[cost_key]],
+            [100.0 * current["accuracy"]],
+            marker="*",
+            s=180,
+            color="#1971c2",
+            label="current thresholds",
+            zorder=4,
+        )
     for cost, acc, k in _exit_points(profile, cost_key):
         ax.scatter([cost], [100.0 * acc], marker="s", s=26, color="#2b8a3e", zorder=3)
         ax.annotate(f"exit {k} only", (cost, 100.0 * acc), textcoords="offset points", xytext=(4, -10), fontsize=7)
     unit = "mean latency per call (ms)" if cost_key == "mean_latency_ms" else "mean energy per sample (mJ)"
     ax.set_xlabel(f"{unit}, batch {profile.get('batch', 1)}")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{profile['bundle'].get('name', '')}: accuracy vs {'latency' if cost_key == 'mean_latency_ms' else 'energy'}",
-                 fontsize=10)
+    ax.set_title(
+        f"{profile['bundle'].get('name', '')}: accuracy vs {'latency' if cost_key == 'mean_latency_ms' else 'energy'}",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
@@ -105,8 +121,13 @@ def exit_distribution(profile: Dict[str, Any]) -> Optional[bytes]:
     ks = list(range(len(fractions)))
     bars = ax.bar(ks, [100.0 * f for f in fractions], color="#1971c2")
     for bar, f in zip(bars, fractions):
-        ax.annotate(f"{100.0 * f:.1f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                    va="bottom", fontsize=8)
+        ax.annotate(
+            f"{100.0 * f:.1f}%",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xticks(ks)
     ax.set_xlabel("exit")
     ax.set_ylabel("samples leaving here (%)")
@@ -129,8 +150,15 @@ def stage_breakdown(profile: Dict[str, Any]) -> Optional[bytes]:
     p50 = [(s.get("latency_ms") or {}).get("p50") or 0.0 for s in stages]
     p99 = [(s.get("latency_ms") or {}).get("p99") or 0.0 for s in stages]
     axes[0].bar(ks, p50, color="#1971c2", label="p50")
-    axes[0].errorbar(ks, p50, yerr=[[0.0] * len(ks), [max(0.0, b - a) for a, b in zip(p50, p99)]], fmt="none",
-                     ecolor="#343a40", capsize=3, label="to p99")
+    axes[0].errorbar(
+        ks,
+        p50,
+        yerr=[[0.0] * len(ks), [max(0.0, b - a) for a, b in zip(p50, p99)]],
+        fmt="none",
+        ecolor="#343a40",
+        capsize=3,
+        label="to p99",
+    )
     axes[0].set_xticks(ks)
     axes[0].set_xlabel("stage")
     axes[0].set_ylabel(f"latency per call (ms), batch {profile.get('batch', 1)}")
@@ -142,7 +170,9 @@ def stage_breakdown(profile: Dict[str, Any]) -> Optional[bytes]:
         width = 0.38
         axes[1].bar([k - width / 2 for k in ks], total, width, color="#d9480f", label="total")
         if any(d is not None for d in dynamic):
-            axes[1].bar([k + width / 2 for k in ks], [d or 0.0 for d in dynamic], width, color="#f08c00", label="dynamic")
+            axes[1].bar(
+                [k + width / 2 for k in ks], [d or 0.0 for d in dynamic], width, color="#f08c00", label="dynamic"
+            )
         axes[1].set_xticks(ks)
         axes[1].set_xlabel("stage")
         axes[1].set_ylabel("energy per sample (mJ)")
@@ -167,7 +197,9 @@ def compare_tradeoff(profiles: Sequence[Dict[str, Any]], labels: Sequence[str], 
     for i, (label, profile, sweep) in enumerate(series):
         color = f"C{i}"
         front = sorted((p for p in sweep if p.get(pareto_flag)), key=lambda p: p[cost_key]) or sweep
-        ax.plot([p[cost_key] for p in front], [100.0 * p["accuracy"] for p in front], "-o", ms=3, color=color, label=label)
+        ax.plot(
+            [p[cost_key] for p in front], [100.0 * p["accuracy"] for p in front], "-o", ms=3, color=color, label=label
+        )
         current = (profile.get("accuracy") or {}).get("current") or {}
         if current.get(cost_key) is not None and current.get("accuracy") is not None:
             ax.scatter([current[cost_key]], [100.0 * current["accuracy"]], marker="*", s=150, color=color, zorder=4)
@@ -192,8 +224,13 @@ def compare_exits(profiles: Sequence[Dict[str, Any]], labels: Sequence[str], cos
     fig, ax = plt.subplots(figsize=(6.8, 3.8))
     width = 0.8 / len(rows)
     for i, (label, costs) in enumerate(rows):
-        ax.bar([k - 0.4 + width * (i + 0.5) for k in range(len(costs))], [c or 0.0 for c in costs], width,
-               color=f"C{i}", label=label)
+        ax.bar(
+            [k - 0.4 + width * (i + 0.5) for k in range(len(costs))],
+            [c or 0.0 for c in costs],
+            width,
+            color=f"C{i}",
+            label=label,
+        )
     ax.set_xticks(range(max(len(c) for _, c in rows)))
     ax.set_xlabel("exit")
     ax.set_ylabel("p50 latency to exit (ms)" if cost_key == "mean_latency_ms" else "energy to exit per sample (mJ)")
@@ -216,8 +253,14 @@ def power_trace(profile: Dict[str, Any]) -> Optional[bytes]:
         ax.axhline(idle, color="#1971c2", lw=0.8, ls="--", label=f"idle baseline {idle:.0f} mW")
         ax.legend(fontsize=8, loc="upper right")
     for gap in (profile.get("power") or {}).get("gaps") or []:
-        ax.axvspan(gap["start_s"] - (profile["power"].get("trace_origin_s") or 0.0), ax.get_xlim()[1] if gap.get("end_s") is None
-                   else gap["end_s"] - (profile["power"].get("trace_origin_s") or 0.0), color="#adb5bd", alpha=0.3)
+        ax.axvspan(
+            gap["start_s"] - (profile["power"].get("trace_origin_s") or 0.0),
+            ax.get_xlim()[1]
+            if gap.get("end_s") is None
+            else gap["end_s"] - (profile["power"].get("trace_origin_s") or 0.0),
+            color="#adb5bd",
+            alpha=0.3,
+        )
     ax.set_xlabel("time since the first sample (s)")
     ax.set_ylabel(f"total power (mW), {(profile.get('power') or {}).get('total', '')}")
     ax.grid(alpha=0.3)

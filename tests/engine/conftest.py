@@ -70,8 +70,17 @@ def _export(module: Any, example: Any, path: Path, input_name: str, outputs: Lis
 
     axes = {input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}}
     with torch.no_grad():
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=[input_name],
-                          output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=[input_name],
+            output_names=outputs,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
 
 
 def _quantize(src: Path, dst: Path, input_name: str, samples: np.ndarray) -> Dict[str, float]:
@@ -80,13 +89,21 @@ def _quantize(src: Path, dst: Path, input_name: str, samples: np.ndarray) -> Dic
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter([{input_name: samples[i:i + 8]} for i in range(0, len(samples), 8)])
+            self.items = iter([{input_name: samples[i : i + 8]} for i in range(0, len(samples), 8)])
 
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self.items, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True, extra_options={"ActivationSymmetric": True})
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"ActivationSymmetric": True},
+    )
     return {input_name: float(np.abs(samples).max())}
 
 
@@ -125,7 +142,7 @@ def make_trt_bundle(checkpoint: Path, out: Path, *, int8: bool = True) -> Path:
             return (logits, conf) if self.last else (feat, logits, conf)
 
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.normal(size=(16,) + spec.input_shape).astype(np.float32))
+    x = torch.from_numpy(rng.normal(size=(16, *spec.input_shape)).astype(np.float32))
     stages, exits = [], []
     n = model.num_exits
     with torch.no_grad():
@@ -135,23 +152,47 @@ def make_trt_bundle(checkpoint: Path, out: Path, *, int8: bool = True) -> Path:
             name = "input" if k == 0 else f"feat{k - 1}"
             _export(Stage(model.stages[k], model.exits[k], last), x, out / f"stage{k}.fp32.onnx", name, outs)
             shutil.copyfile(out / f"stage{k}.fp32.onnx", out / f"stage{k}.fp16.onnx")
-            files = {"fp32": file_record(out, f"stage{k}.fp32.onnx", io_dtype="float32"),
-                     "fp16": file_record(out, f"stage{k}.fp16.onnx", io_dtype="float32")}
+            files = {
+                "fp32": file_record(out, f"stage{k}.fp32.onnx", io_dtype="float32"),
+                "fp16": file_record(out, f"stage{k}.fp16.onnx", io_dtype="float32"),
+            }
             if int8:
                 amax = _quantize(out / f"stage{k}.fp32.onnx", out / f"stage{k}.int8.onnx", name, x.numpy())
                 (out / f"stage{k}.int8.calib").write_text(_calibration_cache(amax))
-                files["int8"] = {**file_record(out, f"stage{k}.int8.onnx", io_dtype="float32"),
-                                 "calibration_cache": file_record(out, f"stage{k}.int8.calib")}
-            stages.append({"index": k, "inputs": [{"name": name, "shape": ["batch"] + list(x.shape[1:]), "dtype": "float32"}],
-                           "outputs": [{"name": o} for o in outs], "files": files, "params": None, "macs": None})
-            exits.append({"index": k, "stage": k, "output": f"exit{k}", "confidence_output": f"conf{k}", "kind": "logits"})
+                files["int8"] = {
+                    **file_record(out, f"stage{k}.int8.onnx", io_dtype="float32"),
+                    "calibration_cache": file_record(out, f"stage{k}.int8.calib"),
+                }
+            stages.append(
+                {
+                    "index": k,
+                    "inputs": [{"name": name, "shape": ["batch", *list(x.shape[1:])], "dtype": "float32"}],
+                    "outputs": [{"name": o} for o in outs],
+                    "files": files,
+                    "params": None,
+                    "macs": None,
+                }
+            )
+            exits.append(
+                {"index": k, "stage": k, "output": f"exit{k}", "confidence_output": f"conf{k}", "kind": "logits"}
+            )
             x = model.stages[k](x)
-    write_manifest(out, {
-        "name": "trt-test", "model": {"arch": model.arch, "source": "checkpoint", "exit_output": "logits"},
-        "class_names": list(meta["class_names"]), "preprocessing": spec.to_dict(), "stages": stages, "exits": exits,
-        "full_model": None, "policy": {"kind": "max_prob", "thresholds": [0.6] * (n - 1) + [None], "calibrated": False},
-        "validation": {}, "engines": [], "provenance": {"command": "tests/build/conftest.py make_trt_bundle"},
-    })
+    write_manifest(
+        out,
+        {
+            "name": "trt-test",
+            "model": {"arch": model.arch, "source": "checkpoint", "exit_output": "logits"},
+            "class_names": list(meta["class_names"]),
+            "preprocessing": spec.to_dict(),
+            "stages": stages,
+            "exits": exits,
+            "full_model": None,
+            "policy": {"kind": "max_prob", "thresholds": [0.6] * (n - 1) + [None], "calibrated": False},
+            "validation": {},
+            "engines": [],
+            "provenance": {"command": "tests/engine/conftest.py make_trt_bundle"},
+        },
+    )
     return out
 
 
@@ -170,7 +211,11 @@ def bundle_copy(trt_bundle, tmp_path) -> Path:
 
 def _tree_digest(root: Path) -> Dict[str, str]:
     """Every file under ``root`` (hidden ones included) -> sha256: "the bundle is unharmed" means equal digests."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,15 @@
 
 The work, in order (nothing in the bundle changes until every stage has built):
 
-1. detect the TensorRT API generation (:mod:`~hisd_edge.build.features`) and choose the recipe
-   (:mod:`~hisd_edge.build.recipe`);
+1. detect the TensorRT API generation (:mod:`~hisd_edge.engine.features`) and choose the recipe
+   (:mod:`~hisd_edge.engine.recipe`);
 2. parse every stage's ONNX first and report *all* parser errors, per stage, in one message;
 3. build each stage: explicit-batch / strongly typed network as the recipe says, one
    optimization profile over the dynamic batch (min, opt, max), a workspace limit, the persisted
    timing cache (tied to device and version like the plans), DLA with GPU fallback, and the
    legacy calibration-cache calibrator where asked;
 4. read each plan back to record its I/O tensors and scratch memory;
-5. publish plans + build record (:func:`hisd_edge.build.store.publish`), then save the timing cache
+5. publish plans + build record (:func:`hisd_edge.engine.store.publish`), then save the timing cache
    (best effort: its path is checked before building; a failed save is a logged warning).
 
 Build failures become one-line :class:`EngineBuildError` messages: parser errors per stage; out of
@@ -28,13 +28,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from hisd_edge import atomic
-from hisd_edge.build.features import (TrtFeatures, detect_features, dims_to_tuple, engine_device_memory_bytes, engine_weights_bytes,
-                                      import_tensorrt)
-from hisd_edge.build.recipe import BuildRecipe, choose_recipe
-from hisd_edge.build.store import default_timing_cache, engine_dir, engine_path, new_record, publish
-from hisd_edge.build.trtexec import render_trtexec
 from hisd_edge.bundle import Bundle
 from hisd_edge.cuda.api import CudaBackend
+from hisd_edge.engine.features import (
+    TrtFeatures,
+    detect_features,
+    dims_to_tuple,
+    engine_device_memory_bytes,
+    engine_weights_bytes,
+    import_tensorrt,
+)
+from hisd_edge.engine.recipe import BuildRecipe, choose_recipe
+from hisd_edge.engine.store import default_timing_cache, engine_dir, engine_path, new_record, publish
+from hisd_edge.engine.trtexec import render_trtexec
 from hisd_edge.errors import BundleError, HisdError, InputError
 
 if TYPE_CHECKING:
@@ -43,8 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = (1, 8, 32)
-_OOM = re.compile(r"out of memory|could not be allocated|insufficient (?:device |gpu )?memory|OutOfMemory|"
-                  r"cudaErrorMemoryAllocation|failed to allocate", re.IGNORECASE)
+_OOM = re.compile(
+    r"out of memory|could not be allocated|insufficient (?:device |gpu )?memory|OutOfMemory|"
+    r"cudaErrorMemoryAllocation|failed to allocate",
+    re.IGNORECASE,
+)
 
 
 class EngineBuildError(HisdError):
@@ -69,7 +78,9 @@ class BuildOptions:
         if not 1 <= lo <= opt <= hi:
             raise InputError(f"--batch {lo},{opt},{hi}: need 1 <= MIN <= OPT <= MAX, e.g. --batch 1,8,32")
         if self.workspace_mib is not None and self.workspace_mib <= 0:
-            raise InputError(f"--workspace-mib {self.workspace_mib}: give a positive number of MiB, e.g. --workspace-mib 512")
+            raise InputError(
+                f"--workspace-mib {self.workspace_mib}: give a positive number of MiB, e.g. --workspace-mib 512"
+            )
         if self.dla_core is not None and self.dla_core < 0:
             raise InputError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0")
         if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
@@ -112,7 +123,7 @@ def make_logger(verbose: bool = False) -> Any:
             trt.ILogger.__init__(self)
             self.messages: List[Tuple[Any, str]] = []
 
-        def log(self, severity: "trt.ILogger.Severity", msg: str) -> None:
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             self.messages.append((severity, msg))
             if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
                 log.debug("TensorRT error: %s", msg)
@@ -166,7 +177,7 @@ def _parser_error_text(error: Any) -> str:
         if hasattr(error, attr):
             try:
                 value = getattr(error, attr)()
-            except Exception:  # noqa: BLE001 - optional detail
+            except Exception:
                 continue
             if value not in (None, "", -1):
                 parts.append(f"{attr.replace('node_', '')} {value}" if attr != "node" else f"node {value}")
@@ -183,7 +194,9 @@ class _ParsedStage:
     inputs: Dict[str, Tuple[int, ...]]  # name -> network shape (-1 for dynamic)
 
 
-def _parse_stage(builder: "trt.Builder", recipe: BuildRecipe, index: int, onnx_path: Path, logger: Any) -> Tuple[_ParsedStage, List[str]]:
+def _parse_stage(
+    builder: trt.Builder, recipe: BuildRecipe, index: int, onnx_path: Path, logger: Any
+) -> Tuple[_ParsedStage, List[str]]:
     import tensorrt as trt
 
     flags = 0
@@ -213,7 +226,7 @@ def _profile_shapes(stage: _ParsedStage, batch: Tuple[int, int, int]) -> Dict[st
                 f"({dims}); export the stage with fixed C, H, W"
             )
         if dims and dims[0] < 0:
-            shapes[name] = [(b,) + tuple(dims[1:]) for b in batch]
+            shapes[name] = [(b, *tuple(dims[1:])) for b in batch]
     return shapes
 
 
@@ -226,21 +239,31 @@ def _oom_advice(options: BuildOptions, free_bytes: Optional[int], total_bytes: i
     if free_bytes is not None:
         suggestion = min(suggestion, free_bytes // (2 << 20))
     free = f" ({free_bytes >> 20} MiB of {total_bytes >> 20} MiB free now)" if free_bytes is not None else ""
-    return (f"lower the builder workspace with --workspace-mib {max(suggestion, 16)}{free}, close other GPU programs, "
-            f"or lower the max batch (--batch)")
+    return (
+        f"lower the builder workspace with --workspace-mib {max(suggestion, 16)}{free}, close other GPU programs, "
+        f"or lower the max batch (--batch)"
+    )
 
 
 def _free_bytes(cuda: CudaBackend) -> Optional[int]:
     try:
         info = cuda.memory_info()
-    except Exception:  # noqa: BLE001 - advice only
+    except Exception:
         return None
     return None if info is None else info[0]
 
 
-def _build_stage(builder: "trt.Builder", features: TrtFeatures, stage: _ParsedStage, recipe: BuildRecipe,
-                 options: BuildOptions, timing_cache_blob: bytes, calibration_cache: Optional[bytes], logger: Any,
-                 cuda: CudaBackend) -> Tuple[bytes, bytes]:
+def _build_stage(
+    builder: trt.Builder,
+    features: TrtFeatures,
+    stage: _ParsedStage,
+    recipe: BuildRecipe,
+    options: BuildOptions,
+    timing_cache_blob: bytes,
+    calibration_cache: Optional[bytes],
+    logger: Any,
+    cuda: CudaBackend,
+) -> Tuple[bytes, bytes]:
     """Build one stage; returns (plan bytes, updated timing cache bytes)."""
     import tensorrt as trt
 
@@ -261,15 +284,15 @@ def _build_stage(builder: "trt.Builder", features: TrtFeatures, stage: _ParsedSt
     if recipe.calibration_cache:
         assert calibration_cache is not None
         # int8_calibrator / set_calibration_profile are gone in 11.x (the recipe never gets here there).
-        setattr(config, "int8_calibrator", make_cache_calibrator(calibration_cache, batch_size=options.batch[1]))
+        config.int8_calibrator = make_cache_calibrator(calibration_cache, batch_size=options.batch[1])
         if hasattr(config, "set_calibration_profile"):
-            getattr(config, "set_calibration_profile")(profile)
+            config.set_calibration_profile(profile)
     if options.optimization_level is not None and features.builder_optimization_level:
         config.builder_optimization_level = int(options.optimization_level)
     try:
         cache = config.create_timing_cache(timing_cache_blob)
         usable = cache is not None and config.set_timing_cache(cache, False)
-    except Exception:  # noqa: BLE001 - a damaged cache file only costs build time
+    except Exception:
         usable = False
     if not usable:
         if timing_cache_blob:
@@ -286,7 +309,9 @@ def _build_stage(builder: "trt.Builder", features: TrtFeatures, stage: _ParsedSt
                 f"stage {stage.index}: TensorRT ran out of GPU memory while building ({text}); "
                 f"{_oom_advice(options, _free_bytes(cuda), cuda.device.total_memory_bytes)}"
             )
-        raise EngineBuildError(f"stage {stage.index}: TensorRT could not build an engine from {stage.onnx_path.name} ({text})")
+        raise EngineBuildError(
+            f"stage {stage.index}: TensorRT could not build an engine from {stage.onnx_path.name} ({text})"
+        )
     new_cache = config.get_timing_cache()
     cache_bytes = bytes(memoryview(new_cache.serialize())) if new_cache is not None else timing_cache_blob
     return bytes(memoryview(plan)), cache_bytes
@@ -310,8 +335,14 @@ def _inspect_plan(plan: bytes, features: TrtFeatures, logger: Any, dla_core: Opt
             dtype_name = str(trt.nptype(dtype).__name__)
         except TypeError:  # types numpy has no name for (bf16, fp8, ...)
             dtype_name = str(dtype)
-        io.append({"name": name, "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output",
-                   "dtype": dtype_name, "shape": list(dims_to_tuple(engine.get_tensor_shape(name)))})
+        io.append(
+            {
+                "name": name,
+                "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output",
+                "dtype": dtype_name,
+                "shape": list(dims_to_tuple(engine.get_tensor_shape(name))),
+            }
+        )
     info = {"io": io, "device_memory_bytes": engine_device_memory_bytes(engine, features)}
     weights = engine_weights_bytes(trt, engine, features)
     if weights is not None:
@@ -335,7 +366,9 @@ def _calibration_caches(bundle: Bundle, trt_version: str) -> List[bytes]:
             text = path.read_text(encoding="utf-8")
             caches.append(retarget(text, trt_version, "EntropyCalibration2").encode("utf-8"))
         except (UnicodeDecodeError, BundleError) as exc:
-            raise BundleError(f"{path}: not a TensorRT calibration cache ({exc}); convert again with --precision int8") from None
+            raise BundleError(
+                f"{path}: not a TensorRT calibration cache ({exc}); convert again with --precision int8"
+            ) from None
     return caches
 
 
@@ -353,8 +386,14 @@ def build_engines(bundle: Bundle, options: BuildOptions, cuda: Optional[CudaBack
     features = detect_features(trt)
     stages = bundle.stages
     has_cache = all("calibration_cache" in s["files"].get("int8", {}) for s in stages)
-    recipe = choose_recipe(features, options.precision, bundle.precisions(), has_calibration_cache=has_cache,
-                           dla_core=options.dla_core, legacy_int8=options.legacy_int8)
+    recipe = choose_recipe(
+        features,
+        options.precision,
+        bundle.precisions(),
+        has_calibration_cache=has_cache,
+        dla_core=options.dla_core,
+        legacy_int8=options.legacy_int8,
+    )
     owns_cuda = cuda is None
     if cuda is None:
         from hisd_edge.cuda import open_cuda
@@ -367,8 +406,9 @@ def build_engines(bundle: Bundle, options: BuildOptions, cuda: Optional[CudaBack
             cuda.close()
 
 
-def _build_all(bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, features: TrtFeatures,
-               cuda: CudaBackend) -> BuildResult:
+def _build_all(
+    bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, features: TrtFeatures, cuda: CudaBackend
+) -> BuildResult:
     import tensorrt as trt
 
     begin = time.perf_counter()
@@ -377,8 +417,10 @@ def _build_all(bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, featu
     logger = make_logger()
     builder = trt.Builder(logger)
     if recipe.dla_core is not None and recipe.dla_core >= builder.num_DLA_cores:
-        raise InputError(f"--dla-core {recipe.dla_core}: this device has {builder.num_DLA_cores} DLA core(s) "
-                         f"for TensorRT {trt_version}; drop --dla-core or pick a core below {builder.num_DLA_cores}")
+        raise InputError(
+            f"--dla-core {recipe.dla_core}: this device has {builder.num_DLA_cores} DLA core(s) "
+            f"for TensorRT {trt_version}; drop --dla-core or pick a core below {builder.num_DLA_cores}"
+        )
 
     # 1. parse everything first: all parser errors, per stage, in one message
     parsed: List[_ParsedStage] = []
@@ -397,11 +439,16 @@ def _build_all(bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, featu
         )
 
     # 2. timing cache: tied to device + TensorRT version, persisted across builds
-    cache_path = Path(options.timing_cache) if options.timing_cache else bundle.root / default_timing_cache(device.key, trt_version)
+    cache_path = (
+        Path(options.timing_cache)
+        if options.timing_cache
+        else bundle.root / default_timing_cache(device.key, trt_version)
+    )
     timing_blob, created_dirs = _open_timing_cache(cache_path)
     try:
-        return _build_and_publish(bundle, options, recipe, features, cuda, builder, logger, parsed, cache_path,
-                                  timing_blob, begin)
+        return _build_and_publish(
+            bundle, options, recipe, features, cuda, builder, logger, parsed, cache_path, timing_blob, begin
+        )
     except BaseException:
         for directory in reversed(created_dirs):  # innermost first; only the ones still empty
             try:
@@ -416,7 +463,9 @@ def _open_timing_cache(cache_path: Path) -> Tuple[bytes, List[Path]]:
     created here (returned, outermost first, so a failed build can remove them) and a path that
     cannot be read or created is a one-line InputError instead of a failure after the build."""
     if cache_path.is_dir():
-        raise InputError(f"--timing-cache {cache_path}: is a directory; give a file path, e.g. {cache_path}/timing.cache")
+        raise InputError(
+            f"--timing-cache {cache_path}: is a directory; give a file path, e.g. {cache_path}/timing.cache"
+        )
     created = [p for p in reversed(cache_path.parents) if not p.exists()]
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -428,13 +477,25 @@ def _open_timing_cache(cache_path: Path) -> Tuple[bytes, List[Path]]:
             except OSError:
                 pass
         reason = exc.strerror or type(exc).__name__
-        raise InputError(f"--timing-cache {cache_path}: cannot read it or create its folder ({reason}); give a readable, "
-                         f"writable file path or leave --timing-cache out to use the one inside the bundle") from None
+        raise InputError(
+            f"--timing-cache {cache_path}: cannot read it or create its folder ({reason}); give a readable, "
+            f"writable file path or leave --timing-cache out to use the one inside the bundle"
+        ) from None
 
 
-def _build_and_publish(bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, features: TrtFeatures, cuda: CudaBackend,
-                       builder: Any, logger: Any, parsed: List[_ParsedStage], cache_path: Path, timing_blob: bytes,
-                       begin: float) -> BuildResult:
+def _build_and_publish(
+    bundle: Bundle,
+    options: BuildOptions,
+    recipe: BuildRecipe,
+    features: TrtFeatures,
+    cuda: CudaBackend,
+    builder: Any,
+    logger: Any,
+    parsed: List[_ParsedStage],
+    cache_path: Path,
+    timing_blob: bytes,
+    begin: float,
+) -> BuildResult:
     device = cuda.device
     trt_version = features.version
 
@@ -447,42 +508,77 @@ def _build_and_publish(bundle: Bundle, options: BuildOptions, recipe: BuildRecip
         for stage in parsed:
             calib = caches[stage.index] if caches else None
             started = time.perf_counter()
-            plan, timing_blob = _build_stage(builder, features, stage, recipe, options, timing_blob, calib, logger, cuda)
+            plan, timing_blob = _build_stage(
+                builder, features, stage, recipe, options, timing_blob, calib, logger, cuda
+            )
             info = _inspect_plan(plan, features, logger, recipe.dla_core)
             onnx_record = bundle.stages[stage.index]["files"][recipe.onnx_precision]
-            stage_records.append({"index": stage.index, "onnx_precision": recipe.onnx_precision, "onnx": onnx_record["path"],
-                                  "onnx_sha256": onnx_record["sha256"], "plan_sha256": hashlib.sha256(plan).hexdigest(),
-                                  "build_seconds": round(time.perf_counter() - started, 3), **info})
+            stage_records.append(
+                {
+                    "index": stage.index,
+                    "onnx_precision": recipe.onnx_precision,
+                    "onnx": onnx_record["path"],
+                    "onnx_sha256": onnx_record["sha256"],
+                    "plan_sha256": hashlib.sha256(plan).hexdigest(),
+                    "build_seconds": round(time.perf_counter() - started, 3),
+                    **info,
+                }
+            )
             plans.append(plan)
             progress.update(1)
     finally:
         progress.close()
 
     # 4. publish plans + record, then the timing cache
-    record = new_record(device, trt_version, recipe.to_dict(),
-                        batch={"min": options.batch[0], "opt": options.batch[1], "max": options.batch[2]},
-                        workspace_mib=options.workspace_mib, dla_core=options.dla_core,
-                        builder_optimization_level=options.optimization_level, cuda_binding=cuda.name,
-                        features=features.to_dict(), stages=stage_records,
-                        timing_cache=_relative_if_inside(cache_path, bundle.root))
+    record = new_record(
+        device,
+        trt_version,
+        recipe.to_dict(),
+        batch={"min": options.batch[0], "opt": options.batch[1], "max": options.batch[2]},
+        workspace_mib=options.workspace_mib,
+        dla_core=options.dla_core,
+        builder_optimization_level=options.optimization_level,
+        cuda_binding=cuda.name,
+        features=features.to_dict(),
+        stages=stage_records,
+        timing_cache=_relative_if_inside(cache_path, bundle.root),
+    )
     stored = publish(bundle, record, plans, caches)
     try:  # the engines are in: a cache that cannot be saved only costs the next build time
         atomic.write_bytes(cache_path, timing_blob)
     except OSError as exc:
-        log.warning("could not save the timing cache %s (%s); the engines are built and stored, the next build "
-                    "starts without the cache", cache_path, exc.strerror or exc)
+        log.warning(
+            "could not save the timing cache %s (%s); the engines are built and stored, the next build "
+            "starts without the cache",
+            cache_path,
+            exc.strerror or exc,
+        )
     commands = []
     for stage in parsed:
         k = stage.index
         cache_file = None
         if recipe.calibration_cache:  # the retargeted copy stored with the engines
             cache_file = str(bundle.root / engine_dir(device.key, trt_version, recipe.precision) / f"stage{k}.calib")
-        commands.append(render_trtexec(str(stage.onnx_path), str(bundle.root / engine_path(device.key, trt_version, recipe.precision, k)),
-                                       recipe, _stage_input_dims(bundle, k), options.batch, workspace_mib=options.workspace_mib,
-                                       timing_cache=str(cache_path), calibration_cache=cache_file,
-                                       optimization_level=options.optimization_level))
-    return BuildResult(record=stored, recipe=recipe, trtexec=commands, timing_cache=str(cache_path),
-                       seconds=time.perf_counter() - begin)
+        commands.append(
+            render_trtexec(
+                str(stage.onnx_path),
+                str(bundle.root / engine_path(device.key, trt_version, recipe.precision, k)),
+                recipe,
+                _stage_input_dims(bundle, k),
+                options.batch,
+                workspace_mib=options.workspace_mib,
+                timing_cache=str(cache_path),
+                calibration_cache=cache_file,
+                optimization_level=options.optimization_level,
+            )
+        )
+    return BuildResult(
+        record=stored,
+        recipe=recipe,
+        trtexec=commands,
+        timing_cache=str(cache_path),
+        seconds=time.perf_counter() - begin,
+    )
 
 
 def _relative_if_inside(path: Path, root: Path) -> str:

@@ -103,10 +103,10 @@ def engine_weights_bytes(trt: Any, engine: Any, features: TrtFeatures) -> Any:
     if not features.engine_stat:
         return None
     # EngineStat is newer than the 10.13 stubs: typed getattr keeps mypy honest.
-    stat = getattr(getattr(trt, "EngineStat"), "TOTAL_WEIGHTS_SIZE", None)
+    stat = getattr(trt.EngineStat, "TOTAL_WEIGHTS_SIZE", None)
     if stat is None:
         return None
-    return int(getattr(engine, "get_engine_stat")(stat))
+    return int(engine.get_engine_stat(stat))
 
 
 def dims_to_tuple(dims: Any) -> Tuple[int, ...]:

@@ -8,23 +8,73 @@ import shlex
 
 import pytest
 
-from hisd_edge.build import choose_recipe, detect_features, render_trtexec
+from hisd_edge.engine import choose_recipe, detect_features, render_trtexec
 from hisd_edge.errors import InputError
 
 ALL = ("fp32", "fp16", "int8")
 
 
-@pytest.mark.parametrize("generation, expected", [
-    ("8.5", dict(explicit_batch_flag=True, strongly_typed_flag=False, precision_flags=True, int8_calibrator=True,
-                 weak_typing_deprecated=False, device_memory_size_v2=False, engine_stat=False, builder_optimization_level=False)),
-    ("8.6", dict(explicit_batch_flag=True, strongly_typed_flag=False, precision_flags=True, builder_optimization_level=True)),
-    ("10.3", dict(explicit_batch_flag=True, strongly_typed_flag=True, precision_flags=True, int8_calibrator=True,
-                  weak_typing_deprecated=False, device_memory_size_v2=True, legacy_device_memory_size=True)),
-    ("10.13", dict(strongly_typed_flag=True, precision_flags=True, weak_typing_deprecated=True, engine_stat=False)),
-    ("10.16", dict(weak_typing_deprecated=True, engine_stat=True)),
-    ("11.1", dict(explicit_batch_flag=False, strongly_typed_flag=True, precision_flags=False, int8_calibrator=False,
-                  device_memory_size_v2=True, legacy_device_memory_size=False, engine_stat=True)),
-])
+@pytest.mark.parametrize(
+    "generation, expected",
+    [
+        (
+            "8.5",
+            {
+                "explicit_batch_flag": True,
+                "strongly_typed_flag": False,
+                "precision_flags": True,
+                "int8_calibrator": True,
+                "weak_typing_deprecated": False,
+                "device_memory_size_v2": False,
+                "engine_stat": False,
+                "builder_optimization_level": False,
+            },
+        ),
+        (
+            "8.6",
+            {
+                "explicit_batch_flag": True,
+                "strongly_typed_flag": False,
+                "precision_flags": True,
+                "builder_optimization_level": True,
+            },
+        ),
+        (
+            "10.3",
+            {
+                "explicit_batch_flag": True,
+                "strongly_typed_flag": True,
+                "precision_flags": True,
+                "int8_calibrator": True,
+                "weak_typing_deprecated": False,
+                "device_memory_size_v2": True,
+                "legacy_device_memory_size": True,
+            },
+        ),
+        (
+            "10.13",
+            {
+                "strongly_typed_flag": True,
+                "precision_flags": True,
+                "weak_typing_deprecated": True,
+                "engine_stat": False,
+            },
+        ),
+        ("10.16", {"weak_typing_deprecated": True, "engine_stat": True}),
+        (
+            "11.1",
+            {
+                "explicit_batch_flag": False,
+                "strongly_typed_flag": True,
+                "precision_flags": False,
+                "int8_calibrator": False,
+                "device_memory_size_v2": True,
+                "legacy_device_memory_size": False,
+                "engine_stat": True,
+            },
+        ),
+    ],
+)
 def test_features_are_detected_from_the_api_surface(trt_double, generation, expected):
     features = detect_features(trt_double.make_tensorrt(generation))
     for name, value in expected.items():
@@ -32,17 +82,20 @@ def test_features_are_detected_from_the_api_surface(trt_double, generation, expe
     assert features.version == trt_double.GENERATIONS[generation]
 
 
-@pytest.mark.parametrize("generation, precision, typing, onnx, network_flags, builder_flags", [
-    ("8.5", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16"]),
-    ("8.5", "int8", "weak", "int8", ["EXPLICIT_BATCH"], ["INT8"]),  # weakly typed Q/DQ still needs INT8
-    ("8.5", "best", "weak", "int8", ["EXPLICIT_BATCH"], ["INT8", "FP16"]),
-    ("8.6", "fp32", "weak", "fp32", ["EXPLICIT_BATCH"], []),
-    ("10.3", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16"]),  # before 10.12: weak typing is not deprecated
-    ("10.13", "fp16", "strong", "fp16", ["EXPLICIT_BATCH", "STRONGLY_TYPED"], []),
-    ("10.13", "int8", "strong", "int8", ["EXPLICIT_BATCH", "STRONGLY_TYPED"], []),
-    ("11.1", "fp16", "strong", "fp16", ["STRONGLY_TYPED"], []),
-    ("11.1", "best", "strong", "int8", ["STRONGLY_TYPED"], []),
-])
+@pytest.mark.parametrize(
+    "generation, precision, typing, onnx, network_flags, builder_flags",
+    [
+        ("8.5", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16"]),
+        ("8.5", "int8", "weak", "int8", ["EXPLICIT_BATCH"], ["INT8"]),  # weakly typed Q/DQ still needs INT8
+        ("8.5", "best", "weak", "int8", ["EXPLICIT_BATCH"], ["INT8", "FP16"]),
+        ("8.6", "fp32", "weak", "fp32", ["EXPLICIT_BATCH"], []),
+        ("10.3", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16"]),  # before 10.12: weak typing is not deprecated
+        ("10.13", "fp16", "strong", "fp16", ["EXPLICIT_BATCH", "STRONGLY_TYPED"], []),
+        ("10.13", "int8", "strong", "int8", ["EXPLICIT_BATCH", "STRONGLY_TYPED"], []),
+        ("11.1", "fp16", "strong", "fp16", ["STRONGLY_TYPED"], []),
+        ("11.1", "best", "strong", "int8", ["STRONGLY_TYPED"], []),
+    ],
+)
 def test_recipe_per_generation(trt_double, generation, precision, typing, onnx, network_flags, builder_flags):
     recipe = choose_recipe(detect_features(trt_double.make_tensorrt(generation)), precision, ALL)
     assert (recipe.typing, recipe.onnx_precision) == (typing, onnx)
@@ -75,18 +128,26 @@ def test_int8_needs_the_qdq_onnx(trt_double):
 
 
 def test_legacy_int8_uses_the_calibration_cache_before_11_and_is_refused_on_11(trt_double):
-    recipe = choose_recipe(detect_features(trt_double.make_tensorrt("8.6")), "int8", ALL, has_calibration_cache=True,
-                           legacy_int8=True)
+    recipe = choose_recipe(
+        detect_features(trt_double.make_tensorrt("8.6")), "int8", ALL, has_calibration_cache=True, legacy_int8=True
+    )
     assert recipe.calibration_cache and recipe.onnx_precision == "fp32" and "INT8" in recipe.builder_flags
     with pytest.raises(InputError, match="removed in 11"):
-        choose_recipe(detect_features(trt_double.make_tensorrt("11.1")), "int8", ALL, has_calibration_cache=True,
-                      legacy_int8=True)
+        choose_recipe(
+            detect_features(trt_double.make_tensorrt("11.1")), "int8", ALL, has_calibration_cache=True, legacy_int8=True
+        )
     with pytest.raises(InputError, match="calibration caches"):
-        choose_recipe(detect_features(trt_double.make_tensorrt("10.3")), "int8", ALL, has_calibration_cache=False,
-                      legacy_int8=True)
+        choose_recipe(
+            detect_features(trt_double.make_tensorrt("10.3")),
+            "int8",
+            ALL,
+            has_calibration_cache=False,
+            legacy_int8=True,
+        )
     with pytest.raises(InputError, match="int8 engines"):
-        choose_recipe(detect_features(trt_double.make_tensorrt("10.3")), "fp16", ALL, has_calibration_cache=True,
-                      legacy_int8=True)
+        choose_recipe(
+            detect_features(trt_double.make_tensorrt("10.3")), "fp16", ALL, has_calibration_cache=True, legacy_int8=True
+        )
 
 
 def test_dla_recipes(trt_double):
@@ -112,13 +173,32 @@ def test_unknown_precision_is_refused(trt_double):
 def test_trtexec_command_mirrors_the_recipe(trt_double):
     features = detect_features(trt_double.make_tensorrt("10.3"))
     recipe = choose_recipe(features, "int8", ALL, dla_core=0, has_calibration_cache=True)
-    line = render_trtexec("/b/stage 1.fp32.onnx", "/b/e/stage1.plan", recipe, {"feat0": (8, 14, 14)}, (1, 4, 16),
-                          workspace_mib=256, timing_cache="/b/t.cache", calibration_cache="/b/s1.calib", optimization_level=4)
+    line = render_trtexec(
+        "/b/stage 1.fp32.onnx",
+        "/b/e/stage1.plan",
+        recipe,
+        {"feat0": (8, 14, 14)},
+        (1, 4, 16),
+        workspace_mib=256,
+        timing_cache="/b/t.cache",
+        calibration_cache="/b/s1.calib",
+        optimization_level=4,
+    )
     args = shlex.split(line)
     assert args[0] == "trtexec" and "--onnx=/b/stage 1.fp32.onnx" in args  # quoted path survives the shell
-    for expected in ("--minShapes=feat0:1x8x14x14", "--optShapes=feat0:4x8x14x14", "--maxShapes=feat0:16x8x14x14",
-                     "--int8", "--fp16", "--calib=/b/s1.calib", "--useDLACore=0", "--allowGPUFallback",
-                     "--memPoolSize=workspace:256", "--timingCacheFile=/b/t.cache", "--builderOptimizationLevel=4"):
+    for expected in (
+        "--minShapes=feat0:1x8x14x14",
+        "--optShapes=feat0:4x8x14x14",
+        "--maxShapes=feat0:16x8x14x14",
+        "--int8",
+        "--fp16",
+        "--calib=/b/s1.calib",
+        "--useDLACore=0",
+        "--allowGPUFallback",
+        "--memPoolSize=workspace:256",
+        "--timingCacheFile=/b/t.cache",
+        "--builderOptimizationLevel=4",
+    ):
         assert expected in args
     strong = choose_recipe(detect_features(trt_double.make_tensorrt("11.1")), "fp16", ALL)
     args = shlex.split(render_trtexec("a.onnx", "a.plan", strong, {"input": (1, 28, 28)}, (1, 8, 32)))

@@ -15,9 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from hisd_edge.build import BuildOptions, build_engines
-from hisd_edge.cuda import open_cuda as real_open_cuda
 from hisd_edge.bundle import Bundle, file_record
+from hisd_edge.cuda import open_cuda as real_open_cuda
+from hisd_edge.engine import BuildOptions, build_engines
 from hisd_edge.errors import BundleError, DependencyError, DeviceError, InputError
 from hisd_edge.runtime import create_backend, open_runtime
 
@@ -69,7 +69,7 @@ def _decisions(results):
 @pytest.mark.parametrize("device", ["discrete", "jetson"])
 @pytest.mark.parametrize("graphs", [False, True])
 def test_exit_decisions_match_the_onnxruntime_backend(built, images, generation, device, graphs):
-    path, trt, cuda = built(generation, device)
+    path, _trt, cuda = built(generation, device)
     thresholds = _mixed_thresholds(path, images)
     # repeats (graphs get captured and replayed), a different batch in between (graphs must be dropped:
     # the double, like TensorRT, replays what was staged by the latest enqueue), then repeats again
@@ -105,7 +105,7 @@ def test_int8_exit_decisions_match_the_onnxruntime_backend(built, images, genera
 
 
 def test_only_confidences_and_leaving_logits_cross_to_the_host(built, images):
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     thresholds = _mixed_thresholds(path, images)
     x = images[:20]
     with open_runtime(path, backend="tensorrt", precision="fp32", thresholds=thresholds) as rt:
@@ -119,7 +119,7 @@ def test_only_confidences_and_leaving_logits_cross_to_the_host(built, images):
 
 
 def test_zero_copy_on_an_integrated_gpu_copies_nothing(built, images):
-    path, trt, cuda = built("10.3", "jetson")
+    path, _trt, cuda = built("10.3", "jetson")
     with open_runtime(path, backend="tensorrt", precision="fp32", thresholds=_mixed_thresholds(path, images)) as rt:
         cuda.stats.clear()
         rt.infer_tensors(images[:16])
@@ -128,7 +128,7 @@ def test_zero_copy_on_an_integrated_gpu_copies_nothing(built, images):
 
 
 def test_chaining_binds_one_buffer_and_compaction_copies_row_runs(built, images):
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     bundle = Bundle.open(path)
     x = images[:10]
     with create_backend("onnxruntime", bundle) as ort, create_backend("tensorrt", bundle, cuda=cuda) as trt_backend:
@@ -157,7 +157,7 @@ def test_chaining_binds_one_buffer_and_compaction_copies_row_runs(built, images)
 
 
 def test_host_confidence_when_the_bundle_fuses_none(built, images):
-    path, trt, cuda = built("10.13")
+    path, _trt, _cuda = built("10.13")
     bundle = Bundle.open(path)
     bundle.update(lambda m: [e.__setitem__("confidence_output", None) for e in m["exits"]])
     thresholds = _mixed_thresholds(path, images)
@@ -169,7 +169,7 @@ def test_host_confidence_when_the_bundle_fuses_none(built, images):
 
 
 def test_batch_larger_than_the_profile_is_refused(built, images):
-    path, trt, cuda = built("10.13")
+    path, _trt, _cuda = built("10.13")
     with create_backend("tensorrt", Bundle.open(path)) as backend:
         assert backend.max_batch == 32
         with pytest.raises(InputError, match="more than the TensorRT engines take"):
@@ -183,7 +183,7 @@ def _activate(path, **options):
 
 
 def test_engines_for_another_device_are_refused(built, trt_double, monkeypatch):
-    path, trt, cuda = built("10.13", "discrete")
+    path, _trt, _cuda = built("10.13", "discrete")
     jetson = trt_double.cuda_double.FakeCuda(trt_double.cuda_double.JETSON_ORIN)
     monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10.13", jetson))
     with pytest.raises(BundleError) as err:
@@ -194,7 +194,7 @@ def test_engines_for_another_device_are_refused(built, trt_double, monkeypatch):
 
 
 def test_engines_from_an_orin_nano_are_refused_on_an_agx_orin(built, trt_double, monkeypatch):
-    path, trt, cuda = built("10.3", "jetson")  # an Orin Nano: "Orin", sm 8.7, 8 SMs
+    path, _trt, _cuda = built("10.3", "jetson")  # an Orin Nano: "Orin", sm 8.7, 8 SMs
     agx = trt_double.cuda_double.FakeCuda(trt_double.cuda_double.AGX_ORIN)  # also "Orin", sm 8.7: 16 SMs
     monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10.3", agx))
     with pytest.raises(BundleError) as err:
@@ -205,7 +205,7 @@ def test_engines_from_an_orin_nano_are_refused_on_an_agx_orin(built, trt_double,
 
 
 def test_engines_for_another_tensorrt_version_are_refused(built, trt_double, monkeypatch):
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10.3", cuda))
     with pytest.raises(BundleError, match=r"TensorRT 10\.13\.0\.35.*TensorRT 10\.3\.0\.26.*run hisd-edge build"):
         _activate(path, cuda=cuda)
@@ -218,7 +218,7 @@ def test_no_engines_yet(fake_trt, bundle_copy):
 
 
 def test_truncated_engine_file(built):
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     plan = path / Bundle.open(path).manifest["engines"][0]["files"][1]["path"]
     plan.write_bytes(plan.read_bytes()[:-100])
     with pytest.raises(BundleError, match="checksum mismatch"):
@@ -236,7 +236,7 @@ def _replace_plan(path, stage, data):
 
 
 def test_foreign_engine_file_quotes_tensorrt(built):
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     _replace_plan(path, 2, b"\x00" * 64 + b"not a plan")
     with pytest.raises(BundleError) as err:
         _activate(path, cuda=cuda)
@@ -245,7 +245,9 @@ def test_foreign_engine_file_quotes_tensorrt(built):
     assert "\n" not in message
 
 
-def test_plan_from_another_version_under_a_forged_record_is_caught_by_tensorrt(built, trt_double, monkeypatch, tmp_path):
+def test_plan_from_another_version_under_a_forged_record_is_caught_by_tensorrt(
+    built, trt_double, monkeypatch, tmp_path
+):
     import shutil
 
     path, trt, cuda = built("10.13")
@@ -263,12 +265,14 @@ def test_plan_from_another_version_under_a_forged_record_is_caught_by_tensorrt(b
 def test_engines_from_an_older_conversion_are_refused(built):
     import onnx
 
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     model = onnx.load(str(path / "stage1.fp32.onnx"))
     model.doc_string = "converted again"
     onnx.save(model, str(path / "stage1.fp32.onnx"))
     bundle = Bundle.open(path, verify=False)
-    bundle.update(lambda m: m["stages"][1]["files"].__setitem__("fp32", file_record(path, "stage1.fp32.onnx", io_dtype="float32")))
+    bundle.update(
+        lambda m: m["stages"][1]["files"].__setitem__("fp32", file_record(path, "stage1.fp32.onnx", io_dtype="float32"))
+    )
     with pytest.raises(BundleError, match="stage 1 was built from a different stage ONNX"):
         _activate(path, cuda=cuda)
 
@@ -282,7 +286,7 @@ def test_missing_tensorrt_for_the_backend(monkeypatch, trt_bundle):
 def test_run_verb_with_tensorrt_backend(built, images, capsys, tmp_path):
     from hisd_edge.cli import main
 
-    path, trt, cuda = built("10.13")
+    path, _trt, _cuda = built("10.13")
     np.save(tmp_path / "x.npy", images[:6])
     code = main(["run", str(path), str(tmp_path / "x.npy"), "--backend", "tensorrt", "--json", "--batch-size", "6"])
     out, err = capsys.readouterr()
@@ -303,10 +307,11 @@ def test_run_verb_without_tensorrt_is_one_line(monkeypatch, trt_bundle, images, 
 
 
 def test_engines_of_another_precision_on_this_device(built):
-    path, trt, cuda = built("10.13")  # fp32 engines only
-    with pytest.raises(BundleError, match=r"no fp16 TensorRT engines for this .* \(built: fp32\).*--precision fp16.*--precision fp32"):
-        with create_backend("tensorrt", Bundle.open(path), precision="fp16", cuda=cuda):
-            pass
+    path, _trt, cuda = built("10.13")  # fp32 engines only
+    with pytest.raises(
+        BundleError, match=r"no fp16 TensorRT engines for this .* \(built: fp32\).*--precision fp16.*--precision fp32"
+    ), create_backend("tensorrt", Bundle.open(path), precision="fp16", cuda=cuda):
+        pass
 
 
 def _cuda_python_oom(nbytes):
@@ -323,7 +328,7 @@ def _pycuda_oom(nbytes):
 @pytest.mark.parametrize("make_error", [_cuda_python_oom, _pycuda_oom])
 @pytest.mark.parametrize("first_fit_bytes", [0, 128 << 10])  # the first (host) buffer fails / a later device one does
 def test_out_of_memory_allocating_buffers_is_one_line_with_the_fix(built, make_error, first_fit_bytes):
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     cuda.allocated_bytes, cuda.alloc_limit_bytes, cuda.alloc_error = 0, first_fit_bytes, make_error
     backend = create_backend("tensorrt", Bundle.open(path), precision="fp32", cuda=cuda)
     with pytest.raises(DeviceError) as err:
@@ -339,8 +344,11 @@ def test_out_of_memory_allocating_buffers_is_one_line_with_the_fix(built, make_e
 
 
 def test_an_allocation_failure_that_is_not_memory_is_not_disguised(built):
-    path, trt, cuda = built("10.13")
-    cuda.alloc_limit_bytes, cuda.alloc_error = 0, lambda n: RuntimeError("cudaErrorIllegalAddress: an illegal memory access")
+    path, _trt, cuda = built("10.13")
+    cuda.alloc_limit_bytes, cuda.alloc_error = (
+        0,
+        lambda n: RuntimeError("cudaErrorIllegalAddress: an illegal memory access"),
+    )
     with pytest.raises(RuntimeError, match="illegal memory access"):
         create_backend("tensorrt", Bundle.open(path), precision="fp32", cuda=cuda).activate()
 
@@ -348,9 +356,9 @@ def test_an_allocation_failure_that_is_not_memory_is_not_disguised(built):
 def test_missing_cuda_binding_for_the_backend(built, monkeypatch):
     import hisd_edge.cuda as hc
 
-    path, trt, cuda = built("10.13")
+    path, _trt, _cuda = built("10.13")
     monkeypatch.setattr(hc, "open_cuda", real_open_cuda)
-    monkeypatch.setattr(hc, "available_bindings", lambda: [])
+    monkeypatch.setattr(hc, "available_bindings", list)
     with pytest.raises(DependencyError, match="pip install pycuda.*pip install cuda-python"):
         _activate(path)
 
@@ -365,7 +373,7 @@ def _drop_fp16_onnx(path):
 
 
 def test_weakly_typed_fp16_engines_from_an_fp32_only_bundle_load(fake_trt, bundle_copy, images):
-    trt, cuda = fake_trt("8.5")
+    _trt, cuda = fake_trt("8.5")
     _drop_fp16_onnx(bundle_copy)
     result = build_engines(Bundle.open(bundle_copy), BuildOptions(precision="fp16", progress=False), cuda=cuda)
     assert result.record["precision"] == "fp16" and result.recipe.onnx_precision == "fp32"
@@ -384,7 +392,7 @@ def test_weakly_typed_fp16_engines_from_an_fp32_only_bundle_load(fake_trt, bundl
 def test_memory_info_reports_the_build_record_plans_buffers_and_cuda(built, generation):
     from hisd_edge.profile.memory import backend_memory
 
-    path, trt, cuda = built(generation)
+    path, _trt, cuda = built(generation)
     bundle = Bundle.open(path)
     record = bundle.manifest["engines"][0]
     with create_backend("tensorrt", bundle, precision="fp32", cuda=cuda) as backend:
@@ -405,7 +413,7 @@ def test_memory_info_reports_the_build_record_plans_buffers_and_cuda(built, gene
 
 
 def test_exit_outputs_after_deactivate_are_refused(built, images):
-    path, trt, cuda = built("10.13")
+    path, _trt, cuda = built("10.13")
     with create_backend("tensorrt", Bundle.open(path), precision="fp32", cuda=cuda) as backend:
         backend.start(images[:4])
         r0 = backend.run_stage(0)

@@ -18,8 +18,9 @@ sys.meta_path.insert(0, _Block())
 """
 
 
-@pytest.mark.parametrize("module", ["hisd_edge.build", "hisd_edge.cuda", "hisd_edge.runtime.tensorrt_backend",
-                                    "hisd_edge.commands.build"])
+@pytest.mark.parametrize(
+    "module", ["hisd_edge.engine", "hisd_edge.cuda", "hisd_edge.runtime.tensorrt_backend", "hisd_edge.commands.build"]
+)
 def test_imports_without_tensorrt_cuda_torch_or_onnx(module):
     code = BLOCKER + f"import importlib; importlib.import_module({module!r}); print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -39,7 +40,9 @@ def test_build_help_and_missing_tensorrt_in_a_bare_environment(tmp_path):
         "assert '--workspace-mib' in out.getvalue()\n"
         f"raise SystemExit(main(['build', {str(tmp_path)!r}, '--no-progress']))\n"
     )
-    (tmp_path / "manifest.json").write_text('{"schema_version": 1, "kind": "hisd-edge-bundle", "stages": [], "exits": []}')
+    (tmp_path / "manifest.json").write_text(
+        '{"schema_version": 1, "kind": "hisd-edge-bundle", "stages": [], "exits": []}'
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
@@ -50,10 +53,16 @@ def test_type_stubs_alone_are_not_mistaken_for_tensorrt(tmp_path):
     """tensorrt-stubs installs a bare tensorrt/ directory, which imports as an empty namespace package."""
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Builder: ...\n")
-    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
-            "import tensorrt  # the namespace package imports fine...\n"
-            "from hisd_edge.build import import_tensorrt\n"
-            "import_tensorrt()  # ...but is refused here\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import tensorrt  # the namespace package imports fine...\n"
+        "from hisd_edge.engine import import_tensorrt\n"
+        "import_tensorrt()  # ...but is refused here\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "DependencyError" in proc.stderr and "not TensorRT itself" in proc.stderr and "python3-libnvinfer" in proc.stderr
+    assert (
+        "DependencyError" in proc.stderr
+        and "not TensorRT itself" in proc.stderr
+        and "python3-libnvinfer" in proc.stderr
+    )

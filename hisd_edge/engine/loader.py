@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List
 
-from hisd_edge.build.builder import make_logger
-from hisd_edge.build.features import TrtFeatures, detect_features, import_tensorrt
-from hisd_edge.build.store import read_plan, require_record
 from hisd_edge.bundle import Bundle
 from hisd_edge.cuda.api import DeviceInfo
+from hisd_edge.engine.builder import make_logger
+from hisd_edge.engine.features import TrtFeatures, detect_features, import_tensorrt
+from hisd_edge.engine.store import read_plan, require_record
 from hisd_edge.errors import BundleError
 
 
@@ -44,8 +44,9 @@ def load_engines(bundle: Bundle, precision: str, device: DeviceInfo) -> LoadedEn
         logger.clear()
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
-            path = bundle.root / next(f["path"] for f in record["files"]
-                                      if int(f["stage"]) == k and f.get("kind", "plan") == "plan")
+            path = bundle.root / next(
+                f["path"] for f in record["files"] if int(f["stage"]) == k and f.get("kind", "plan") == "plan"
+            )
             reason = "; ".join(logger.errors()[-2:]) or "no reason given"
             raise BundleError(
                 f"{path}: TensorRT {features.version} cannot load this engine ({reason}); it is truncated, not a TensorRT "

@@ -51,11 +51,16 @@ def default_timing_cache(device_key: str, trt_version: str) -> str:
 
 
 def _matches(record: Dict[str, Any], device_key: str, trt_version: str, precision: str) -> bool:
-    return (record.get("device", {}).get("key") == device_key and record.get("tensorrt_version") == trt_version
-            and record.get("precision") == precision)
+    return (
+        record.get("device", {}).get("key") == device_key
+        and record.get("tensorrt_version") == trt_version
+        and record.get("precision") == precision
+    )
 
 
-def find_record(manifest: Dict[str, Any], device_key: str, trt_version: str, precision: str) -> Optional[Dict[str, Any]]:
+def find_record(
+    manifest: Dict[str, Any], device_key: str, trt_version: str, precision: str
+) -> Optional[Dict[str, Any]]:
     for record in manifest.get("engines", []):
         if _matches(record, device_key, trt_version, precision):
             return record
@@ -70,8 +75,12 @@ def _device_text(name: Any, compute_capability: Any, multiprocessor_count: Any, 
 
 def _describe(record: Dict[str, Any]) -> str:
     device = record.get("device", {})
-    where = _device_text(device.get("name", "?"), device.get("compute_capability", "?"), device.get("multiprocessor_count"),
-                         record.get("tensorrt_version", "?"))
+    where = _device_text(
+        device.get("name", "?"),
+        device.get("compute_capability", "?"),
+        device.get("multiprocessor_count"),
+        record.get("tensorrt_version", "?"),
+    )
     return f"{where}, {record.get('precision', '?')}"
 
 
@@ -82,8 +91,13 @@ def require_record(bundle: Bundle, device: DeviceInfo, trt_version: str, precisi
     if record is None:
         records = list(bundle.manifest.get("engines", []))
         here = _device_text(device.name, device.compute_capability_str, device.multiprocessor_count, trt_version)
-        local = sorted({str(r.get("precision")) for r in records
-                        if r.get("device", {}).get("key") == device.key and r.get("tensorrt_version") == trt_version})
+        local = sorted(
+            {
+                str(r.get("precision"))
+                for r in records
+                if r.get("device", {}).get("key") == device.key and r.get("tensorrt_version") == trt_version
+            }
+        )
         if local:
             raise BundleError(
                 f"{bundle.root}: no {precision} TensorRT engines for this {here} (built: {', '.join(local)}); "
@@ -111,14 +125,20 @@ def require_record(bundle: Bundle, device: DeviceInfo, trt_version: str, precisi
 
 def read_plan(bundle: Bundle, record: Dict[str, Any], stage: int) -> bytes:
     """Stage ``stage``'s plan bytes, checked against the record (missing, truncated, replaced)."""
-    entry = next((f for f in record.get("files", [])
-                  if int(f.get("stage", -1)) == stage and f.get("kind", "plan") == "plan"), None)
+    entry = next(
+        (f for f in record.get("files", []) if int(f.get("stage", -1)) == stage and f.get("kind", "plan") == "plan"),
+        None,
+    )
     if entry is None:
-        raise BundleError(f"{bundle.root}: the {_describe(record)} build record has no engine for stage {stage}; "
-                          f"run hisd-edge build {bundle.root} again")
+        raise BundleError(
+            f"{bundle.root}: the {_describe(record)} build record has no engine for stage {stage}; "
+            f"run hisd-edge build {bundle.root} again"
+        )
     path = bundle.root / entry["path"]
     if not path.is_file():
-        raise BundleError(f"{path}: engine file missing from the bundle; run hisd-edge build {bundle.root} on this device")
+        raise BundleError(
+            f"{path}: engine file missing from the bundle; run hisd-edge build {bundle.root} on this device"
+        )
     data = path.read_bytes()
     if len(data) != int(entry["bytes"]):
         raise BundleError(
@@ -126,7 +146,9 @@ def read_plan(bundle: Bundle, record: Dict[str, Any], stage: int) -> bytes:
             f"run hisd-edge build {bundle.root} on this device"
         )
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise BundleError(f"{path}: engine file checksum mismatch (altered or replaced); run hisd-edge build {bundle.root} on this device")
+        raise BundleError(
+            f"{path}: engine file checksum mismatch (altered or replaced); run hisd-edge build {bundle.root} on this device"
+        )
     return data
 
 
@@ -144,8 +166,9 @@ def new_record(device: DeviceInfo, trt_version: str, recipe: Dict[str, Any], **f
     }
 
 
-def publish(bundle: Bundle, record: Dict[str, Any], plans: List[bytes],
-            calibration_caches: Optional[List[bytes]] = None) -> Dict[str, Any]:
+def publish(
+    bundle: Bundle, record: Dict[str, Any], plans: List[bytes], calibration_caches: Optional[List[bytes]] = None
+) -> Dict[str, Any]:
     """Write ``plans`` (and the calibration caches a legacy INT8 build used) under the record's key,
     then add the record to the manifest, atomically enough.
 
@@ -171,14 +194,18 @@ def publish(bundle: Bundle, record: Dict[str, Any], plans: List[bytes],
         os.replace(tmp, target)
         swapped = True
         stored = dict(record)
-        stored["files"] = [file_record(bundle.root, engine_path(device_key, trt_version, precision, k), stage=k, kind="plan")
-                           for k in range(len(plans))]
-        stored["files"] += [file_record(bundle.root, f"{rel_dir}/stage{k}.calib", stage=k, kind="calibration_cache")
-                            for k in range(len(calibration_caches or []))]
+        stored["files"] = [
+            file_record(bundle.root, engine_path(device_key, trt_version, precision, k), stage=k, kind="plan")
+            for k in range(len(plans))
+        ]
+        stored["files"] += [
+            file_record(bundle.root, f"{rel_dir}/stage{k}.calib", stage=k, kind="calibration_cache")
+            for k in range(len(calibration_caches or []))
+        ]
 
         def change(manifest: Dict[str, Any]) -> None:
             kept = [r for r in manifest.get("engines", []) if not _matches(r, device_key, trt_version, precision)]
-            manifest["engines"] = kept + [stored]
+            manifest["engines"] = [*kept, stored]
 
         bundle.update(change)
     except BaseException:

@@ -55,12 +55,24 @@ def _load_cuda_double() -> Any:
 cuda_double = _load_cuda_double()
 
 GENERATIONS = {
-    "8.5": "8.5.2.2", "8.6": "8.6.1.6", "10.3": "10.3.0.26", "10.13": "10.13.0.35", "10.16": "10.16.1.11", "11.1": "11.1.0.7",
+    "8.5": "8.5.2.2",
+    "8.6": "8.6.1.6",
+    "10.3": "10.3.0.26",
+    "10.13": "10.13.0.35",
+    "10.16": "10.16.1.11",
+    "11.1": "11.1.0.7",
 }
 MAGIC = b"hisd-fake-trt-plan\x00"
 _ONNX_DTYPES = {1: "FLOAT", 10: "HALF", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL"}
-_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
-       "UINT8": np.uint8}
+_NP = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
 
 
 # -- enums ------------------------------------------------------------------------------------------
@@ -92,7 +104,7 @@ def _enum(name: str, members: List[str], values: Optional[Dict[str, int]] = None
 
 
 class Dims(tuple):
-    def __new__(cls, shape: Any = ()) -> "Dims":
+    def __new__(cls, shape: Any = ()) -> Dims:
         return super().__new__(cls, (int(d) for d in shape))
 
 
@@ -127,8 +139,9 @@ class ParserError:
         return f"In node {self._node} ({self._op}): {self._desc}"
 
 
-def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores: int = 0,
-                  free_memory_bytes: Optional[int] = None) -> types.ModuleType:
+def make_tensorrt(
+    generation: str = "10.13", cuda: Any = None, *, num_dla_cores: int = 0, free_memory_bytes: Optional[int] = None
+) -> types.ModuleType:
     """A fake ``tensorrt`` module of ``generation`` working on the fake CUDA backend ``cuda``."""
     if generation not in GENERATIONS:
         raise ValueError(f"unknown generation {generation}; known: {', '.join(GENERATIONS)}")
@@ -149,7 +162,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
 
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    trt.__file__ = f"<fake tensorrt {version}, tests/build/trt_double.py>"
+    trt.__file__ = f"<fake tensorrt {version}, tests/engine/trt_double.py>"
     trt.builds = []  # one dict per build_serialized_network call
     trt.cuda = cuda
 
@@ -157,8 +170,9 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
     flags = ["STRONGLY_TYPED"] if has_strong else []
     if major < 11:
         flags.insert(0, "EXPLICIT_BATCH")
-    trt.NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag", flags,
-                                              {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+    trt.NetworkDefinitionCreationFlag = _enum(
+        "NetworkDefinitionCreationFlag", flags, {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
+    )
     builder_flags = ["GPU_FALLBACK", "REFIT", "DEBUG", "DISABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS"]
     if has_flags:
         builder_flags += ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"]
@@ -188,8 +202,13 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
 
     class ILogger:
         Severity = severity
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (severity.INTERNAL_ERROR, severity.ERROR, severity.WARNING,
-                                                         severity.INFO, severity.VERBOSE)
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (
+            severity.INTERNAL_ERROR,
+            severity.ERROR,
+            severity.WARNING,
+            severity.INFO,
+            severity.VERBOSE,
+        )
 
         def __init__(self) -> None:
             pass
@@ -207,6 +226,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
         logger.log(ILogger.ERROR, msg)
 
     if has_calibrators:
+
         class IInt8Calibrator:
             def __init__(self) -> None:
                 pass
@@ -218,7 +238,10 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
             pass
 
         trt.IInt8Calibrator, trt.IInt8EntropyCalibrator2, trt.IInt8MinMaxCalibrator = (
-            IInt8Calibrator, IInt8EntropyCalibrator2, IInt8MinMaxCalibrator)
+            IInt8Calibrator,
+            IInt8EntropyCalibrator2,
+            IInt8MinMaxCalibrator,
+        )
 
     # -- network and parser -----------------------------------------------------------------------
     class Tensor:
@@ -289,18 +312,27 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
                 proto = onnx.load_model_from_string(bytes(model))
                 if not proto.graph.node:
                     raise ValueError("empty graph")
-            except Exception:  # noqa: BLE001 - the parser reports, it does not raise
-                self._errors.append(ParserError("Failed to parse ONNX model from file: the model is not a valid ONNX protobuf", code=3))
+            except Exception:
+                self._errors.append(
+                    ParserError("Failed to parse ONNX model from file: the model is not a valid ONNX protobuf", code=3)
+                )
                 return False
             if not self.network.explicit_batch:
-                self._errors.append(ParserError("The ONNX parser only supports networks with an explicit batch dimension", code=4))
+                self._errors.append(
+                    ParserError("The ONNX parser only supports networks with an explicit batch dimension", code=4)
+                )
                 return False
             for i, node in enumerate(proto.graph.node):
                 if not onnx.defs.has(node.op_type, node.domain or ""):
-                    self._errors.append(ParserError(
-                        f"No importer registered for op: {node.op_type}. Attempting to import as plugin. "
-                        "Plugin not found, are the plugin name, version, and namespace correct?",
-                        node=i, op=node.op_type, name=node.name))
+                    self._errors.append(
+                        ParserError(
+                            f"No importer registered for op: {node.op_type}. Attempting to import as plugin. "
+                            "Plugin not found, are the plugin name, version, and namespace correct?",
+                            node=i,
+                            op=node.op_type,
+                            name=node.name,
+                        )
+                    )
             if self._errors:
                 return False
             initializers = {t.name for t in proto.graph.initializer}
@@ -333,7 +365,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
         def serialize(self) -> HostMemory:
             return HostMemory(b"hisd-fake-timing-cache\n" + json.dumps(self.data).encode())
 
-        def combine(self, other: "ITimingCache", ignore_mismatch: bool) -> bool:
+        def combine(self, other: ITimingCache, ignore_mismatch: bool) -> bool:
             self.data["entries"] = sorted(set(self.data["entries"]) | set(other.data["entries"]))
             return True
 
@@ -379,7 +411,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
             prefix = b"hisd-fake-timing-cache\n"
             if not blob.startswith(prefix):
                 return None
-            return ITimingCache(json.loads(blob[len(prefix):]))
+            return ITimingCache(json.loads(blob[len(prefix) :]))
 
         def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
             mismatch = cache.data["version"] != version or cache.data["cc"] != list(device.compute_capability)
@@ -394,6 +426,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
             return self.timing_cache
 
     if has_calibrators:
+
         def _get_cal(self: Any) -> Any:
             return self._calibrator
 
@@ -409,6 +442,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
         config_attrs["int8_calibrator"] = property(_get_cal, _set_cal)
         config_attrs["set_calibration_profile"] = _set_calibration_profile
     if (major, minor) >= (8, 6):
+
         def _get_level(self: Any) -> int:
             return self._opt_level
 
@@ -442,13 +476,21 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
             return IOptimizationProfile()
 
         def build_serialized_network(self, network: INetworkDefinition, config: Any) -> Optional[HostMemory]:
-            entry = {"network_flags": [m.name for m in trt.NetworkDefinitionCreationFlag.__members__.values()
-                                       if network.flags & (1 << int(m))],
-                     "strongly_typed": network.strongly_typed, "builder_flags": sorted(config.flags_set),
-                     "workspace_bytes": config.pools.get(trt.MemoryPoolType.WORKSPACE),
-                     "profiles": [p.shapes for p in config.profiles], "calibrated": False,
-                     "dla_core": config.DLA_core if config.default_device_type == trt.DeviceType.DLA else None,
-                     "timing_cache": config.timing_cache is not None, "ok": False}
+            entry = {
+                "network_flags": [
+                    m.name
+                    for m in trt.NetworkDefinitionCreationFlag.__members__.values()
+                    if network.flags & (1 << int(m))
+                ],
+                "strongly_typed": network.strongly_typed,
+                "builder_flags": sorted(config.flags_set),
+                "workspace_bytes": config.pools.get(trt.MemoryPoolType.WORKSPACE),
+                "profiles": [p.shapes for p in config.profiles],
+                "calibrated": False,
+                "dla_core": config.DLA_core if config.default_device_type == trt.DeviceType.DLA else None,
+                "timing_cache": config.timing_cache is not None,
+                "ok": False,
+            }
             trt.builds.append(entry)
             fail = lambda msg: (_error(self.logger, msg), None)[1]  # noqa: E731
             if network.onnx is None:
@@ -457,63 +499,97 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
                 if any(d < 0 for d in tensor.shape):
                     profile = next((p for p in config.profiles if tensor.name in p.shapes), None)
                     if profile is None:
-                        return fail(f"4: [network.cpp::validate] Error Code 4: Internal Error (Network has dynamic or shape "
-                                    f"inputs, but no optimization profile has been defined.)")
+                        return fail(
+                            "4: [network.cpp::validate] Error Code 4: Internal Error (Network has dynamic or shape "
+                            "inputs, but no optimization profile has been defined.)"
+                        )
                     lo, opt, hi = profile.shapes[tensor.name]
                     if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
-                        return fail(f"4: [optimizationProfile.cpp::setDimensions] Error Code 4: API Usage Error "
-                                    f"({tensor.name}: min <= opt <= max violated)")
+                        return fail(
+                            f"4: [optimizationProfile.cpp::setDimensions] Error Code 4: API Usage Error "
+                            f"({tensor.name}: min <= opt <= max violated)"
+                        )
                     for dims in (lo, opt, hi):
                         if len(dims) != len(tensor.shape) or any(s >= 0 and s != d for s, d in zip(tensor.shape, dims)):
-                            return fail(f"4: Error Code 4: API Usage Error (profile shape {dims} does not match "
-                                        f"{tensor.name} {tuple(tensor.shape)})")
+                            return fail(
+                                f"4: Error Code 4: API Usage Error (profile shape {dims} does not match "
+                                f"{tensor.name} {tuple(tensor.shape)})"
+                            )
             precision = {"FP16", "INT8", "BF16", "FP8"} & config.flags_set
             if network.strongly_typed and precision:
-                return fail(f"4: [builderConfig.cpp] Error Code 4: API Usage Error (BuilderFlag::k{sorted(precision)[0]} "
-                            f"must not be set for a strongly typed network)")
+                return fail(
+                    f"4: [builderConfig.cpp] Error Code 4: API Usage Error (BuilderFlag::k{sorted(precision)[0]} "
+                    f"must not be set for a strongly typed network)"
+                )
             int8 = "INT8" in config.flags_set
             if not network.strongly_typed and network.has_qdq and not int8:
                 return fail("4: Error Code 4: Internal Error (the network has Q/DQ layers but INT8 is not enabled)")
             calibrator = getattr(config, "_calibrator", None)
             if int8 and calibrator is not None:
                 cache = calibrator.read_calibration_cache()
-                algorithm = "EntropyCalibration2" if isinstance(calibrator, trt.IInt8EntropyCalibrator2) else "MinMaxCalibration"
+                algorithm = (
+                    "EntropyCalibration2"
+                    if isinstance(calibrator, trt.IInt8EntropyCalibrator2)
+                    else "MinMaxCalibration"
+                )
                 if cache and bytes(cache).split(b"\n", 1)[0].decode(errors="replace") != f"TRT-{cache_tag}-{algorithm}":
                     cache = None  # TensorRT ignores a cache written for another version or algorithm
                 if not cache:
                     batch = calibrator.get_batch([t.name for t in network.inputs])
                     if batch is None:
-                        return fail("1: Error Code 1: Calibration failure occurred with no scaling factors detected. "
-                                    "This could be due to no int8 calibrator or insufficient custom scales for network layers.")
+                        return fail(
+                            "1: Error Code 1: Calibration failure occurred with no scaling factors detected. "
+                            "This could be due to no int8 calibrator or insufficient custom scales for network layers."
+                        )
                 elif not bytes(cache).startswith(b"TRT-"):
                     return fail("1: Error Code 1: Calibration cache is not a TensorRT calibration table")
                 entry["calibrated"] = True
             elif int8 and not network.has_qdq:
-                return fail("2: Error Code 2: Internal Error (INT8 requested but there is no calibrator, Q/DQ layers or "
-                            "dynamic ranges)")
+                return fail(
+                    "2: Error Code 2: Internal Error (INT8 requested but there is no calibrator, Q/DQ layers or "
+                    "dynamic ranges)"
+                )
             if config.default_device_type == trt.DeviceType.DLA:
                 if not 0 <= config.DLA_core < num_dla_cores:
-                    return fail(f"1: Error Code 1: DLA core {config.DLA_core} is not available ({num_dla_cores} DLA cores)")
+                    return fail(
+                        f"1: Error Code 1: DLA core {config.DLA_core} is not available ({num_dla_cores} DLA cores)"
+                    )
                 if not (network.strongly_typed or precision):
                     return fail("2: Error Code 2: DLA requires FP16 or INT8 layer precision")
             workspace = config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE)
             if workspace > free_bytes:
                 _error(self.logger, "1: [defaultAllocator.cpp::allocate] Error Code 1: Cuda Runtime (out of memory)")
-                return fail(f"2: [executionContext.cpp] Error Code 2: OutOfMemory (Requested amount of GPU memory "
-                            f"({workspace} bytes) could not be allocated. There may not be enough free memory for "
-                            "allocation to succeed.)")
+                return fail(
+                    f"2: [executionContext.cpp] Error Code 2: OutOfMemory (Requested amount of GPU memory "
+                    f"({workspace} bytes) could not be allocated. There may not be enough free memory for "
+                    "allocation to succeed.)"
+                )
             onnx_bytes = network.onnx
             if config.timing_cache is not None:
                 config.timing_cache.data["entries"] = sorted(
-                    set(config.timing_cache.data["entries"]) | {hashlib.sha256(onnx_bytes).hexdigest()[:16]})
-            io = [{"name": t.name, "mode": "INPUT", "dtype": t.dtype.name, "shape": list(t.shape)} for t in network.inputs]
-            io += [{"name": t.name, "mode": "OUTPUT", "dtype": t.dtype.name, "shape": list(t.shape)} for t in network.outputs]
+                    set(config.timing_cache.data["entries"]) | {hashlib.sha256(onnx_bytes).hexdigest()[:16]}
+                )
+            io = [
+                {"name": t.name, "mode": "INPUT", "dtype": t.dtype.name, "shape": list(t.shape)} for t in network.inputs
+            ]
+            io += [
+                {"name": t.name, "mode": "OUTPUT", "dtype": t.dtype.name, "shape": list(t.shape)}
+                for t in network.outputs
+            ]
             profile = next((p for p in config.profiles), None)
-            header = {"version": version, "device": device.name, "cc": list(device.compute_capability), "io": io,
-                      "profile": {k: [list(s) for s in v] for k, v in (profile.shapes if profile else {}).items()},
-                      "strongly_typed": network.strongly_typed, "flags": sorted(config.flags_set),
-                      "device_memory_size": 1 << 20, "weights": len(onnx_bytes), "onnx_bytes": len(onnx_bytes),
-                      "has_qdq": network.has_qdq}
+            header = {
+                "version": version,
+                "device": device.name,
+                "cc": list(device.compute_capability),
+                "io": io,
+                "profile": {k: [list(s) for s in v] for k, v in (profile.shapes if profile else {}).items()},
+                "strongly_typed": network.strongly_typed,
+                "flags": sorted(config.flags_set),
+                "device_memory_size": 1 << 20,
+                "weights": len(onnx_bytes),
+                "onnx_bytes": len(onnx_bytes),
+                "has_qdq": network.has_qdq,
+            }
             raw = json.dumps(header).encode()
             entry["ok"] = True
             return HostMemory(MAGIC + struct.pack("<Q", len(raw)) + raw + onnx_bytes)
@@ -527,6 +603,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
     if major >= 10:
         engine_attrs["device_memory_size_v2"] = property(lambda self: int(self.header["device_memory_size"]))
     if hasattr(trt, "EngineStat"):
+
         def get_engine_stat(self: Any, stat: Any) -> int:
             return int(self.header["weights"]) if stat == trt.EngineStat.TOTAL_WEIGHTS_SIZE else 0
 
@@ -566,7 +643,7 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
         def serialize(self) -> HostMemory:
             return HostMemory(self.plan)
 
-        def create_execution_context(self, *args: Any) -> "IExecutionContext":
+        def create_execution_context(self, *args: Any) -> IExecutionContext:
             self.contexts_created += 1
             return IExecutionContext(self)
 
@@ -604,7 +681,9 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
             if spec is None or spec["mode"] != "INPUT" or len(shape) != len(spec["shape"]):
                 return False
             lo, _, hi = self.engine.header["profile"].get(name, [spec["shape"]] * 3)
-            if any(s >= 0 and s != d for s, d in zip(spec["shape"], shape)) or not all(a <= d <= b for a, d, b in zip(lo, shape, hi)):
+            if any(s >= 0 and s != d for s, d in zip(spec["shape"], shape)) or not all(
+                a <= d <= b for a, d, b in zip(lo, shape, hi)
+            ):
                 return False
             self.shapes[name] = shape
             return True
@@ -640,8 +719,10 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
             # Like TensorRT, enqueue stages shape-dependent launch data in memory the context owns and
             # the work reads it when it executes; a CUDA graph replays that read, so a graph captured
             # for one shape is wrong once the context has enqueued another shape eagerly.
-            self.staged = [(n, self.addresses[n], tuple(self.get_tensor_shape(n)), _NP[self.engine.io[n]["dtype"]])
-                           for n in self.engine.names]
+            self.staged = [
+                (n, self.addresses[n], tuple(self.get_tensor_shape(n)), _NP[self.engine.io[n]["dtype"]])
+                for n in self.engine.names
+            ]
 
             def run() -> None:
                 plan = self.staged
@@ -669,32 +750,47 @@ def make_tensorrt(generation: str = "10.13", cuda: Any = None, *, num_dla_cores:
         def deserialize_cuda_engine(self, data: Any) -> Any:
             blob = bytes(data)
             if not blob.startswith(MAGIC):
-                _error(self.logger, "1: [stdArchiveReader.cpp::StdArchiveReader::32] Error Code 1: Serialization "
-                                    "(Serialization assertion magicTagRead == kMAGIC_TAG failed.Magic tag does not match)")
-                _error(self.logger, "4: [runtime.cpp::deserializeCudaEngine::65] Error Code 4: Internal Error "
-                                    "(Engine deserialization failed.)")
+                _error(
+                    self.logger,
+                    "1: [stdArchiveReader.cpp::StdArchiveReader::32] Error Code 1: Serialization "
+                    "(Serialization assertion magicTagRead == kMAGIC_TAG failed.Magic tag does not match)",
+                )
+                _error(
+                    self.logger,
+                    "4: [runtime.cpp::deserializeCudaEngine::65] Error Code 4: Internal Error "
+                    "(Engine deserialization failed.)",
+                )
                 return None
             start = len(MAGIC) + 8
-            (length,) = struct.unpack("<Q", blob[len(MAGIC):start]) if len(blob) >= start else (1 << 62,)
+            (length,) = struct.unpack("<Q", blob[len(MAGIC) : start]) if len(blob) >= start else (1 << 62,)
             try:
-                header = json.loads(blob[start:start + length])
+                header = json.loads(blob[start : start + length])
                 complete = len(blob) == start + length + int(header["onnx_bytes"])
             except (ValueError, KeyError):
                 complete = False
             if not complete:
-                _error(self.logger, "1: [stdArchiveReader.cpp::StdArchiveReader::42] Error Code 1: Serialization "
-                                    "(Serialization assertion size == expected failed.Serialized engine is truncated)")
+                _error(
+                    self.logger,
+                    "1: [stdArchiveReader.cpp::StdArchiveReader::42] Error Code 1: Serialization "
+                    "(Serialization assertion size == expected failed.Serialized engine is truncated)",
+                )
                 return None
             if header["version"] != version:
-                _error(self.logger, f"6: The engine plan file is not compatible with this version of TensorRT, expecting "
-                                    f"library version {version} got {header['version']}, please rebuild.")
+                _error(
+                    self.logger,
+                    f"6: The engine plan file is not compatible with this version of TensorRT, expecting "
+                    f"library version {version} got {header['version']}, please rebuild.",
+                )
                 return None
             if header["cc"] != list(device.compute_capability):
-                _error(self.logger, f"6: The engine plan file is generated on an incompatible device, expecting compute "
-                                    f"{device.compute_capability_str} got compute {header['cc'][0]}.{header['cc'][1]}, "
-                                    "please rebuild.")
+                _error(
+                    self.logger,
+                    f"6: The engine plan file is generated on an incompatible device, expecting compute "
+                    f"{device.compute_capability_str} got compute {header['cc'][0]}.{header['cc'][1]}, "
+                    "please rebuild.",
+                )
                 return None
-            return ICudaEngine(header, blob[start + length:], blob)
+            return ICudaEngine(header, blob[start + length :], blob)
 
     trt.Runtime = Runtime
     return trt

@@ -2,7 +2,7 @@
 
 The bundle carries one ONNX per stage per precision: fp32, fp16 (casts in the graph) and int8
 (explicit Q/DQ), plus a TensorRT text calibration cache per stage for the legacy path. The recipe
-picks among them from the *features* of the installed TensorRT (:mod:`hisd_edge.build.features`):
+picks among them from the *features* of the installed TensorRT (:mod:`hisd_edge.engine.features`):
 
 * strongly typed (TensorRT 10.12+ and 11.x): precision comes from the ONNX alone: the fp16 ONNX
   for fp16, the Q/DQ ONNX for int8, no precision flags (11.x has none; 10.x refuses them on a
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Collection, Dict, List, Optional, Tuple
 
-from hisd_edge.build.features import TrtFeatures
+from hisd_edge.engine.features import TrtFeatures
 from hisd_edge.errors import InputError
 
 REQUESTABLE = ("fp32", "fp16", "int8", "best")
@@ -49,9 +49,15 @@ class BuildRecipe:
         return out
 
 
-def choose_recipe(features: TrtFeatures, requested: str, onnx_precisions: Collection[str], *,
-                  has_calibration_cache: bool = False, dla_core: Optional[int] = None,
-                  legacy_int8: bool = False) -> BuildRecipe:
+def choose_recipe(
+    features: TrtFeatures,
+    requested: str,
+    onnx_precisions: Collection[str],
+    *,
+    has_calibration_cache: bool = False,
+    dla_core: Optional[int] = None,
+    legacy_int8: bool = False,
+) -> BuildRecipe:
     """The recipe for ``requested`` given what TensorRT offers and which ONNX files the bundle has."""
     if requested not in REQUESTABLE:
         raise InputError(f"--precision {requested!r} is not one of {', '.join(REQUESTABLE)}")
@@ -64,14 +70,31 @@ def choose_recipe(features: TrtFeatures, requested: str, onnx_precisions: Collec
     dla_flags: Tuple[str, ...] = ("GPU_FALLBACK",) if dla_core is not None else ()
 
     def weak(onnx: str, flags: Tuple[str, ...], precision: str, cache: bool = False) -> BuildRecipe:
-        return BuildRecipe(precision=precision, requested=requested, onnx_precision=onnx, typing="weak",
-                           network_flags=tuple(network_flags), builder_flags=flags + dla_flags, calibration_cache=cache,
-                           dla_core=dla_core, notes=tuple(notes))
+        return BuildRecipe(
+            precision=precision,
+            requested=requested,
+            onnx_precision=onnx,
+            typing="weak",
+            network_flags=tuple(network_flags),
+            builder_flags=flags + dla_flags,
+            calibration_cache=cache,
+            dla_core=dla_core,
+            notes=tuple(notes),
+        )
 
     def strong(onnx: str) -> BuildRecipe:
         flags = tuple(network_flags) + (("STRONGLY_TYPED",) if features.strongly_typed_flag else ())
-        return BuildRecipe(precision=onnx, requested=requested, onnx_precision=onnx, typing="strong", network_flags=flags,
-                           builder_flags=dla_flags, calibration_cache=False, dla_core=dla_core, notes=tuple(notes))
+        return BuildRecipe(
+            precision=onnx,
+            requested=requested,
+            onnx_precision=onnx,
+            typing="strong",
+            network_flags=flags,
+            builder_flags=dla_flags,
+            calibration_cache=False,
+            dla_core=dla_core,
+            notes=tuple(notes),
+        )
 
     def need(precision: str) -> None:
         if precision not in available:
@@ -83,11 +106,18 @@ def choose_recipe(features: TrtFeatures, requested: str, onnx_precisions: Collec
     if dla_core is not None and requested == "fp32":
         raise InputError("--dla-core: DLA runs fp16 or int8 only; use --precision fp16, int8 or best")
     if dla_core is not None:
-        notes.append("DLA loadables have fixed shapes: with a dynamic batch TensorRT may run layers on the GPU "
-                     "instead; a fixed batch (--batch N,N,N) keeps them on the DLA")
+        notes.append(
+            "DLA loadables have fixed shapes: with a dynamic batch TensorRT may run layers on the GPU "
+            "instead; a fixed batch (--batch N,N,N) keeps them on the DLA"
+        )
 
-    if legacy_int8 or (dla_core is not None and requested in ("int8", "best") and has_calibration_cache
-                       and features.int8_calibrator and features.precision_flags):
+    if legacy_int8 or (
+        dla_core is not None
+        and requested in ("int8", "best")
+        and has_calibration_cache
+        and features.int8_calibrator
+        and features.precision_flags
+    ):
         if requested not in ("int8", "best"):
             raise InputError(f"--legacy-int8 builds int8 engines; it does not combine with --precision {requested}")
         if not (features.int8_calibrator and features.precision_flags):

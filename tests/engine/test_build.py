@@ -38,7 +38,9 @@ def test_help(capsys):
 @pytest.mark.parametrize("generation", ["8.5", "10.3", "10.13", "11.1"])
 def test_build_stores_engines_with_a_verified_record(fake_trt, bundle_copy, capsys, generation):
     trt, cuda = fake_trt(generation)
-    code, out, err = _cli(capsys, bundle_copy, "--precision", "best", "--batch", "2,4,16", "--workspace-mib", "512", "--json")
+    code, out, err = _cli(
+        capsys, bundle_copy, "--precision", "best", "--batch", "2,4,16", "--workspace-mib", "512", "--json"
+    )
     assert code == 0, err
     result = json.loads(out)
     record = result["record"]
@@ -47,7 +49,8 @@ def test_build_stores_engines_with_a_verified_record(fake_trt, bundle_copy, caps
     assert record["device"]["key"] == cuda.device.key and record["tensorrt_version"] == trt.__version__
     assert record["batch"] == {"min": 2, "opt": 4, "max": 16} and record["workspace_mib"] == 512
     assert [f["path"] for f in record["files"]] == [
-        f"engines/{cuda.device.key}/trt-{trt.__version__}/{record['precision']}/stage{k}.plan" for k in range(3)]
+        f"engines/{cuda.device.key}/trt-{trt.__version__}/{record['precision']}/stage{k}.plan" for k in range(3)
+    ]
     assert len(result["trtexec"]) == 3 and all(line.startswith("trtexec --onnx=") for line in result["trtexec"])
     # what TensorRT was actually asked to do, per stage
     assert len(trt.builds) == 3 and all(b["ok"] for b in trt.builds)
@@ -95,7 +98,7 @@ def test_timing_cache_from_elsewhere_is_replaced_not_fatal(fake_trt, bundle_copy
     fake_trt("10.13")
     cache = tmp_path / "other.cache"
     cache.write_bytes(b'hisd-fake-timing-cache\n{"version": "8.6.1.6", "cc": [7, 2], "entries": ["x"]}')
-    code, out, err = _cli(capsys, bundle_copy, "--timing-cache", cache)
+    code, _out, err = _cli(capsys, bundle_copy, "--timing-cache", cache)
     assert code == 0, err
     assert json.loads(cache.read_bytes().split(b"\n", 1)[1])["cc"] != [7, 2]
     cache.write_bytes(b"garbage")
@@ -119,7 +122,7 @@ def test_dla_legacy_int8_uses_the_calibration_cache_with_gpu_fallback(fake_trt, 
 
 def test_legacy_int8_retargets_the_cache_header_to_this_tensorrt(fake_trt, bundle_copy, capsys):
     trt, _ = fake_trt("10.3")  # the bundle's caches were written for 8.6.1: TensorRT would ignore them as they are
-    code, out, err = _cli(capsys, bundle_copy, "--precision", "int8", "--legacy-int8")
+    code, _out, err = _cli(capsys, bundle_copy, "--precision", "int8", "--legacy-int8")
     assert code == 0, err
     assert all(b["calibrated"] for b in trt.builds)
     record = Bundle.open(bundle_copy).manifest["engines"][0]
@@ -135,14 +138,20 @@ def test_parser_errors_are_listed_per_stage_and_the_bundle_is_unharmed(fake_trt,
     for k in (0, 2):  # stages 0 and 2 get an operator TensorRT has no importer for
         path = bundle_copy / f"stage{k}.fp16.onnx"
         model = onnx.load(str(path))
-        model.graph.node.insert(0, helper.make_node("Frobnicate", ["unused"], ["unused_out"], domain="com.example",
-                                                    name="odd_node"))
+        model.graph.node.insert(
+            0, helper.make_node("Frobnicate", ["unused"], ["unused_out"], domain="com.example", name="odd_node")
+        )
         model.graph.input.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, [1]))
         onnx.save(model, str(path))
     bundle = Bundle.open(bundle_copy, verify=False)
-    bundle.update(lambda m: [m["stages"][k]["files"].__setitem__("fp16", file_record(bundle_copy, f"stage{k}.fp16.onnx",
-                                                                                        io_dtype="float32"))
-                             for k in (0, 2)])
+    bundle.update(
+        lambda m: [
+            m["stages"][k]["files"].__setitem__(
+                "fp16", file_record(bundle_copy, f"stage{k}.fp16.onnx", io_dtype="float32")
+            )
+            for k in (0, 2)
+        ]
+    )
     before = tree_digest(bundle_copy)
     line = _one_line_error(*_cli(capsys, bundle_copy, "--precision", "fp16")[::2])
     assert "2 of 3 stage(s)" in line and "stage 0 (stage0.fp16.onnx)" in line and "stage 2 (stage2.fp16.onnx)" in line
@@ -172,20 +181,23 @@ def test_missing_cuda_binding_is_one_line_with_the_install_hint(monkeypatch, trt
     import hisd_edge.cuda as hc
 
     monkeypatch.setitem(sys.modules, "tensorrt", trt_double.make_tensorrt("10.3"))
-    monkeypatch.setattr(hc, "available_bindings", lambda: [])
+    monkeypatch.setattr(hc, "available_bindings", list)
     line = _one_line_error(*_cli(capsys, bundle_copy)[::2])
     assert "pip install pycuda" in line and "pip install cuda-python" in line
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--batch", "8,4,2"], "MIN <= OPT <= MAX"),
-    (["--batch", "one"], "MIN,OPT,MAX"),
-    (["--workspace-mib", "0"], "positive"),
-    (["--dla-core", "-1"], "numbered from 0"),
-    (["--dla-core", "0"], "0 DLA core(s)"),  # the device has none
-    (["--opt-level", "9"], "0 to 5"),
-    (["--precision", "fp32", "--dla-core", "0"], "fp16 or int8"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--batch", "8,4,2"], "MIN <= OPT <= MAX"),
+        (["--batch", "one"], "MIN,OPT,MAX"),
+        (["--workspace-mib", "0"], "positive"),
+        (["--dla-core", "-1"], "numbered from 0"),
+        (["--dla-core", "0"], "0 DLA core(s)"),  # the device has none
+        (["--opt-level", "9"], "0 to 5"),
+        (["--precision", "fp32", "--dla-core", "0"], "fp16 or int8"),
+    ],
+)
 def test_bad_values_are_one_line_errors_and_write_nothing(fake_trt, bundle_copy, capsys, tree_digest, args, words):
     fake_trt("10.3")
     before = tree_digest(bundle_copy)
@@ -219,7 +231,9 @@ def test_a_failed_manifest_update_rolls_the_engines_back(fake_trt, bundle_copy, 
 @pytest.mark.parametrize("where", ["/proc/hisd-nope/timing.cache", "manifest.json/timing.cache"])
 def test_an_unusable_timing_cache_path_is_one_line_before_building(fake_trt, bundle_copy, capsys, tree_digest, where):
     trt, _ = fake_trt("10.13")
-    path = where if where.startswith("/") else str(bundle_copy / where)  # a folder that cannot be made / a file as folder
+    path = (
+        where if where.startswith("/") else str(bundle_copy / where)
+    )  # a folder that cannot be made / a file as folder
     manifest = (bundle_copy / "manifest.json").read_bytes()
     before = tree_digest(bundle_copy)
     line = _one_line_error(*_cli(capsys, bundle_copy, "--timing-cache", path)[::2])
@@ -228,8 +242,9 @@ def test_an_unusable_timing_cache_path_is_one_line_before_building(fake_trt, bun
     assert (bundle_copy / "manifest.json").read_bytes() == manifest and tree_digest(bundle_copy) == before
 
 
-def test_a_timing_cache_that_cannot_be_saved_is_a_warning_after_publishing(fake_trt, bundle_copy, capsys, monkeypatch,
-                                                                           caplog):
+def test_a_timing_cache_that_cannot_be_saved_is_a_warning_after_publishing(
+    fake_trt, bundle_copy, capsys, monkeypatch, caplog
+):
     from hisd_edge import atomic
 
     fake_trt("10.13")
@@ -241,9 +256,11 @@ def test_a_timing_cache_that_cannot_be_saved_is_a_warning_after_publishing(fake_
         return real_write(path, data)
 
     monkeypatch.setattr(atomic, "write_bytes", failing_write)
-    code, out, err = _cli(capsys, bundle_copy, "--precision", "fp32")
+    code, _out, err = _cli(capsys, bundle_copy, "--precision", "fp32")
     assert code == 0, err
     assert Bundle.open(bundle_copy).manifest["engines"][0]["precision"] == "fp32"  # the engines are in
-    assert any("could not save the timing cache" in r.getMessage() and "No space left" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "could not save the timing cache" in r.getMessage() and "No space left" in r.getMessage()
+        for r in caplog.records
+    )
     assert not list((bundle_copy / "engines").rglob("timing.cache"))

@@ -27,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("mypy_tensorrt.ini")
-TARGETS = ["hisd_edge/build", "hisd_edge/cuda", "hisd_edge/runtime/tensorrt_backend.py", "hisd_edge/commands/build.py"]
+TARGETS = ["hisd_edge/engine", "hisd_edge/cuda", "hisd_edge/runtime/tensorrt_backend.py", "hisd_edge/commands/build.py"]
 INSTALL = "pip install --no-deps tensorrt-stubs==10.13.0.35.1"
 
 _DEF = re.compile(r"^(\s*def \w+\()(.*)(\)\s*(?:->.*)?:\s*)$")
@@ -85,8 +85,14 @@ def _stub_copy(tmp_path: Path) -> Path:
 
 
 def test_repair_stub_line():
-    assert repair_stub_line("    def f(self, in: list[int], out: int) -> int:") == "    def f(self, in_: list[int], out: int) -> int:"
-    assert repair_stub_line("    def g(self, a: int = None, b: int) -> X:") == "    def g(self, a: int = None, b: int = ...) -> X:"
+    assert (
+        repair_stub_line("    def f(self, in: list[int], out: int) -> int:")
+        == "    def f(self, in_: list[int], out: int) -> int:"
+    )
+    assert (
+        repair_stub_line("    def g(self, a: int = None, b: int) -> X:")
+        == "    def g(self, a: int = None, b: int = ...) -> X:"
+    )
     assert repair_stub_line("    def h(self, *, a: int) -> None:") == "    def h(self, *, a: int) -> None:"
     assert repair_stub_line("x = 1") == "x = 1"
 
@@ -106,11 +112,26 @@ def test_tensorrt_modules_typecheck_against_the_stubs(tmp_path):
     )
     env = {**os.environ, "MYPYPATH": str(stubs)}
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(CONFIG), "--cache-dir", str(tmp_path / "cache"), *TARGETS,
-         str(canary)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(CONFIG),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *TARGETS,
+            str(canary),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = proc.stdout.splitlines()
     ours = [line for line in lines if line.startswith("hisd_edge")]
     assert not ours, "\n".join(ours)
     canary_errors = "\n".join(line for line in lines if "canary_misuse" in line)
     assert '"IBuilderConfig" has no attribute "max_workspace_size"' in canary_errors, proc.stdout + proc.stderr
-    assert "expected \"MemoryPoolType\"" in canary_errors, proc.stdout + proc.stderr
+    assert 'expected "MemoryPoolType"' in canary_errors, proc.stdout + proc.stderr

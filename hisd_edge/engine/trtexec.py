@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hisd_edge.build.recipe import BuildRecipe
+from hisd_edge.engine.recipe import BuildRecipe
 
 _FLAG_OPTIONS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
 
@@ -19,14 +19,22 @@ def _shape(dims: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in dims)
 
 
-def render_trtexec(onnx_path: str, engine_path: str, recipe: BuildRecipe, input_shapes: Dict[str, Tuple[int, ...]],
-                   batch: Tuple[int, int, int], *, workspace_mib: Optional[int] = None,
-                   timing_cache: Optional[str] = None, calibration_cache: Optional[str] = None,
-                   optimization_level: Optional[int] = None) -> str:
+def render_trtexec(
+    onnx_path: str,
+    engine_path: str,
+    recipe: BuildRecipe,
+    input_shapes: Dict[str, Tuple[int, ...]],
+    batch: Tuple[int, int, int],
+    *,
+    workspace_mib: Optional[int] = None,
+    timing_cache: Optional[str] = None,
+    calibration_cache: Optional[str] = None,
+    optimization_level: Optional[int] = None,
+) -> str:
     """One shell-quoted ``trtexec`` line; ``input_shapes`` maps input names to per-sample dims."""
     args: List[str] = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     for option, batch_size in zip(("--minShapes", "--optShapes", "--maxShapes"), batch):
-        spec = ",".join(f"{name}:{_shape((batch_size,) + tuple(dims))}" for name, dims in input_shapes.items())
+        spec = ",".join(f"{name}:{_shape((batch_size, *tuple(dims)))}" for name, dims in input_shapes.items())
         args.append(f"{option}={spec}")
     if "STRONGLY_TYPED" in recipe.network_flags:
         args.append("--stronglyTyped")
