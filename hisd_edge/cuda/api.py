@@ -180,6 +180,11 @@ class CudaBackend(abc.ABC):
     def create_event(self, timing: bool = True) -> Event: ...
 
     # -- CUDA graphs --------------------------------------------------------------------------
+    @property
+    def graphs_unavailable(self) -> Optional[str]:
+        """None where this binding can capture CUDA graphs, else why not and what to install (one line)."""
+        return None
+
     @abc.abstractmethod
     def begin_capture(self, stream: Stream) -> None:
         """Start capturing ``stream`` (not the legacy default stream); nothing enqueued runs until launch."""

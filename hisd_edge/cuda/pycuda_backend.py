@@ -5,6 +5,13 @@ does) with ``MAP_HOST`` so mapped pinned memory works, and ``SCHED_SPIN`` when a
 lowest wake-up latency; TensorRT's runtime-API calls then run in that current context, which is
 how NVIDIA's pycuda-based TensorRT samples work. The context is popped and detached on close.
 The context is current only on the thread that opened the backend: use it from that thread.
+
+CUDA graphs: no pycuda release can capture a stream (``Stream.begin_capture`` and friends exist
+only in an unmerged pull request; pycuda 2026.1's ``Stream`` has ``synchronize``, ``is_done``,
+``wait_for_event`` and ``handle``). Where cuda-python is installed too, graphs are captured
+through its runtime API on pycuda's stream handles (the runtime API works in the context current
+on the thread, pycuda's); otherwise :attr:`graphs_unavailable` says what to install and
+``begin_capture`` raises that one-line DependencyError instead of an AttributeError.
 """
 
 from __future__ import annotations
@@ -14,13 +21,27 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from hisd_edge.cuda.api import CudaBackend, DeviceBuffer, DeviceInfo, Event, Graph, HostBuffer, Stream
-from hisd_edge.errors import DeviceError
+from hisd_edge.errors import DependencyError, DeviceError
+
+NO_GRAPHS = (
+    "pycuda cannot capture CUDA graphs (no pycuda release has stream capture); pip install cuda-python to capture "
+    "them through it on pycuda's streams, or run without CUDA graphs"
+)
 
 
 def _driver() -> Any:
     import pycuda.driver as cuda
 
     return cuda
+
+
+def _graph_runtime() -> Any:
+    """cuda-python's runtime module where it is installed (for graph capture), else None."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        return None
+    return runtime
 
 
 class _DeviceBuffer(DeviceBuffer):
@@ -66,14 +87,23 @@ class _Event(Event):
 
 
 class _Graph(Graph):
-    def __init__(self, graph: Any, graph_exec: Any):
-        self._graph, self._exec = graph, graph_exec
+    """A graph captured through cuda-python's runtime API on a pycuda stream."""
+
+    def __init__(self, rt: Any, graph: Any, graph_exec: Any):
+        self._rt, self._graph, self._exec = rt, graph, graph_exec
 
     def launch(self, stream: Stream) -> None:
-        self._exec.launch(_raw(stream))
+        from hisd_edge.cuda.cudart_backend import _check
+
+        _check(self._rt, self._rt.cudaGraphLaunch(self._exec, _raw(stream).handle), "cudaGraphLaunch")
 
     def free(self) -> None:
-        self._exec = self._graph = None  # pycuda frees graphs when they are garbage collected
+        from hisd_edge.cuda.cudart_backend import _check
+
+        if self._exec is not None:
+            _check(self._rt, self._rt.cudaGraphExecDestroy(self._exec), "cudaGraphExecDestroy")
+            _check(self._rt, self._rt.cudaGraphDestroy(self._graph), "cudaGraphDestroy")
+            self._exec = self._graph = None
 
 
 def _raw(obj: Any) -> Any:
@@ -91,6 +121,7 @@ class PyCudaBackend(CudaBackend):
         super().__init__()
         cuda = _driver()
         self._cuda = cuda
+        self._rt = _graph_runtime()
         try:
             cuda.init()
             count = cuda.Device.count()
@@ -152,12 +183,28 @@ class PyCudaBackend(CudaBackend):
         flags = 0 if timing else self._cuda.event_flags.DISABLE_TIMING
         return self._own(_Event(self._cuda.Event(flags)))
 
+    @property
+    def graphs_unavailable(self) -> Optional[str]:
+        return None if self._rt is not None else NO_GRAPHS
+
     def begin_capture(self, stream: Stream) -> None:
-        _raw(stream).begin_capture()
+        from hisd_edge.cuda.cudart_backend import _check
+
+        rt = self._rt
+        if rt is None:
+            raise DependencyError(NO_GRAPHS)
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        _check(rt, rt.cudaStreamBeginCapture(_raw(stream).handle, mode), "cudaStreamBeginCapture")
 
     def end_capture(self, stream: Stream) -> Graph:
-        graph = _raw(stream).end_capture()
-        return self._own(_Graph(graph, graph.instantiate()))
+        from hisd_edge.cuda.cudart_backend import _check
+
+        rt = self._rt
+        if rt is None:
+            raise DependencyError(NO_GRAPHS)
+        graph = _check(rt, rt.cudaStreamEndCapture(_raw(stream).handle), "cudaStreamEndCapture")
+        graph_exec = _check(rt, rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        return self._own(_Graph(rt, graph, graph_exec))
 
     def close_impl(self) -> None:
         if self._context is not None:

@@ -6,12 +6,21 @@ The work, in order (nothing in the bundle changes until every stage has built):
    (:mod:`~hisd_edge.engine.recipe`);
 2. parse every stage's ONNX first and report *all* parser errors, per stage, in one message;
 3. build each stage: explicit-batch / strongly typed network as the recipe says, one
-   optimization profile over the dynamic batch (min, opt, max), a workspace limit, the persisted
-   timing cache (tied to device and version like the plans), DLA with GPU fallback, and the
-   legacy calibration-cache calibrator where asked;
-4. read each plan back to record its I/O tensors and scratch memory;
-5. publish plans + build record (:func:`hisd_edge.engine.store.publish`), then save the timing cache
+   optimization profile over the dynamic batch (min 1, opt, max: every row count from 1 to max
+   runs), a workspace limit, the persisted timing cache (tied to device and version like the
+   plans), the confidence head pinned to fp32 in weakly typed fp16 recipes, DLA with GPU fallback
+   on one fixed batch (DLA takes no dynamic shapes) with the layers TensorRT cannot place on the
+   DLA recorded, and the legacy calibration-cache calibrator where asked;
+4. build the monolithic full model too where it can have the stages' precision (an fp32-ONNX
+   recipe), so ``bench`` and ``evaluate`` compare against it on the target;
+5. read each plan back to record its I/O tensors and scratch memory;
+6. publish plans + build record (:func:`hisd_edge.engine.store.publish`), then save the timing cache
    (best effort: its path is checked before building; a failed save is a logged warning).
+
+``--precision mixed`` builds each stage at the precision ``convert --precision mixed`` planned for
+it (the manifest's ``mixed_precision``), each with its own recipe, under one "mixed" record;
+``dla_stages`` puts only some stages on the DLA. :func:`plan_build` does all the choosing without
+TensorRT (``build --dry-run --trt GEN``).
 
 Build failures become one-line :class:`EngineBuildError` messages: parser errors per stage; out of
 memory with workspace advice; anything else with TensorRT's own error lines.
@@ -19,6 +28,7 @@ memory with workspace advice; anything else with TensorRT's own error lines.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
@@ -34,10 +44,13 @@ from hisd_edge.engine.features import (
     TrtFeatures,
     detect_features,
     dims_to_tuple,
+    dtype_name,
     engine_device_memory_bytes,
     engine_weights_bytes,
     import_tensorrt,
+    numpy_dtype,
 )
+from hisd_edge.engine.head import head_pairs, pin_head_to_fp32
 from hisd_edge.engine.recipe import BuildRecipe, choose_recipe
 from hisd_edge.engine.store import default_timing_cache, engine_dir, engine_path, new_record, publish
 from hisd_edge.engine.trtexec import render_trtexec
@@ -64,36 +77,64 @@ class EngineBuildError(HisdError):
 class BuildOptions:
     """What ``hisd-edge build`` was asked for."""
 
-    precision: str = "fp16"
-    batch: Tuple[int, int, int] = DEFAULT_BATCH  # min, opt, max of the dynamic batch dimension
+    precision: str = "fp16"  # fp32 | fp16 | int8 | best | mixed (the per-stage plan of convert --precision mixed)
+    # min, opt, max of the dynamic batch. None: 1,8,32 on the GPU; a fixed batch of 1 on the DLA.
+    batch: Optional[Tuple[int, int, int]] = None
     workspace_mib: Optional[int] = None  # None: TensorRT's default (the device's memory)
     dla_core: Optional[int] = None
+    dla_stages: Optional[Tuple[int, ...]] = None  # with dla_core: the stages to put on it (None: all)
     timing_cache: Optional[str] = None  # None: <bundle>/engines/<device>/trt-<ver>/timing.cache
     legacy_int8: bool = False
     optimization_level: Optional[int] = None  # builder_optimization_level 0-5 (TensorRT 8.6+)
+    full_model: bool = True  # also build the monolithic model where it can match the stages' precision
     progress: bool = True
 
     def validate(self) -> None:
-        lo, opt, hi = self.batch
-        if not 1 <= lo <= opt <= hi:
-            raise InputError(f"--batch {lo},{opt},{hi}: need 1 <= MIN <= OPT <= MAX, e.g. --batch 1,8,32")
+        if self.batch is not None:
+            lo, opt, hi = self.batch
+            if not 1 <= lo <= opt <= hi:
+                raise InputError(f"--batch {lo},{opt},{hi}: need 1 <= MIN <= OPT <= MAX, e.g. --batch 1,8,32")
+            if self.dla_core is None and lo > 1:
+                raise InputError(
+                    f"--batch {lo},{opt},{hi}: the minimum must be 1, because the runtime runs every row count from 1 "
+                    f"to MAX (a single frame, the rows left after an exit, the last partial chunk); e.g. --batch 1,{opt},{hi}"
+                )
+            if self.dla_core is not None and opt != hi:
+                raise InputError(
+                    f"--batch {lo},{opt},{hi} with --dla-core: DLA takes no dynamic shapes (layers would silently run on "
+                    f"the GPU); give one fixed batch, e.g. --batch {opt} (fewer rows are padded to it)"
+                )
         if self.workspace_mib is not None and self.workspace_mib <= 0:
             raise InputError(
                 f"--workspace-mib {self.workspace_mib}: give a positive number of MiB, e.g. --workspace-mib 512"
             )
         if self.dla_core is not None and self.dla_core < 0:
             raise InputError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0")
+        if self.dla_stages is not None and self.dla_core is None:
+            raise InputError("--dla-stages needs --dla-core N (the DLA core to put those stages on)")
         if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
             raise InputError(f"--opt-level {self.optimization_level}: TensorRT's builder optimization level is 0 to 5")
+
+    def on_dla(self, stage: int) -> bool:
+        return self.dla_core is not None and (self.dla_stages is None or stage in self.dla_stages)
+
+    def stage_batch(self, stage: int, num_stages: int) -> Tuple[int, int, int]:
+        """The optimization profile of ``stage``: min 1 on the GPU; one fixed size on the DLA (and then
+        the GPU stages of the same chain stop at that size too: no more rows ever reach them)."""
+        if not any(self.on_dla(k) for k in range(num_stages)):
+            return self.batch or DEFAULT_BATCH
+        fixed = self.batch[2] if self.batch is not None else 1
+        return (fixed, fixed, fixed) if self.on_dla(stage) else (1, fixed, fixed)
 
 
 @dataclasses.dataclass
 class BuildResult:
     record: Dict[str, Any]  # the build record as stored in the manifest
-    recipe: BuildRecipe
-    trtexec: List[str]  # the equivalent trtexec command, one per stage
+    recipe: BuildRecipe  # stage 0's (every stage's, unless --precision mixed or --dla-stages)
+    trtexec: List[str]  # the equivalent trtexec command, one per stage (then the full model's, if built)
     timing_cache: str
     seconds: float
+    recipes: List[BuildRecipe] = dataclasses.field(default_factory=list)  # per stage
 
 
 def parse_batch(text: str) -> Tuple[int, int, int]:
@@ -110,32 +151,44 @@ def parse_batch(text: str) -> Tuple[int, int, int]:
 
 
 # -- TensorRT objects -------------------------------------------------------------------------------
-def make_logger(verbose: bool = False) -> Any:
-    """A TensorRT logger that keeps every message (to quote errors) and forwards them to ``logging``.
+def make_logger(verbose: bool = False, keep: int = 32) -> Any:
+    """A TensorRT logger that keeps the last ``keep`` errors (to quote them) and forwards to ``logging``.
 
-    The ILogger subclass is defined here, not at module level, so importing this module never
-    imports TensorRT.
+    Severity-filtered and bounded: TensorRT calls ``log`` for every message it has, VERBOSE
+    included, and a Python logger cannot stop that crossing; below WARNING (INFO and VERBOSE
+    unless ``verbose``) a message is dropped at once, and what is kept sits in fixed-size deques,
+    so a long-lived runtime logger does not grow. The ILogger subclass is defined here, not at
+    module level, so importing this module never imports TensorRT.
     """
     import tensorrt as trt
+
+    severity = trt.ILogger.Severity
+    error_levels = (int(severity.INTERNAL_ERROR), int(severity.ERROR))
+    threshold = int(severity.VERBOSE if verbose else severity.WARNING)
 
     class CapturingLogger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.messages: List[Tuple[Any, str]] = []
+            self.error_messages: collections.deque = collections.deque(maxlen=keep)
+            self.other_messages: collections.deque = collections.deque(maxlen=keep)
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            self.messages.append((severity, msg))
-            if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+            level = int(severity)
+            if level > threshold:
+                return
+            if level in error_levels:
+                self.error_messages.append(msg)
                 log.debug("TensorRT error: %s", msg)
-            elif verbose:
+            else:
+                self.other_messages.append(msg)
                 log.debug("TensorRT: %s", msg)
 
         def errors(self) -> List[str]:
-            bad = (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR)
-            return [" ".join(m.split()) for s, m in self.messages if s in bad]
+            return [" ".join(m.split()) for m in self.error_messages]
 
         def clear(self) -> None:
-            self.messages.clear()
+            self.error_messages.clear()
+            self.other_messages.clear()
 
     return CapturingLogger()
 
@@ -187,15 +240,20 @@ def _parser_error_text(error: Any) -> str:
 
 @dataclasses.dataclass
 class _ParsedStage:
-    index: int
+    index: Optional[int]  # None: the monolithic full model
     onnx_path: Path
     network: Any
     parser: Any
     inputs: Dict[str, Tuple[int, ...]]  # name -> network shape (-1 for dynamic)
+    outputs: List[str]
+
+    @property
+    def label(self) -> str:
+        return "the full model" if self.index is None else f"stage {self.index}"
 
 
 def _parse_stage(
-    builder: trt.Builder, recipe: BuildRecipe, index: int, onnx_path: Path, logger: Any
+    builder: trt.Builder, recipe: BuildRecipe, index: Optional[int], onnx_path: Path, logger: Any
 ) -> Tuple[_ParsedStage, List[str]]:
     import tensorrt as trt
 
@@ -209,11 +267,13 @@ def _parse_stage(
     if not ok:
         errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)] or ["parse failed"]
     inputs: Dict[str, Tuple[int, ...]] = {}
+    outputs: List[str] = []
     if ok:
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             inputs[tensor.name] = dims_to_tuple(tensor.shape)
-    return _ParsedStage(index, onnx_path, network, parser, inputs), errors
+        outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    return _ParsedStage(index, onnx_path, network, parser, inputs, outputs), errors
 
 
 def _profile_shapes(stage: _ParsedStage, batch: Tuple[int, int, int]) -> Dict[str, List[Tuple[int, ...]]]:
@@ -222,7 +282,7 @@ def _profile_shapes(stage: _ParsedStage, batch: Tuple[int, int, int]) -> Dict[st
     for name, dims in stage.inputs.items():
         if any(d < 0 for d in dims[1:]):
             raise EngineBuildError(
-                f"stage {stage.index}: input {name} of {stage.onnx_path.name} has dynamic dimensions besides the batch "
+                f"{stage.label}: input {name} of {stage.onnx_path.name} has dynamic dimensions besides the batch "
                 f"({dims}); export the stage with fixed C, H, W"
             )
         if dims and dims[0] < 0:
@@ -253,18 +313,43 @@ def _free_bytes(cuda: CudaBackend) -> Optional[int]:
     return None if info is None else info[0]
 
 
+def _dla_placement(config: Any, network: Any, core: int) -> Dict[str, Any]:
+    """Which layers TensorRT can place on the DLA (``can_run_on_DLA``, asked with the config as
+    built: device type, precision flags, the fixed profile); the rest fall back to the GPU."""
+    names = [network.get_layer(i).name for i in range(network.num_layers)]
+    fallback = [name for i, name in enumerate(names) if not config.can_run_on_DLA(network.get_layer(i))]
+    runs_on = "gpu" if len(fallback) == len(names) else ("dla+gpu" if fallback else "dla")
+    return {
+        "core": int(core),
+        "layers": len(names),
+        "layers_on_dla": len(names) - len(fallback),
+        "gpu_fallback_layers": fallback[:16],  # the first few, by name; the count is complete
+        "gpu_fallback_count": len(fallback),
+        "runs_on": runs_on,
+    }
+
+
+@dataclasses.dataclass
+class _StageBuild:
+    plan: bytes
+    fp32_layers: List[str]
+    dla: Optional[Dict[str, Any]]
+
+
 def _build_stage(
     builder: trt.Builder,
     features: TrtFeatures,
     stage: _ParsedStage,
     recipe: BuildRecipe,
+    batch: Tuple[int, int, int],
     options: BuildOptions,
     timing_cache_blob: bytes,
     calibration_cache: Optional[bytes],
     logger: Any,
     cuda: CudaBackend,
-) -> Tuple[bytes, bytes]:
-    """Build one stage; returns (plan bytes, updated timing cache bytes)."""
+    exits: List[Dict[str, Any]],
+) -> Tuple[_StageBuild, bytes]:
+    """Build one stage (or the full model); returns the build and the updated timing cache bytes."""
     import tensorrt as trt
 
     config = builder.create_builder_config()
@@ -272,19 +357,24 @@ def _build_stage(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
     for name in recipe.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    fp32_layers: List[str] = []
+    if recipe.fp32_head:
+        fp32_layers = pin_head_to_fp32(trt, stage.network, head_pairs(exits, stage.outputs))
     profile = builder.create_optimization_profile()
-    dynamic = _profile_shapes(stage, options.batch)
+    dynamic = _profile_shapes(stage, batch)
     for name, (lo, opt, hi) in dynamic.items():
         profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
     if dynamic:
         config.add_optimization_profile(profile)
+    dla: Optional[Dict[str, Any]] = None
     if recipe.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(recipe.dla_core)
+        dla = _dla_placement(config, stage.network, recipe.dla_core)
     if recipe.calibration_cache:
         assert calibration_cache is not None
         # int8_calibrator / set_calibration_profile are gone in 11.x (the recipe never gets here there).
-        config.int8_calibrator = make_cache_calibrator(calibration_cache, batch_size=options.batch[1])
+        config.int8_calibrator = make_cache_calibrator(calibration_cache, batch_size=batch[1])
         if hasattr(config, "set_calibration_profile"):
             config.set_calibration_profile(profile)
     if options.optimization_level is not None and features.builder_optimization_level:
@@ -306,15 +396,37 @@ def _build_stage(
         text = "; ".join(errors[-4:]) or "no error message from TensorRT"
         if any(_OOM.search(e) for e in errors):
             raise EngineBuildError(
-                f"stage {stage.index}: TensorRT ran out of GPU memory while building ({text}); "
+                f"{stage.label}: TensorRT ran out of GPU memory while building ({text}); "
                 f"{_oom_advice(options, _free_bytes(cuda), cuda.device.total_memory_bytes)}"
             )
         raise EngineBuildError(
-            f"stage {stage.index}: TensorRT could not build an engine from {stage.onnx_path.name} ({text})"
+            f"{stage.label}: TensorRT could not build an engine from {stage.onnx_path.name} ({text})"
         )
     new_cache = config.get_timing_cache()
     cache_bytes = bytes(memoryview(new_cache.serialize())) if new_cache is not None else timing_cache_blob
-    return bytes(memoryview(plan)), cache_bytes
+    return _StageBuild(bytes(memoryview(plan)), fp32_layers, dla), cache_bytes
+
+
+def inspect_engine(trt: Any, engine: Any, features: TrtFeatures) -> Dict[str, Any]:
+    """I/O tensors (name, mode, dtype, shape), the profile of the batch axis, and memory of an engine."""
+    io = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dtype = engine.get_tensor_dtype(name)
+        mapped = numpy_dtype(trt, dtype)
+        io.append(
+            {
+                "name": name,
+                "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output",
+                "dtype": mapped.name if mapped is not None else dtype_name(dtype),
+                "shape": list(dims_to_tuple(engine.get_tensor_shape(name))),
+            }
+        )
+    info: Dict[str, Any] = {"io": io, "device_memory_bytes": engine_device_memory_bytes(engine, features)}
+    weights = engine_weights_bytes(trt, engine, features)
+    if weights is not None:
+        info["weights_bytes"] = weights
+    return info
 
 
 def _inspect_plan(plan: bytes, features: TrtFeatures, logger: Any, dla_core: Optional[int]) -> Dict[str, Any]:
@@ -327,44 +439,25 @@ def _inspect_plan(plan: bytes, features: TrtFeatures, logger: Any, dla_core: Opt
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise EngineBuildError(f"TensorRT built a plan it cannot load back ({'; '.join(logger.errors()[-2:])})")
-    io = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        dtype = engine.get_tensor_dtype(name)
-        try:
-            dtype_name = str(trt.nptype(dtype).__name__)
-        except TypeError:  # types numpy has no name for (bf16, fp8, ...)
-            dtype_name = str(dtype)
-        io.append(
-            {
-                "name": name,
-                "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output",
-                "dtype": dtype_name,
-                "shape": list(dims_to_tuple(engine.get_tensor_shape(name))),
-            }
-        )
-    info = {"io": io, "device_memory_bytes": engine_device_memory_bytes(engine, features)}
-    weights = engine_weights_bytes(trt, engine, features)
-    if weights is not None:
-        info["weights_bytes"] = weights
+    info = inspect_engine(trt, engine, features)
     del engine, runtime
     return info
 
 
-def _calibration_caches(bundle: Bundle, trt_version: str) -> List[bytes]:
-    """Each stage's TensorRT text calibration cache, its header retargeted to this TensorRT.
+def _calibration_caches(bundle: Bundle, trt_version: str, stages: List[int]) -> Dict[int, bytes]:
+    """The TensorRT text calibration cache of each of ``stages``, its header retargeted to this TensorRT.
 
     TensorRT skips a cache whose header names another version (and then fails for lack of
     calibration data), and our calibrator is an EntropyCalibrator2, the one DLA requires.
     """
     from hisd_edge.convert.calib_cache import retarget  # standard library only
 
-    caches = []
-    for stage in bundle.stages:
-        path = bundle.root / stage["files"]["int8"]["calibration_cache"]["path"]
+    caches = {}
+    for k in stages:
+        path = bundle.root / bundle.stages[k]["files"]["int8"]["calibration_cache"]["path"]
         try:
             text = path.read_text(encoding="utf-8")
-            caches.append(retarget(text, trt_version, "EntropyCalibration2").encode("utf-8"))
+            caches[k] = retarget(text, trt_version, "EntropyCalibration2").encode("utf-8")
         except (UnicodeDecodeError, BundleError) as exc:
             raise BundleError(
                 f"{path}: not a TensorRT calibration cache ({exc}); convert again with --precision int8"
@@ -372,8 +465,72 @@ def _calibration_caches(bundle: Bundle, trt_version: str) -> List[bytes]:
     return caches
 
 
-def _stage_input_dims(bundle: Bundle, k: int) -> Dict[str, Tuple[int, ...]]:
-    return {i["name"]: tuple(int(d) for d in i["shape"][1:]) for i in bundle.stages[k]["inputs"]}
+def _stage_input_dims(bundle: Bundle, k: Optional[int]) -> Dict[str, Tuple[int, ...]]:
+    inputs = bundle.stages[0 if k is None else k]["inputs"]
+    if k is None:  # the full model takes what stage 0 takes
+        inputs = inputs[:1]
+    return {i["name"]: tuple(int(d) for d in i["shape"][1:]) for i in inputs}
+
+
+# -- choosing: per-stage recipes, with or without TensorRT -----------------------------------------------
+def stage_precisions(bundle: Bundle, precision: str) -> List[str]:
+    """The precision each stage is built at: ``precision`` for all, or the mixed plan of the bundle."""
+    if precision != "mixed":
+        return [precision] * bundle.num_stages
+    plan = (bundle.manifest.get("mixed_precision") or {}).get("stages")
+    if not plan or len(plan) != bundle.num_stages:
+        raise InputError(
+            f"--precision mixed: {bundle.root} has no per-stage precision plan; convert with --precision mixed "
+            "(it chooses one on labelled validation data), or pick fp32, fp16, int8 or best"
+        )
+    return [str(p) for p in plan]
+
+
+def choose_recipes(features: TrtFeatures, bundle: Bundle, options: BuildOptions) -> List[BuildRecipe]:
+    """One recipe per stage (see :func:`~hisd_edge.engine.recipe.choose_recipe`), naming the stage on refusal."""
+    recipes = []
+    for k, (stage, precision) in enumerate(zip(bundle.stages, stage_precisions(bundle, options.precision))):
+        files = stage["files"]
+        try:
+            recipes.append(
+                choose_recipe(
+                    features,
+                    precision,
+                    list(files),
+                    has_calibration_cache="calibration_cache" in files.get("int8", {}),
+                    dla_core=options.dla_core if options.on_dla(k) else None,
+                    legacy_int8=options.legacy_int8,
+                )
+            )
+        except InputError as exc:
+            if options.precision != "mixed" and options.dla_stages is None:
+                raise
+            raise InputError(f"stage {k} ({precision}{', DLA' if options.on_dla(k) else ''}): {exc}") from None
+    return recipes
+
+
+def _full_model_plan(bundle: Bundle, options: BuildOptions, recipes: List[BuildRecipe]) -> Tuple[bool, str]:
+    """Whether the monolithic full model gets an engine too (for bench and evaluate), and why not.
+
+    Only where it can have the stages' precision: the full model exists as fp32 ONNX only, so a
+    recipe that reads the fp32 ONNX (fp32, or weakly typed fp16) can build it; strongly typed
+    fp16/int8 recipes, Q/DQ and calibration-cache int8, mixed plans and DLA cannot.
+    """
+    first = recipes[0]
+    if not options.full_model:
+        return False, "not asked for (--no-full-model)"
+    if bundle.full_model_path() is None:
+        return False, "the bundle has no full model"
+    if any(r != first for r in recipes):
+        return False, "stages are built at different precisions or devices"
+    if first.dla_core is not None:
+        return False, "DLA builds are per stage"
+    if first.onnx_precision != "fp32" or first.calibration_cache:
+        return (
+            False,
+            f"the full model exists as fp32 ONNX only, and this {first.precision} recipe reads the {first.onnx_precision} ONNX",
+        )
+    return True, ""
 
 
 # -- the whole build ----------------------------------------------------------------------------------
@@ -384,30 +541,21 @@ def build_engines(bundle: Bundle, options: BuildOptions, cuda: Optional[CudaBack
     import tensorrt as trt
 
     features = detect_features(trt)
-    stages = bundle.stages
-    has_cache = all("calibration_cache" in s["files"].get("int8", {}) for s in stages)
-    recipe = choose_recipe(
-        features,
-        options.precision,
-        bundle.precisions(),
-        has_calibration_cache=has_cache,
-        dla_core=options.dla_core,
-        legacy_int8=options.legacy_int8,
-    )
+    recipes = choose_recipes(features, bundle, options)
     owns_cuda = cuda is None
     if cuda is None:
         from hisd_edge.cuda import open_cuda
 
         cuda = open_cuda()
     try:
-        return _build_all(bundle, options, recipe, features, cuda)
+        return _build_all(bundle, options, recipes, features, cuda)
     finally:
         if owns_cuda:
             cuda.close()
 
 
 def _build_all(
-    bundle: Bundle, options: BuildOptions, recipe: BuildRecipe, features: TrtFeatures, cuda: CudaBackend
+    bundle: Bundle, options: BuildOptions, recipes: List[BuildRecipe], features: TrtFeatures, cuda: CudaBackend
 ) -> BuildResult:
     import tensorrt as trt
 
@@ -416,9 +564,9 @@ def _build_all(
     trt_version = features.version
     logger = make_logger()
     builder = trt.Builder(logger)
-    if recipe.dla_core is not None and recipe.dla_core >= builder.num_DLA_cores:
+    if options.dla_core is not None and options.dla_core >= builder.num_DLA_cores:
         raise InputError(
-            f"--dla-core {recipe.dla_core}: this device has {builder.num_DLA_cores} DLA core(s) "
+            f"--dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA core(s) "
             f"for TensorRT {trt_version}; drop --dla-core or pick a core below {builder.num_DLA_cores}"
         )
 
@@ -426,8 +574,8 @@ def _build_all(
     parsed: List[_ParsedStage] = []
     failures = []
     for k in range(bundle.num_stages):
-        onnx_path = bundle.stage_path(k, recipe.onnx_precision)
-        stage, errors = _parse_stage(builder, recipe, k, onnx_path, logger)
+        onnx_path = bundle.stage_path(k, recipes[k].onnx_precision)
+        stage, errors = _parse_stage(builder, recipes[k], k, onnx_path, logger)
         parsed.append(stage)
         if errors:
             failures.append(f"stage {k} ({onnx_path.name}): " + " | ".join(errors))
@@ -437,6 +585,14 @@ def _build_all(
             f"{'; '.join(failures)}; the bundle needs operators this TensorRT supports (re-convert with an older opset or "
             "a newer TensorRT)"
         )
+    full: Optional[_ParsedStage] = None
+    build_full, why_not = _full_model_plan(bundle, options, recipes)
+    if build_full:
+        full_path = bundle.full_model_path()
+        assert full_path is not None
+        full, errors = _parse_stage(builder, recipes[0], None, full_path, logger)
+        if errors:  # the stages are what runs; without the full engine bench compares against the chain
+            full, why_not = None, f"TensorRT's parser rejected it ({' | '.join(errors)[:200]})"
 
     # 2. timing cache: tied to device + TensorRT version, persisted across builds
     cache_path = (
@@ -447,7 +603,19 @@ def _build_all(
     timing_blob, created_dirs = _open_timing_cache(cache_path)
     try:
         return _build_and_publish(
-            bundle, options, recipe, features, cuda, builder, logger, parsed, cache_path, timing_blob, begin
+            bundle,
+            options,
+            recipes,
+            features,
+            cuda,
+            builder,
+            logger,
+            parsed,
+            full,
+            why_not,
+            cache_path,
+            timing_blob,
+            begin,
         )
     except BaseException:
         for directory in reversed(created_dirs):  # innermost first; only the ones still empty
@@ -483,48 +651,115 @@ def _open_timing_cache(cache_path: Path) -> Tuple[bytes, List[Path]]:
         ) from None
 
 
+def record_precision(options: BuildOptions, recipes: List[BuildRecipe]) -> str:
+    """The label a build is stored and looked up under: "mixed" for a per-stage plan, else the
+    precision the recipe resolved to ("best" -> "int8" or "fp16")."""
+    return "mixed" if options.precision == "mixed" else recipes[0].precision
+
+
+def summary_recipe(options: BuildOptions, recipes: List[BuildRecipe]) -> Dict[str, Any]:
+    """The record's top-level ``recipe``: the recipe itself when every stage shares it, else a summary
+    (each stage record carries its own)."""
+    if all(r == recipes[0] for r in recipes) and options.precision != "mixed":
+        return recipes[0].to_dict()
+    typings = sorted({r.typing for r in recipes})
+    return {
+        "precision": record_precision(options, recipes),
+        "requested": options.precision,
+        "onnx_precision": "per stage",
+        "typing": typings[0] if len(typings) == 1 else "mixed",
+        "network_flags": [],
+        "builder_flags": [],
+        "calibration_cache": any(r.calibration_cache for r in recipes),
+        "dla_core": options.dla_core,
+        "notes": sorted({n for r in recipes for n in r.notes}),
+        "fp32_head": any(r.fp32_head for r in recipes),
+        "stage_precisions": [r.precision for r in recipes],
+        "dla_stages": [k for k, r in enumerate(recipes) if r.dla_core is not None],
+    }
+
+
+def _batch_dict(batch: Tuple[int, int, int]) -> Dict[str, int]:
+    return {"min": batch[0], "opt": batch[1], "max": batch[2]}
+
+
 def _build_and_publish(
     bundle: Bundle,
     options: BuildOptions,
-    recipe: BuildRecipe,
+    recipes: List[BuildRecipe],
     features: TrtFeatures,
     cuda: CudaBackend,
     builder: Any,
     logger: Any,
     parsed: List[_ParsedStage],
+    full: Optional[_ParsedStage],
+    why_not_full: str,
     cache_path: Path,
     timing_blob: bytes,
     begin: float,
 ) -> BuildResult:
     device = cuda.device
     trt_version = features.version
+    precision = record_precision(options, recipes)
+    n = bundle.num_stages
+    exits = bundle.exits
 
-    # 3. build every stage (nothing written yet)
+    # 3. build every stage, then the full model (nothing written yet)
     plans: List[bytes] = []
-    caches = _calibration_caches(bundle, trt_version) if recipe.calibration_cache else []
+    caches = _calibration_caches(bundle, trt_version, [k for k, r in enumerate(recipes) if r.calibration_cache])
     stage_records: List[Dict[str, Any]] = []
-    progress = _progress(len(parsed), options.progress, f"building {recipe.precision} engines")
+    builds: List[_StageBuild] = []
+    progress = _progress(n + (full is not None), options.progress, f"building {precision} engines")
     try:
         for stage in parsed:
-            calib = caches[stage.index] if caches else None
+            k = int(stage.index or 0)
+            recipe, batch = recipes[k], options.stage_batch(k, n)
             started = time.perf_counter()
-            plan, timing_blob = _build_stage(
-                builder, features, stage, recipe, options, timing_blob, calib, logger, cuda
+            built, timing_blob = _build_stage(
+                builder, features, stage, recipe, batch, options, timing_blob, caches.get(k), logger, cuda, exits
             )
-            info = _inspect_plan(plan, features, logger, recipe.dla_core)
-            onnx_record = bundle.stages[stage.index]["files"][recipe.onnx_precision]
-            stage_records.append(
-                {
-                    "index": stage.index,
-                    "onnx_precision": recipe.onnx_precision,
-                    "onnx": onnx_record["path"],
-                    "onnx_sha256": onnx_record["sha256"],
-                    "plan_sha256": hashlib.sha256(plan).hexdigest(),
-                    "build_seconds": round(time.perf_counter() - started, 3),
-                    **info,
-                }
+            info = _inspect_plan(built.plan, features, logger, recipe.dla_core)
+            onnx_record = bundle.stages[k]["files"][recipe.onnx_precision]
+            record_k: Dict[str, Any] = {
+                "index": k,
+                "precision": recipe.precision,
+                "onnx_precision": recipe.onnx_precision,
+                "onnx": onnx_record["path"],
+                "onnx_sha256": onnx_record["sha256"],
+                "plan_sha256": hashlib.sha256(built.plan).hexdigest(),
+                "build_seconds": round(time.perf_counter() - started, 3),
+                "batch": _batch_dict(batch),
+                "recipe": recipe.to_dict(),
+                **info,
+            }
+            if built.fp32_layers:
+                record_k["fp32_layers"] = built.fp32_layers
+            if built.dla is not None:
+                record_k["dla"] = built.dla
+            stage_records.append(record_k)
+            plans.append(built.plan)
+            builds.append(built)
+            progress.update(1)
+        full_plan: Optional[bytes] = None
+        full_record: Dict[str, Any] = {"built": False, "reason": why_not_full}
+        if full is not None:
+            started = time.perf_counter()
+            batch = options.stage_batch(0, n)
+            built, timing_blob = _build_stage(
+                builder, features, full, recipes[0], batch, options, timing_blob, None, logger, cuda, exits
             )
-            plans.append(plan)
+            full_plan = built.plan
+            full_record = {
+                "built": True,
+                "onnx": bundle.manifest["full_model"]["path"],
+                "onnx_sha256": bundle.manifest["full_model"]["sha256"],
+                "plan_sha256": hashlib.sha256(full_plan).hexdigest(),
+                "build_seconds": round(time.perf_counter() - started, 3),
+                "batch": _batch_dict(batch),
+                **_inspect_plan(full_plan, features, logger, None),
+            }
+            if built.fp32_layers:
+                full_record["fp32_layers"] = built.fp32_layers
             progress.update(1)
     finally:
         progress.close()
@@ -533,17 +768,20 @@ def _build_and_publish(
     record = new_record(
         device,
         trt_version,
-        recipe.to_dict(),
-        batch={"min": options.batch[0], "opt": options.batch[1], "max": options.batch[2]},
+        summary_recipe(options, recipes),
+        batch=_batch_dict(options.stage_batch(0, n)),
         workspace_mib=options.workspace_mib,
         dla_core=options.dla_core,
         builder_optimization_level=options.optimization_level,
         cuda_binding=cuda.name,
         features=features.to_dict(),
         stages=stage_records,
+        full_model=full_record,
         timing_cache=_relative_if_inside(cache_path, bundle.root),
     )
-    stored = publish(bundle, record, plans, caches)
+    if record["precision"] != precision:
+        record["precision"] = precision
+    stored = publish(bundle, record, plans, caches, full_plan=full_plan)
     try:  # the engines are in: a cache that cannot be saved only costs the next build time
         atomic.write_bytes(cache_path, timing_blob)
     except OSError as exc:
@@ -554,30 +792,34 @@ def _build_and_publish(
             exc.strerror or exc,
         )
     commands = []
-    for stage in parsed:
-        k = stage.index
+    for stage in [*parsed, *([full] if full is not None else [])]:
+        index = stage.index
+        recipe = recipes[index if index is not None else 0]
         cache_file = None
-        if recipe.calibration_cache:  # the retargeted copy stored with the engines
-            cache_file = str(bundle.root / engine_dir(device.key, trt_version, recipe.precision) / f"stage{k}.calib")
+        if index is not None and recipe.calibration_cache:  # the retargeted copy stored with the engines
+            cache_file = str(bundle.root / engine_dir(device.key, trt_version, precision) / f"stage{index}.calib")
+        fp32_layers = builds[index].fp32_layers if index is not None else full_record.get("fp32_layers", [])
         commands.append(
             render_trtexec(
                 str(stage.onnx_path),
-                str(bundle.root / engine_path(device.key, trt_version, recipe.precision, k)),
+                str(bundle.root / engine_path(device.key, trt_version, precision, index)),
                 recipe,
-                _stage_input_dims(bundle, k),
-                options.batch,
+                _stage_input_dims(bundle, index),
+                options.stage_batch(index or 0, n),
                 workspace_mib=options.workspace_mib,
                 timing_cache=str(cache_path),
                 calibration_cache=cache_file,
                 optimization_level=options.optimization_level,
+                fp32_layers=fp32_layers,
             )
         )
     return BuildResult(
         record=stored,
-        recipe=recipe,
+        recipe=recipes[0],
         trtexec=commands,
         timing_cache=str(cache_path),
         seconds=time.perf_counter() - begin,
+        recipes=recipes,
     )
 
 

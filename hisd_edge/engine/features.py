@@ -21,9 +21,9 @@ release notes; see TENSORRT-JETSON-FACTS.md section 1):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from hisd_edge.errors import DependencyError
+from hisd_edge.errors import DependencyError, InputError
 
 TENSORRT_INSTALL_HINT = (
     "on JetPack: sudo apt install python3-libnvinfer python3-libnvinfer-dev and use a venv created with "
@@ -112,3 +112,70 @@ def engine_weights_bytes(trt: Any, engine: Any, features: TrtFeatures) -> Any:
 def dims_to_tuple(dims: Any) -> Tuple[int, ...]:
     """A TensorRT ``Dims`` as a tuple of ints (indexing, which every version supports)."""
     return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+# The API surface of each TensorRT generation in the field, for planning a build on a machine
+# without TensorRT (``hisd-edge build --dry-run --trt GEN``). The conformance test
+# (tests/engine/test_real_bindings.py) checks each row against detect_features() on NVIDIA's real
+# bindings of that generation (8.6.1, 10.3.0, 10.13.3, 10.16.1, 11.4.0; there is no 8.5 wheel:
+# 8.5 is 8.6 without builder_optimization_level, which arrived in 8.6).
+def _generation(version: str, **flags: bool) -> TrtFeatures:
+    base = {field.name: False for field in dataclasses.fields(TrtFeatures) if field.name != "version"}
+    return TrtFeatures(version=version, **{**base, **flags})
+
+
+_WEAK_8 = {
+    "explicit_batch_flag": True,
+    "precision_flags": True,
+    "int8_calibrator": True,
+    "legacy_device_memory_size": True,
+}
+_TEN = {**_WEAK_8, "strongly_typed_flag": True, "device_memory_size_v2": True, "builder_optimization_level": True}
+GENERATIONS: Dict[str, TrtFeatures] = {
+    "8.5": _generation("8.5.2", **_WEAK_8),
+    "8.6": _generation("8.6.1", **_WEAK_8, builder_optimization_level=True),
+    "10.3": _generation("10.3.0", **_TEN),
+    "10.13": _generation("10.13.3", **_TEN, weak_typing_deprecated=True),
+    "10.16": _generation("10.16.1", **_TEN, weak_typing_deprecated=True, engine_stat=True),
+    "11": _generation(
+        "11.4.0",
+        strongly_typed_flag=True,
+        weak_typing_deprecated=True,
+        device_memory_size_v2=True,
+        engine_stat=True,
+        builder_optimization_level=True,
+    ),
+}
+
+
+def generation_features(name: str) -> TrtFeatures:
+    """The features of TensorRT generation ``name`` ("8.5", "10.13", "11", ...) without TensorRT installed."""
+    parts = name.strip().split(".")
+    key = "11" if parts[0] == "11" else ".".join(parts[:2])  # "10.13.3" -> "10.13"; "11", "11.4" -> "11"
+    if key not in GENERATIONS:
+        raise InputError(
+            f"--trt {name}: unknown TensorRT generation; choose one of {', '.join(GENERATIONS)} "
+            "(8.5 JetPack 5, 8.6/10.3 JetPack 6, 10.13/10.16 JetPack 7, 11 desktop)"
+        )
+    return GENERATIONS[key]
+
+
+# numpy has no type for these TensorRT data types: an engine tensor of one of them cannot be fed or read
+# by the runtime (the bundle's stages keep float32 I/O, so a build from it never has them).
+def numpy_dtype(trt: Any, dtype: Any) -> Optional[Any]:
+    """The numpy dtype of a TensorRT ``DataType``, or None where numpy has none (BF16, FP8, INT4, FP4, E8M0).
+
+    ``trt.nptype`` raises a bare TypeError for those; callers turn None into a one-line error that
+    names the tensor.
+    """
+    import numpy as np
+
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except (TypeError, KeyError):
+        return None
+
+
+def dtype_name(dtype: Any) -> str:
+    """``BF16`` for ``trt.DataType.BF16`` (pybind11 enums and the test double alike)."""
+    return str(getattr(dtype, "name", dtype)).split(".")[-1]

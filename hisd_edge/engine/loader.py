@@ -9,13 +9,13 @@ deserialize (foreign file, or a mismatch the record could not show), quoting Ten
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from hisd_edge.bundle import Bundle
 from hisd_edge.cuda.api import DeviceInfo
 from hisd_edge.engine.builder import make_logger
 from hisd_edge.engine.features import TrtFeatures, detect_features, import_tensorrt
-from hisd_edge.engine.store import read_plan, require_record
+from hisd_edge.engine.store import plan_entry, read_plan, require_record
 from hisd_edge.errors import BundleError
 
 
@@ -26,9 +26,12 @@ class LoadedEngines:
     runtime: Any  # trt.Runtime: keep it alive as long as the engines
     engines: List[Any]  # trt.ICudaEngine per stage
     logger: Any
+    full_engine: Optional[Any] = None  # the monolithic model's engine, when asked for and built
+    full_model_note: str = ""  # why there is none
 
 
-def load_engines(bundle: Bundle, precision: str, device: DeviceInfo) -> LoadedEngines:
+def load_engines(bundle: Bundle, precision: str, device: DeviceInfo, full_model: bool = False) -> LoadedEngines:
+    """The stage engines of the ``precision`` build for ``device`` (and the full model's with ``full_model``)."""
     import_tensorrt()
     import tensorrt as trt
 
@@ -38,20 +41,31 @@ def load_engines(bundle: Bundle, precision: str, device: DeviceInfo) -> LoadedEn
     runtime = trt.Runtime(logger)
     if record.get("dla_core") is not None:  # DLA engines run on the core the runtime is set to
         runtime.DLA_core = int(record["dla_core"])
-    engines = []
-    for k in range(bundle.num_stages):
-        data = read_plan(bundle, record, k)
+
+    def load(stage: Optional[int]) -> Any:
+        data = read_plan(bundle, record, stage)
         logger.clear()
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
-            path = bundle.root / next(
-                f["path"] for f in record["files"] if int(f["stage"]) == k and f.get("kind", "plan") == "plan"
-            )
+            entry = plan_entry(record, stage)
+            path = bundle.root / (entry or {}).get("path", "?")
             reason = "; ".join(logger.errors()[-2:]) or "no reason given"
             raise BundleError(
                 f"{path}: TensorRT {features.version} cannot load this engine ({reason}); it is truncated, not a TensorRT "
                 f"plan, or built for another device or TensorRT version: run hisd-edge build {bundle.root} --precision "
                 f"{precision} on this device"
             )
-        engines.append(engine)
-    return LoadedEngines(record=record, features=features, runtime=runtime, engines=engines, logger=logger)
+        return engine
+
+    engines = [load(k) for k in range(bundle.num_stages)]
+    loaded = LoadedEngines(record=record, features=features, runtime=runtime, engines=engines, logger=logger)
+    if full_model:
+        full_info = record.get("full_model") or {}
+        manifest_full = bundle.manifest.get("full_model") or {}
+        if plan_entry(record, None) is None:
+            loaded.full_model_note = full_info.get("reason") or "this build has no full-model engine"
+        elif full_info.get("onnx_sha256") and full_info["onnx_sha256"] != manifest_full.get("sha256"):
+            loaded.full_model_note = "its full-model engine was built from an older full model (converted again)"
+        else:
+            loaded.full_engine = load(None)
+    return loaded

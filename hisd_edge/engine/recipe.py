@@ -11,7 +11,11 @@ picks among them from the *features* of the installed TensorRT (:mod:`hisd_edge.
   (weakly typed builds still need the flag for Q/DQ networks) and, for ``best``, ``FP16`` too;
 * legacy implicit INT8 (DLA, or ``--legacy-int8``; TensorRT < 11 only): the fp32 ONNX with
   ``INT8`` (+ ``FP16``) and a calibrator that serves the bundle's calibration cache;
-* DLA: ``GPU_FALLBACK`` always; weak typing with flags where they exist (DLA wants fp16/int8).
+* DLA: ``GPU_FALLBACK`` always; weak typing with flags where they exist (DLA wants fp16/int8);
+  the builder gives DLA stages one fixed batch (DLA has no dynamic shapes);
+* every weakly typed recipe with ``FP16`` keeps the confidence head in fp32 (``fp32_head``:
+  per-layer precision plus ``OBEY_PRECISION_CONSTRAINTS``, see :mod:`hisd_edge.engine.head`), as
+  the bundle's fp16 ONNX does, so exit decisions match the calibrated ones.
 
 :func:`choose_recipe` is a pure function of those inputs, so every generation's recipe is tested
 without TensorRT.
@@ -41,6 +45,7 @@ class BuildRecipe:
     calibration_cache: bool  # legacy implicit INT8 from the bundle's calibration caches
     dla_core: Optional[int] = None
     notes: Tuple[str, ...] = ()
+    fp32_head: bool = False  # confidence-head layers pinned to fp32 (weak typing with FP16)
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -70,16 +75,20 @@ def choose_recipe(
     dla_flags: Tuple[str, ...] = ("GPU_FALLBACK",) if dla_core is not None else ()
 
     def weak(onnx: str, flags: Tuple[str, ...], precision: str, cache: bool = False) -> BuildRecipe:
+        head = "FP16" in flags
+        if head:
+            notes.append("confidence head (softmax, max) kept in fp32 by per-layer precision, as in the fp16 ONNX")
         return BuildRecipe(
             precision=precision,
             requested=requested,
             onnx_precision=onnx,
             typing="weak",
             network_flags=tuple(network_flags),
-            builder_flags=flags + dla_flags,
+            builder_flags=flags + (("OBEY_PRECISION_CONSTRAINTS",) if head else ()) + dla_flags,
             calibration_cache=cache,
             dla_core=dla_core,
             notes=tuple(notes),
+            fp32_head=head,
         )
 
     def strong(onnx: str) -> BuildRecipe:
@@ -107,8 +116,7 @@ def choose_recipe(
         raise InputError("--dla-core: DLA runs fp16 or int8 only; use --precision fp16, int8 or best")
     if dla_core is not None:
         notes.append(
-            "DLA loadables have fixed shapes: with a dynamic batch TensorRT may run layers on the GPU "
-            "instead; a fixed batch (--batch N,N,N) keeps them on the DLA"
+            "DLA takes fixed shapes only: the stage is built for one batch size (--batch N); fewer rows are padded"
         )
 
     if legacy_int8 or (

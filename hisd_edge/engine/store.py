@@ -4,7 +4,7 @@ A TensorRT plan runs only on the GPU model and TensorRT version that built it (h
 version-compatible plans are not available on Jetson), so ``hisd-edge build`` runs on the target
 and stores its plans at::
 
-    engines/<device-key>/trt-<tensorrt version>/<precision>/stage<k>.plan
+    engines/<device-key>/trt-<tensorrt version>/<precision>/stage<k>.plan   (and full.plan)
 
 where ``<device-key>`` is the GPU name, compute capability and multiprocessor count
 (:attr:`DeviceInfo.key`, e.g. ``orin-sm87-16sm``: all Orin modules share name and capability).
@@ -41,8 +41,10 @@ def engine_dir(device_key: str, trt_version: str, precision: str) -> str:
     return f"{ENGINES_DIR}/{device_key}/trt-{trt_version}/{precision}"
 
 
-def engine_path(device_key: str, trt_version: str, precision: str, stage: int) -> str:
-    return f"{engine_dir(device_key, trt_version, precision)}/stage{stage}.plan"
+def engine_path(device_key: str, trt_version: str, precision: str, stage: Optional[int]) -> str:
+    """Bundle-relative path of one plan: ``stage<k>.plan``, or ``full.plan`` (the monolithic model) for None."""
+    name = "full.plan" if stage is None else f"stage{stage}.plan"
+    return f"{engine_dir(device_key, trt_version, precision)}/{name}"
 
 
 def default_timing_cache(device_key: str, trt_version: str) -> str:
@@ -123,15 +125,25 @@ def require_record(bundle: Bundle, device: DeviceInfo, trt_version: str, precisi
     return record
 
 
-def read_plan(bundle: Bundle, record: Dict[str, Any], stage: int) -> bytes:
-    """Stage ``stage``'s plan bytes, checked against the record (missing, truncated, replaced)."""
-    entry = next(
-        (f for f in record.get("files", []) if int(f.get("stage", -1)) == stage and f.get("kind", "plan") == "plan"),
-        None,
-    )
+def plan_entry(record: Dict[str, Any], stage: Optional[int]) -> Optional[Dict[str, Any]]:
+    """The record's file entry of stage ``stage``'s plan, or of the full model's (None)."""
+    for entry in record.get("files", []):
+        kind = entry.get("kind", "plan")
+        if stage is None and kind == "full_plan":
+            return entry
+        if stage is not None and kind == "plan" and int(entry.get("stage", -1)) == stage:
+            return entry
+    return None
+
+
+def read_plan(bundle: Bundle, record: Dict[str, Any], stage: Optional[int]) -> bytes:
+    """Stage ``stage``'s plan bytes (None: the full model's), checked against the record (missing,
+    truncated, replaced)."""
+    entry = plan_entry(record, stage)
     if entry is None:
+        what = "the full model" if stage is None else f"stage {stage}"
         raise BundleError(
-            f"{bundle.root}: the {_describe(record)} build record has no engine for stage {stage}; "
+            f"{bundle.root}: the {_describe(record)} build record has no engine for {what}; "
             f"run hisd-edge build {bundle.root} again"
         )
     path = bundle.root / entry["path"]
@@ -167,13 +179,18 @@ def new_record(device: DeviceInfo, trt_version: str, recipe: Dict[str, Any], **f
 
 
 def publish(
-    bundle: Bundle, record: Dict[str, Any], plans: List[bytes], calibration_caches: Optional[List[bytes]] = None
+    bundle: Bundle,
+    record: Dict[str, Any],
+    plans: List[bytes],
+    calibration_caches: Optional[Dict[int, bytes]] = None,
+    full_plan: Optional[bytes] = None,
 ) -> Dict[str, Any]:
-    """Write ``plans`` (and the calibration caches a legacy INT8 build used) under the record's key,
-    then add the record to the manifest, atomically enough.
+    """Write ``plans`` (and the calibration caches a legacy INT8 build used, by stage, and the full
+    model's plan) under the record's key, then add the record to the manifest, atomically enough.
 
-    Returns the record as stored (with its ``files``: ``kind`` "plan" or "calibration_cache").
+    Returns the record as stored (with its ``files``: ``kind`` "plan", "calibration_cache" or "full_plan").
     """
+    calibration_caches = calibration_caches or {}
     device_key, trt_version, precision = record["device"]["key"], record["tensorrt_version"], record["precision"]
     rel_dir = engine_dir(device_key, trt_version, precision)
     target = bundle.root / rel_dir
@@ -185,8 +202,10 @@ def publish(
     try:
         for k, plan in enumerate(plans):
             atomic.write_bytes(tmp / f"stage{k}.plan", plan)
-        for k, cache in enumerate(calibration_caches or []):
+        for k, cache in sorted(calibration_caches.items()):
             atomic.write_bytes(tmp / f"stage{k}.calib", cache)
+        if full_plan is not None:
+            atomic.write_bytes(tmp / "full.plan", full_plan)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{precision}.", suffix=".old", dir=target.parent))
             os.rmdir(old)
@@ -200,8 +219,12 @@ def publish(
         ]
         stored["files"] += [
             file_record(bundle.root, f"{rel_dir}/stage{k}.calib", stage=k, kind="calibration_cache")
-            for k in range(len(calibration_caches or []))
+            for k in sorted(calibration_caches)
         ]
+        if full_plan is not None:
+            stored["files"].append(
+                file_record(bundle.root, engine_path(device_key, trt_version, precision, None), kind="full_plan")
+            )
 
         def change(manifest: Dict[str, Any]) -> None:
             kept = [r for r in manifest.get("engines", []) if not _matches(r, device_key, trt_version, precision)]

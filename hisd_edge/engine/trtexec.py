@@ -2,7 +2,9 @@
 
 ``trtexec`` ships with TensorRT (``/usr/src/tensorrt/bin/trtexec`` on JetPack). The flags used
 here exist from 8.5 on; ``--memPoolSize=workspace:N`` is in MiB when no unit is given (8.5 to
-11.x); ``--stronglyTyped`` is accepted from 10.x (a no-op in 11.x, where typing is always strong).
+11.x); ``--stronglyTyped`` is accepted from 10.x (a no-op in 11.x, where typing is always strong);
+``--precisionConstraints`` / ``--layerPrecisions`` / ``--layerOutputTypes`` (8.4+) pin the
+confidence head to fp32 in weakly typed fp16 builds, as the builder does layer by layer.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def render_trtexec(
     timing_cache: Optional[str] = None,
     calibration_cache: Optional[str] = None,
     optimization_level: Optional[int] = None,
+    fp32_layers: Sequence[str] = (),
 ) -> str:
-    """One shell-quoted ``trtexec`` line; ``input_shapes`` maps input names to per-sample dims."""
+    """One shell-quoted ``trtexec`` line; ``input_shapes`` maps input names to per-sample dims;
+    ``fp32_layers`` are the confidence-head layers a weakly typed fp16 recipe keeps in fp32."""
     args: List[str] = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     for option, batch_size in zip(("--minShapes", "--optShapes", "--maxShapes"), batch):
         spec = ",".join(f"{name}:{_shape((batch_size, *tuple(dims)))}" for name, dims in input_shapes.items())
@@ -41,6 +45,10 @@ def render_trtexec(
     for flag in recipe.builder_flags:
         if flag in _FLAG_OPTIONS and flag != "GPU_FALLBACK":
             args.append(_FLAG_OPTIONS[flag])
+    if recipe.fp32_head and fp32_layers:
+        args.append("--precisionConstraints=obey")
+        args.append("--layerPrecisions=" + ",".join(f"{name}:fp32" for name in fp32_layers))
+        args.append("--layerOutputTypes=" + ",".join(f"{name}:fp32" for name in fp32_layers))
     if recipe.calibration_cache and calibration_cache:
         args.append(f"--calib={calibration_cache}")
     if recipe.dla_core is not None:

@@ -158,10 +158,14 @@ class Backend(abc.ABC):
     def check_precision(self) -> None:
         """Refuse, before anything is allocated, a precision this backend has nothing to run for.
 
-        The default needs a stage ONNX file of ``precision`` (what ONNX Runtime runs). A backend
-        that runs something else overrides it: a weakly typed TensorRT "fp16" build is made from
-        the fp32 ONNX, so the TensorRT backend checks its build records instead.
+        The default needs a stage ONNX file of ``precision`` (what ONNX Runtime runs), or for
+        "mixed" the per-stage plan and its files. A backend that runs something else overrides
+        it: a weakly typed TensorRT "fp16" build is made from the fp32 ONNX, so the TensorRT
+        backend checks its build records instead.
         """
+        if self.precision == "mixed":
+            stage_precisions(self.bundle, "mixed")
+            return
         if self.precision not in self.bundle.precisions():
             raise BundleError(
                 f"{self.bundle.root}: no {self.precision} stage files (has {', '.join(self.bundle.precisions()) or 'none'}); "
@@ -194,6 +198,11 @@ class Backend(abc.ABC):
     def supports_full_model(self) -> bool:
         """True when :meth:`run_full` can run the bundle's monolithic model."""
         return False
+
+    @property
+    def full_model_label(self) -> str:
+        """What :meth:`run_full` runs, as reports name it (a backend without a monolithic model says so)."""
+        return "monolithic full model"
 
     def describe(self) -> Dict[str, Any]:
         """Backend name, precision and backend-specific details (providers, versions) for reports."""
@@ -284,6 +293,26 @@ class Backend(abc.ABC):
 
     def describe_impl(self) -> Dict[str, Any]:
         return {}
+
+
+def stage_precisions(bundle: Bundle, precision: str) -> List[str]:
+    """The precision each stage runs at: ``precision`` everywhere, or for "mixed" the per-stage plan
+    ``convert --precision mixed`` recorded (manifest ``mixed_precision``), checked against the files."""
+    if precision != "mixed":
+        return [precision] * bundle.num_stages
+    plan = (bundle.manifest.get("mixed_precision") or {}).get("stages")
+    if not plan or len(plan) != bundle.num_stages:
+        raise BundleError(
+            f"{bundle.root}: --precision mixed needs the per-stage plan of convert --precision mixed, and this bundle "
+            f"has none; convert with --precision mixed, or pick one of {', '.join(bundle.precisions()) or 'none'}"
+        )
+    for k, p in enumerate(plan):
+        if p not in bundle.stages[k]["files"]:
+            raise BundleError(
+                f"{bundle.root}: the mixed plan runs stage {k} at {p}, and the bundle has no {p} file for it; "
+                "convert again with --precision mixed"
+            )
+    return [str(p) for p in plan]
 
 
 def create_backend(name: str, bundle: Bundle, precision: str = "fp32", **options: Any) -> Backend:

@@ -209,6 +209,9 @@ def run_bench(
             "policy_source": policy_note,
         }
         report["backend"] = runner.describe()
+        report["full_model"] = (
+            runner.full_model_label
+        )  # what the "full" rows ran (TensorRT may have no monolithic engine)
         if not runner.supports_full_model:
             raise InputError(f"{bundle.root}: no full model in the bundle to compare with; convert again")
 
@@ -393,7 +396,7 @@ def format_bench(report: Dict[str, Any]) -> str:
         + ",".join("never" if t is None else f"{t:.4g}" for t in report["policy"]["thresholds"][:-1])
         + f" ({report['policy_source']})",
         "",
-        "monolithic full model vs all stages chained (median ms)",
+        f"{report.get('full_model', 'monolithic full model')} vs all stages chained (median ms)",
     ]
     for row in report["chain"]:
         lines.append(

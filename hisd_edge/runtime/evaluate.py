@@ -30,6 +30,7 @@ class EarlyExitSummary:
     mean_latency_ms: float
     full_mean_latency_ms: float
     expected_speedup_val: float  # what the calibration predicted from stage costs on the validation split
+    full_model: str = "monolithic full model"  # what the "full" figures ran (the backend's full_model_label)
 
     @property
     def speedup(self) -> float:
@@ -88,6 +89,7 @@ def evaluate_early_exit(
             exit_kind=exit_kind,
             progress=progress,
         )
+        full_model = runner.full_model_label
     early = compared["early_exit"]
     accuracy = early.get("accuracy", float("nan"))
     full_accuracy = early.get("full_accuracy", float("nan"))
@@ -103,6 +105,7 @@ def evaluate_early_exit(
         mean_latency_ms=early["mean_latency_ms"],
         full_mean_latency_ms=early["full_mean_latency_ms"],
         expected_speedup_val=calibration.speedup,
+        full_model=full_model,
     )
 
 
@@ -123,7 +126,7 @@ def format_early_exit(summary: EarlyExitSummary) -> str:
         f"  mean latency       {summary.mean_latency_ms:.3f} ms (full model {summary.full_mean_latency_ms:.3f} ms)"
     )
     lines.append(
-        f"  speedup            {summary.speedup:.2f}x over the monolithic full model "
+        f"  speedup            {summary.speedup:.2f}x over the {summary.full_model} "
         f"(calibration predicted {summary.expected_speedup_val:.2f}x on the validation split, "
         f"relative to running every stage)"
     )

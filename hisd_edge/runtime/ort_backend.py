@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hisd_edge.errors import BundleError, DependencyError, InputError, first_line
-from hisd_edge.runtime.backend import Backend, FullResult, StageResult, softmax_max
+from hisd_edge.runtime.backend import Backend, FullResult, StageResult, softmax_max, stage_precisions
 
 LOG = logging.getLogger("hisd_edge.runtime")
 
@@ -243,8 +243,8 @@ class OnnxRuntimeBackend(Backend):
     def _graph_optimization(self) -> str:
         """The requested level; by default "all", but "basic" for int8 (see the class docstring)."""
         level = self.options.get("graph_optimization")
-        if level in (None, "auto"):
-            return "basic" if self.precision == "int8" else "all"
+        if level in (None, "auto"):  # a mixed plan with an int8 stage: basic for the chain (one level per backend)
+            return "basic" if "int8" in stage_precisions(self.bundle, self.precision) else "all"
         return str(level)
 
     def _open(self, path, label: str) -> _Session:
@@ -267,8 +267,9 @@ class OnnxRuntimeBackend(Backend):
         self._providers = resolve_providers(self.options.get("providers"))
         self._exit_meta = self.bundle.exits
         shape: Tuple[int, ...] = self.input_shape
+        plan = stage_precisions(self.bundle, self.precision)  # "mixed": convert's per-stage plan
         for k in range(self.num_stages):
-            path = self.bundle.stage_path(k, self.precision)
+            path = self.bundle.stage_path(k, plan[k])
             stage = self._open(path, f"{path.name} (stage {k})")
             expected = [o["name"] for o in self.bundle.stages[k]["outputs"]]
             if sorted(stage.output_names) != sorted(expected):

@@ -18,16 +18,29 @@ What happens per batch (see :mod:`hisd_edge.runtime.backend` for the stage-by-st
   available, a gather by device-to-device copies of contiguous row runs into a scratch buffer
   (one copy per run of consecutive rows; when nobody exits, nothing is copied).
 * **CUDA events** time each stage on the device (compaction, the stage, the confidence copy).
+* **Any row count from 1 to the maximum runs.** An engine whose profile minimum is above 1 (a
+  DLA stage's fixed batch, a plan imported from ``trtexec``) gets its rows padded up to that
+  minimum; the padded rows are never read back (``describe()["padded_runs"]`` counts them).
 * **Optional CUDA graphs** per stage (``cuda_graphs=True``): a graph fixes shapes, addresses and
-  what TensorRT staged for them, so a stage's graph is captured on the second consecutive run with
-  the same (rows, input address) (the first lets TensorRT set up, as trtexec does) and replayed
-  while that stays the same: steady streams (batch 1 video, fixed batches where nobody exits)
-  benefit; batches whose exits vary from one to the next run without graphs.
+  what TensorRT staged for them in its execution context, so each cached graph owns an execution
+  context of its own (a *slot*): a key (rows, input address) is run once plainly on its slot (the
+  first run lets TensorRT set up, as trtexec does), captured on its next occurrence and replayed
+  from then on. ``graph_slots`` (default 3) bounds the slots per stage: the least recently used
+  one is recaptured for a new key, so alternating shapes (full batches and the last partial
+  chunk, batch 1 and batch N) keep their graphs, and memory stays bounded (each slot is one more
+  context's scratch memory). TensorRT 8.5 gives each optimization profile to one context only,
+  so there a dynamic-shape stage keeps one slot. Keys that could not be captured are remembered
+  (boundedly) and run without a graph. A CUDA binding that cannot capture (pycuda without
+  cuda-python) is refused at activation in one line.
+* **The monolithic model** (``load_full_model=True``, for ``bench`` and ``evaluate``): the full
+  model's engine when the build made one; otherwise :meth:`run_full` runs every stage without
+  early exit, and :attr:`full_model_label` says so.
 
 Options: ``cuda`` ("auto", "pycuda", "cuda-python" or a :class:`~hisd_edge.cuda.CudaBackend`),
 ``device`` (CUDA device index), ``zero_copy`` ("auto", True, False), ``cuda_graphs`` (False),
-``spin_wait`` (False: lowest wake-up latency at the cost of a busy CPU), ``max_batch`` (default:
-the engines' profile maximum).
+``graph_slots`` (3), ``spin_wait`` (False: lowest wake-up latency at the cost of a busy CPU),
+``max_batch`` (default: the engines' profile maximum), ``load_full_model`` (False).
+Precision ``mixed`` runs the per-stage plan of ``convert --precision mixed`` (``build --precision mixed``).
 
 I/O buffers are allocated once, at the maximum batch; running out of memory there is a one-line
 DeviceError suggesting a smaller ``max_batch``. :meth:`TensorRTBackend.memory_info` reports what
@@ -39,19 +52,23 @@ sharing one scratch buffer across the stages (USER_MANAGED contexts) is left for
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from hisd_edge.errors import BundleError, DeviceError, InputError
-from hisd_edge.runtime.backend import Backend, StageResult, softmax_max
+from hisd_edge.errors import BundleError, DependencyError, DeviceError, InputError
+from hisd_edge.runtime.backend import Backend, FullResult, StageResult, softmax_max
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
     from hisd_edge.cuda.api import CudaBackend, DeviceBuffer, Event, Graph, HostBuffer, Stream
     from hisd_edge.engine.loader import LoadedEngines
+
+DEFAULT_GRAPH_SLOTS = 3
+_UNCAPTURABLE_KEPT = 64  # keys remembered as not capturable, per backend (oldest forgotten first)
 
 
 @dataclasses.dataclass
@@ -76,6 +93,16 @@ class _Output:
 
 
 @dataclasses.dataclass
+class _Slot:
+    """An execution context that owns one CUDA graph (see the module docstring)."""
+
+    context: Any
+    key: Optional[Tuple[int, int]] = None  # (rows, input address) the context is set up for
+    graph: Optional[Graph] = None
+    last_used: int = 0
+
+
+@dataclasses.dataclass
 class _Stage:
     index: int
     engine: trt.ICudaEngine
@@ -86,6 +113,24 @@ class _Stage:
     conf: Optional[_Output]
     start: Event
     end: Event
+    min_rows: int = 1  # the profile minimum: fewer rows are padded up to it
+    bound: Dict[str, int] = dataclasses.field(default_factory=dict)  # output name -> address
+    slots: List[_Slot] = dataclasses.field(default_factory=list)
+    dynamic: bool = True
+
+
+@dataclasses.dataclass
+class _Full:
+    """The monolithic model's engine: one input, one output per exit (in exit order)."""
+
+    engine: Any
+    context: Any
+    input: _Tensor
+    input_ptr: int
+    input_host: HostBuffer
+    outputs: List[_Output]
+    min_rows: int
+    max_rows: int
 
 
 _MIB = float(1 << 20)
@@ -116,6 +161,36 @@ def row_runs(rows: np.ndarray) -> List[Tuple[int, int, int]]:
     return [(int(rows[s]), int(s), int(e - s)) for s, e in zip(starts, ends)]
 
 
+def engine_tensor(trt: Any, engine: Any, name: str, where: str, fix: str) -> _Tensor:
+    """An engine I/O tensor as (numpy dtype, per-sample shape); a one-line BundleError for a dynamic
+    non-batch dimension or a data type numpy cannot hold (BF16, FP8, INT4, FP4, ...)."""
+    from hisd_edge.engine.features import dims_to_tuple, dtype_name, numpy_dtype
+
+    dims = dims_to_tuple(engine.get_tensor_shape(name))
+    if any(d < 0 for d in dims[1:]):
+        raise BundleError(f"{where}: engine tensor {name} has dynamic dimensions besides the batch {dims}; {fix}")
+    trt_dtype = engine.get_tensor_dtype(name)
+    dtype = numpy_dtype(trt, trt_dtype)
+    if dtype is None:
+        raise BundleError(
+            f"{where}: engine tensor {name} is {dtype_name(trt_dtype)}, a type the runtime cannot map to numpy "
+            f"(it moves float32, float16, int8, int32, int64, bool and uint8 tensors); {fix} from the bundle's stage ONNX, "
+            "whose inputs and outputs are float32"
+        )
+    return _Tensor(name, dtype, dims[1:])
+
+
+def profile_rows(engine: Any, name: str) -> Tuple[int, int]:
+    """(min, max) rows an engine input takes: its profile's range on a dynamic batch axis, else the fixed batch."""
+    from hisd_edge.engine.features import dims_to_tuple
+
+    dims = dims_to_tuple(engine.get_tensor_shape(name))
+    if dims[0] >= 0:
+        return dims[0], dims[0]
+    lo, _opt, hi = engine.get_tensor_profile_shape(name, 0)
+    return dims_to_tuple(lo)[0], dims_to_tuple(hi)[0]
+
+
 class TensorRTBackend(Backend):
     """Runs a bundle's TensorRT engines (built on this device with ``hisd-edge build``)."""
 
@@ -127,10 +202,10 @@ class TensorRTBackend(Backend):
         self._owns_cuda = False
         self._loaded: Optional[LoadedEngines] = None
         self._stages: List[_Stage] = []
+        self._full: Optional[_Full] = None
         self._allocations: List[Any] = []
-        self._graphs: Dict[int, Tuple[Tuple[int, int], Graph]] = {}  # stage -> ((rows, input address), graph)
-        self._last_key: Dict[int, Tuple[int, int]] = {}
-        self._uncapturable: Set[Tuple[int, int, int]] = set()
+        self._uncapturable: collections.OrderedDict = collections.OrderedDict()  # (stage, rows, src) -> None
+        self._clock = 0  # bumps on every graph-slot use (least recently used = smallest)
         self._stream: Optional[Stream] = None
         self._input_ptr = 0
         self._input_host: Optional[HostBuffer] = None
@@ -141,7 +216,9 @@ class TensorRTBackend(Backend):
         self._held_count = 0
         self.zero_copy = False
         self.cuda_graphs = bool(options.get("cuda_graphs", False))
+        self.graph_slots = int(options.get("graph_slots", DEFAULT_GRAPH_SLOTS))
         self.max_batch = 0
+        self.padded_runs = 0
 
     # -- lifetime ------------------------------------------------------------------------------
     def check_precision(self) -> None:
@@ -150,15 +227,29 @@ class TensorRTBackend(Backend):
         version is checked (with the build command to run) when the engines are loaded."""
         from hisd_edge.bundle import PRECISIONS
 
-        if self.precision not in PRECISIONS:
+        if self.precision not in (*PRECISIONS, "mixed"):
             raise InputError(
-                f"precision {self.precision!r}: TensorRT engines are built as {', '.join(PRECISIONS)}; "
+                f"precision {self.precision!r}: TensorRT engines are built as {', '.join(PRECISIONS)} or mixed; "
                 f"pick one of those with --precision"
             )
+        if self.graph_slots < 1:
+            raise InputError(f"graph_slots {self.graph_slots}: give at least 1 (CUDA graphs cached per stage)")
+
+    @property
+    def supports_full_model(self) -> bool:
+        """Always: the full model's engine where the build made one, else every stage without early exit."""
+        return True
+
+    @property
+    def full_model_label(self) -> str:
+        if self._full is not None:
+            return "monolithic full model (TensorRT engine)"
+        note = self._loaded.full_model_note if self._loaded is not None else ""
+        return "all stages chained without early exit" + (f" (no monolithic engine: {note})" if note else "")
 
     def activate_impl(self) -> None:
         from hisd_edge.cuda import CudaBackend, open_cuda
-        from hisd_edge.engine.features import dims_to_tuple, import_tensorrt
+        from hisd_edge.engine.features import import_tensorrt
         from hisd_edge.engine.loader import load_engines
 
         import_tensorrt()  # the first thing missing is the first thing said
@@ -171,27 +262,23 @@ class TensorRTBackend(Backend):
             )
             self._owns_cuda = True
         cuda = self._cuda
-        self._loaded = loaded = load_engines(self.bundle, self.precision, cuda.device)
+        if self.cuda_graphs and cuda.graphs_unavailable is not None:
+            raise DependencyError(f"cuda_graphs: {cuda.graphs_unavailable}")
+        self._loaded = loaded = load_engines(
+            self.bundle, self.precision, cuda.device, full_model=bool(self.options.get("load_full_model"))
+        )
         import tensorrt as trt
 
         zero_copy = self.options.get("zero_copy", "auto")
         self.zero_copy = cuda.zero_copy_preferred if zero_copy == "auto" else bool(zero_copy)
         if self.zero_copy and not cuda.device.can_map_host_memory:
             raise InputError(f"zero_copy: {cuda.device.name} cannot map host memory; use zero_copy='auto' or False")
-
-        def tensor(engine: trt.ICudaEngine, name: str) -> _Tensor:
-            dims = dims_to_tuple(engine.get_tensor_shape(name))
-            if any(d < 0 for d in dims[1:]):
-                raise BundleError(
-                    f"{self.bundle.root}: engine tensor {name} has dynamic dimensions besides the batch {dims}; "
-                    f"rebuild with hisd-edge build"
-                )
-            return _Tensor(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))), dims[1:])
+        where, fix = str(self.bundle.root), "rebuild with hisd-edge build"
 
         # Discover and check every stage's I/O against the manifest and the chain.
         engines = loaded.engines
         ios = []
-        profile_max = []
+        rows_range = []
         for k, engine in enumerate(engines):
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -204,12 +291,8 @@ class TensorRTBackend(Backend):
                     f"{self.bundle.root}: the stage {k} engine has inputs {inputs} and outputs {outputs}, the "
                     f"manifest says {[want_in]} and {want_out}; rebuild with hisd-edge build"
                 )
-            ios.append({n: tensor(engine, n) for n in names})
-            dims = dims_to_tuple(engine.get_tensor_shape(want_in))
-            if dims[0] >= 0:
-                profile_max.append(dims[0])
-            else:
-                profile_max.append(dims_to_tuple(engine.get_tensor_profile_shape(want_in, 0)[2])[0])
+            ios.append({n: engine_tensor(trt, engine, n, f"{where} (stage {k})", fix) for n in names})
+            rows_range.append(profile_rows(engine, want_in))
         first = ios[0][self.bundle.stages[0]["inputs"][0]["name"]]
         if first.sample_shape != self.input_shape:
             raise BundleError(
@@ -223,7 +306,7 @@ class TensorRTBackend(Backend):
                     f"{self.bundle.root}: stage {k} writes feat{k} as {out.dtype} {out.sample_shape} but stage "
                     f"{k + 1} reads {nxt.dtype} {nxt.sample_shape}; rebuild the engines from one bundle"
                 )
-        self.max_batch = min(profile_max)
+        self.max_batch = min(hi for _lo, hi in rows_range)
         if self.options.get("max_batch") is not None:
             wanted = int(self.options["max_batch"])
             if not 1 <= wanted <= self.max_batch:
@@ -231,9 +314,8 @@ class TensorRTBackend(Backend):
                     f"max_batch {wanted}: the engines accept 1 to {self.max_batch} rows (rebuild with --batch to change)"
                 )
             self.max_batch = wanted
-
-        # Buffers, once, at the maximum batch.
-        n = self.max_batch
+        # Buffers, once, for the most rows any engine runs (padding may run more than max_batch).
+        n = max(self.max_batch, *(lo for lo, _hi in rows_range))
         self._stream = self._own(cuda.create_stream())
         self._fetch_event = self._own(cuda.create_event(timing=False))
         if self.zero_copy:
@@ -248,25 +330,24 @@ class TensorRTBackend(Backend):
         self._feat_ptrs = [self._device(n * ios[k][f"feat{k}"].row_bytes).ptr for k in range(len(engines) - 1)]
         for k, engine in enumerate(engines):
             meta = self.bundle.exits[k]
-            context = engine.create_execution_context()
-            if context is None:
-                raise DeviceError(
-                    f"TensorRT could not create an execution context for stage {k} (out of device memory?)"
-                )
+            context = self._context(engine, f"stage {k}")
             exit_out = self._output(ios[k][meta["output"]], n)
             conf_name = meta.get("confidence_output")
             conf = self._output(ios[k][conf_name], n) if conf_name and conf_name in ios[k] else None
             feat = ios[k][f"feat{k}"] if k < len(engines) - 1 else None
+            input_tensor = ios[k][self.bundle.stages[k]["inputs"][0]["name"]]
             stage = _Stage(
                 k,
                 engine,
                 context,
-                ios[k][self.bundle.stages[k]["inputs"][0]["name"]],
+                input_tensor,
                 feat,
                 exit_out,
                 conf,
                 self._own(cuda.create_event()),
                 self._own(cuda.create_event()),
+                min_rows=rows_range[k][0],
+                dynamic=int(engine.get_tensor_shape(input_tensor.name)[0]) < 0,
             )
             bound = {exit_out.tensor.name: exit_out.ptr}
             if conf is not None:
@@ -276,10 +357,52 @@ class TensorRTBackend(Backend):
             for name, t in ios[k].items():  # every output needs an address, even one nobody reads
                 if name != stage.input.name and name not in bound:
                     bound[name] = self._device(n * t.row_bytes).ptr
-            for name, ptr in bound.items():
-                if not context.set_tensor_address(name, ptr):
-                    raise DeviceError(f"TensorRT refused the address of {name} for stage {k}")
+            stage.bound = bound
+            self._bind_outputs(context, stage)
+            if self.cuda_graphs:
+                stage.slots = [_Slot(context)]
             self._stages.append(stage)
+        if loaded.full_engine is not None:
+            self._full = self._setup_full(trt, loaded.full_engine, where, fix)
+
+    def _context(self, engine: Any, what: str) -> Any:
+        context = engine.create_execution_context()
+        if context is None:
+            raise DeviceError(f"TensorRT could not create an execution context for {what} (out of device memory?)")
+        return context
+
+    def _bind_outputs(self, context: Any, stage: _Stage) -> None:
+        for name, ptr in stage.bound.items():
+            if not context.set_tensor_address(name, ptr):
+                raise DeviceError(f"TensorRT refused the address of {name} for stage {stage.index}")
+
+    def _setup_full(self, trt: Any, engine: Any, where: str, fix: str) -> _Full:
+        """Buffers for the monolithic engine: its input and every exit output, at the maximum batch."""
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        exits = [e["output"] for e in self.bundle.exits]
+        missing = [name for name in exits if name not in names]
+        if len(inputs) != 1 or missing:
+            raise BundleError(f"{where}: the full-model engine has inputs {inputs} and lacks outputs {missing}; {fix}")
+        tensors = {name: engine_tensor(trt, engine, name, f"{where} (full model)", fix) for name in names}
+        lo, hi = profile_rows(engine, inputs[0])
+        n = max(self.max_batch, lo)
+        context = self._context(engine, "the full model")
+        if self.zero_copy:
+            host = self._host((n, *tensors[inputs[0]].sample_shape), tensors[inputs[0]].dtype, mapped=True)
+            input_ptr = int(host.device_ptr or 0)
+        else:
+            host = self._host((n, *tensors[inputs[0]].sample_shape), tensors[inputs[0]].dtype, mapped=False)
+            input_ptr = self._device(n * tensors[inputs[0]].row_bytes).ptr
+        outputs = [self._output(tensors[name], n) for name in exits]
+        bound = {o.tensor.name: o.ptr for o in outputs}
+        for name, t in tensors.items():
+            if name != inputs[0] and name not in bound:
+                bound[name] = self._device(n * t.row_bytes).ptr
+        for name, ptr in [*bound.items(), (inputs[0], input_ptr)]:
+            if not context.set_tensor_address(name, ptr):
+                raise DeviceError(f"TensorRT refused the address of {name} for the full model")
+        return _Full(engine, context, tensors[inputs[0]], input_ptr, host, outputs, lo, hi)
 
     def _own(self, obj: Any) -> Any:
         self._allocations.append(obj)
@@ -334,10 +457,13 @@ class TensorRTBackend(Backend):
         )
 
     def deactivate_impl(self) -> None:
-        for _, graph in self._graphs.values():
-            graph.free()
-        self._graphs, self._last_key, self._uncapturable = {}, {}, set()
+        for stage in self._stages:
+            for slot in stage.slots:
+                if slot.graph is not None:
+                    slot.graph.free()
+        self._uncapturable = collections.OrderedDict()
         self._stages = []  # contexts before engines before the runtime
+        self._full = None
         self._loaded = None
         while self._allocations:
             try:
@@ -357,9 +483,15 @@ class TensorRTBackend(Backend):
             "device": device,
             "zero_copy": self.zero_copy,
             "cuda_graphs": self.cuda_graphs,
+            "graph_slots": self.graph_slots if self.cuda_graphs else 0,
             "max_batch": self.max_batch,
+            "min_rows": [s.min_rows for s in self._stages],
+            "padded_runs": self.padded_runs,
             "engine_precision": record.get("precision"),
+            "stage_precisions": [s.get("precision", record.get("precision")) for s in record.get("stages", [])],
             "typing": record.get("recipe", {}).get("typing"),
+            "external": bool(record.get("external", False)),
+            "full_model": self.full_model_label,
         }
 
     def memory_info(self) -> Dict[str, int]:
@@ -370,6 +502,7 @@ class TensorRTBackend(Backend):
         records it; absent otherwise) and ``plan_bytes`` (the engine file); then the I/O buffers this
         backend allocated (``device_buffers_bytes``, pinned or mapped ``host_buffers_bytes``) and CUDA's
         ``cuda_free_bytes`` / ``cuda_total_bytes`` where the binding tells (on a Jetson: shared DRAM).
+        With CUDA graphs each extra graph slot is one more context's scratch: ``graph_contexts`` counts them.
         """
         from hisd_edge.cuda.api import DeviceBuffer, HostBuffer
 
@@ -397,6 +530,8 @@ class TensorRTBackend(Backend):
                 info[name] = sum(values)
         info["device_buffers_bytes"] = sum(int(a.nbytes) for a in self._allocations if isinstance(a, DeviceBuffer))
         info["host_buffers_bytes"] = sum(int(a.nbytes) for a in self._allocations if isinstance(a, HostBuffer))
+        if self.cuda_graphs:
+            info["graph_contexts"] = sum(max(0, len(s.slots) - 1) for s in self._stages)
         try:
             cuda_memory = self._cuda.memory_info()
         except Exception:
@@ -427,60 +562,86 @@ class TensorRTBackend(Backend):
                 dst_ptr + dst_row * row_bytes, src_ptr + src_row * row_bytes, count * row_bytes, self._stream
             )
 
-    def _enqueue(self, stage: _Stage, rows: int) -> bool:
+    def _enqueue(self, stage: _Stage, context: Any, rows: int) -> bool:
         assert self._cuda is not None and self._stream is not None
-        if not stage.context.execute_async_v3(self._stream.handle):
+        if not context.execute_async_v3(self._stream.handle):
             return False
         if stage.conf is not None and not stage.conf.mapped:
             self._cuda.copy_dtoh_async(stage.conf.host.array[:rows], stage.conf.ptr, self._stream)
         return True
 
-    def _run_enqueue(self, stage: _Stage, rows: int, src: int) -> None:
-        """The stage's work on the stream: a graph launch where one is valid, else a plain enqueue.
+    def _setup(self, stage: _Stage, context: Any, run_rows: int, src: int) -> None:
+        if not context.set_input_shape(stage.input.name, (run_rows, *stage.input.sample_shape)):
+            raise DeviceError(
+                f"TensorRT refused input shape {(run_rows, *stage.input.sample_shape)} for stage {stage.index}"
+            )
+        if not context.set_tensor_address(stage.input.name, src):
+            raise DeviceError(f"TensorRT refused the input address for stage {stage.index}")
 
-        A graph bakes in the shapes and addresses *and* whatever TensorRT staged for them at
-        enqueue time, so a stage's graph is only replayed while the context keeps running the
-        same (rows, input address); any other combination drops it. It is captured on the second
-        consecutive run of a combination: the first, plain run lets TensorRT finish its setup
-        (trtexec does the same before capturing).
-        """
+    def _failed(self, stage: _Stage, rows: int) -> DeviceError:
+        errors = "; ".join(self._loaded.logger.errors()[-2:]) if self._loaded is not None else ""
+        return DeviceError(f"TensorRT could not run stage {stage.index} on {rows} rows ({errors or 'no reason given'})")
+
+    def _slot_for(self, stage: _Stage, key: Tuple[int, int]) -> Tuple[_Slot, bool]:
+        """The slot already set up for ``key``, else a new or least recently used one (its graph
+        dropped). Returns (slot, fresh: it must be set up and run plainly once)."""
+        self._clock += 1
+        for slot in stage.slots:
+            if slot.key == key:
+                slot.last_used = self._clock
+                return slot, False
+        # TensorRT 8.5 gives an optimization profile to one execution context only
+        assert self._loaded is not None
+        shared_profiles = self._loaded.features.builder_optimization_level or not stage.dynamic
+        if len(stage.slots) < self.graph_slots and shared_profiles:
+            assert self._stream is not None
+            context = self._context(stage.engine, f"stage {stage.index}")
+            if stage.dynamic:
+                context.set_optimization_profile_async(0, self._stream.handle)
+            self._bind_outputs(context, stage)
+            slot = _Slot(context)
+            stage.slots.append(slot)
+        else:
+            slot = min(stage.slots, key=lambda s: s.last_used)
+            if slot.graph is not None:
+                slot.graph.free()
+                slot.graph = None
+        slot.key, slot.last_used = key, self._clock
+        return slot, True
+
+    def _run_with_graphs(self, stage: _Stage, rows: int, run_rows: int, src: int) -> None:
+        """The stage's work through its graph slots (see the module docstring)."""
         assert self._cuda is not None and self._stream is not None
-        k, key = stage.index, (rows, src)
-        current = self._graphs.get(k)
-        if current is not None and current[0] != key:
-            current[1].free()
-            del self._graphs[k]
-            current = None
-        if (
-            current is None
-            and self.cuda_graphs
-            and self._last_key.get(k) == key
-            and (k, rows, src) not in self._uncapturable
-        ):
+        key = (run_rows, src)
+        slot, fresh = self._slot_for(stage, key)
+        if fresh:  # the first run of a key on its context: plain, so TensorRT sets up outside a capture
+            self._setup(stage, slot.context, run_rows, src)
+            if not self._enqueue(stage, slot.context, rows):
+                raise self._failed(stage, rows)
+            return
+        marker = (stage.index, run_rows, src)
+        if slot.graph is None and marker not in self._uncapturable:
             self._cuda.begin_capture(self._stream)
             graph: Optional[Graph] = None
             try:
-                captured = self._enqueue(stage, rows)
+                captured = self._enqueue(stage, slot.context, rows)
             finally:
                 try:
                     graph = self._cuda.end_capture(self._stream)
                 except Exception:
                     graph, captured = None, False
             if captured and graph is not None:
-                current = self._graphs[k] = (key, graph)
+                slot.graph = graph
             else:
                 if graph is not None:
                     graph.free()
-                self._uncapturable.add((k, rows, src))
-        self._last_key[k] = key
-        if current is not None:
-            current[1].launch(self._stream)
-            return
-        if not self._enqueue(stage, rows):
-            errors = "; ".join(self._loaded.logger.errors()[-2:]) if self._loaded is not None else ""
-            raise DeviceError(
-                f"TensorRT could not run stage {stage.index} on {rows} rows ({errors or 'no reason given'})"
-            )
+                self._uncapturable[marker] = None
+                while len(self._uncapturable) > _UNCAPTURABLE_KEPT:
+                    self._uncapturable.popitem(last=False)
+        if slot.graph is not None:
+            slot.graph.launch(self._stream)
+        elif not self._enqueue(stage, slot.context, rows):
+            raise self._failed(stage, rows)
 
     def run_stage_impl(self, k: int, keep_rows: Optional[np.ndarray]) -> StageResult:
         assert self._cuda is not None and self._stream is not None and self._scratch is not None
@@ -490,19 +651,22 @@ class TensorRTBackend(Backend):
         if keep_rows is not None:
             self._gather(src, self._scratch.ptr, keep_rows, stage.input.row_bytes)
             src, rows = self._scratch.ptr, len(keep_rows)
-        context = stage.context
-        if not context.set_input_shape(stage.input.name, (rows, *stage.input.sample_shape)):
-            raise DeviceError(f"TensorRT refused input shape {(rows, *stage.input.sample_shape)} for stage {k}")
-        if not context.set_tensor_address(stage.input.name, src):
-            raise DeviceError(f"TensorRT refused the input address for stage {k}")
-        self._run_enqueue(stage, rows, src)
+        run_rows = max(rows, stage.min_rows)  # rows past `rows` are padding: computed, never read
+        if run_rows > rows:
+            self.padded_runs += 1
+        if self.cuda_graphs:
+            self._run_with_graphs(stage, rows, run_rows, src)
+        else:
+            self._setup(stage, stage.context, run_rows, src)
+            if not self._enqueue(stage, stage.context, rows):
+                raise self._failed(stage, rows)
         stage.end.record(self._stream)
         stage.end.synchronize()  # the one wait per stage: for the confidences, not for the whole device
         latency_ms = stage.end.elapsed_ms(stage.start)
         self._held_ptr = self._feat_ptrs[k] if stage.feat is not None else 0
         self._held_count = rows
 
-        fetch = self._fetcher(stage, rows)
+        fetch = self._fetcher(stage.exit, rows)
         confidence: Optional[np.ndarray] = None
         if stage.conf is not None:
             confidence = np.array(stage.conf.host.array[:rows], dtype=np.float32).reshape(-1)
@@ -510,10 +674,42 @@ class TensorRTBackend(Backend):
             confidence = softmax_max(fetch(None))  # no fused confidence in this bundle: all logits come back
         return StageResult(k, rows, confidence, latency_ms, fetch)
 
-    def _fetcher(self, stage: _Stage, rows: int) -> Any:
+    def run_full_impl(self, batch: np.ndarray) -> FullResult:
+        """The monolithic engine on ``batch``; without one, every stage in turn (no early exit)."""
+        if self._full is None:
+            self.start(batch)
+            outputs = [self.run_stage(k).exit_output(None) for k in range(self.num_stages)]
+            self._next_stage = None  # no batch in progress afterwards
+            return FullResult(outputs=[np.array(o, dtype=np.float32) for o in outputs], latency_ms=float("nan"))
+        assert self._cuda is not None and self._stream is not None and self._fetch_event is not None
+        full = self._full
+        rows = len(batch)
+        if rows > full.max_rows:
+            raise InputError(
+                f"a batch of {rows} rows is more than the full-model engine takes ({full.max_rows}); feed at most "
+                f"{full.max_rows} rows at a time"
+            )
+        view = full.input_host.array[:rows]
+        np.copyto(view, batch, casting="same_kind" if batch.dtype == view.dtype else "unsafe")
+        if not self.zero_copy:
+            self._cuda.copy_htod_async(full.input_ptr, view, self._stream)
+        run_rows = max(rows, full.min_rows)
+        if not full.context.set_input_shape(full.input.name, (run_rows, *full.input.sample_shape)):
+            raise DeviceError(f"TensorRT refused input shape {(run_rows, *full.input.sample_shape)} for the full model")
+        if not full.context.execute_async_v3(self._stream.handle):
+            raise DeviceError("TensorRT could not run the full model")
+        for out in full.outputs:
+            if not out.mapped:
+                self._cuda.copy_dtoh_async(out.host.array[:rows], out.ptr, self._stream)
+        self._fetch_event.record(self._stream)
+        self._fetch_event.synchronize()
+        return FullResult(
+            outputs=[np.array(o.host.array[:rows], dtype=np.float32) for o in full.outputs], latency_ms=float("nan")
+        )
+
+    def _fetcher(self, out: _Output, rows: int) -> Any:
         """Reads this stage's exit output buffer. Results of an earlier batch never get here:
         :meth:`StageResult.exit_output` refuses them (the base class's batch id)."""
-        out = stage.exit
 
         def fetch(which: Optional[np.ndarray]) -> np.ndarray:
             if not self.is_active:

@@ -118,6 +118,7 @@ def _calibration_cache(amax: Dict[str, float]) -> str:
 
 
 def make_trt_bundle(checkpoint: Path, out: Path, *, int8: bool = True) -> Path:
+    """The bundle described in the module docstring, plus the monolithic full model (every exit's logits)."""
     import torch
     from torch import nn
 
@@ -177,6 +178,17 @@ def make_trt_bundle(checkpoint: Path, out: Path, *, int8: bool = True) -> Path:
                 {"index": k, "stage": k, "output": f"exit{k}", "confidence_output": f"conf{k}", "kind": "logits"}
             )
             x = model.stages[k](x)
+
+    class Full(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return tuple(self.model(x))
+
+    example = torch.from_numpy(rng.normal(size=(2, *spec.input_shape)).astype(np.float32))
+    _export(Full(), example, out / "full.fp32.onnx", "input", [f"exit{k}" for k in range(n)])
     write_manifest(
         out,
         {
@@ -186,7 +198,7 @@ def make_trt_bundle(checkpoint: Path, out: Path, *, int8: bool = True) -> Path:
             "preprocessing": spec.to_dict(),
             "stages": stages,
             "exits": exits,
-            "full_model": None,
+            "full_model": file_record(out, "full.fp32.onnx"),
             "policy": {"kind": "max_prob", "thresholds": [0.6] * (n - 1) + [None], "calibrated": False},
             "validation": {},
             "engines": [],

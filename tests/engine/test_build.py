@@ -35,11 +35,11 @@ def test_help(capsys):
         assert option in out
 
 
-@pytest.mark.parametrize("generation", ["8.5", "10.3", "10.13", "11.1"])
+@pytest.mark.parametrize("generation", ["8.5", "10.3", "10.13", "11.4"])
 def test_build_stores_engines_with_a_verified_record(fake_trt, bundle_copy, capsys, generation):
     trt, cuda = fake_trt(generation)
     code, out, err = _cli(
-        capsys, bundle_copy, "--precision", "best", "--batch", "2,4,16", "--workspace-mib", "512", "--json"
+        capsys, bundle_copy, "--precision", "best", "--batch", "1,4,16", "--workspace-mib", "512", "--json"
     )
     assert code == 0, err
     result = json.loads(out)
@@ -47,7 +47,7 @@ def test_build_stores_engines_with_a_verified_record(fake_trt, bundle_copy, caps
     bundle = Bundle.open(bundle_copy)  # verifies the sha256 of every plan
     assert bundle.manifest["engines"] == [record]
     assert record["device"]["key"] == cuda.device.key and record["tensorrt_version"] == trt.__version__
-    assert record["batch"] == {"min": 2, "opt": 4, "max": 16} and record["workspace_mib"] == 512
+    assert record["batch"] == {"min": 1, "opt": 4, "max": 16} and record["workspace_mib"] == 512
     assert [f["path"] for f in record["files"]] == [
         f"engines/{cuda.device.key}/trt-{trt.__version__}/{record['precision']}/stage{k}.plan" for k in range(3)
     ]
@@ -58,18 +58,18 @@ def test_build_stores_engines_with_a_verified_record(fake_trt, bundle_copy, caps
         assert build["workspace_bytes"] == 512 << 20
         name = bundle.stages[k]["inputs"][0]["name"]
         lo, opt, hi = build["profiles"][0][name]
-        assert (lo[0], opt[0], hi[0]) == (2, 4, 16) and lo[1:] == tuple(bundle.stages[k]["inputs"][0]["shape"][1:])
+        assert (lo[0], opt[0], hi[0]) == (1, 4, 16) and lo[1:] == tuple(bundle.stages[k]["inputs"][0]["shape"][1:])
         assert build["timing_cache"]
         assert set(build["network_flags"]) == set(record["recipe"]["network_flags"])
         assert build["builder_flags"] == sorted(record["recipe"]["builder_flags"])
-    if generation == "11.1":
+    if generation == "11.4":
         assert trt.builds[0]["network_flags"] == ["STRONGLY_TYPED"] and trt.builds[0]["builder_flags"] == []
     if generation == "8.5":
         assert "EXPLICIT_BATCH" in trt.builds[0]["network_flags"] and not trt.builds[0]["strongly_typed"]
     stages = record["stages"]
     assert [s["index"] for s in stages] == [0, 1, 2]
     assert all(s["device_memory_bytes"] > 0 and s["io"] for s in stages)
-    assert ("weights_bytes" in stages[0]) == (generation == "11.1")  # get_engine_stat: 10.14+
+    assert ("weights_bytes" in stages[0]) == (generation == "11.4")  # get_engine_stat: 10.14+
 
 
 def test_human_output_lists_plans_and_trtexec(fake_trt, bundle_copy, capsys):
@@ -77,7 +77,10 @@ def test_human_output_lists_plans_and_trtexec(fake_trt, bundle_copy, capsys):
     code, out, err = _cli(capsys, bundle_copy)
     assert code == 0, err
     assert "built 3 fp16 engine(s)" in out and "weakly typed" in out
-    assert out.count("trtexec --onnx=") == 3 and "--fp16" in out
+    assert out.count("trtexec --onnx=") == 4 and "--fp16" in out  # three stages and the full model
+    assert "full model: built" in out and "full.fp32.onnx" in out
+    # the weak fp16 recipe keeps each stage's confidence head (softmax, max) in fp32, and trtexec is told so
+    assert out.count("--precisionConstraints=obey --layerPrecisions=/Softmax:fp32,/ReduceMax:fp32") == 3
 
 
 def test_rebuild_replaces_the_record_and_reuses_the_timing_cache(fake_trt, bundle_copy, capsys):

@@ -31,7 +31,7 @@ def converted(tiny_checkpoint, tmp_path_factory):
         ("8.5", "int8", True),  # implicit INT8 from the converter's calibration caches (retargeted header)
         ("10.3", "best", False),
         ("10.13", "fp16", False),  # strongly typed from the converter's fp16 ONNX
-        ("11.1", "int8", False),  # strongly typed from the converter's Q/DQ ONNX
+        ("11.4", "int8", False),  # strongly typed from the converter's Q/DQ ONNX
     ],
 )
 def test_converted_bundle_builds_and_runs(converted, fake_trt, tmp_path, generation, precision, legacy):

@@ -62,7 +62,7 @@ ALL = ("fp32", "fp16", "int8")
         ),
         ("10.16", {"weak_typing_deprecated": True, "engine_stat": True}),
         (
-            "11.1",
+            "11.4",
             {
                 "explicit_batch_flag": False,
                 "strongly_typed_flag": True,
@@ -85,15 +85,17 @@ def test_features_are_detected_from_the_api_surface(trt_double, generation, expe
 @pytest.mark.parametrize(
     "generation, precision, typing, onnx, network_flags, builder_flags",
     [
-        ("8.5", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16"]),
+        # every weak FP16 recipe pins the confidence head to fp32 (per-layer precision + OBEY)
+        ("8.5", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16", "OBEY_PRECISION_CONSTRAINTS"]),
         ("8.5", "int8", "weak", "int8", ["EXPLICIT_BATCH"], ["INT8"]),  # weakly typed Q/DQ still needs INT8
-        ("8.5", "best", "weak", "int8", ["EXPLICIT_BATCH"], ["INT8", "FP16"]),
+        ("8.5", "best", "weak", "int8", ["EXPLICIT_BATCH"], ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"]),
         ("8.6", "fp32", "weak", "fp32", ["EXPLICIT_BATCH"], []),
-        ("10.3", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16"]),  # before 10.12: weak typing is not deprecated
+        # before 10.12: weak typing is not deprecated
+        ("10.3", "fp16", "weak", "fp32", ["EXPLICIT_BATCH"], ["FP16", "OBEY_PRECISION_CONSTRAINTS"]),
         ("10.13", "fp16", "strong", "fp16", ["EXPLICIT_BATCH", "STRONGLY_TYPED"], []),
         ("10.13", "int8", "strong", "int8", ["EXPLICIT_BATCH", "STRONGLY_TYPED"], []),
-        ("11.1", "fp16", "strong", "fp16", ["STRONGLY_TYPED"], []),
-        ("11.1", "best", "strong", "int8", ["STRONGLY_TYPED"], []),
+        ("11.4", "fp16", "strong", "fp16", ["STRONGLY_TYPED"], []),
+        ("11.4", "best", "strong", "int8", ["STRONGLY_TYPED"], []),
     ],
 )
 def test_recipe_per_generation(trt_double, generation, precision, typing, onnx, network_flags, builder_flags):
@@ -101,25 +103,30 @@ def test_recipe_per_generation(trt_double, generation, precision, typing, onnx, 
     assert (recipe.typing, recipe.onnx_precision) == (typing, onnx)
     assert list(recipe.network_flags) == network_flags
     assert list(recipe.builder_flags) == builder_flags
+    assert recipe.fp32_head is ("FP16" in builder_flags)
     assert not recipe.calibration_cache
 
 
 def test_best_picks_the_lowest_precision_the_bundle_has(trt_double):
-    strong = detect_features(trt_double.make_tensorrt("11.1"))
+    strong = detect_features(trt_double.make_tensorrt("11.4"))
     assert choose_recipe(strong, "best", ("fp32", "fp16")).precision == "fp16"
     assert choose_recipe(strong, "best", ("fp32",)).precision == "fp32"
     weak = detect_features(trt_double.make_tensorrt("8.5"))
     recipe = choose_recipe(weak, "best", ("fp32",))
-    assert (recipe.precision, recipe.onnx_precision, recipe.builder_flags) == ("fp16", "fp32", ("FP16",))
+    assert (recipe.precision, recipe.onnx_precision, recipe.builder_flags) == (
+        "fp16",
+        "fp32",
+        ("FP16", "OBEY_PRECISION_CONSTRAINTS"),
+    )
 
 
 def test_fp16_without_fp16_onnx(trt_double):
     # 10.13 still has the FP16 flag: fall back to a weakly typed build, and say so
     recipe = choose_recipe(detect_features(trt_double.make_tensorrt("10.13")), "fp16", ("fp32",))
-    assert (recipe.typing, recipe.builder_flags) == ("weak", ("FP16",)) and recipe.notes
+    assert (recipe.typing, recipe.builder_flags) == ("weak", ("FP16", "OBEY_PRECISION_CONSTRAINTS")) and recipe.notes
     # 11.x takes precision from the ONNX only
     with pytest.raises(InputError, match="convert with --precision fp16"):
-        choose_recipe(detect_features(trt_double.make_tensorrt("11.1")), "fp16", ("fp32",))
+        choose_recipe(detect_features(trt_double.make_tensorrt("11.4")), "fp16", ("fp32",))
 
 
 def test_int8_needs_the_qdq_onnx(trt_double):
@@ -134,7 +141,7 @@ def test_legacy_int8_uses_the_calibration_cache_before_11_and_is_refused_on_11(t
     assert recipe.calibration_cache and recipe.onnx_precision == "fp32" and "INT8" in recipe.builder_flags
     with pytest.raises(InputError, match="removed in 11"):
         choose_recipe(
-            detect_features(trt_double.make_tensorrt("11.1")), "int8", ALL, has_calibration_cache=True, legacy_int8=True
+            detect_features(trt_double.make_tensorrt("11.4")), "int8", ALL, has_calibration_cache=True, legacy_int8=True
         )
     with pytest.raises(InputError, match="calibration caches"):
         choose_recipe(
@@ -153,13 +160,13 @@ def test_legacy_int8_uses_the_calibration_cache_before_11_and_is_refused_on_11(t
 def test_dla_recipes(trt_double):
     features = detect_features(trt_double.make_tensorrt("10.3"))
     fp16 = choose_recipe(features, "fp16", ALL, dla_core=0)
-    assert fp16.builder_flags == ("FP16", "GPU_FALLBACK") and fp16.dla_core == 0
+    assert fp16.builder_flags == ("FP16", "OBEY_PRECISION_CONSTRAINTS", "GPU_FALLBACK") and fp16.dla_core == 0
     int8 = choose_recipe(features, "int8", ALL, dla_core=1, has_calibration_cache=True)
     assert int8.calibration_cache and "GPU_FALLBACK" in int8.builder_flags  # the calibrator is DLA's INT8 path
     # 10.13 would prefer strong typing, but DLA keeps the weak-typing flags where they exist
     assert choose_recipe(detect_features(trt_double.make_tensorrt("10.13")), "fp16", ALL, dla_core=0).typing == "weak"
     # 11.x (DLA is back in 11.4.1): strongly typed + GPU fallback
-    eleven = choose_recipe(detect_features(trt_double.make_tensorrt("11.1")), "int8", ALL, dla_core=0)
+    eleven = choose_recipe(detect_features(trt_double.make_tensorrt("11.4")), "int8", ALL, dla_core=0)
     assert (eleven.typing, eleven.builder_flags) == ("strong", ("GPU_FALLBACK",))
     with pytest.raises(InputError, match="fp16 or int8"):
         choose_recipe(features, "fp32", ALL, dla_core=0)
@@ -200,7 +207,7 @@ def test_trtexec_command_mirrors_the_recipe(trt_double):
         "--builderOptimizationLevel=4",
     ):
         assert expected in args
-    strong = choose_recipe(detect_features(trt_double.make_tensorrt("11.1")), "fp16", ALL)
+    strong = choose_recipe(detect_features(trt_double.make_tensorrt("11.4")), "fp16", ALL)
     args = shlex.split(render_trtexec("a.onnx", "a.plan", strong, {"input": (1, 28, 28)}, (1, 8, 32)))
     assert "--stronglyTyped" in args and "--fp16" not in args and not any(a.startswith("--useDLACore") for a in args)
     assert dataclasses.asdict(strong)["network_flags"] == ("STRONGLY_TYPED",)
