@@ -44,6 +44,18 @@ def trt_double() -> Any:
 
 
 @pytest.fixture(scope="session")
+def real_bindings_module() -> Any:
+    """tests/engine/real_bindings.py: NVIDIA's real TensorRT bindings over a null libnvinfer."""
+    return load_double("real_bindings")
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """The real-bindings conformance test replays every TensorRT use the other tests recorded on the
+    double: run it after them (a stable sort keeps every other test where it was)."""
+    items.sort(key=lambda item: item.path.name == "test_real_bindings.py")
+
+
+@pytest.fixture(scope="session")
 def cuda_double(trt_double) -> Any:
     return trt_double.cuda_double
 
