@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="rough time budget for the measurements (default 60)")
     p.add_argument("--batch", type=int, default=32, help="batch size for the batched rows (default 32)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "mixed"])
     add_threads_argument(p)
     p.add_argument(
         "--allow-spinning",

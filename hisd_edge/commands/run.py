@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="what to classify (see above)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"], help="default: onnxruntime")
     p.add_argument(
-        "--precision", default="fp32", choices=["fp32", "fp16", "int8"], help="stage files to run (default fp32)"
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "int8", "mixed"],
+        help="stage files to run (default fp32); mixed: the per-stage plan of convert --precision mixed",
     )
     p.add_argument(
         "--providers",

@@ -9,7 +9,10 @@ address that was never allocated, or a read past the end of an allocation, fails
 
 Streams run their work at enqueue time, in order (which is what one CUDA stream guarantees to
 its users); while a stream is being captured, work is recorded instead and replayed by
-``Graph.launch``. Synchronising a capturing stream is an error, as in CUDA. ``stats`` counts copies
+``Graph.launch``. Capture is a feature of the binding: ``FakeCuda(graphs=False)`` is a binding
+that has none (pycuda without cuda-python), and refuses to capture the way
+:class:`hisd_edge.cuda.pycuda_backend.PyCudaBackend` does, instead of pretending. (pycuda's own
+calls are doubled in ``pycuda_double.py``, with exactly pycuda's surface.) Synchronising a capturing stream is an error, as in CUDA. ``stats`` counts copies
 by direction and bytes so tests can assert that, say, only the confidences crossed to the host.
 """
 
@@ -189,9 +192,10 @@ class FakeCuda(CudaBackend):
 
     name = "fake-cuda"
 
-    def __init__(self, device: DeviceInfo = DISCRETE, free_memory_bytes: Optional[int] = None):
+    def __init__(self, device: DeviceInfo = DISCRETE, free_memory_bytes: Optional[int] = None, graphs: bool = True):
         super().__init__()
         self._device = device
+        self._graphs = graphs
         self.free_memory_bytes = device.total_memory_bytes if free_memory_bytes is None else free_memory_bytes
         self.memory = FakeMemory()
         self.pinned: List[np.ndarray] = []
@@ -290,7 +294,17 @@ class FakeCuda(CudaBackend):
     def create_event(self, timing: bool = True) -> Event:
         return self._own(FakeEvent(self, timing))
 
+    @property
+    def graphs_unavailable(self) -> Optional[str]:
+        from hisd_edge.cuda.pycuda_backend import NO_GRAPHS
+
+        return None if self._graphs else NO_GRAPHS
+
     def begin_capture(self, stream: Stream) -> None:
+        from hisd_edge.errors import DependencyError
+
+        if not self._graphs:
+            raise DependencyError(self.graphs_unavailable or "")
         assert isinstance(stream, FakeStream)
         if stream.capture is not None:
             raise FakeCudaError("cudaStreamBeginCapture on a stream that is already capturing")

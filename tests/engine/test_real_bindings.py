@@ -40,9 +40,7 @@ pytestmark = pytest.mark.slow
 REAL = ["8.6", "10.3", "10.13", "10.16", "11.4"]
 ALL = ["fp32", "fp16", "int8"]
 # (requested, onnx files, options) -> what every recipe is checked for on the real module
-RECIPE_CASES: List[Dict[str, Any]] = [
-    {"requested": p, "onnx": ALL} for p in ("fp32", "fp16", "int8", "best")
-] + [
+RECIPE_CASES: List[Dict[str, Any]] = [{"requested": p, "onnx": ALL} for p in ("fp32", "fp16", "int8", "best")] + [
     {"requested": "fp16", "onnx": ["fp32"]},
     {"requested": "fp16", "onnx": ALL, "dla": 0},
     {"requested": "int8", "onnx": ALL, "dla": 0, "cache": True},
@@ -121,7 +119,9 @@ def _scenario(trt_double: Any, generation: str, bundle_path: Path, tmp: Path) ->
             options.append(BuildOptions(precision="int8", legacy_int8=True, progress=False))
         if generation != "10.16":  # the DLA build last: its fp16 record replaces the GPU one
             options.append(
-                BuildOptions(precision="fp16", dla_core=0, dla_stages=(0,) if weak else None, batch=(1, 4, 4), progress=False)
+                BuildOptions(
+                    precision="fp16", dla_core=0, dla_stages=(0,) if weak else None, batch=(1, 4, 4), progress=False
+                )
             )
         for option in options:
             build_engines(Bundle.open(path), option, cuda=cuda)
