@@ -102,6 +102,17 @@ def _calibrator_subclass() -> Any:
 ENUM_PATHS = dict(ENUMS)
 
 
+def _null(cls: Any) -> Any:
+    """An instance of ``cls`` with a null native pointer, whose repr() is safe: pybind11 renders every
+    argument with repr() when it rejects a call, and a class with a native __str__ (10.x's
+    ParserError) would crash doing that on a null pointer."""
+    try:
+        safe = type(f"Null{cls.__name__}", (cls,), {"__repr__": lambda self: f"<null {cls.__name__}>"})
+    except TypeError:  # a final class: no subclass possible
+        safe = cls
+    return safe.__new__(safe)
+
+
 def _value(desc: Dict[str, Any]) -> Any:
     kind = desc["t"]
     if kind == "none":
@@ -127,8 +138,7 @@ def _value(desc: Dict[str, Any]) -> Any:
             return _logger_subclass()
         if desc["cls"] in ("IInt8Calibrator", "IInt8EntropyCalibrator2"):
             return _calibrator_subclass()
-        cls = getattr(trt, desc["cls"])
-        return cls.__new__(cls)
+        return _null(getattr(trt, desc["cls"]))
     return object()
 
 
@@ -172,7 +182,10 @@ def replay_one(rec: Dict[str, Any]) -> Dict[str, Any]:
             attr = getattr(trt, name)
             if kind == "call":
                 if inspect.isfunction(attr):  # a Python helper of the bindings package (nptype, volume)
-                    attr(*[_value(a) for a in rec["args"]])
+                    try:  # the arguments fit its signature (what it then does with them is its business)
+                        inspect.signature(attr).bind(*[_value(a) for a in rec["args"]])
+                    except TypeError:
+                        return {**out, "result": "rejected"}
                     return {**out, "result": "ok"}
                 return {**out, "result": _check_call(attr, [_value(a) for a in rec["args"]])}
             return {**out, "result": "ok"}
@@ -186,7 +199,7 @@ def replay_one(rec: Dict[str, Any]) -> Dict[str, Any]:
             return {**out, "result": "missing"}
         if kind == "get":
             return {**out, "result": "ok"}
-        null = cls.__new__(cls)
+        null = _null(cls)
         if kind == "set":
             if not isinstance(attr, property):
                 return {**out, "result": "not a property"}
