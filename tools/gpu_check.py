@@ -109,6 +109,7 @@ def check_cuda_tests(run: Run, item: Check) -> None:
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     summary = lines[-1] if lines else proc.stderr.strip()[-200:]
@@ -249,6 +250,7 @@ def check_profile_nvml(run: Run, item: Check, power: str = "nvml") -> None:
         text=True,
         timeout=min(240.0, run.left_s() - 5),
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
     )  # fmt: skip
     if proc.returncode != 0:
         item.verdict, item.detail = FAIL, (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
