@@ -29,15 +29,24 @@ Manifest, schema version 1 (keys in order of appearance)::
                       (device key, TensorRT version, precision); a rebuild replaces its record:
         device             {"name", "compute_capability": "8.7", "integrated", "multiprocessor_count": 16 (0: unknown),
                             "key": "orin-sm87-16sm" (without "-<n>sm" when the count is unknown)}
-        tensorrt_version   trt.__version__ of the build; precision "fp32" | "fp16" | "int8"; requested_precision (+ "best")
-        recipe             {"typing": "strong" | "weak", "onnx_precision", "network_flags", "builder_flags",
-                            "calibration_cache", "dla_core", "notes", ...}
+        tensorrt_version   trt.__version__ of the build; precision "fp32" | "fp16" | "int8" | "mixed";
+                           requested_precision (+ "best", "mixed")
+        recipe             {"typing": "strong" | "weak" | "mixed" | "external", "onnx_precision", "network_flags",
+                            "builder_flags", "calibration_cache", "dla_core", "notes", "fp32_head" (confidence head
+                            pinned to fp32), ...}; for per-stage builds a summary + "stage_precisions", "dla_stages"
         batch              {"min", "opt", "max"}: the optimization profile of the dynamic batch
         workspace_mib, dla_core, builder_optimization_level, cuda_binding, features (detected TensorRT API)
-        files              [{"path": "engines/<key>/trt-<version>/<precision>/stage<k>.plan", "sha256", "bytes", "stage": k}]
-        stages             [{"index", "onnx_precision", "onnx", "onnx_sha256" (engines from an older ONNX are refused),
-                             "plan_sha256", "build_seconds", "device_memory_bytes", "weights_bytes" (TRT 10.14+),
-                             "io": [{"name", "mode", "dtype", "shape"}]}]
+        files              [{"path": "engines/<key>/trt-<version>/<precision>/stage<k>.plan", "sha256", "bytes", "stage": k,
+                             "kind": "plan" | "calibration_cache" | "full_plan" (full.plan, no "stage")}]
+        stages             [{"index", "precision", "recipe" (that stage's), "batch" (its profile), "onnx_precision", "onnx",
+                             "onnx_sha256" (engines from an older ONNX are refused), "plan_sha256", "build_seconds",
+                             "device_memory_bytes", "weights_bytes" (TRT 10.14+), "io": [{"name", "mode", "dtype", "shape"}],
+                             "fp32_layers" (head layers pinned to fp32), "dla": {"core", "layers", "layers_on_dla",
+                             "gpu_fallback_count", "gpu_fallback_layers", "runs_on": "dla" | "dla+gpu" | "gpu"},
+                             "external" (imported)}]
+        full_model         {"built": true, "onnx", "onnx_sha256", "plan_sha256", "batch", "io", ...} or
+                           {"built": false, "reason"}: the monolithic model's engine (bench, evaluate)
+        external, imported_from   plans imported with build --import-engines DIR (checked on load, recipe unknown)
         timing_cache       where the timing cache was read from and saved (bundle-relative when inside it)
         toolkit_version, created
     ]

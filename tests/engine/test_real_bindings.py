@@ -300,3 +300,20 @@ def test_logger_calibrator_and_dtype_guard_on_the_real_module(answers, generatio
     unmappable = {"BF16", "FP8", "INT4", "FP4", "E8M0"} & set(dtypes)
     assert unmappable and all(dtypes[k] is None for k in unmappable)
     assert dtypes.get("INT64", "int64") == "int64"
+
+
+def test_no_index_or_no_compiler_is_a_skip_reason(real_bindings_module, tmp_path, monkeypatch):
+    """Where PyPI cannot be reached (or there is no C compiler) the conformance tests skip, saying why."""
+    import subprocess
+
+    rb = real_bindings_module
+    monkeypatch.setenv("HISD_TRT_BINDINGS_CACHE", str(tmp_path))
+    no_index = subprocess.CompletedProcess(
+        [], 1, "", "ERROR: Could not find a version that satisfies the requirement tensorrt-bindings==8.6.1\n"
+    )
+    monkeypatch.setattr(rb.subprocess, "run", lambda *args, **kwargs: no_index)
+    with pytest.raises(rb.Unavailable, match=r"cannot download tensorrt-bindings==8\.6\.1 .*Could not find a version"):
+        rb.fetch(["8.6"])
+    monkeypatch.setattr(rb.shutil, "which", lambda name: None)
+    with pytest.raises(rb.Unavailable, match="no C compiler"):
+        rb.build_shim()
