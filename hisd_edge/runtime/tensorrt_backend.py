@@ -502,7 +502,8 @@ class TensorRTBackend(Backend):
         records it; absent otherwise) and ``plan_bytes`` (the engine file); then the I/O buffers this
         backend allocated (``device_buffers_bytes``, pinned or mapped ``host_buffers_bytes``) and CUDA's
         ``cuda_free_bytes`` / ``cuda_total_bytes`` where the binding tells (on a Jetson: shared DRAM).
-        With CUDA graphs each extra graph slot is one more context's scratch: ``graph_contexts`` counts them.
+        With CUDA graphs each extra graph slot is one more context and its scratch:
+        ``graph_contexts_device_memory_bytes`` adds them up.
         """
         from hisd_edge.cuda.api import DeviceBuffer, HostBuffer
 
@@ -531,7 +532,10 @@ class TensorRTBackend(Backend):
         info["device_buffers_bytes"] = sum(int(a.nbytes) for a in self._allocations if isinstance(a, DeviceBuffer))
         info["host_buffers_bytes"] = sum(int(a.nbytes) for a in self._allocations if isinstance(a, HostBuffer))
         if self.cuda_graphs:
-            info["graph_contexts"] = sum(max(0, len(s.slots) - 1) for s in self._stages)
+            scratch = {int(s["index"]): int(s.get("device_memory_bytes") or 0) for s in record.get("stages", [])}
+            info["graph_contexts_device_memory_bytes"] = sum(
+                scratch.get(stage.index, 0) * max(0, len(stage.slots) - 1) for stage in self._stages
+            )
         try:
             cuda_memory = self._cuda.memory_info()
         except Exception:
