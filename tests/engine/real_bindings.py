@@ -59,18 +59,18 @@ def cache_dir() -> Path:
     return path
 
 
-def _unpacked(cache: Path, generation: str) -> Path:
-    name, version = WHEELS[generation]
+def _unpacked(cache: Path, name: str, version: str) -> Path:
     return cache / f"{name}-{version}-py{sys.version_info[0]}{sys.version_info[1]}"
 
 
-def _download(cache: Path, generation: str) -> Path:
-    """One wheel, unpacked under the cache (only the first time)."""
-    target = _unpacked(cache, generation)
-    if (target / "tensorrt_bindings" / "__init__.py").is_file():
+def download(name: str, version: str, marker: str) -> Path:
+    """The wheel ``name==version``, unpacked under the cache (only the first time); ``marker`` is a file
+    the unpacked wheel must hold. :class:`Unavailable` when the index cannot be reached."""
+    cache = cache_dir()
+    target = _unpacked(cache, name, version)
+    if (target / marker).is_file():
         return target
-    name, version = WHEELS[generation]
-    wheels = cache / "wheels" / generation
+    wheels = cache / "wheels" / f"{name}-{version}"
     wheels.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [
@@ -107,9 +107,8 @@ def _download(cache: Path, generation: str) -> Path:
 
 def fetch(generations: List[str]) -> Dict[str, Path]:
     """The unpacked bindings of each generation (downloaded in parallel where not cached yet)."""
-    cache = cache_dir()
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(generations)) as pool:
-        futures = {g: pool.submit(_download, cache, g) for g in generations}
+        futures = {g: pool.submit(download, *WHEELS[g], "tensorrt_bindings/__init__.py") for g in generations}
         return {g: f.result() for g, f in futures.items()}
 
 
