@@ -186,33 +186,118 @@ class _StubBackend:
         return _StubStage()
 
 
-class _Bar:
-    def set_postfix_str(self, *args, **kwargs):
-        pass
-
-    def update(self, n):
-        pass
-
-
-@pytest.mark.parametrize("background", [False, True])
-def test_overhead_records_whether_the_source_kept_running_while_the_sampler_was_off(background):
+def test_overhead_is_measured_at_every_exit_with_paused_and_polling_blocks():
     import numpy as np
 
-    from hisd_edge.profile.power.jtop import JtopSource
-    from hisd_edge.profile.power.tegrastats import TegrastatsProcessSource
-    from hisd_edge.profile.profiler import ProfileConfig, _Measurer
+    from hisd_edge.profile.clock import SystemClock
+    from hisd_edge.profile.measure import Measurer
 
-    assert TegrastatsProcessSource.runs_in_background and JtopSource.runs_in_background
-    assert not PowerSource.runs_in_background
-    source = ScriptedSource(time.perf_counter, lambda t: 1000.0)
-    source.runs_in_background = background
+    source = ScriptedSource(time.monotonic, lambda t: 1000.0)
     sampler = PowerSampler(source, period_s=0.01)
-    config = ProfileConfig(bundle="x", overhead_blocks=1)
-    measurer = _Measurer(config, _StubBackend(), sampler, np.zeros((1, 3), dtype=np.float32), _Bar())
+    steps = []
+    measurer = Measurer(
+        _StubBackend(), SystemClock(), sampler, np.zeros((1, 3), dtype=np.float32), None, [], None, steps.append
+    )
     try:
         sampler.start()
-        overhead = measurer.sampler_overhead(1)
+        overhead = measurer.overhead(1, pairs=1)
     finally:
         sampler.stop()
-    assert overhead["source"] == "scripted" and overhead["source_kept_running"] is background
-    assert overhead["block_pairs"] == 1
+    assert [o["exit"] for o in overhead] == [0, 1] and all(o["block_pairs"] == 1 for o in overhead)
+    assert all(o["runs_with"] >= 20 and o["runs_without"] >= 20 for o in overhead)
+    assert sampler.running is False and steps == ["batch 1: sampler overhead"]
+
+
+# -- the virtual clock --------------------------------------------------------------------------------
+def test_virtual_clock_runs_jobs_on_schedule_and_only_stolen_time_delays_work():
+    from hisd_edge.profile.clock import VirtualClock
+
+    clock = VirtualClock(start=10.0)
+    seen = []
+
+    def job():
+        seen.append(clock.now())
+        clock.busy(0.001)  # a 1 ms read
+
+    handle = clock.every(0.1, job)
+    clock.busy(0.35)  # work: jobs at 10.0, 10.1, 10.2, 10.3 run while it passes; they steal nothing
+    assert seen == pytest.approx([10.0, 10.1, 10.2, 10.3]) and clock.now() == pytest.approx(10.35)
+    clock.jobs_steal_time = True  # now every read holds up the work
+    clock.busy(0.2)
+    assert clock.now() == pytest.approx(10.55 + 2 * 0.001)
+    clock.cancel(handle)
+    clock.sleep(1.0)
+    assert len(seen) == 6 and clock.now() == pytest.approx(11.552)
+
+
+def test_sampler_on_a_virtual_clock_polls_as_time_passes():
+    from hisd_edge.profile.clock import VirtualClock
+
+    clock = VirtualClock()
+    source = ScriptedSource(clock, lambda t: 500.0 + 100.0 * t)
+    sampler = PowerSampler(source, period_s=0.25).start()
+    assert sampler.mode == "virtual" and sampler.running
+    clock.sleep(1.0)
+    sampler.pause()
+    clock.sleep(1.0)  # paused: no reads
+    sampler.resume()
+    clock.sleep(0.3)
+    trace = sampler.stop()
+    assert [round(s.time_s, 6) for s in trace.samples] == [0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 2.25]
+    assert integrate_window(trace, 0.0, 1.0).energy_mj == pytest.approx(550.0)  # 500 + 100 t over 1 s
+
+
+# -- the sampling process ---------------------------------------------------------------------------------
+def test_process_sampler_reads_the_rails_from_its_own_process(fast_board):
+    import os
+
+    from hisd_edge.profile.clock import SystemClock
+    from hisd_edge.profile.power.ina3221 import Ina3221Source
+    from hisd_edge.profile.sampler import ProcessSampler, make_sampler
+
+    root = fast_board("orin_nano_jp6")
+    source = Ina3221Source.discover(str(root))
+    sampler = make_sampler(source, 0.02, SystemClock())
+    assert isinstance(sampler, ProcessSampler) and sampler.mode == "process"
+    sampler.start()
+    try:
+        pid = sampler._process.pid
+        assert pid != os.getpid()
+        deadline = time.monotonic() + 20.0
+        while len(sampler.trace().samples) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        curr = root / "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/curr1_input"
+        curr.write_text("2000\n")
+        target = time.monotonic()
+        while (sampler.latest()[0] or 0) < target + 0.1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sampler.pause()
+        time.sleep(0.1)
+        paused_count = len(sampler.trace().samples)
+        time.sleep(0.2)
+        assert len(sampler.trace().samples) <= paused_count + 1  # at most one line was in flight
+        curr.unlink()  # the driver goes away: a gap, not a crash
+        sampler.resume()
+        while not sampler.latest()[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        curr.write_text("1126\n")
+        while sampler.latest()[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        trace = sampler.stop()
+    assert sampler._process is None and trace.samples
+    assert list(trace.samples[0].rails_mw) == ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"]
+    assert trace.samples[0].total_mw == pytest.approx(5064 * 1126 / 1000.0)
+    assert any(s.rails_mw["VDD_IN"] == pytest.approx(5064 * 2.0) for s in trace.samples)
+    assert len(trace.gaps) == 1 and "cannot be read" in trace.gaps[0].reason and trace.gaps[0].end_s is not None
+    times = [s.time_s for s in trace.samples]
+    assert times == sorted(times) and trace.started_s <= times[0] <= time.monotonic()  # one shared clock
+
+
+def test_sources_that_cannot_leave_the_process_get_a_thread():
+    from hisd_edge.profile.clock import SystemClock, VirtualClock
+    from hisd_edge.profile.sampler import make_sampler
+
+    source = ScriptedSource(time.monotonic, lambda t: 1.0)
+    assert make_sampler(source, 0.05, SystemClock()).mode == "thread"
+    assert make_sampler(source, 0.05, VirtualClock()).mode == "virtual"
