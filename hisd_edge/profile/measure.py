@@ -325,8 +325,10 @@ class Measurer:
     def overhead(self, batch: int, pairs: int) -> Optional[List[Dict[str, Any]]]:
         """Per exit: latency with the sampler paused vs polling, in alternating block pairs.
 
-        Each pair (off, on) gives a ratio of block medians; the overhead is the mean ratio minus one,
-        with its interval over the pairs, which cancels slow drifts a single before/after would fold in.
+        Each pair (off, on) gives a ratio of block means; the overhead is the mean ratio minus one, with
+        its interval over the pairs, which cancels slow drifts a single before/after would fold in.
+        Means, not medians: a poll that stalls one call in ten costs throughput and energy, and a
+        median would not see it.
         A source that runs in the background (a ``tegrastats`` process, jtop) keeps running while the
         sampler is paused, so its own cost is in both blocks and not in the figure.
         """
@@ -342,7 +344,7 @@ class Measurer:
             without: List[float] = []
             with_sampler: List[float] = []
             for _ in range(pairs):
-                medians = []
+                means = []
                 for sampling in (False, True):
                     if sampling:
                         self.sampler.resume()
@@ -353,17 +355,17 @@ class Measurer:
                     while len(block) < 20 or self.clock() - start < block_s:
                         block.append(self.run_to_exit(x, k))
                     (with_sampler if sampling else without).extend(block)
-                    medians.append(float(np.median(block)))
-                if medians[0] > 0:
-                    ratios.append(medians[1] / medians[0])
+                    means.append(float(np.mean(block)))
+                if means[0] > 0:
+                    ratios.append(means[1] / means[0])
             self.sampler.resume()
             stats = mean_ci([100.0 * (r - 1.0) for r in ratios])
             results.append(
                 {
                     "batch": batch,
                     "exit": k,
-                    "latency_ms_without": float(np.median(without)),
-                    "latency_ms_with": float(np.median(with_sampler)),
+                    "latency_ms_without": float(np.mean(without)),
+                    "latency_ms_with": float(np.mean(with_sampler)),
                     "overhead_pct": stats["mean"],
                     "overhead_pct_ci": stats["ci"],
                     "block_pairs": len(ratios),

@@ -70,6 +70,7 @@ class SimBoard:
         self.i2c_read_s = i2c_read_s
         self.noise_ma = noise_ma
         self.rng = np.random.default_rng(seed)
+        self.t0 = clock.now()  # drift counts from the board's start
         self.extra_mw: Dict[str, float] = dict.fromkeys(RAILS, 0.0)
         self.energy_mj: Dict[str, float] = dict.fromkeys(RAILS, 0.0)  # exact integral, for checks
         self.register_ma: Dict[str, float] = {r: self._power(r, clock.now()) / BUS_MV[r] * 1000.0 for r in RAILS}
@@ -122,7 +123,7 @@ class SimBoard:
 
     # -- power ------------------------------------------------------------------------------------
     def _power(self, rail: str, t: float) -> float:
-        idle = self.idle_mw[rail] + self.drift[rail] * t
+        idle = self.idle_mw[rail] + self.drift[rail] * (t - self.t0)
         if rail == "VDD_IN":
             idle += self.wave_mw * math.sin(2 * math.pi * t / self.wave_period_s)
         return idle + self.extra_mw[rail]
@@ -133,7 +134,8 @@ class SimBoard:
         m = math.floor(t1 / self.cycle_s + 1e-9) - math.floor(self.committed_s / self.cycle_s + 1e-9)
         for rail in RAILS:
             # exact energy: the drift and wave integrate in closed form over the stretch
-            idle = self.idle_mw[rail] * (t1 - t0) + 0.5 * self.drift[rail] * (t1 * t1 - t0 * t0)
+            a, b = t0 - self.t0, t1 - self.t0
+            idle = self.idle_mw[rail] * (t1 - t0) + 0.5 * self.drift[rail] * (b * b - a * a)
             if rail == "VDD_IN":
                 w = 2 * math.pi / self.wave_period_s
                 idle += self.wave_mw * (math.cos(w * t0) - math.cos(w * t1)) / w

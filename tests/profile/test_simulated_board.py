@@ -18,10 +18,29 @@ from hisd_edge.profile.profiler import ProfileConfig, profile_bundle
 from .simboard import SimBackend, SimBoard
 
 
-def _simulated(tmp_path, monkeypatch, tiny_bundle_dir, *, kernel="new", steal=False, fail=None, seed=0, **config):
-    clock = VirtualClock(start=1000.0)
+def _simulated(
+    tmp_path,
+    monkeypatch,
+    tiny_bundle_dir,
+    *,
+    kernel="new",
+    steal=False,
+    fail=None,
+    seed=0,
+    stage_ms=None,
+    drift=None,
+    **config,
+):
+    clock = VirtualClock(start=1000.0 + 37.0 * seed)  # each seed meets the idle wave at another phase
     clock.jobs_steal_time = steal
-    board = SimBoard(tmp_path / "board", clock, kernel=kernel, seed=seed)
+    board = SimBoard(
+        tmp_path / "board",
+        clock,
+        kernel=kernel,
+        seed=seed,
+        wave_period_s=80.0 + 7.0 * (seed % 5),
+        drift_mw_per_s=drift,
+    )
     board.install(monkeypatch)
     if fail is not None:
         board.fail_between(*fail)
@@ -30,7 +49,8 @@ def _simulated(tmp_path, monkeypatch, tiny_bundle_dir, *, kernel="new", steal=Fa
     def open_backend(bundle, name, precision, options):
         from hisd_edge.runtime import create_backend
 
-        made["backend"] = SimBackend(create_backend(name, bundle, precision=precision, **options), board)
+        real = create_backend(name, bundle, precision=precision, **options)
+        made["backend"] = SimBackend(real, board, **({"stage_ms": stage_ms} if stage_ms else {}))
         return made["backend"]
 
     settings = {
@@ -51,7 +71,7 @@ def _simulated(tmp_path, monkeypatch, tiny_bundle_dir, *, kernel="new", steal=Fa
     return profile, made["backend"], board
 
 
-def test_recovers_every_exits_dynamic_energy_within_5_percent_and_covers_it(tmp_path, monkeypatch, tiny_bundle_dir):
+def test_recovers_every_exits_dynamic_energy_within_5_percent(tmp_path, monkeypatch, tiny_bundle_dir):
     profile, backend, _board = _simulated(tmp_path, monkeypatch, tiny_bundle_dir)
     sensor = profile["sensor"]
     assert sensor["samples"] == 512 and sensor["tau_s"] == pytest.approx(0.5115, rel=1e-3)  # 1 ms cycle as read
@@ -60,8 +80,7 @@ def test_recovers_every_exits_dynamic_energy_within_5_percent_and_covers_it(tmp_
         truth = backend.true_exit_mj(e["index"], 1)
         got = e["energy_mj"]
         assert got["dynamic"] == pytest.approx(truth, rel=0.05), (e["index"], got, truth)
-        low, high = got["dynamic_ci"]
-        assert low <= truth <= high, (e["index"], got, truth)
+        assert got["rounds"] == 3 and got["dynamic_ci"][0] < got["dynamic"] < got["dynamic_ci"][1]
         # per rail too: the GPU/CPU rail carries most of the dynamic energy on this board
         rail = e["rails_mj"]["VDD_CPU_GPU_CV"]
         assert rail["dynamic"] == pytest.approx(backend.true_exit_mj(e["index"], 1, "VDD_CPU_GPU_CV"), rel=0.05)
@@ -86,14 +105,15 @@ def test_a_sampler_inside_the_measured_process_shows_as_overhead(tmp_path, monke
 
 
 def test_a_power_source_that_stops_mid_run_leaves_out_its_windows_and_says_so(tmp_path, monkeypatch, tiny_bundle_dir):
-    # the driver goes away for 40 virtual seconds in the middle of round 1 (first exit block's window)
+    # the driver goes away for 15 virtual seconds inside round 0's exit-1 window (seed 0's order)
     profile, backend, _board = _simulated(
-        tmp_path, monkeypatch, tiny_bundle_dir, rounds=2, warmup_s=0, fail=(1000.0 + 70.0, 1000.0 + 110.0)
+        tmp_path, monkeypatch, tiny_bundle_dir, rounds=2, warmup_s=0, fail=(1000.0 + 80.0, 1000.0 + 95.0)
     )
     assert profile["power"]["gaps"] and "cannot be read" in profile["power"]["gaps"][0]["reason"]
     assert any("left out of the energy figures" in n for n in profile["notes"])
     used = [e["energy"]["rounds"] for e in profile["exits"]]
-    assert min(used) == 1 and max(used) == 2  # one exit lost a round, the others kept both
+    assert used == [2, 1, 2]  # exit 1 lost a round, the others kept both
+    assert profile["exits"][1]["energy_mj"]["dynamic_ci"] is None  # one round: no interval, and not invented
     for e in profile["exits"]:  # what was measured is still right
         assert e["energy_mj"]["dynamic"] == pytest.approx(backend.true_exit_mj(e["index"], 1), rel=0.05)
 
@@ -121,3 +141,46 @@ def test_windows_that_ignore_the_sensor_lag_are_biased(tmp_path, monkeypatch, ti
     )
     errors = [e["energy_mj"]["dynamic"] / backend.true_exit_mj(e["index"], 1) - 1.0 for e in profile["exits"]]
     assert max(abs(x) for x in errors) > 0.1, errors  # the lag shows as a >10 % error on some exit
+
+
+@pytest.mark.slow
+def test_the_intervals_cover_the_truth_at_their_nominal_rate(tmp_path, monkeypatch, tiny_bundle_dir):
+    """A 95 % interval misses 1 time in 20: count misses over 8 whole profiles (24 intervals), not one.
+
+    Deterministic (fixed seeds); at the nominal rate, 3 or fewer misses in 24 happen 97 % of the time.
+    tools/check_energy_intervals.py runs the same experiment at scale (40 profiles: 115/120 covered).
+    """
+    covered, errors = [], []
+    for seed in range(8):
+        with monkeypatch.context() as patch:
+            profile, backend, _ = _simulated(
+                tmp_path / str(seed),
+                patch,
+                tiny_bundle_dir,
+                seed=seed,
+                stage_ms=(30.0, 50.0, 80.0),
+                repeats=3,
+                warmup_s=0,
+                overhead_blocks=0,
+                model_check=False,
+                samples=30,
+            )
+        for e in profile["exits"]:
+            truth = backend.true_exit_mj(e["index"], 1)
+            low, high = e["energy_mj"]["dynamic_ci"]
+            covered.append(low <= truth <= high)
+            errors.append(e["energy_mj"]["dynamic"] / truth - 1.0)
+    assert sum(covered) >= 21, (sum(covered), errors)
+    assert max(abs(x) for x in errors) < 0.05 and abs(sum(errors) / len(errors)) < 0.01  # no bias
+
+
+def test_warm_up_runs_until_power_holds_still_and_says_when_it_did_not(tmp_path, monkeypatch, tiny_bundle_dir):
+    steady, _, _ = _simulated(tmp_path / "a", monkeypatch, tiny_bundle_dir, rounds=1, warmup_s=120.0)
+    warm = steady["design"]["warmup"]
+    assert warm["steady"] is True and len(warm["blocks"]) == 2 and warm["seconds"] < 120.0
+    assert not any("thermal steady state" in n for n in steady["notes"])
+    # a board still heating up fast (idle rising 20 mW/s) never holds still within 30 s
+    heating = {"VDD_IN": 20.0, "VDD_CPU_GPU_CV": 10.0, "VDD_SOC": 2.0}
+    hot, _, _ = _simulated(tmp_path / "b", monkeypatch, tiny_bundle_dir, rounds=1, warmup_s=30.0, drift=heating)
+    assert hot["design"]["warmup"]["steady"] is False
+    assert any("did not reach a thermal steady state in 30 s" in n for n in hot["notes"])

@@ -96,7 +96,7 @@ def read_number(path: Path, what: str, alternative: str = "--power tegrastats") 
         if exc.errno == errno.EACCES:
             raise permission_error(path, what, alternative) from None
         raise DeviceError(
-            f"{path}: cannot be read ({exc.strerror or exc}); the {what} driver may have gone away"
+            f"{path}: cannot be read ({exc.strerror or exc}); the driver of {what} may have gone away"
         ) from None
     token = text.strip().split(" ")[0] if text.strip() else ""
     try:

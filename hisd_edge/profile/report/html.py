@@ -368,9 +368,9 @@ def _power_section(profile: Dict[str, Any]) -> str:
     per_exit = overhead.get("per_exit") or []
     if per_exit:
         parts.append(
-            "<p>Sampler overhead at every exit (alternating paused / polling block pairs; latency ratio minus one):</p>"
+            "<p>Sampler overhead at every exit (alternating paused / polling block pairs; ratio of mean latency minus one):</p>"
             + _table(
-                ["exit", "overhead % [95% CI]", "p50 ms paused", "p50 ms polling", "pairs"],
+                ["exit", "overhead % [95% CI]", "mean ms paused", "mean ms polling", "pairs"],
                 [
                     [
                         str(o["exit"]),
