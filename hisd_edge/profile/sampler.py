@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from hisd_edge.errors import DeviceError
 from hisd_edge.profile.clock import is_virtual
 from hisd_edge.profile.power.base import Clock, PowerSample, PowerSource
 
@@ -282,14 +283,21 @@ class ProcessSampler:
         self._out = Path(name)
         # Kept open across polls (read incrementally from the last offset); closed in stop().
         self._handle = open(self._out, encoding="utf-8")  # noqa: SIM115
-        self._process = subprocess.Popen(
-            [self._python, str(WORKER), json.dumps(self._spec), str(self._out)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
+        try:
+            self._process = subprocess.Popen(
+                [self._python, str(WORKER), json.dumps(self._spec), str(self._out)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._handle.close()
+            self._handle = None
+            raise DeviceError(
+                f"cannot start the power-sampling process ({exc.strerror or exc}); use --sampler thread"
+            ) from None
         self._started_s = time.monotonic()
         self._paused = False
         return self

@@ -301,3 +301,62 @@ def test_sources_that_cannot_leave_the_process_get_a_thread():
     source = ScriptedSource(time.monotonic, lambda t: 1.0)
     assert make_sampler(source, 0.05, SystemClock()).mode == "thread"
     assert make_sampler(source, 0.05, VirtualClock()).mode == "virtual"
+
+
+def test_the_design_brackets_every_round_with_idle_and_draws_a_fresh_seeded_order():
+    from hisd_edge.profile.measure import schedule
+
+    order = schedule(3, rounds=4, seed=5, early=True)
+    assert order[0] == (0, "idle", None) and order[-1] == (4, "idle", None)
+    rounds = [[(kind, k) for r, kind, k in order if r == i and kind != "idle"] for i in range(4)]
+    assert all(
+        sorted(map(str, r)) == sorted(map(str, [("exit", 0), ("exit", 1), ("exit", 2), ("early", None)]))
+        for r in rounds
+    )
+    assert len({tuple(map(str, r)) for r in rounds}) > 1  # not the same order every round
+    assert schedule(3, 4, 5, True) == order and schedule(3, 4, 6, True) != order  # reproducible, seeded
+    assert [kind for _, kind, _ in order].count("idle") == 5
+
+
+def _block(kind, k, r, start, power_mw, samples=1000, window=10.0):
+    from hisd_edge.profile.energy import WindowEnergy
+    from hisd_edge.profile.measure import Block
+
+    block = Block(kind, k, 1, r, start - 1.0, start, start + window, calls=samples, samples=samples)
+    block.energy["total"] = WindowEnergy(start, start + window, power_mw * window, window, 50, "trapezoid", [])
+    return block
+
+
+def test_stage_energies_are_paired_within_rounds_and_idle_is_interpolated():
+    from hisd_edge.profile.analysis import analyse_batch
+
+    blocks, t = [], 0.0
+    for r in range(3):
+        blocks.append(_block("idle", None, r, t, 1000.0 + 20.0 * r))  # idle drifts 20 mW per 48 s round
+        t += 12.0
+        for k in (2, 0, 1):
+            idle_now = 1000.0 + 20.0 * t / 48.0  # the idle power at this block's middle (t + 5)
+            # every exit of round r also carries +50 r mW (a warmer round): the same for all its exits
+            blocks.append(_block("exit", k, r, t, idle_now + 100.0 * (k + 1) + 50.0 * r))
+            t += 12.0
+    blocks.append(_block("idle", None, 3, t, 1060.0))
+    result = analyse_batch(blocks, 3, [], 0.95)
+    exits = [e["energy_mj"] for e in result["exits"]]
+    # exit k: (100 (k+1) + 50 r) mW x 10 s / 1000 inferences; the drift is gone, the round effect is not
+    assert [e["dynamic"] for e in exits] == pytest.approx([1.5, 2.5, 3.5])
+    assert exits[0]["dynamic_ci"][1] - exits[0]["dynamic_ci"][0] > 2.0
+    stages = [s["energy_mj"] for s in result["stages"]]
+    for j in (1, 2):  # paired within rounds, the round effect cancels: exactly 1 mJ, an interval of no width
+        assert stages[j]["dynamic"] == pytest.approx(1.0) and stages[j]["dynamic_ci"] == pytest.approx([1.0, 1.0])
+    assert result["idle"]["brackets"] == 4 and result["idle"]["drift_mw"] == pytest.approx(60.0)
+
+
+def test_a_sampling_process_that_cannot_start_is_one_line(fast_board):
+    from hisd_edge.profile.power.ina3221 import Ina3221Source
+    from hisd_edge.profile.sampler import ProcessSampler
+
+    source = Ina3221Source.discover(str(fast_board("orin_nano_jp6")))
+    sampler = ProcessSampler(source, 0.05, python="/nonexistent/python3")
+    with pytest.raises(DeviceError, match="cannot start the power-sampling process .* use --sampler thread"):
+        sampler.start()
+    assert sampler.stop().samples == []

@@ -79,7 +79,10 @@ def test_recovers_every_exits_dynamic_energy_within_5_percent(tmp_path, monkeypa
     for e in profile["exits"]:
         truth = backend.true_exit_mj(e["index"], 1)
         got = e["energy_mj"]
-        assert got["dynamic"] == pytest.approx(truth, rel=0.05), (e["index"], got, truth)
+        assert got["dynamic"] == pytest.approx(truth, rel=0.05), (e["index"], got, truth)  # the issue's bound
+        # tighter, from what the design achieves (tools/check_energy_intervals.py: within 1.5 % on 40 seeds):
+        # losing the idle brackets' drift correction alone moves exit 0 by about 4 %
+        assert got["dynamic"] == pytest.approx(truth, rel=0.02), (e["index"], got, truth)
         assert got["rounds"] == 3 and got["dynamic_ci"][0] < got["dynamic"] < got["dynamic_ci"][1]
         # per rail too: the GPU/CPU rail carries most of the dynamic energy on this board
         rail = e["rails_mj"]["VDD_CPU_GPU_CV"]
@@ -118,12 +121,20 @@ def test_a_power_source_that_stops_mid_run_leaves_out_its_windows_and_says_so(tm
         assert e["energy_mj"]["dynamic"] == pytest.approx(backend.true_exit_mj(e["index"], 1), rel=0.05)
 
 
-def test_the_old_kernels_update_interval_gives_the_same_figures(tmp_path, monkeypatch, tiny_bundle_dir):
-    profile, backend, _board = _simulated(tmp_path, monkeypatch, tiny_bundle_dir, kernel="old", rounds=2, warmup_s=0)
+def test_old_kernel_convention_and_batch_compaction_caught_by_the_model_check(tmp_path, monkeypatch, tiny_bundle_dir):
+    profile, backend, _board = _simulated(
+        tmp_path, monkeypatch, tiny_bundle_dir, kernel="old", rounds=2, warmup_s=0, batches=(4,)
+    )
     assert profile["sensor"]["update_interval_meaning"] == "channels x samples x conversions"
     assert profile["sensor"]["tau_s"] == pytest.approx(0.4296, rel=2e-3)
-    for e in profile["exits"]:
-        assert e["energy_mj"]["dynamic"] == pytest.approx(backend.true_exit_mj(e["index"], 1), rel=0.05)
+    for e in profile["exits"]:  # per sample at batch 4
+        assert e["energy_mj"]["dynamic"] == pytest.approx(backend.true_exit_mj(e["index"], 4), rel=0.05)
+    # In a batch of 4 the rows that leave early are dropped, so later stages run on fewer rows, which costs
+    # more per row on this board: the real early-exit pass costs more than the per-exit figures predict.
+    check = profile["model_check"]
+    assert check["batch"] == 4 and check["energy_mj"]["dynamic"]["ratio"] > 1.03
+    assert check["energy_mj"]["dynamic"]["difference_ci"][0] > 0 and "additive model is off" in check["verdict"]
+    assert any("mis-price this batch size" in n for n in profile["notes"])
 
 
 def test_windows_that_ignore_the_sensor_lag_are_biased(tmp_path, monkeypatch, tiny_bundle_dir):

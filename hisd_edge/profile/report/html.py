@@ -365,6 +365,16 @@ def _power_section(profile: Dict[str, Any]) -> str:
                 left=3,
             )
         )
+    kept = overhead.get("source_kept_running") or (overhead.get("sampler") or {}).get("source_kept_running")
+    if kept:
+        parts.append(
+            "<p>"
+            + _e(
+                f"The sampler-overhead figures cover only the polling: the {power.get('source')} source kept running "
+                "while polling was paused, so its own cost is in both blocks of every pair."
+            )
+            + "</p>"
+        )
     per_exit = overhead.get("per_exit") or []
     if per_exit:
         parts.append(
