@@ -149,23 +149,19 @@ def _rails_table(profile: Dict[str, Any]) -> str:
         for rail, found in (e.get("rails_mj") or {}).items():
             en = found or {}
             info = covered.get(rail) or {}
+            is_total = rail == (profile.get("power") or {}).get("total")
             rows.append(
                 [
                     str(e["index"]),
-                    _e(rail)
-                    + (
-                        " (total)"
-                        if info.get("in_total") and len(covered) and rail == (profile.get("power") or {}).get("total")
-                        else ""
-                    ),
+                    _e(rail) + (" (the total)" if is_total else ""),
+                    _e(info.get("covers") or "not documented for this board"),
                     with_ci(en.get("dynamic"), en.get("dynamic_ci")),
                     with_ci(en.get("total"), en.get("total_ci")),
-                    _e(info.get("covers") or "not documented for this board"),
                 ]
             )
     if not rows:
         return ""
-    return _table(["exit", "rail", "dynamic mJ [95% CI]", "total mJ [95% CI]", "what the rail covers"], rows, left=2)
+    return _table(["exit", "rail", "what the rail covers", "dynamic mJ [95% CI]", "total mJ [95% CI]"], rows, left=3)
 
 
 def _stages_table(block: Dict[str, Any]) -> str:
