@@ -35,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="per-stage costs from hisd-edge profile (reports/NAME/profile.json)",
     )
     p.add_argument(
-        "--objective", default="latency", choices=["latency", "energy"], help="what to minimise (energy needs --costs)"
+        "--objective",
+        default="latency",
+        choices=["latency", "dynamic-energy", "total-energy", "energy"],
+        help="what to minimise (energy needs --costs; energy = total-energy)",
     )
     p.add_argument(
         "--policy",

@@ -7,12 +7,12 @@ every run. Sources, read under the configurable sysfs root where they are files:
 * ``/etc/nv_tegra_release`` - L4T release ("# R35 (release), REVISION: 4.1, ...");
 * ``nvpmodel -q`` - "NV Power Mode: MAXN" then the mode id (only on the live machine);
 * jetson_clocks state - "on" when every CPU's and the GPU's minimum frequency equals its
-  maximum (what ``jetson_clocks`` sets), read from cpufreq/devfreq sysfs without root.
+  maximum and the EMC is held at its maximum (what ``jetson_clocks`` sets); per part in
+  :mod:`hisd_edge.profile.conditions`, which also reads clocks, temperatures and throttling.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import platform
 import re
@@ -20,18 +20,10 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from hisd_edge.profile.power.base import sysfs_root as _sysfs_root
 from hisd_edge.profile.power.base import under
-
-GPU_DEVFREQ_GLOBS = (
-    "/sys/class/devfreq/*.gpu",
-    "/sys/class/devfreq/*.gv11b",
-    "/sys/class/devfreq/*.ga10b",
-    "/sys/class/devfreq/*.gp10b",
-    "/sys/class/devfreq/*.gb10b",
-)
 
 
 def _read(path: Path) -> Optional[str]:
@@ -78,34 +70,11 @@ def query_nvpmodel(timeout_s: float = 5.0) -> Dict[str, Any]:
     return parsed
 
 
-def _min_max_equal(directory: Path, min_name: str, max_name: str) -> Optional[bool]:
-    low, high = _read(directory / min_name), _read(directory / max_name)
-    if low is None or high is None or not low.isdigit() or not high.isdigit():
-        return None
-    return int(low) == int(high)
-
-
 def jetson_clocks_state(root: Path) -> Dict[str, Any]:
-    """ "on" when CPU and GPU clocks are pinned (min == max), "off", or "unknown" with the reason."""
-    checks: List[bool] = []
-    cpus = sorted(glob.glob(str(under(root, "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"))))
-    for cpu in map(Path, cpus):
-        online = _read(cpu.parent / "online")
-        if online == "0":
-            continue
-        state = _min_max_equal(cpu, "scaling_min_freq", "scaling_max_freq")
-        if state is not None:
-            checks.append(state)
-    gpu_dirs = [p for pattern in GPU_DEVFREQ_GLOBS for p in glob.glob(str(under(root, pattern)))]
-    gpu_checked = False
-    for gpu in map(Path, gpu_dirs):
-        state = _min_max_equal(gpu, "min_freq", "max_freq")
-        if state is not None:
-            checks.append(state)
-            gpu_checked = True
-    if not gpu_checked:
-        return {"state": "unknown", "reason": "no Jetson GPU devfreq node (/sys/class/devfreq/*.gpu|gv11b|ga10b)"}
-    return {"state": "on" if checks and all(checks) else "off"}
+    """Whether jetson_clocks holds CPU, GPU and EMC (see :func:`hisd_edge.profile.conditions.jetson_clocks_state`)."""
+    from hisd_edge.profile.conditions import jetson_clocks_state as state
+
+    return state(root)
 
 
 def _cpu_model(root: Path) -> Optional[str]:

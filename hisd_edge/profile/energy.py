@@ -1,12 +1,14 @@
-"""Energy over a measurement window from a power trace: trapezoid integration, idle baseline, gaps.
+"""Energy over a measurement window from a power trace: trapezoid integration, gaps.
 
-Method (facts sheet section 5): power is sampled in the background at a fixed period with the same
-clock that times the inferences. For a steady loop of N inferences forced to exit k over the
-window [t0, t1] (T = t1 - t0):
+Power is sampled in the background at a fixed period with the same clock that times the
+inferences. For a steady loop of N inferences forced to exit k over the window [t0, t1]
+(T = t1 - t0, after the sensor has settled; see :mod:`hisd_edge.profile.sensor`):
 
     E_total   = integral of P(t) dt over [t0, t1]          (trapezoid; linear interpolation at t0, t1)
-    P_idle    = mean power over an idle window measured just before, at the same power mode
+    P_idle    = idle power at the same time, from the idle windows around it (the design's brackets)
     per inference:  total = E_total / N,   dynamic = (E_total - P_idle * T) / N
+
+The same integral runs per rail (``rail=``) for per-rail energy.
 
 Sources with a cumulative energy counter (NVML, RAPL) use counter differences instead of the
 integral. Units: mW x s = mJ.
@@ -56,10 +58,19 @@ class WindowEnergy:
         return self.energy_mj / self.covered_s if self.covered_s > 0 else None
 
 
-def _value_at(a: PowerSample, b: PowerSample, t: float, counter: bool) -> float:
+def _value(sample: PowerSample, counter: bool, rail: Optional[str]) -> Optional[float]:
+    if counter:
+        return sample.energy_mj
+    if rail is None:
+        return sample.total_mw
+    value = sample.rails_mw.get(rail)
+    return None if value is None else float(value)
+
+
+def _value_at(a: PowerSample, b: PowerSample, t: float, counter: bool, rail: Optional[str] = None) -> float:
     """Power (or counter) at time t by linear interpolation between samples a and b."""
-    va = a.energy_mj if counter else a.total_mw
-    vb = b.energy_mj if counter else b.total_mw
+    va = _value(a, counter, rail)
+    vb = _value(b, counter, rail)
     assert va is not None and vb is not None
     if b.time_s == a.time_s:
         return float(va)
@@ -74,15 +85,17 @@ def _segment_gap(gaps: Sequence[Gap], t0: float, t1: float) -> Optional[Gap]:
 
 
 def integrate_window(
-    trace: PowerTrace, start_s: float, end_s: float, max_gap_s: Optional[float] = None
+    trace: PowerTrace, start_s: float, end_s: float, max_gap_s: Optional[float] = None, rail: Optional[str] = None
 ) -> WindowEnergy:
-    """Energy of ``trace`` over [start_s, end_s], counting only covered segments."""
+    """Energy of ``trace`` over [start_s, end_s] (of one ``rail``, or the total), counting only covered segments."""
     if end_s <= start_s:
         raise ValueError("the window must have positive length")
     if max_gap_s is None:
         max_gap_s = 3.0 * trace.expected_interval_s + 0.1
     samples = trace.samples
-    counter = bool(samples) and all(s.energy_mj is not None for s in samples)
+    if rail is not None:
+        samples = [s for s in samples if rail in s.rails_mw]
+    counter = rail is None and bool(samples) and all(s.energy_mj is not None for s in samples)
     energy = 0.0
     covered = 0.0
     uncovered: List[Tuple[float, float, str]] = []
@@ -119,7 +132,7 @@ def integrate_window(
             if counter:
                 energy += _value_at(a, b, v, True) - _value_at(a, b, u, True)
             else:
-                energy += 0.5 * (_value_at(a, b, u, False) + _value_at(a, b, v, False)) * (v - u)
+                energy += 0.5 * (_value_at(a, b, u, False, rail) + _value_at(a, b, v, False, rail)) * (v - u)
             covered += v - u
         if samples[-1].time_s < end_s:
             open_gap = trace.gaps[-1] if trace.gaps and trace.gaps[-1].end_s is None else None

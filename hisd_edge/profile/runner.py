@@ -4,7 +4,7 @@ The profiler needs four things from a backend, all through the runtime's public 
 (``create_backend``, ``Backend.start``/``run_stage``, the exit policies and ``run_early_exit``):
 
 * run one batch *forced to exit k* (stages 0..k, no decisions), timing the whole chain on the host
-  with ``perf_counter_ns`` and keeping the backend's own per-stage latency (CUDA events on a GPU
+  with the profiler's clock and keeping the backend's own per-stage latency (CUDA events on a GPU
   backend, host wall time on the CPU);
 * run every sample through every exit once, keeping each exit's output and confidence, for the
   accuracy and the threshold sweep (the runtime's own ``thresholds.collect_exit_outputs``, which
@@ -18,7 +18,7 @@ Keeping this in one module means a change in the runtime's API touches one file 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,31 +61,22 @@ def open_backend(bundle: Bundle, name: str, precision: str, options: Dict[str, A
     return create_backend(name, bundle, precision=precision, **options)
 
 
-def run_to_exit(backend: Backend, batch: np.ndarray, k: int) -> Tuple[float, List[float]]:
+def run_to_exit(
+    backend: Backend, batch: np.ndarray, k: int, clock: Callable[[], float] = time.monotonic
+) -> Tuple[float, List[float]]:
     """Stages 0..k on ``batch`` with no exit decisions: (host wall ms, per-stage ms from the backend)."""
     stage_ms: List[float] = []
-    begin = time.perf_counter_ns()
+    begin = clock()
     backend.start(batch)
     for j in range(k + 1):
         stage_ms.append(backend.run_stage(j).latency_ms)
-    return (time.perf_counter_ns() - begin) / 1e6, stage_ms
+    return (clock() - begin) * 1e3, stage_ms
 
 
-def loop_to_exit(
-    backend: Backend, batch: np.ndarray, k: int, min_seconds: float, min_calls: int
-) -> Tuple[float, float, int]:
-    """A steady loop forced to exit k until both limits are reached: (start s, end s, calls)."""
-    calls = 0
-    start = time.perf_counter()
-    deadline = start + min_seconds
-    now = start
-    while calls < min_calls or now < deadline:
-        backend.start(batch)
-        for j in range(k + 1):
-            backend.run_stage(j)
-        calls += 1
-        now = time.perf_counter()
-    return start, now, calls
+def early_exit_call(backend: Backend, policy: ExitPolicy, batch: np.ndarray, class_names: Sequence[str]) -> List[int]:
+    """One real early-exit call on ``batch``: the exit each row left at."""
+    results, _trace = run_early_exit(backend, policy, batch, class_names=class_names)
+    return [int(r.exit) for r in results if r.exit is not None]
 
 
 def early_exit_pass(

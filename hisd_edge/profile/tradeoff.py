@@ -7,7 +7,9 @@ reaches its threshold (the last exit always accepts). Its expected cost is the m
 reaching that exit, so the mean latency/energy of a setting is ``sum_k fraction_k * cost_k``.
 
 The sweep moves one shared threshold over the non-final exits; the Pareto front keeps the
-settings that no other setting beats on both cost and accuracy.
+settings that no other setting beats on both cost and accuracy. Energy is priced twice: total (what
+the board draws per inference when it does nothing else) and dynamic (above idle: what an inference
+adds when the board runs at a fixed frame rate and idles in between).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def evaluate(
     thresholds: Sequence[Optional[float]],
     exit_latency_ms: Sequence[Optional[float]],
     exit_energy_mj: Sequence[Optional[float]],
+    exit_dynamic_energy_mj: Optional[Sequence[Optional[float]]] = None,
 ) -> Dict[str, Any]:
     """Accuracy, exit fractions and expected mean costs of one threshold setting."""
     chosen = exit_indices(scores, thresholds)
@@ -60,6 +63,7 @@ def evaluate(
         "exit_fraction": fractions.tolist(),
         "mean_latency_ms": expected(exit_latency_ms),
         "mean_energy_mj": expected(exit_energy_mj),
+        "mean_dynamic_energy_mj": expected(exit_dynamic_energy_mj) if exit_dynamic_energy_mj is not None else None,
     }
 
 
@@ -91,6 +95,7 @@ def sweep(
     exit_latency_ms: Sequence[Optional[float]],
     exit_energy_mj: Sequence[Optional[float]],
     grid: Optional[Sequence[Optional[float]]] = None,
+    exit_dynamic_energy_mj: Optional[Sequence[Optional[float]]] = None,
 ) -> List[Dict[str, Any]]:
     """Evaluate a shared threshold over the non-final exits at every grid value, Pareto-flagged.
 
@@ -100,11 +105,17 @@ def sweep(
     points = []
     for t in grid if grid is not None else default_grid():
         shared = None if t is None else float(t)
-        point = evaluate(scores, correct, [shared] * (k_total - 1) + [None], exit_latency_ms, exit_energy_mj)
+        point = evaluate(
+            scores, correct, [shared] * (k_total - 1) + [None], exit_latency_ms, exit_energy_mj, exit_dynamic_energy_mj
+        )
         point["threshold"] = shared
         points.append(point)
     accuracies = [p["accuracy"] for p in points]
-    for key, flag in (("mean_latency_ms", "pareto_latency"), ("mean_energy_mj", "pareto_energy")):
+    for key, flag in (
+        ("mean_latency_ms", "pareto_latency"),
+        ("mean_energy_mj", "pareto_energy"),
+        ("mean_dynamic_energy_mj", "pareto_dynamic_energy"),
+    ):
         for p, f in zip(points, pareto_flags([p[key] for p in points], accuracies)):
             p[flag] = f
     ordered = [
@@ -114,7 +125,9 @@ def sweep(
         "exit_fraction",
         "mean_latency_ms",
         "mean_energy_mj",
+        "mean_dynamic_energy_mj",
         "pareto_latency",
         "pareto_energy",
+        "pareto_dynamic_energy",
     ]
     return [{key: p[key] for key in ordered} for p in points]

@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import datetime
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -34,7 +33,12 @@ from hisd_edge.errors import InputError
 from hisd_edge.runtime.backend import Backend
 from hisd_edge.runtime.policies import ExitPolicy, make_policy
 
-OBJECTIVES = {"latency": ("latency_ms", "ms"), "energy": ("energy_mj", "mJ")}
+OBJECTIVES = {
+    "latency": ("latency_ms", "ms"),
+    "dynamic-energy": ("energy_mj", "mJ"),
+    "total-energy": ("energy_mj", "mJ"),
+    "energy": ("energy_mj", "mJ"),  # = total-energy, kept for existing scripts
+}
 
 
 # -- one pass over the validation data -------------------------------------------------------------
@@ -128,93 +132,21 @@ def measure_stage_latency_ms(
     return stage
 
 
-def _pick(value: Any, path: str) -> float:
-    """A number, or from a statistics dict its p50 / median / mean / total (first present)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dict):
-        for key in ("p50", "median", "mean", "total"):
-            if isinstance(value.get(key), (int, float)) and not isinstance(value.get(key), bool):
-                return float(value[key])
-    raise InputError(f"{path}: expected a number or an object with p50/median/mean/total; fix the profile report")
-
-
 def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") -> Tuple[List[float], Dict[str, Any]]:
-    """Per-stage costs per sample from a profile report (``reports/NAME/profile.json``, see
-    :mod:`hisd_edge.profile.schema`).
+    """Per-stage costs per sample from a profile report (``reports/NAME/profile.json``), and details.
 
-    Keys read (everything else is ignored)::
-
-        {
-          "batch": 1,                       # batch size the top-level lists describe (default 1;
-                                            # "batch_size" also accepted)
-          "stages": [                       # one entry per stage, in order (or each with "index")
-            {"index": 0,
-             "latency_ms": {"p50": 1.23},   # per batch; a plain number, or p50/median/mean
-             "energy_mj": {"total": 4.5}},  # per sample; a number, or p50/median/mean/total;
-            ...                             # null when not measured (then --objective energy fails)
-          ],
-          "batches": [{"batch": 1, "stages": [...]}, ...],   # optional: the batch-1 entry is preferred
-          "exits": [...],                   # used only without "stages": cumulative cost of reaching
-                                            # exit k, differenced into per-stage costs
-          "device": ..., "precision": ...   # optional, echoed in the calibration record
-        }
-
-    Latency of a batch of B > 1 (when no batch-1 entry exists) is divided by B, i.e. amortised.
+    Objectives ``latency``, ``dynamic-energy``, ``total-energy`` (``energy``). The profile's intervals
+    are used: a negative stage estimate is priced at zero (noted, never refused), exits whose intervals
+    overlap are reported as indistinguishable (``details["notes"]``, also logged as warnings). The
+    keys read and the rules: :func:`hisd_edge.profile.costs.read_costs`.
     """
-    if objective not in OBJECTIVES:
-        raise InputError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    key, _unit = OBJECTIVES[objective]
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"{path}: not valid JSON ({exc.__class__.__name__}); give the profile.json that hisd-edge profile wrote"
-        ) from None
-    if not isinstance(report, dict):
-        raise InputError(f"{path}: not a profile report object")
-    source: Dict[str, Any] = report
-    batch = report.get("batch", report.get("batch_size", 1))
-    for entry in report.get("batches") or []:
-        if isinstance(entry, dict) and entry.get("batch") == 1 and isinstance(entry.get("stages"), list):
-            source, batch = entry, 1
-            break
-    cumulative = False
-    entries = source.get("stages")
-    if not isinstance(entries, list):
-        entries = source.get("exits")
-        cumulative = True
-    if not isinstance(entries, list):
-        raise InputError(f"{path}: no 'stages' (or 'exits') list; give the profile.json that hisd-edge profile wrote")
-    if len(entries) != num_stages:
-        raise InputError(f"{path}: profiles {len(entries)} stages but the bundle has {num_stages}; profile this bundle")
-    if all(isinstance(e, dict) and "index" in e for e in entries):
-        entries = sorted(entries, key=lambda e: e["index"])
-    values = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or entry.get(key) is None:
-            why = entry.get("energy_unavailable_reason") if isinstance(entry, dict) else None
-            hint = (
-                f" ({why})"
-                if why
-                else (" (measure energy on the target with hisd-edge profile)" if objective == "energy" else "")
-            )
-            raise InputError(f"{path}: stage {i} has no {key!r}{hint}")
-        values.append(_pick(entry[key], f"{path}: stage {i} {key}"))
-    if cumulative:
-        values = [values[0]] + [values[i] - values[i - 1] for i in range(1, len(values))]
-    if any(not math.isfinite(v) or v < 0 for v in values):
-        raise InputError(f"{path}: {key} values must be finite and non-negative (got {values})")
-    if objective == "latency" and isinstance(batch, (int, float)) and batch > 1:
-        values = [v / float(batch) for v in values]
-    device = report.get("device")
-    if isinstance(device, dict):
-        device = device.get("model") or device.get("hostname")
-    meta = {"source": str(path), "device": device, "precision": report.get("precision"), "key": key, "batch": batch}
+    import logging
+
+    from hisd_edge.profile.costs import read_costs
+
+    values, meta = read_costs(Path(path), num_stages, objective)
+    for note in meta.get("notes") or []:
+        logging.getLogger("hisd_edge.thresholds").warning("%s: %s", path, note)
     return values, meta
 
 
@@ -445,9 +377,9 @@ def fit_thresholds(
 
     if objective not in OBJECTIVES:
         raise InputError(f"--objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    if objective == "energy" and costs is None:
+    if objective != "latency" and costs is None:
         raise InputError(
-            "--objective energy needs measured energy: give --costs reports/NAME/profile.json from hisd-edge profile"
+            f"--objective {objective} needs measured energy: give --costs reports/NAME/profile.json from hisd-edge profile"
         )
     exit_kind = bundle_exit_kind(bundle.exits)
     kind = policy_kind or default_policy_kind(bundle, exit_kind)

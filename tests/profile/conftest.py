@@ -1,20 +1,33 @@
-"""Fixtures for the profiler tests: sysfs trees laid out as on real boards, fake tools, a fake clock.
+"""Fixtures for the profiler tests: sysfs trees laid out as on real boards, real tegrastats lines, fake tools.
 
-Board trees (paths and file names as the kernel creates them; rail labels and channel order from
-the kernel device trees (J. Hunter, "arm64: tegra: Add power-sensors for Tegra234 boards", 2023),
-jetson_stats' recorded output and public scripts reading these boards):
+Board trees (paths and file names as the kernel drivers create them; rail labels, channel order and
+addresses from the sources named per board; readings chosen to match each board's tegrastats line
+below where one exists):
 
-* ``nano_jp4``       Jetson Nano, L4T 32.7, iio ``ina3221x`` at 6-0040: POM_5V_IN, POM_5V_GPU, POM_5V_CPU
-* ``agx_xavier_jp4`` AGX Xavier, L4T 32.7, two iio chips 1-0040 (GPU, CPU, SOC) and 1-0041 (CV, VDDRQ, SYS5V); no total rail
-* ``xavier_nx_jp5``  Xavier NX, L4T 35.4, hwmon ``ina3221`` at 7-0040/hwmon/hwmon5: VDD_IN, VDD_CPU_GPU_CV, VDD_SOC
-* ``orin_nano_jp6``  Orin Nano, L4T 36.4, hwmon at 1-0040/hwmon/hwmon3: VDD_IN, VDD_CPU_GPU_CV, VDD_SOC
-                     (+ the /sys/class/hwmon/hwmon3 link, as on the board)
-* ``agx_orin_jp5``   AGX Orin, L4T 35.4, hwmon 1-0040/hwmon/hwmon3 (VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0) and
-                     1-0041/hwmon/hwmon4 (NC, VDDQ_VDD2_1V8AO, NC): no VDD_IN, total = sum of rails
-* ``x86_rapl``       an x86 host with intel-rapl:0 (package-0) and intel-rapl:0:0 (core)
+* ``nano_jp4``        Jetson Nano, L4T 32.7, iio ``ina3221x`` at 6-0040: POM_5V_IN, POM_5V_GPU, POM_5V_CPU
+                      (jetson_stats jtop/core/power.py reads rail_name_N / in_powerN_input; the path is the
+                      one public Nano scripts read); powers from jetson_stats' Nano tegrastats line
+* ``agx_xavier_jp4``  AGX Xavier, L4T 32.7, iio chips 1-0040 (GPU, CPU, SOC) and 1-0041 (CV, VDDRQ, SYS5V):
+                      the design guide DG-09840-001 section 5.6.2 (monitors at 0x40 and 0x41 on the supply
+                      inputs); powers from the real line in martinkersner/gtop#7; bus voltages: 19 V for the
+                      supply inputs (the devkit's adapter; an assumption) and 5 V for SYS5V
+* ``agx_xavier_jp5``  the same chips under hwmon (L4T 35): labels as JetPack 5's tegrastats prints them
+* ``xavier_nx_jp5``   Xavier NX, L4T 35.4, hwmon ``ina3221`` at 7-0040/hwmon/hwmon6 (alumet-dev/alumet,
+                      plugins/nvidia-jetson/README.md): VDD_IN, VDD_CPU_GPU_CV, VDD_SOC + in7 "sum of shunt voltages"
+* ``orin_nano_jp6``   Orin Nano, L4T 36.4, hwmon 1-0040/hwmon/hwmon3: in1 VDD_IN, in2 VDD_CPU_GPU_CV, in3 VDD_SOC
+                      (J. Hunter, "arm64: tegra: Add power-sensors for Tegra234 boards", 2023) + the
+                      /sys/class/hwmon/hwmon3 link
+* ``agx_orin_jp5``    AGX Orin, L4T 35.4, hwmon 1-0040 (VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0) and 1-0041
+                      (NC, VDDQ_VDD2_1V8AO, NC) (Hunter 2023): no VDD_IN; powers from jetson_stats' Orin line
+* ``thor_jp7``        Thor devkit, L4T 38: the carrier's INA238 (hwmon ``ina238``: in1_input mV, curr1_input mA,
+                      power1_input uW; kernel Documentation/hwmon/ina238.rst) read as VIN (jetson_stats PR #900),
+                      and an INA3221 with VDD_GPU, VDD_CPU_SOC_MSS, VIN_SYS_5V0 (the rail names of jetson_stats
+                      PR #785); the I2C addresses here are illustrative
+* ``x86_rapl``        an x86 host with intel-rapl:0 (package-0) and intel-rapl:0:0 (core)
 
-Every hwmon chip also has in4-6 (shunt uV), in7 "sum of shunt voltages", curr*_max/crit and
-update_interval, so the readers must skip what is not a rail.
+Every INA3221 hwmon chip has in4-6 (shunt uV), in7 "sum of shunt voltages", curr*_max/crit, in*_enable,
+``samples`` 512 and an ``update_interval`` (one cycle as new kernels report it, 1 ms; or the old
+convention, samples included, 430 ms): both conventions appear, as on the boards in the field.
 """
 
 from __future__ import annotations
@@ -29,10 +42,16 @@ import pytest
 
 HWMON = "sys/bus/i2c/drivers/ina3221/{chip}/hwmon/{hwmon}"
 IIO = "sys/bus/i2c/drivers/ina3221x/{chip}/iio:device{n}"
+INA238 = "sys/bus/i2c/drivers/ina238/{chip}/hwmon/{hwmon}"
 
 
 def _hwmon_chip(
-    files: Dict[str, str], chip: str, hwmon: str, channels: List[Tuple[str, int, int]], update_ms: int = 5
+    files: Dict[str, str],
+    chip: str,
+    hwmon: str,
+    channels: List[Tuple[str, int, int]],
+    update_ms: int = 1,
+    samples: int = 512,
 ) -> None:
     """channels: (label or '' for no label file, bus mV, current mA) for in1..in3."""
     d = HWMON.format(chip=chip, hwmon=hwmon)
@@ -56,7 +75,7 @@ def _hwmon_chip(
     files[f"{d}/in7_input"] = f"{shunt_sum}\n"
     files[f"{d}/in7_label"] = "sum of shunt voltages\n"
     files[f"{d}/curr4_input"] = f"{sum(c[2] for c in channels)}\n"
-    files[f"{d}/samples"] = "512\n"
+    files[f"{d}/samples"] = f"{samples}\n"
     files[f"{d}/update_interval"] = f"{update_ms}\n"
 
 
@@ -81,6 +100,7 @@ def _cpus(files: Dict[str, str], count: int, low: int, high: int) -> None:
         files[f"{base}/online"] = "1\n"
         files[f"{base}/cpufreq/scaling_min_freq"] = f"{low}\n"
         files[f"{base}/cpufreq/scaling_max_freq"] = f"{high}\n"
+        files[f"{base}/cpufreq/scaling_cur_freq"] = f"{high}\n"
 
 
 def _jetson(
@@ -98,7 +118,17 @@ def _jetson(
     files["etc/nv_tegra_release"] = release + "\n"
     files[f"sys/class/devfreq/{gpu_node}/min_freq"] = f"{gpu_min}\n"
     files[f"sys/class/devfreq/{gpu_node}/max_freq"] = f"{gpu_max}\n"
+    files[f"sys/class/devfreq/{gpu_node}/cur_freq"] = f"{gpu_max}\n"
     _cpus(files, cpus, cpu_low, cpu_high)
+    files["sys/class/thermal/thermal_zone0/type"] = "cpu-thermal\n"
+    files["sys/class/thermal/thermal_zone0/temp"] = "41500\n"
+    files["sys/class/thermal/thermal_zone1/type"] = "cv0-thermal\n"
+    files["sys/class/thermal/thermal_zone1/temp"] = "-256000\n"  # an absent sensor, as Orin shows it
+
+
+_XAVIER_RELEASE_JP5 = (
+    "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023"
+)
 
 
 def board_files(board: str) -> Dict[str, str]:
@@ -108,7 +138,7 @@ def board_files(board: str) -> Dict[str, str]:
             files,
             "6-0040",
             0,
-            [("POM_5V_IN", 4520, 5000, 904), ("POM_5V_GPU", 385, 5000, 77), ("POM_5V_CPU", 1078, 5000, 215)],
+            [("POM_5V_IN", 933, 5112, 182), ("POM_5V_GPU", 0, 5104, 0), ("POM_5V_CPU", 84, 5104, 16)],
         )
         _jetson(
             files,
@@ -121,32 +151,31 @@ def board_files(board: str) -> Dict[str, str]:
             1479000,
             4,
         )
-    elif board == "agx_xavier_jp4":
-        _iio_chip(files, "1-0040", 0, [("GPU", 6854, 1000, 6854), ("CPU", 2209, 1000, 2209), ("SOC", 1371, 1000, 1371)])
-        _iio_chip(files, "1-0041", 1, [("CV", 0, 1000, 0), ("VDDRQ", 716, 1000, 716), ("SYS5V", 2702, 5000, 540)])
-        _jetson(
-            files,
-            "Jetson-AGX",
-            "# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t186ref, EABI: aarch64, DATE: Sat Feb 19 17:07:00 UTC 2022",
-            "17000000.gv11b",
-            1377000000,
-            1377000000,
-            2265600,
-            2265600,
-            8,
-        )
+    elif board in ("agx_xavier_jp4", "agx_xavier_jp5"):
+        hv = 19040  # SYS_VIN_HV from the devkit's 19 V adapter (assumed magnitude)
+        if board == "agx_xavier_jp4":
+            top = [("GPU", 463, hv, 24), ("CPU", 618, hv, 32), ("SOC", 2936, hv, 154)]
+            bottom = [("CV", 0, hv, 0), ("VDDRQ", 309, hv, 16), ("SYS5V", 3306, 5016, 659)]
+            _iio_chip(files, "1-0040", 0, top)
+            _iio_chip(files, "1-0041", 1, bottom)
+            release = "# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t186ref, EABI: aarch64, DATE: Sat Feb 19 17:07:00 UTC 2022"
+        else:
+            _hwmon_chip(files, "1-0040", "hwmon2", [("GPU", hv, 25), ("CPU", hv, 25), ("SOC", hv, 65)], 430)
+            _hwmon_chip(files, "1-0041", "hwmon3", [("CV", hv, 0), ("VDDRQ", hv, 16), ("SYS5V", 5016, 552)], 430)
+            release = _XAVIER_RELEASE_JP5
+        _jetson(files, "Jetson-AGX", release, "17000000.gv11b", 1377000000, 1377000000, 2265600, 2265600, 8)
     elif board == "xavier_nx_jp5":
         _hwmon_chip(
             files,
             "7-0040",
-            "hwmon5",
-            [("VDD_IN", 5048, 1064), ("VDD_CPU_GPU_CV", 5040, 259), ("VDD_SOC", 5040, 414)],
-            8,
+            "hwmon6",
+            [("VDD_IN", 5048, 1006), ("VDD_CPU_GPU_CV", 5040, 138), ("VDD_SOC", 5040, 219)],
+            430,  # the old convention: channels x samples x conversions
         )
         _jetson(
             files,
             "NVIDIA Jetson Xavier NX Developer Kit",
-            "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023",
+            _XAVIER_RELEASE_JP5,
             "17000000.gv11b",
             114750000,
             1109250000,
@@ -159,8 +188,7 @@ def board_files(board: str) -> Dict[str, str]:
             files,
             "1-0040",
             "hwmon3",
-            [("VDD_IN", 5064, 1130), ("VDD_CPU_GPU_CV", 5056, 164), ("VDD_SOC", 5056, 322)],
-            5,
+            [("VDD_IN", 5064, 1126), ("VDD_CPU_GPU_CV", 5056, 164), ("VDD_SOC", 5056, 321)],
         )
         _jetson(
             files,
@@ -179,19 +207,44 @@ def board_files(board: str) -> Dict[str, str]:
             "1-0040",
             "hwmon3",
             [("VDD_GPU_SOC", 5080, 470), ("VDD_CPU_CV", 5080, 156), ("VIN_SYS_5V0", 5048, 697)],
-            5,
         )
-        _hwmon_chip(files, "1-0041", "hwmon4", [("NC", 0, 0), ("VDDQ_VDD2_1V8AO", 5064, 59), ("NC", 0, 0)], 5)
+        _hwmon_chip(files, "1-0041", "hwmon4", [("NC", 0, 0), ("VDDQ_VDD2_1V8AO", 5064, 59), ("NC", 0, 0)])
         _jetson(
             files,
             "Jetson AGX Orin Developer Kit",
-            "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023",
+            _XAVIER_RELEASE_JP5,
             "17000000.ga10b",
             306000000,
             1300500000,
             115200,
             2201600,
             12,
+        )
+    elif board == "thor_jp7":
+        d = INA238.format(chip="2-0044", hwmon="hwmon1")
+        files["sys/bus/i2c/drivers/ina238/2-0044/name"] = "ina238\n"
+        files[f"{d}/name"] = "ina238\n"
+        files[f"{d}/in0_input"] = "3\n"  # shunt voltage, mV
+        files[f"{d}/in1_input"] = "19968\n"
+        files[f"{d}/curr1_input"] = "1603\n"
+        files[f"{d}/power1_input"] = "32010000\n"  # uW
+        files[f"{d}/temp1_input"] = "38125\n"
+        _hwmon_chip(
+            files,
+            "2-0040",
+            "hwmon2",
+            [("VDD_GPU", 5008, 1103), ("VDD_CPU_SOC_MSS", 5008, 1496), ("VIN_SYS_5V0", 5016, 902)],
+        )
+        _jetson(
+            files,
+            "NVIDIA Jetson AGX Thor Developer Kit",
+            "# R38 (release), REVISION: 2.0, GCID: 41844464, BOARD: generic, EABI: aarch64, DATE: Fri Aug 22 00:55:42 UTC 2025",
+            "gpu-gpc-0",
+            1575000000,
+            1575000000,
+            2601000,
+            2601000,
+            14,
         )
     elif board == "x86_rapl":
         base = "sys/class/powercap"
@@ -215,22 +268,50 @@ def write_tree(root: Path, files: Dict[str, str]) -> Path:
     return root
 
 
-# Expected figures per board: (source name, rail names in order, total rule, total mW).
+# Expected figures per board: (source name, rail names in order, total label, total quantity, total mW).
 BOARDS = {
-    "nano_jp4": ("ina3221-iio", ["POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU"], "POM_5V_IN", 4520.0),
+    "nano_jp4": ("ina3221-iio", ["POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU"], "POM_5V_IN", "module_input", 933.0),
     "agx_xavier_jp4": (
         "ina3221-iio",
         ["GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"],
-        "sum of rails",
-        6854.0 + 2209 + 1371 + 0 + 716 + 2702,
+        "AGX Xavier rail sum",
+        "agx_xavier_rail_sum",
+        463.0 + 618 + 2936 + 0 + 309 + 3306,
     ),
-    "xavier_nx_jp5": ("ina3221-hwmon", ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"], "VDD_IN", 5048 * 1064 / 1000.0),
-    "orin_nano_jp6": ("ina3221-hwmon", ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"], "VDD_IN", 5064 * 1130 / 1000.0),
+    "agx_xavier_jp5": (
+        "ina3221-hwmon",
+        ["GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"],
+        "AGX Xavier rail sum",
+        "agx_xavier_rail_sum",
+        (19040 * (25 + 25 + 65 + 0 + 16) + 5016 * 552) / 1000.0,
+    ),
+    "xavier_nx_jp5": (
+        "ina3221-hwmon",
+        ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"],
+        "VDD_IN",
+        "module_input",
+        5048 * 1006 / 1000.0,
+    ),
+    "orin_nano_jp6": (
+        "ina3221-hwmon",
+        ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"],
+        "VDD_IN",
+        "module_input",
+        5064 * 1126 / 1000.0,
+    ),
     "agx_orin_jp5": (
         "ina3221-hwmon",
         ["VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "VDDQ_VDD2_1V8AO"],
-        "sum of rails",
+        "AGX Orin rail sum",
+        "agx_orin_rail_sum",
         (5080 * 470 + 5080 * 156 + 5048 * 697 + 5064 * 59) / 1000.0,
+    ),
+    "thor_jp7": (
+        "ina3221-hwmon",
+        ["VDD_GPU", "VDD_CPU_SOC_MSS", "VIN_SYS_5V0", "VIN"],
+        "VIN",
+        "board_input",
+        32010.0,
     ),
 }
 
@@ -250,28 +331,48 @@ def board_tree(tmp_path):
     return _make
 
 
-# Recorded tegrastats lines, one per format.
+# Real tegrastats lines, one per format, each with where it came from.
 TEGRASTATS_LINES = {
-    # Jetson Nano, JetPack 4: mW without a unit (jetson_stats tests/tegrastats)
-    "nano_jp4": "RAM 1180/3965MB (lfb 1x2MB) SWAP 149/1024MB (cached 7MB) IRAM 0/252kB(lfb 252kB) CPU [30%@1036,33%@1036,"
-    "28%@1036,26%@1036] EMC_FREQ 10%@1600 GR3D_FREQ 0%@76 NVENC 716 NVDEC 716 APE 25 PLL@57C CPU@60.5C PMIC@100C "
-    "GPU@59C AO@65C thermal@59.75C POM_5V_IN 4520/4680 POM_5V_GPU 0/0 POM_5V_CPU 1078/1205",
-    # AGX Xavier, JetPack 4: no total rail, negative temperatures (jetson_stats tests/tegrastats)
-    "agx_xavier_jp4": "RAM 4722/7844MB (lfb 1x512kB) CPU [55%@2035,14%@2034,27%@2034,55%@2035,47%@2035,45%@2035] SWAP 149/1024MB "
-    "(cached 7MB) EMC_FREQ 2%@1866 GR3D_FREQ 37%@1300 APE 150 MTS fg 0% bg 0% BCPU@-45C MCPU@-45C GPU@-51C "
-    "PLL@45C AO@47.5C Tboard@37C Tdiode@46.75C PMIC@100C thermal@46.4C VDD_IN 14025/14416 VDD_CPU 2209/2538 "
-    "VDD_GPU 6854/6903 VDD_SOC 1371/1370 VDD_WIFI 19/19 NVENC 716 NVDEC 716 VDD_DDR 2702/2702",
-    # AGX Orin, JetPack 5: mW unit, NC rails, leading date (facts sheet section 5)
-    "agx_orin_jp5": "01-03-2023 16:07:54 RAM 2257/30536MB (lfb 5392x4MB) SWAP 0/15268MB (cached 0MB) CPU [0%@729,0%@729,0%@729,"
-    "0%@729,off,off,off,off] EMC_FREQ 0%@2133 GR3D_FREQ 0%@0 VIC_FREQ 729 APE 174 CV0@-256C CPU@43.343C "
-    "Tboard@32C SOC2@39.531C Tdiode@33.25C SOC0@40.218C CV1@-256C GPU@-256C tj@41.656C SOC1@39.906C CV2@-256C "
-    "VDD_GPU_SOC 2390mW/2390mW VDD_CPU_CV 796mW/796mW VIN_SYS_5V0 3522mW/3522mW NC 0mW/0mW "
-    "VDDQ_VDD2_1V8AO 301mW/301mW NC 0mW/0mW",
-    # Orin Nano / NX, JetPack 6: rails as in the facts sheet example; the other fields follow the JP 5 layout
+    # Jetson Nano, JetPack 4: mW without a unit. jetson_stats tests/tegrastats, "Jetson Nano (SUDO)" line
+    # (the emulator draws the CPU loads at random: fixed here).
+    "nano_jp4": "RAM 331/3964MB (lfb 758x4MB) SWAP 0/1982MB (cached 0MB) IRAM 0/252kB(lfb 252kB) CPU [12%@102,3%@102,"
+    "9%@102,0%@102] EMC_FREQ 3%@204 GR3D_FREQ 0%@76 APE 25 PLL@20.5C CPU@23.5C PMIC@100C GPU@22.5C AO@27.5C "
+    "thermal@23C POM_5V_IN 933/933 POM_5V_GPU 0/0 POM_5V_CPU 84/105",
+    # Jetson TX2, JetPack 4. jetson_stats tests/tegrastats, "Jetson TX2 (SUDO)" line (CPU loads fixed). The old
+    # "AGX Xavier" fixture was this rail set under another name.
+    "tx2_jp4": "RAM 696/7854MB (lfb 1675x4MB) CPU [4%@345,0%@345,0%@345,7%@345,2%@345,1%@345] EMC_FREQ 1%@665 "
+    "GR3D_FREQ 0%@140 APE 150 MTS fg 0% bg 0% BCPU@30C MCPU@30C GPU@28C PLL@30C Tboard@26C Tdiode@27C PMIC@100C "
+    "thermal@29.2C VDD_IN 1383/1383 VDD_CPU 153/191 VDD_GPU 76/76 VDD_SOC 384/384 VDD_WIFI 364/335 VDD_DDR 192/201",
+    # AGX Xavier, JetPack 4.2: GPU/CPU/SOC/CV/VDDRQ/SYS5V, no input rail. A real board's output posted in
+    # martinkersner/gtop pull request #7 (2019-06-17).
+    "agx_xavier_jp4": "RAM 14700/15692MB (lfb 3x2MB) SWAP 898/8192MB (cached 23MB) CPU [0%@1190,0%@1190,0%@1190,"
+    "0%@1190,0%@1190,0%@1190,0%@1190,0%@1190] EMC_FREQ 0% GR3D_FREQ 0% AO@30C GPU@30.5C Tboard@31C Tdiode@32C "
+    "AUX@30.5C CPU@31.5C thermal@30.8C PMIC@100C GPU 463/463 CPU 618/618 SOC 2936/2936 CV 0/0 VDDRQ 309/309 "
+    "SYS5V 3306/3306",
+    # AGX Xavier, JetPack 5 (mW units). The tail of a line (from inside the CPU list on) in a public tegrastats
+    # parser's test; the search index did not name its repository.
+    "agx_xavier_jp5": "[0%@1190,1%@1190,0%@1190,0%@1189,0%@1190,0%@1191,0%@1190,0%@1190] EMC_FREQ 0%@1331 "
+    "GR3D_FREQ 0%@114 VIC_FREQ 115 APE 150 AUX@36C CPU@36.5C thermal@35.7C Tboard@37C AO@35C GPU@35C Tdiode@38.75C "
+    "PMIC@50C GPU 467mW/467mW CPU 467mW/467mW SOC 1245mW/1245mW CV 0mW/0mW VDDRQ 311mW/311mW SYS5V 2768mW/2768mW",
+    # Xavier NX, JetPack 5. From a public tegrastats collector's docstring ("Jetson Xavier collector"); the
+    # search index did not name its repository.
+    "xavier_nx_jp5": "RAM 2690/6854MB (lfb 6x1MB) SWAP 479/3427MB (cached 3MB) CPU [3%@1904,7%@1906,1%@1905,0%@1907,"
+    "off,off] EMC_FREQ 0%@1600 GR3D_FREQ 0%@[510] VIC_FREQ 601 APE 150 AUX@39C CPU@39.5C AO@37.5C GPU@37.5C "
+    "PMIC@50C VDD_IN 5079mW/5079mW VDD_CPU_GPU_CV 696mW/696mW VDD_SOC 1104mW/1104mW",
+    # Orin Nano / NX, JetPack 6: the rails as in the facts sheet's example (from a public parser test whose
+    # repository could not be identified); the other fields follow the JetPack 5 Orin layout.
     "orin_nano_jp6": "RAM 2461/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [2%@729,1%@729,0%@729,0%@729,0%@729,0%@729] "
     "EMC_FREQ 0%@2133 GR3D_FREQ 0%@[305] VIC_FREQ 729 APE 200 cpu@49.25C soc2@47.625C soc0@48.031C gpu@48.625C "
     "tj@49.25C soc1@48.437C VDD_IN 5704mW/5704mW VDD_CPU_GPU_CV 831mW/831mW VDD_SOC 1624mW/1624mW",
-    # AGX Orin, JetPack 7.2 (R39.2): three values per rail, two per temperature (jetson_stats PR #900)
+    # AGX Orin, JetPack 5: mW unit, NC rails, leading date. jetson_stats tests/tegrastats, "Jetson Orin (SUDO)"
+    # line (CPU and GPU loads fixed).
+    "agx_orin_jp5": "01-03-2023 16:07:54 RAM 2257/30536MB (lfb 5392x4MB) SWAP 0/15268MB (cached 0MB) CPU [0%@729,0%@729,0%@729,"
+    "0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729] EMC_FREQ 0%@204 GR3D_FREQ 0%@0 GR3D2_FREQ 0%@0 "
+    "NVJPG1 729 VIC_FREQ 115 APE 233 CV0@-256C CPU@41.437C Tboard@29C SOC2@39.062C Tdiode@30.75C SOC0@39.031C "
+    "CV1@-256C GPU@-256C tj@41.656C SOC1@38.937C CV2@-256C VDD_GPU_SOC 2390mW/2390mW VDD_CPU_CV 796mW/796mW "
+    "VIN_SYS_5V0 3522mW/3522mW NC 0mW/0mW VDDQ_VDD2_1V8AO 301mW/301mW NC 0mW/0mW",
+    # AGX Orin, JetPack 7.2 (R39.2): three values per rail, two per temperature. jetson_stats
+    # jtop/tests/test_06_tegra_parse.py (TEGRASTATS_ORIN_JP7, a real board's line).
     "agx_orin_jp7": "07-25-2026 09:08:28 RAM 20642/62817MB (lfb 1x2MB) CPU [23%@2201,10%@2201,4%@2201,14%@2201,30%@2201,"
     "18%@2201,10%@2201,10%@2201,33%@2201,7%@2201,5%@2201,27%@2201] EMC_FREQ 3%@3199 GR3D_FREQ 12%@[1300,1300] "
     "NVENC0 off NVDEC0 off NVJPG0 off NVJPG1 off VIC off OFA off NVDLA0 off NVDLA1 off PVA0_FREQ off APE 174 "
@@ -385,16 +486,37 @@ FAST = [
     "12",
     "--warmup",
     "2",
+    "--rounds",
+    "2",
+    "--warmup-seconds",
+    "0",
     "--energy-seconds",
     "0.3",
     "--energy-inferences",
     "5",
     "--idle-seconds",
     "0.3",
+    "--overhead-pairs",
+    "1",
     "--sweep-points",
     "11",
     "--no-progress",
 ]
+
+
+@pytest.fixture()
+def fast_board(board_tree):
+    """fast_board(name) -> a board tree whose INA3221s average 1 sample (``echo 1 > samples``): readings
+    follow the power at once, so real-clock tests may use sub-second windows (a 512-sample board refuses them)."""
+
+    def _make(board: str) -> Path:
+        root = board_tree(board)
+        for samples in root.glob("sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/samples"):
+            samples.write_text("1\n")
+            (samples.parent / "update_interval").write_text("1\n")
+        return root
+
+    return _make
 
 
 @pytest.fixture()

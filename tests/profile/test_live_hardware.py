@@ -20,7 +20,24 @@ def test_live_jetson_power_and_mode():
     info = device_info()
     assert info["is_jetson"] and info["l4t_release"]
     assert info["nvpmodel"]["mode_name"] or info["nvpmodel"].get("reason")
-    assert info["jetson_clocks"]["state"] in ("on", "off", "unknown")
+    assert info["jetson_clocks"]["state"] in ("on", "off", "unknown") and "emc" in info["jetson_clocks"]
+    timing = source.timing()  # the board's own averaging settings (JetPack 5+: read, not assumed)
+    assert timing.tau_s > 0 and timing.min_window_s > 1.0, timing.to_dict()
+
+
+@pytest.mark.jetson
+def test_live_jetson_sampling_process_follows_the_board():
+    from hisd_edge.profile.power.ina3221 import Ina3221Source
+    from hisd_edge.profile.sampler import ProcessSampler
+
+    source = Ina3221Source.discover()
+    if source is None:
+        pytest.skip("no INA3221 in sysfs (JetPack 4 iio boards are read the same way)")
+    sampler = ProcessSampler(source, period_s=0.05).start()
+    time.sleep(1.0)
+    trace = sampler.stop()
+    assert len(trace.samples) >= 10 and not trace.gaps
+    assert all(500.0 < s.total_mw < 150_000.0 for s in trace.samples)
 
 
 @pytest.mark.gpu

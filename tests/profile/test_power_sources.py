@@ -14,7 +14,7 @@ from hisd_edge.profile.power.rapl import RaplSource
 
 
 def test_auto_discovers_each_board_with_exact_rails_and_total(each_board, board_tree):
-    board, (name, rails, rule, total_mw) = each_board
+    board, (name, rails, label, quantity, total_mw) = each_board
     root = board_tree(board)
     source, notes = open_power_source("auto", sysfs_root=str(root))
     with source:
@@ -22,18 +22,88 @@ def test_auto_discovers_each_board_with_exact_rails_and_total(each_board, board_
     assert source.name == name
     assert list(sample.rails_mw) == rails
     assert sample.total_mw == pytest.approx(total_mw, abs=1e-9)
-    assert source.describe()["total"] == rule
+    described = source.describe()
+    assert described["total"] == label and described["total_rule"]["quantity"] == quantity
     assert notes[-1] == {"source": name, "used": True, "why": f"{len(rails)} rails found"}
 
 
-def test_hwmon_skips_nc_and_the_shunt_sum_and_reads_update_interval(board_tree):
+def test_what_total_means_is_named_per_board_never_one_name_for_two_meanings(board_tree):
+    seen = {}
+    for board in ("nano_jp4", "orin_nano_jp6", "agx_orin_jp5", "agx_xavier_jp4", "thor_jp7"):
+        source = Ina3221Source.discover(str(board_tree(board)))
+        rule = source.describe()["total_rule"]
+        seen.setdefault(rule["label"], set()).add(rule["quantity"])
+        assert rule["meaning"] and "carrier" in rule["meaning"]  # each says whether the carrier board is in it
+    assert all(len(quantities) == 1 for quantities in seen.values()), seen
+    assert seen["AGX Orin rail sum"] == {"agx_orin_rail_sum"} and seen["AGX Xavier rail sum"] == {"agx_xavier_rail_sum"}
+    assert seen["VIN"] == {"board_input"} and seen["VDD_IN"] == seen["POM_5V_IN"] == {"module_input"}
+
+
+def test_every_rail_says_what_it_covers(board_tree):
+    from hisd_edge.profile.power.rails import describe_rails
+
+    for board in ("nano_jp4", "xavier_nx_jp5", "agx_xavier_jp4", "agx_orin_jp5", "thor_jp7"):
+        rails = [r.name for r in Ina3221Source.discover(str(board_tree(board))).rails]
+        described = describe_rails(rails)
+        assert all(r["covers"] != "not documented for this board" for r in described), (board, described)
+        assert sum(r["gpu"] for r in described) == 1  # the rail carrying the GPU is named on every family
+    assert describe_rails(["A", "B"])[0]["covers"] == "not documented for this board"
+
+
+def test_hwmon_skips_nc_and_the_shunt_sum_and_reads_the_averaging(board_tree):
     source = Ina3221Source.discover(str(board_tree("agx_orin_jp5")))
     names = [r.name for r in source.rails]
     assert "NC" not in names and not any("shunt" in n for n in names)
     assert {r.device for r in source.rails} == {"1-0040", "1-0041"}
-    assert source.min_period_s == pytest.approx(0.010)  # 2 x update_interval (5 ms)
+    timing = source.timing()  # samples 512, update_interval 1 ms (one cycle, as new kernels report it)
+    assert timing.samples == 512 and timing.update_interval_meaning == "one conversion cycle"
+    assert timing.tau_s == pytest.approx(0.5115, rel=1e-3) and timing.settle_s >= 5 * timing.tau_s
+    assert source.min_period_s == pytest.approx(0.001)  # a new value each cycle
     described = source.describe()
-    assert described["total"] == "sum of rails" and "carrier board" in described["total_note"]
+    assert described["total"] == "AGX Orin rail sum" and "carrier board not included" in described["total_note"]
+    assert described["sensor"]["samples"] == 512
+
+
+def test_old_kernels_update_interval_includes_the_samples(board_tree):
+    # Xavier NX's tree reports 430 ms = 3 channels x 512 x (140 + 140) us: the old convention.
+    timing = Ina3221Source.discover(str(board_tree("xavier_nx_jp5"))).timing()
+    assert timing.update_interval_meaning == "channels x samples x conversions"
+    assert timing.cycle_s == pytest.approx(0.430 / 512) and timing.tau_s == pytest.approx(0.4296, rel=2e-3)
+
+
+def test_thor_reads_the_ina238_system_input_as_vin(board_tree):
+    source = Ina3221Source.discover(str(board_tree("thor_jp7")))
+    sample = source.read()
+    assert sample.rails_mw["VIN"] == pytest.approx(32010.0)  # power1_input is in uW
+    assert sample.total_mw == pytest.approx(32010.0)  # VIN is the total: the INA3221 rails are inside it
+    assert source.describe()["total_rule"]["quantity"] == "board_input"
+    vin = next(r for r in source.rails if r.name == "VIN")
+    assert vin.chip == "ina238" and vin.paths() == [str(vin.power_uw_path)]  # one file per reading
+    assert any("INA238" in n for n in source.timing().notes)
+
+
+def test_only_the_rails_asked_for_are_read(board_tree, monkeypatch):
+    import builtins
+
+    root = board_tree("orin_nano_jp6")
+    source, _ = open_power_source("ina3221", sysfs_root=str(root), rails=["VDD_IN"])
+    source.open()  # opening reads once, to fail early on an unreadable file
+    opened = []
+    real_open = builtins.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    sample = source.read()
+    assert list(sample.rails_mw) == ["VDD_IN"] and sample.total_mw == pytest.approx(5064 * 1126 / 1000.0)
+    assert [p.rsplit("/", 1)[1] for p in opened] == ["in1_input", "curr1_input"]  # two files: one rail
+    assert source.worker_spec()["rails"] == [{"rail": "VDD_IN", "files": [opened[0], opened[1]], "scale": 1e-3}]
+    with pytest.raises(InputError, match="VDD_GPU not on this board; it has VDD_IN, VDD_CPU_GPU_CV, VDD_SOC"):
+        open_power_source("ina3221", sysfs_root=str(root), rails=["VDD_GPU"])
+    with pytest.raises(InputError, match="cannot be combined with --power nvml"):
+        open_power_source("nvml", rails=["VDD_IN"])
 
 
 def test_class_hwmon_link_does_not_duplicate_rails(board_tree):
@@ -45,23 +115,27 @@ def test_class_hwmon_link_does_not_duplicate_rails(board_tree):
 
 def test_hwmon_found_through_class_path_when_driver_path_is_missing(board_tree, tmp_path):
     root = board_tree("xavier_nx_jp5")
-    chip_dir = root / "sys/bus/i2c/drivers/ina3221/7-0040/hwmon/hwmon5"
-    moved = root / "sys/devices/platform/bus@0/c240000.i2c/i2c-1/7-0040/hwmon/hwmon5"
+    chip_dir = root / "sys/bus/i2c/drivers/ina3221/7-0040/hwmon/hwmon6"
+    moved = root / "sys/devices/platform/bus@0/c240000.i2c/i2c-1/7-0040/hwmon/hwmon6"
     moved.parent.mkdir(parents=True)
     chip_dir.rename(moved)
     (root / "sys/class/hwmon").mkdir(parents=True)
-    (root / "sys/class/hwmon/hwmon5").symlink_to(moved)
+    (root / "sys/class/hwmon/hwmon6").symlink_to(moved)
     source = Ina3221Source.discover(str(root))
     assert source.layout == "hwmon" and source.rails[0].device == "7-0040"
-    assert source.read().total_mw == pytest.approx(5048 * 1064 / 1000.0)
+    assert source.read().total_mw == pytest.approx(5048 * 1006 / 1000.0)
 
 
-def test_iio_falls_back_to_voltage_times_current(board_tree):
+def test_iio_falls_back_to_voltage_times_current_and_assumes_the_averaging(board_tree):
     root = board_tree("nano_jp4")
     for i in range(3):
         (root / f"sys/bus/i2c/drivers/ina3221x/6-0040/iio:device0/in_power{i}_input").unlink()
-    sample = Ina3221Source.discover(str(root)).read()
-    assert sample.rails_mw["POM_5V_IN"] == pytest.approx(5000 * 904 / 1000.0)
+    source = Ina3221Source.discover(str(root))
+    assert source.read().rails_mw["POM_5V_IN"] == pytest.approx(5112 * 182 / 1000.0)
+    # JetPack 4's driver does not show its averaging: the slowest documented setting, said out loud
+    timing = source.timing()
+    assert timing.assumed and timing.samples == 512 and timing.tau_s == pytest.approx(0.4296, rel=2e-3)
+    assert "does not expose its averaging settings" in timing.notes[0] and "assumed" in timing.notes[0]
 
 
 def test_readings_follow_the_files(board_tree):
@@ -107,6 +181,8 @@ def test_total_prefers_input_rails():
     assert total_from_rails({"VDD_CPU": 1.0, "VDD_IN": 7.0}) == (7.0, "VDD_IN")
     assert total_from_rails({"POM_5V_GPU": 1.0, "POM_5V_IN": 4.0}) == (4.0, "POM_5V_IN")
     assert total_from_rails({"A": 1.0, "B": 2.5}) == (3.5, "sum of rails")
+    # Thor: VIN (carrier INA238) already holds every module rail: never added to them
+    assert total_from_rails({"VDD_GPU": 5.0, "VDD_CPU_SOC_MSS": 6.0, "VIN_SYS_5V0": 1.0, "VIN": 30.0}) == (30.0, "VIN")
 
 
 def test_auto_on_a_bare_machine_is_none_with_reasons(tmp_path, monkeypatch):
@@ -232,3 +308,51 @@ def test_jtop_reads_power_and_reports_a_lost_service(monkeypatch, counter_clock)
     monkeypatch.setitem(sys.modules, "jtop", None)
     with pytest.raises(DependencyError, match="jetson-stats"):
         open_power_source("jtop")[0].open()
+
+
+def _jtop_module(power):
+    class FakeJtop:
+        def __init__(self, interval):
+            self.power = power
+
+        def start(self):
+            pass
+
+        def is_alive(self):
+            return True
+
+        def close(self):
+            pass
+
+    module = types.ModuleType("jtop")
+    module.jtop = FakeJtop
+    return module
+
+
+def test_jtop_leaves_out_usb_pd_supplies_on_a_board_without_vdd_in(monkeypatch, counter_clock):
+    # AGX Orin devkit as jtop saw it before jetson-stats PR #900: the USB-C power-delivery supply of
+    # /sys/class/power_supply (negotiated 20 V x 3 A) listed as a rail and summed into "tot".
+    rails = {
+        "VDD_GPU_SOC": {"power": 2390, "type": "INA3221"},
+        "VDD_CPU_CV": {"power": 796, "type": "INA3221"},
+        "VIN_SYS_5V0": {"power": 3522, "type": "INA3221"},
+        "VDDQ_VDD2_1V8AO": {"power": 301, "type": "INA3221"},
+        "ucsi-source-psy-usbc000:001": {"power": 60000, "type": "USB", "volt": 20000, "curr": 3000},
+    }
+    monkeypatch.setitem(sys.modules, "jtop", _jtop_module({"rail": rails, "tot": {"power": 67009}}))
+    source, _ = open_power_source("jtop", clock=counter_clock)
+    with source:
+        sample = source.read()
+    assert "ucsi-source-psy-usbc000:001" not in sample.rails_mw
+    assert sample.total_mw == pytest.approx(2390 + 796 + 3522 + 301)  # not jtop's 67 W "tot"
+    assert source.describe()["total_rule"]["quantity"] == "agx_orin_rail_sum"
+
+
+def test_jtop_takes_an_input_rail_it_moved_into_tot(monkeypatch, counter_clock):
+    # jtop moves VDD_IN (or VIN on Thor) out of "rail" into "tot" with its name
+    power = {"rail": {"VDD_CPU_GPU_CV": {"power": 831, "type": "INA3221"}}, "tot": {"power": 5704, "name": "VDD_IN"}}
+    monkeypatch.setitem(sys.modules, "jtop", _jtop_module(power))
+    source, _ = open_power_source("jtop", clock=counter_clock)
+    with source:
+        sample = source.read()
+    assert sample.rails_mw == {"VDD_CPU_GPU_CV": 831.0, "VDD_IN": 5704.0} and sample.total_mw == 5704.0

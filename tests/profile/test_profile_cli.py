@@ -78,7 +78,7 @@ def test_profile_without_power_reports_energy_as_unavailable(none_profile):
         "stage_breakdown.png",
     }
     assert not (out / "accuracy_vs_energy.png").exists()
-    assert profile["schema_version"] == 1 and profile["power"] == {
+    assert profile["schema_version"] == 2 and profile["power"] == {
         **profile["power"],
         "source": "none",
         "available": False,
@@ -88,8 +88,14 @@ def test_profile_without_power_reports_energy_as_unavailable(none_profile):
             assert e["energy_mj"] is None and e["energy_unavailable_reason"] == "no power source"
         for s in block["stages"]:
             assert s["energy_mj"] is None and s["model_bytes"] > 0
-    assert profile["overhead"]["sampler"] is None
+    assert profile["overhead"]["sampler"] is None and profile["overhead"]["per_exit"] is None
+    assert profile["sensor"] is None and profile["blocks"] == [] and profile["idle"] is None
     assert any("energy not measured" in n for n in profile["notes"])
+    # latency still gets its intervals and the model check its latency part
+    assert all(
+        e["latency_ms"]["ci"][0] <= e["latency_ms"]["mean"] <= e["latency_ms"]["ci"][1] for e in profile["exits"]
+    )
+    assert profile["model_check"]["latency_ms"]["calls"] == 12 and "energy_mj" not in profile["model_check"]
 
 
 def test_latency_figures_are_consistent(none_profile):
@@ -163,96 +169,73 @@ def test_bundle_without_a_policy_is_profiled_with_defaults(bundle_copy, tmp_path
 
 
 def test_profile_with_a_recorded_orin_tree_measures_energy_exactly(
-    board_tree, tiny_bundle_dir, tmp_path, fast_args, capsys
+    fast_board, tiny_bundle_dir, tmp_path, fast_args, capsys
 ):
-    root = board_tree("orin_nano_jp6")
+    root = fast_board("orin_nano_jp6")  # a tree holds still: power is constant, readings follow it at once
     out = tmp_path / "orin"
     code, stdout, _ = _run(
-        [
-            "profile",
-            str(tiny_bundle_dir),
-            "--sysfs-root",
-            str(root),
-            "--batch",
-            "2",
-            "--out",
-            str(out),
-            "--overhead-pairs",
-            "2",
-            *fast_args,
-        ],
+        ["profile", str(tiny_bundle_dir), "--sysfs-root", str(root), "--batch", "2", "--out", str(out), *fast_args],
         capsys,
     )
     assert code == 0, stdout
     profile = json.loads((out / "profile.json").read_text())
     power = profile["power"]
     assert power["source"] == "ina3221-hwmon" and power["total"] == "VDD_IN" and power["available"]
+    assert power["sampler"] == "process" and power["total_rule"]["quantity"] == "module_input"
+    assert [r["rail"] for r in power["rails_covered"]] == ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"]
     assert profile["device"]["model"] == "NVIDIA Jetson Orin Nano Developer Kit"
-    constant_mw = 5064 * 1130 / 1000.0  # the recorded tree holds still: power is constant
+    constant_mw = 5064 * 1126 / 1000.0
     assert profile["idle"]["complete"] and profile["idle"]["power_mw"] == pytest.approx(constant_mw)
+    assert profile["idle"]["brackets"] == 3  # rounds + 1: one before each round, one after the last
     for e in profile["exits"]:
         detail = e["energy"]
-        assert detail["complete"] and detail["samples"] >= 3 and detail["sampling_period_ms"] == 20.0
-        assert e["energy_mj"]["total"] == pytest.approx(constant_mw * detail["window_s"] / detail["inferences"])
-        assert e["energy_mj"]["dynamic"] == pytest.approx(0.0, abs=1e-9)
+        assert detail["rounds"] == 2 and detail["complete"] and detail["samples"] >= 6
+        assert e["energy_mj"]["dynamic"] == pytest.approx(0.0, abs=1e-9)  # nothing above idle on a still tree
+        assert e["energy_mj"]["total"] == pytest.approx(constant_mw * detail["loop_latency_ms"] / 1000.0 / 2, rel=1e-6)
         assert detail["inferences"] % 2 == 0  # counted per sample: calls x batch 2
         assert detail["per_call_mj"]["total"] == pytest.approx(2 * e["energy_mj"]["total"])
+        vdd_soc = e["rails_mj"]["VDD_SOC"]
+        assert vdd_soc["dynamic"] == pytest.approx(0.0, abs=1e-9) and vdd_soc["total"] > 0
     stages = profile["stages"]
     assert sum(s["energy_mj"]["total"] for s in stages) == pytest.approx(profile["exits"][-1]["energy_mj"]["total"])
-    overhead = profile["overhead"]["sampler"]
-    assert overhead["block_pairs"] == 2 and overhead["overhead_pct"] is not None and overhead["block_s"] >= 0.25
-    assert overhead["runs_with"] >= 20 and overhead["runs_without"] >= 20
-    assert (out / "accuracy_vs_energy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_exit = profile["overhead"]["per_exit"]
+    assert [o["exit"] for o in per_exit] == [0, 1, 2] and all(o["block_pairs"] == 1 for o in per_exit)
+    assert profile["design"]["order"][0][0] == "idle" and len(profile["design"]["order"]) == 3
+    assert {b["kind"] for b in profile["blocks"]} == {"idle", "exit", "early"}
+    assert profile["model_check"]["energy_mj"]["rounds"] == 2
+    for name in ("accuracy_vs_energy.png", "exit_costs.png", "model_check.png", "power_trace.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     trace_rows = (out / "power_trace.csv").read_text().splitlines()
-    assert trace_rows[0] == "time_s,total_mw" and len(trace_rows) - 1 == power["samples"] == len(
-        power["trace"]["time_s"]
+    assert trace_rows[0] == "time_s,total_mw,VDD_IN_mw,VDD_CPU_GPU_CV_mw,VDD_SOC_mw"
+    assert len(trace_rows) - 1 == power["samples"] == len(power["trace"]["time_s"])
+    assert (out / "rails.csv").read_text().splitlines()[0].startswith("batch,exit,rail,energy_total_mj")
+    page = (out / "report.html").read_text()
+    for needle in ("Model check", "Per rail", "what the rail covers", "95% CI", "Conditions", "jetson_clocks"):
+        assert needle in page
+
+
+def test_a_window_too_short_for_the_sensor_is_refused_naming_the_minimum(
+    board_tree, tiny_bundle_dir, tmp_path, fast_args, capsys
+):
+    root = board_tree("orin_nano_jp6")  # 512 samples per average, as NVIDIA ships it: tau ~ 0.5 s
+    out = tmp_path / "never"
+    code, _, err = _run(
+        ["profile", str(tiny_bundle_dir), "--sysfs-root", str(root), "--out", str(out), *fast_args], capsys
     )
+    _one_line_error(code, err, "--energy-seconds 0.3: too short for this power sensor", "tau = 0.511 s", "or more")
+    assert not out.exists()
 
 
-def test_power_source_stopping_mid_run_keeps_what_was_measured(tegrastats_lines, tiny_bundle_dir, tmp_path, capsys):
+def test_a_recorded_log_cannot_say_how_the_board_averaged(
+    tegrastats_lines, tiny_bundle_dir, tmp_path, fast_args, capsys
+):
     log = tmp_path / "tegrastats.log"
     log.write_text("\n".join([tegrastats_lines["orin_nano_jp6"]] * 25) + "\n")
-    out = tmp_path / "gap"
-    argv = [
-        "profile",
-        str(tiny_bundle_dir),
-        "--tegrastats-log",
-        str(log),
-        "--tegrastats-interval-ms",
-        "20",
-        "--out",
-        str(out),
-        "--data",
-        "default:test",
-        "--samples",
-        "60",
-        "--repeats",
-        "5",
-        "--warmup",
-        "1",
-        "--energy-seconds",
-        "0.5",
-        "--energy-inferences",
-        "5",
-        "--idle-seconds",
-        "0.2",
-        "--sweep-points",
-        "5",
-        "--overhead-pairs",
-        "0",
-        "--no-progress",
-    ]
-    code, stdout, _ = _run(argv, capsys)
-    assert code == 0
-    profile = json.loads((out / "profile.json").read_text())
-    assert profile["power"]["gaps"] and "ended after 25 samples" in profile["power"]["gaps"][0]["reason"]
-    assert any("gap" in n for n in profile["notes"]) and "gap" in stdout
-    last = profile["exits"][-1]
-    assert last["energy_mj"] is None and "ended after 25 samples" in last["energy_unavailable_reason"]
-    assert all(e["latency_ms"]["p50"] > 0 for e in profile["exits"])  # everything else was still measured
-    assert profile["idle"]["complete"]
-    measured = [e for e in profile["exits"] if e["energy_mj"] is not None]
-    assert all(e["energy"]["complete"] or e["energy"]["gaps"] for e in measured)
+    code, _, err = _run(
+        ["profile", str(tiny_bundle_dir), "--tegrastats-log", str(log), "--out", str(tmp_path / "r"), *fast_args],
+        capsys,
+    )
+    _one_line_error(code, err, "--energy-seconds 0.3: too short", "tau = 0.43 s")
 
 
 def test_unreadable_sysfs_fails_before_work_naming_path_and_fix(
@@ -285,6 +268,11 @@ def test_tegrastats_missing(tiny_bundle_dir, tmp_path, fast_args, capsys, monkey
         (["--batch", "x"], "--batch"),
         (["--samples", "0"], "--samples"),
         (["--backend", "nope"], "unknown backend"),
+        (["--rounds", "0"], "--rounds 0"),
+        (["--confidence", "1.5"], "--confidence 1.5"),
+        (["--repeats", "1"], "--repeats"),
+        (["--power-modes", "x"], "--power-modes 'x'"),
+        (["--energy-seconds", "-1"], "--energy-seconds -1"),
     ],
 )
 def test_bad_flags(extra, needle, tiny_bundle_dir, tmp_path, fast_args, capsys):
@@ -332,7 +320,16 @@ def test_report_rerenders_and_compares(none_profile, tmp_path, capsys):
     page = (out / "compare.html").read_text()
     assert "fp16" in page and "<img" in page and "http" not in page.split("<body>")[1]
     header = (out / "compare_exits.csv").read_text().splitlines()[0]
-    assert header.startswith("exit,copy_latency_p50_ms,fp16_latency_p50_ms")
+    assert header.startswith("exit,copy_latency_p50_ms,fp16_latency_p50_ms,copy_energy_total_mj_none")
+    # a version-1 profile (before intervals) is still rendered
+    old = json.loads(json.dumps(profile))
+    old["schema_version"] = 1
+    for key in ("sensor", "conditions", "design", "model_check", "blocks"):
+        old.pop(key)
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "profile.json").write_text(json.dumps(old))
+    code, _, _ = _run(["report", str(tmp_path / "v1")], capsys)
+    assert code == 0 and (tmp_path / "v1" / "report.html").is_file()
 
 
 def test_report_errors(none_profile, tmp_path, capsys):
@@ -472,3 +469,39 @@ def test_power_choices_match_the_library():
     from hisd_edge.profile.power import POWER_CHOICES
 
     assert cli_choices == POWER_CHOICES
+
+
+def test_several_power_modes_in_one_command_side_by_side(tiny_bundle_dir, tmp_path, fast_args, fake_tool, capsys):
+    state = tmp_path / "mode"
+    state.write_text("0\n")
+    calls = tmp_path / "calls"
+    fake_tool(
+        "nvpmodel",
+        f"""
+        echo "$@" >> {calls}
+        if [ "$1" = "-q" ]; then echo "NV Power Mode: MODE$(cat {state})"; cat {state}; exit 0; fi
+        if [ "$1" = "-m" ]; then echo "$2" > {state}; exit 0; fi
+        exit 1
+        """,
+    )
+    out = tmp_path / "modes"
+    code, stdout, _ = _run(
+        ["profile", str(tiny_bundle_dir), "--power", "none", "--power-modes", "1,2", "--out", str(out), *fast_args],
+        capsys,
+    )
+    assert code == 0, stdout
+    assert (tmp_path / "modes@nvpmodel-1" / "report.html").is_file()
+    assert (tmp_path / "modes@nvpmodel-2" / "report.html").is_file()
+    assert (out / "compare.html").is_file() and "wrote" in stdout
+    assert calls.read_text().split("\n")[:4] == ["-q", "-m 1", "-m 2", "-m 0"]  # the mode before is restored
+    assert state.read_text().strip() == "0"
+
+
+def test_power_mode_switch_that_fails_is_one_line(tiny_bundle_dir, tmp_path, fast_args, fake_tool, capsys):
+    fake_tool(
+        "nvpmodel",
+        'if [ "$1" = "-q" ]; then echo "NV Power Mode: MAXN"; echo 0; exit 0; fi\necho "Permission denied" >&2\nexit 1\n',
+    )
+    argv = ["profile", str(tiny_bundle_dir), "--power", "none", "--power-modes", "1", "--out", str(tmp_path / "m")]
+    code, _, err = _run([*argv, *fast_args], capsys)
+    _one_line_error(code, err, "nvpmodel -m 1 failed", "Permission denied")

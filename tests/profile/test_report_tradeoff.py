@@ -132,13 +132,14 @@ def test_report_directory_is_complete_and_self_contained(tmp_path):
         "report.html",
         "accuracy_vs_latency.png",
         "accuracy_vs_energy.png",
+        "exit_costs.png",
         "exit_distribution.png",
         "stage_breakdown.png",
     ):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 4 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert not re.search(r'(src|href)="(http|//)', page)  # nothing fetched from anywhere
     assert "a note &lt;with&gt; markup" in page and "nvpmodel 15W (0)" in page and "Batch 8" in page
     assert result["notes"] == []
@@ -266,6 +267,21 @@ def test_report_says_when_the_source_kept_running_during_the_overhead_blocks(tmp
     profile["overhead"] = {"sampler": {"overhead_pct": 0.4, "source": "tegrastats", "source_kept_running": True}}
     write_report(profile, tmp_path / "r")
     page = (tmp_path / "r" / "report.html").read_text()
-    assert "sampling thread only: the tegrastats source kept running while the sampler was off" in page
+    assert "the ina3221-hwmon source kept running while polling was paused" in page
     write_report(make_profile(), tmp_path / "r2")
     assert "sampling thread only" not in (tmp_path / "r2" / "report.html").read_text()
+
+
+def test_comparison_never_puts_two_meanings_of_total_in_one_column(tmp_path):
+    nano, orin = make_profile(name="a"), make_profile(name="b")
+    nano["power"]["total_rule"] = {"quantity": "module_input", "meaning": "module input"}
+    orin["power"].update(total="AGX Orin rail sum", total_rule={"quantity": "agx_orin_rail_sum", "meaning": "sum"})
+    for i, p in enumerate((nano, orin)):
+        (tmp_path / f"p{i}").mkdir()
+        (tmp_path / f"p{i}" / "profile.json").write_text(json.dumps(p))
+    result = write_comparison([nano, orin], [str(tmp_path / "p0"), str(tmp_path / "p1")], tmp_path / "cmp")
+    assert any("measures different things" in n and "AGX Orin rail sum" in n for n in result["notes"])
+    header = (tmp_path / "cmp" / "compare_exits.csv").read_text().splitlines()[0].split(",")
+    assert "p0_energy_total_mj_module_input" in header and "p1_energy_total_mj_agx_orin_rail_sum" in header
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "dynamic mJ (VDD_IN)" in page and "dynamic mJ (AGX Orin rail sum)" in page

@@ -186,33 +186,177 @@ class _StubBackend:
         return _StubStage()
 
 
-class _Bar:
-    def set_postfix_str(self, *args, **kwargs):
-        pass
-
-    def update(self, n):
-        pass
-
-
-@pytest.mark.parametrize("background", [False, True])
-def test_overhead_records_whether_the_source_kept_running_while_the_sampler_was_off(background):
+def test_overhead_is_measured_at_every_exit_with_paused_and_polling_blocks():
     import numpy as np
 
-    from hisd_edge.profile.power.jtop import JtopSource
-    from hisd_edge.profile.power.tegrastats import TegrastatsProcessSource
-    from hisd_edge.profile.profiler import ProfileConfig, _Measurer
+    from hisd_edge.profile.clock import SystemClock
+    from hisd_edge.profile.measure import Measurer
 
-    assert TegrastatsProcessSource.runs_in_background and JtopSource.runs_in_background
-    assert not PowerSource.runs_in_background
-    source = ScriptedSource(time.perf_counter, lambda t: 1000.0)
-    source.runs_in_background = background
+    source = ScriptedSource(time.monotonic, lambda t: 1000.0)
     sampler = PowerSampler(source, period_s=0.01)
-    config = ProfileConfig(bundle="x", overhead_blocks=1)
-    measurer = _Measurer(config, _StubBackend(), sampler, np.zeros((1, 3), dtype=np.float32), _Bar())
+    steps = []
+    measurer = Measurer(
+        _StubBackend(), SystemClock(), sampler, np.zeros((1, 3), dtype=np.float32), None, [], None, steps.append
+    )
     try:
         sampler.start()
-        overhead = measurer.sampler_overhead(1)
+        overhead = measurer.overhead(1, pairs=1)
     finally:
         sampler.stop()
-    assert overhead["source"] == "scripted" and overhead["source_kept_running"] is background
-    assert overhead["block_pairs"] == 1
+    assert [o["exit"] for o in overhead] == [0, 1] and all(o["block_pairs"] == 1 for o in overhead)
+    assert all(o["runs_with"] >= 20 and o["runs_without"] >= 20 for o in overhead)
+    assert sampler.running is False and steps == ["batch 1: sampler overhead"]
+
+
+# -- the virtual clock --------------------------------------------------------------------------------
+def test_virtual_clock_runs_jobs_on_schedule_and_only_stolen_time_delays_work():
+    from hisd_edge.profile.clock import VirtualClock
+
+    clock = VirtualClock(start=10.0)
+    seen = []
+
+    def job():
+        seen.append(clock.now())
+        clock.busy(0.001)  # a 1 ms read
+
+    handle = clock.every(0.1, job)
+    clock.busy(0.35)  # work: jobs at 10.0, 10.1, 10.2, 10.3 run while it passes; they steal nothing
+    assert seen == pytest.approx([10.0, 10.1, 10.2, 10.3]) and clock.now() == pytest.approx(10.35)
+    clock.jobs_steal_time = True  # now every read holds up the work
+    clock.busy(0.2)
+    assert clock.now() == pytest.approx(10.55 + 2 * 0.001)
+    clock.cancel(handle)
+    clock.sleep(1.0)
+    assert len(seen) == 6 and clock.now() == pytest.approx(11.552)
+
+
+def test_sampler_on_a_virtual_clock_polls_as_time_passes():
+    from hisd_edge.profile.clock import VirtualClock
+
+    clock = VirtualClock()
+    source = ScriptedSource(clock, lambda t: 500.0 + 100.0 * t)
+    sampler = PowerSampler(source, period_s=0.25).start()
+    assert sampler.mode == "virtual" and sampler.running
+    clock.sleep(1.0)
+    sampler.pause()
+    clock.sleep(1.0)  # paused: no reads
+    sampler.resume()
+    clock.sleep(0.3)
+    trace = sampler.stop()
+    assert [round(s.time_s, 6) for s in trace.samples] == [0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 2.25]
+    assert integrate_window(trace, 0.0, 1.0).energy_mj == pytest.approx(550.0)  # 500 + 100 t over 1 s
+
+
+# -- the sampling process ---------------------------------------------------------------------------------
+def test_process_sampler_reads_the_rails_from_its_own_process(fast_board):
+    import os
+
+    from hisd_edge.profile.clock import SystemClock
+    from hisd_edge.profile.power.ina3221 import Ina3221Source
+    from hisd_edge.profile.sampler import ProcessSampler, make_sampler
+
+    root = fast_board("orin_nano_jp6")
+    source = Ina3221Source.discover(str(root))
+    sampler = make_sampler(source, 0.02, SystemClock())
+    assert isinstance(sampler, ProcessSampler) and sampler.mode == "process"
+    sampler.start()
+    try:
+        pid = sampler._process.pid
+        assert pid != os.getpid()
+        deadline = time.monotonic() + 20.0
+        while len(sampler.trace().samples) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        curr = root / "sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/curr1_input"
+        curr.write_text("2000\n")
+        target = time.monotonic()
+        while (sampler.latest()[0] or 0) < target + 0.1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sampler.pause()
+        time.sleep(0.1)
+        paused_count = len(sampler.trace().samples)
+        time.sleep(0.2)
+        assert len(sampler.trace().samples) <= paused_count + 1  # at most one line was in flight
+        curr.unlink()  # the driver goes away: a gap, not a crash
+        sampler.resume()
+        while not sampler.latest()[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        curr.write_text("1126\n")
+        while sampler.latest()[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        trace = sampler.stop()
+    assert sampler._process is None and trace.samples
+    assert list(trace.samples[0].rails_mw) == ["VDD_IN", "VDD_CPU_GPU_CV", "VDD_SOC"]
+    assert trace.samples[0].total_mw == pytest.approx(5064 * 1126 / 1000.0)
+    assert any(s.rails_mw["VDD_IN"] == pytest.approx(5064 * 2.0) for s in trace.samples)
+    assert len(trace.gaps) == 1 and "cannot be read" in trace.gaps[0].reason and trace.gaps[0].end_s is not None
+    times = [s.time_s for s in trace.samples]
+    assert times == sorted(times) and trace.started_s <= times[0] <= time.monotonic()  # one shared clock
+
+
+def test_sources_that_cannot_leave_the_process_get_a_thread():
+    from hisd_edge.profile.clock import SystemClock, VirtualClock
+    from hisd_edge.profile.sampler import make_sampler
+
+    source = ScriptedSource(time.monotonic, lambda t: 1.0)
+    assert make_sampler(source, 0.05, SystemClock()).mode == "thread"
+    assert make_sampler(source, 0.05, VirtualClock()).mode == "virtual"
+
+
+def test_the_design_brackets_every_round_with_idle_and_draws_a_fresh_seeded_order():
+    from hisd_edge.profile.measure import schedule
+
+    order = schedule(3, rounds=4, seed=5, early=True)
+    assert order[0] == (0, "idle", None) and order[-1] == (4, "idle", None)
+    rounds = [[(kind, k) for r, kind, k in order if r == i and kind != "idle"] for i in range(4)]
+    assert all(
+        sorted(map(str, r)) == sorted(map(str, [("exit", 0), ("exit", 1), ("exit", 2), ("early", None)]))
+        for r in rounds
+    )
+    assert len({tuple(map(str, r)) for r in rounds}) > 1  # not the same order every round
+    assert schedule(3, 4, 5, True) == order and schedule(3, 4, 6, True) != order  # reproducible, seeded
+    assert [kind for _, kind, _ in order].count("idle") == 5
+
+
+def _block(kind, k, r, start, power_mw, samples=1000, window=10.0):
+    from hisd_edge.profile.energy import WindowEnergy
+    from hisd_edge.profile.measure import Block
+
+    block = Block(kind, k, 1, r, start - 1.0, start, start + window, calls=samples, samples=samples)
+    block.energy["total"] = WindowEnergy(start, start + window, power_mw * window, window, 50, "trapezoid", [])
+    return block
+
+
+def test_stage_energies_are_paired_within_rounds_and_idle_is_interpolated():
+    from hisd_edge.profile.analysis import analyse_batch
+
+    blocks, t = [], 0.0
+    for r in range(3):
+        blocks.append(_block("idle", None, r, t, 1000.0 + 20.0 * r))  # idle drifts 20 mW per 48 s round
+        t += 12.0
+        for k in (2, 0, 1):
+            idle_now = 1000.0 + 20.0 * t / 48.0  # the idle power at this block's middle (t + 5)
+            # every exit of round r also carries +50 r mW (a warmer round): the same for all its exits
+            blocks.append(_block("exit", k, r, t, idle_now + 100.0 * (k + 1) + 50.0 * r))
+            t += 12.0
+    blocks.append(_block("idle", None, 3, t, 1060.0))
+    result = analyse_batch(blocks, 3, [], 0.95)
+    exits = [e["energy_mj"] for e in result["exits"]]
+    # exit k: (100 (k+1) + 50 r) mW x 10 s / 1000 inferences; the drift is gone, the round effect is not
+    assert [e["dynamic"] for e in exits] == pytest.approx([1.5, 2.5, 3.5])
+    assert exits[0]["dynamic_ci"][1] - exits[0]["dynamic_ci"][0] > 2.0
+    stages = [s["energy_mj"] for s in result["stages"]]
+    for j in (1, 2):  # paired within rounds, the round effect cancels: exactly 1 mJ, an interval of no width
+        assert stages[j]["dynamic"] == pytest.approx(1.0) and stages[j]["dynamic_ci"] == pytest.approx([1.0, 1.0])
+    assert result["idle"]["brackets"] == 4 and result["idle"]["drift_mw"] == pytest.approx(60.0)
+
+
+def test_a_sampling_process_that_cannot_start_is_one_line(fast_board):
+    from hisd_edge.profile.power.ina3221 import Ina3221Source
+    from hisd_edge.profile.sampler import ProcessSampler
+
+    source = Ina3221Source.discover(str(fast_board("orin_nano_jp6")))
+    sampler = ProcessSampler(source, 0.05, python="/nonexistent/python3")
+    with pytest.raises(DeviceError, match="cannot start the power-sampling process .* use --sampler thread"):
+        sampler.start()
+    assert sampler.stop().samples == []

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from hisd_edge.errors import DeviceError, InputError
-from hisd_edge.profile.power import open_power_source
+from hisd_edge.profile.power import open_power_source, total_from_rails
 from hisd_edge.profile.power.tegrastats import (
     TegrastatsLogSource,
     TegrastatsProcessSource,
@@ -18,33 +18,48 @@ from hisd_edge.profile.power.tegrastats import (
 )
 from hisd_edge.profile.sampler import PowerSampler
 
-EXPECTED = {
-    "nano_jp4": ({"POM_5V_IN": 4520.0, "POM_5V_GPU": 0.0, "POM_5V_CPU": 1078.0}, 4520.0),
-    "agx_xavier_jp4": (
-        {
-            "VDD_IN": 14025.0,
-            "VDD_CPU": 2209.0,
-            "VDD_GPU": 6854.0,
-            "VDD_SOC": 1371.0,
-            "VDD_WIFI": 19.0,
-            "VDD_DDR": 2702.0,
-        },
-        14025.0,
+EXPECTED = {  # rails, total mW, what the total is (the lines and their sources: conftest.TEGRASTATS_LINES)
+    "nano_jp4": ({"POM_5V_IN": 933.0, "POM_5V_GPU": 0.0, "POM_5V_CPU": 84.0}, 933.0, "POM_5V_IN"),
+    "tx2_jp4": (
+        {"VDD_IN": 1383.0, "VDD_CPU": 153.0, "VDD_GPU": 76.0, "VDD_SOC": 384.0, "VDD_WIFI": 364.0, "VDD_DDR": 192.0},
+        1383.0,
+        "VDD_IN",
     ),
+    "agx_xavier_jp4": (
+        {"GPU": 463.0, "CPU": 618.0, "SOC": 2936.0, "CV": 0.0, "VDDRQ": 309.0, "SYS5V": 3306.0},
+        463.0 + 618 + 2936 + 0 + 309 + 3306,
+        "AGX Xavier rail sum",
+    ),
+    "agx_xavier_jp5": (
+        {"GPU": 467.0, "CPU": 467.0, "SOC": 1245.0, "CV": 0.0, "VDDRQ": 311.0, "SYS5V": 2768.0},
+        467.0 + 467 + 1245 + 0 + 311 + 2768,
+        "AGX Xavier rail sum",
+    ),
+    "xavier_nx_jp5": ({"VDD_IN": 5079.0, "VDD_CPU_GPU_CV": 696.0, "VDD_SOC": 1104.0}, 5079.0, "VDD_IN"),
+    "orin_nano_jp6": ({"VDD_IN": 5704.0, "VDD_CPU_GPU_CV": 831.0, "VDD_SOC": 1624.0}, 5704.0, "VDD_IN"),
     "agx_orin_jp5": (
         {"VDD_GPU_SOC": 2390.0, "VDD_CPU_CV": 796.0, "VIN_SYS_5V0": 3522.0, "VDDQ_VDD2_1V8AO": 301.0},
         2390.0 + 796 + 3522 + 301,
+        "AGX Orin rail sum",
     ),
-    "orin_nano_jp6": ({"VDD_IN": 5704.0, "VDD_CPU_GPU_CV": 831.0, "VDD_SOC": 1624.0}, 5704.0),
-    "agx_orin_jp7": ({"VDD_GPU_SOC": 5139.0, "VDD_CPU_CV": 3268.0, "VIN_SYS_5V0": 5500.0}, 5139.0 + 3268 + 5500),
+    "agx_orin_jp7": (
+        {"VDD_GPU_SOC": 5139.0, "VDD_CPU_CV": 3268.0, "VIN_SYS_5V0": 5500.0},
+        5139.0 + 3268 + 5500,
+        "AGX Orin rail sum",
+    ),
 }
+
+
+def test_every_recorded_format_is_covered(tegrastats_lines):
+    assert sorted(EXPECTED) == sorted(tegrastats_lines)
 
 
 @pytest.mark.parametrize("fmt", sorted(EXPECTED))
 def test_every_line_format_parses_exactly(fmt, tegrastats_lines):
-    rails, total = EXPECTED[fmt]
+    rails, total, label = EXPECTED[fmt]
     assert parse_rails_mw(tegrastats_lines[fmt]) == rails
     assert sample_from_line(tegrastats_lines[fmt], 3.0).total_mw == total
+    assert total_from_rails(rails)[1] == label
 
 
 def test_memory_temperatures_and_frequencies_are_not_rails():
@@ -91,7 +106,11 @@ def test_log_source_replays_then_stops(tmp_path, tegrastats_lines, counter_clock
             assert source.read().total_mw == 5139.0 + 3268 + 5500
         with pytest.raises(DeviceError, match="ended after 3 samples"):
             source.read()
-    assert source.describe()["total"] == "sum of rails"
+    assert source.describe()["total"] == "AGX Orin rail sum"
+    assert source.describe()["total_rule"]["quantity"] == "agx_orin_rail_sum"
+    # a recorded log cannot say how the board's sensor was set: the documented setting is assumed, and said
+    timing = source.timing()
+    assert timing.assumed and timing.tau_s > 0.4 and timing.refresh_s == pytest.approx(0.1)
 
 
 def test_log_source_bad_input(tmp_path):

@@ -19,15 +19,16 @@ import errno
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from hisd_edge.errors import DeviceError
+from hisd_edge.profile.power.rails import TotalRule, total_rule
+from hisd_edge.profile.sensor import SensorTiming, sampled_timing
 
 Clock = Callable[[], float]
 
-# Rails that carry the whole module's input power, in order of preference. Boards without one
-# (AGX Xavier, AGX Orin) only meter their internal rails: the total is then the sum of the rails,
-# which leaves the carrier board out (say so in the report).
+# Rails that carry the whole module's input power. Boards without one (AGX Xavier, AGX Orin) only
+# meter their supplies: their total is a documented per-board sum with its own name (see rails.py).
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")
 SYSFS_ROOT_ENV = "HISD_EDGE_SYSFS_ROOT"
 
@@ -47,11 +48,9 @@ class PowerSample:
 
 
 def total_from_rails(rails_mw: Mapping[str, float]) -> Tuple[float, str]:
-    """(total mW, how it was formed): ``VDD_IN``/``POM_5V_IN`` where present, else the rail sum."""
-    for name in TOTAL_RAILS:
-        if name in rails_mw:
-            return float(rails_mw[name]), name
-    return float(sum(rails_mw.values())), "sum of rails"
+    """(total mW, its label): the board's input rail, its documented rail sum, or the plain sum (see rails.py)."""
+    rule = total_rule(list(rails_mw))
+    return rule.total_mw(rails_mw), rule.label
 
 
 def sysfs_root(root: Optional[str] = None) -> Path:
@@ -97,7 +96,7 @@ def read_number(path: Path, what: str, alternative: str = "--power tegrastats") 
         if exc.errno == errno.EACCES:
             raise permission_error(path, what, alternative) from None
         raise DeviceError(
-            f"{path}: cannot be read ({exc.strerror or exc}); the {what} driver may have gone away"
+            f"{path}: cannot be read ({exc.strerror or exc}); the driver of {what} may have gone away"
         ) from None
     token = text.strip().split(" ")[0] if text.strip() else ""
     try:
@@ -133,10 +132,11 @@ class PowerSource(abc.ABC):
     runs_in_background = False
     available = True  # False only for NullSource: energy cannot be measured
 
-    def __init__(self, clock: Clock = time.perf_counter):
+    def __init__(self, clock: Clock = time.monotonic):
         self.clock = clock
         self.min_period_s = 0.0
         self._open = False
+        self._rule: Optional[TotalRule] = None
 
     def open(self) -> PowerSource:
         if not self._open:
@@ -174,6 +174,22 @@ class PowerSource(abc.ABC):
         """For the report: source name, rails, how the total is formed, paths or command."""
         return {"source": self.name}
 
+    def timing(self) -> SensorTiming:
+        """How readings follow the power (see :mod:`hisd_edge.profile.sensor`): by default, samples
+        taken every ``min_period_s`` with no known lag."""
+        return sampled_timing(self.min_period_s, f"{self.name}: its own update period")
+
+    def total_rule(self, rails: List[str]) -> TotalRule:
+        """How this source's total is formed from ``rails`` (fixed at the first call)."""
+        if self._rule is None:
+            self._rule = total_rule(rails)
+        return self._rule
+
+    def worker_spec(self) -> Optional[Dict[str, Any]]:
+        """What a sampling process must read to stand in for ``read()`` (files and how to combine them),
+        or None when this source cannot be sampled from another process."""
+        return None
+
 
 class NullSource(PowerSource):
     """No power telemetry here: energy is reported as unavailable (never invented)."""
@@ -181,7 +197,7 @@ class NullSource(PowerSource):
     name = "none"
     available = False
 
-    def __init__(self, reason: str = "no power source selected (--power none)", clock: Clock = time.perf_counter):
+    def __init__(self, reason: str = "no power source selected (--power none)", clock: Clock = time.monotonic):
         super().__init__(clock)
         self.reason = reason
 

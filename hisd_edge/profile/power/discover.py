@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hisd_edge.errors import DependencyError, DeviceError, InputError
 from hisd_edge.profile.power.base import Clock, NullSource, PowerSource
@@ -32,9 +32,12 @@ def open_power_source(
     tegrastats_log: Optional[str] = None,
     tegrastats_interval_ms: int = 100,
     gpu_index: int = 0,
-    clock: Clock = time.perf_counter,
+    clock: Clock = time.monotonic,
+    rails: Optional[Sequence[str]] = None,
 ) -> Tuple[PowerSource, List[Dict[str, Any]]]:
     """(configured source, discovery notes). The source is not opened yet.
+
+    ``rails`` limits an INA3221 source to those rails (fewer I2C reads per sample).
 
     The notes list every source tried and why it was or was not used; they go into the report so a
     reader can tell "no power monitor on this machine" from "monitor present but skipped".
@@ -53,18 +56,27 @@ def open_power_source(
         return NullSource("no power source selected (--power none)", clock), [
             {"source": "none", "used": True, "why": "--power none"}
         ]
+    if rails and name not in ("auto", "ina3221"):
+        raise InputError(f"--rails selects INA3221 rails; it cannot be combined with --power {name}")
     if name == "auto":
-        return _discover(sysfs_root, tegrastats_interval_ms, gpu_index, clock)
-    return _explicit(name, sysfs_root, tegrastats_interval_ms, gpu_index, clock), [
+        return _discover(sysfs_root, tegrastats_interval_ms, gpu_index, clock, rails)
+    return _explicit(name, sysfs_root, tegrastats_interval_ms, gpu_index, clock, rails), [
         {"source": name, "used": True, "why": f"--power {name}"}
     ]
 
 
-def _explicit(name: str, sysfs_root: Optional[str], interval_ms: int, gpu_index: int, clock: Clock) -> PowerSource:
+def _explicit(
+    name: str,
+    sysfs_root: Optional[str],
+    interval_ms: int,
+    gpu_index: int,
+    clock: Clock,
+    rails: Optional[Sequence[str]] = None,
+) -> PowerSource:
     if name == "ina3221":
         from hisd_edge.profile.power.ina3221 import Ina3221Source
 
-        source = Ina3221Source.discover(sysfs_root, clock)
+        source = Ina3221Source.discover(sysfs_root, clock, rails)
         if source is None:
             raise DeviceError(
                 "no INA3221 power monitor under /sys/bus/i2c/drivers/ina3221 (JetPack 5+) or ina3221x (JetPack 4); "
@@ -97,18 +109,20 @@ def _explicit(name: str, sysfs_root: Optional[str], interval_ms: int, gpu_index:
 
 
 def _discover(
-    sysfs_root: Optional[str], interval_ms: int, gpu_index: int, clock: Clock
+    sysfs_root: Optional[str], interval_ms: int, gpu_index: int, clock: Clock, rails: Optional[Sequence[str]] = None
 ) -> Tuple[PowerSource, List[Dict[str, Any]]]:
     notes: List[Dict[str, Any]] = []
     from hisd_edge.profile.power.ina3221 import Ina3221Source
 
     # Present but unreadable raises here (DeviceError naming the file and the fix).
-    ina = Ina3221Source.discover(sysfs_root, clock)
+    ina = Ina3221Source.discover(sysfs_root, clock, rails)
     if ina is not None:
         ina.open()
-        notes.append({"source": ina.name, "used": True, "why": f"{len(ina.rails)} rails found"})
+        notes.append({"source": ina.name, "used": True, "why": f"{len(ina.all_rails)} rails found"})
         return ina, notes
     notes.append({"source": "ina3221", "used": False, "why": "no ina3221 (hwmon) or ina3221x (iio) device in sysfs"})
+    if rails:
+        raise InputError(f"--rails {','.join(rails)}: no INA3221 power monitor here to read them from")
 
     # Tools and libraries only make sense for the live machine, not for a recorded sysfs tree.
     recorded = os.path.realpath(str(resolve_root(sysfs_root))) != "/"

@@ -14,6 +14,8 @@ from typing import Any, Dict
 
 from hisd_edge.errors import DependencyError, DeviceError
 from hisd_edge.profile.power.base import Clock, PowerSample, PowerSource
+from hisd_edge.profile.power.rails import QUANTITIES
+from hisd_edge.profile.sensor import SensorTiming, counter_timing
 
 INSTALL_HINT = "pip install nvidia-ml-py (and an NVIDIA driver)"
 
@@ -29,7 +31,7 @@ def _nvml() -> Any:
 class NvmlSource(PowerSource):
     name = "nvml"
 
-    def __init__(self, gpu_index: int = 0, clock: Clock = time.perf_counter):
+    def __init__(self, gpu_index: int = 0, clock: Clock = time.monotonic):
         super().__init__(clock)
         self.gpu_index = gpu_index
         self.min_period_s = 0.02
@@ -81,6 +83,9 @@ class NvmlSource(PowerSource):
             except Exception:
                 pass
 
+    def timing(self) -> SensorTiming:
+        return counter_timing(0.1, "NVML energy counter (updated every 20-100 ms)")
+
     def describe(self) -> Dict[str, Any]:
         return {
             "source": self.name,
@@ -88,5 +93,12 @@ class NvmlSource(PowerSource):
             "gpu_name": self._gpu_name,
             "rails": ["GPU"],
             "total": "GPU board (NVML energy counter)",
-            "total_note": "GPU board only: host CPU and memory are not included",
+            "total_rule": {
+                "quantity": "gpu_board",
+                "label": "GPU board",
+                "rails": ["GPU"],
+                "meaning": QUANTITIES["gpu_board"],
+                "family": None,
+            },
+            "total_note": QUANTITIES["gpu_board"],
         }

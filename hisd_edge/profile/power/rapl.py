@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hisd_edge.errors import DeviceError
 from hisd_edge.profile.power.base import Clock, PowerSample, PowerSource, read_label, read_number, sysfs_root, under
+from hisd_edge.profile.power.rails import QUANTITIES
+from hisd_edge.profile.sensor import SensorTiming, counter_timing
 
 POWERCAP_GLOB = "/sys/class/powercap/intel-rapl:*"
 WHAT = "the RAPL energy counter"
@@ -61,7 +63,7 @@ def rapl_domains(root: Path) -> List[_Domain]:
 class RaplSource(PowerSource):
     name = "rapl"
 
-    def __init__(self, domains: List[_Domain], clock: Clock = time.perf_counter):
+    def __init__(self, domains: List[_Domain], clock: Clock = time.monotonic):
         super().__init__(clock)
         if not domains:
             raise DeviceError("no RAPL powercap domains (/sys/class/powercap/intel-rapl:*); use --power none")
@@ -73,7 +75,7 @@ class RaplSource(PowerSource):
         self._last_rails: Dict[str, Tuple[float, float]] = {}
 
     @classmethod
-    def discover(cls, root: Optional[str] = None, clock: Clock = time.perf_counter) -> Optional[RaplSource]:
+    def discover(cls, root: Optional[str] = None, clock: Clock = time.monotonic) -> Optional[RaplSource]:
         domains = rapl_domains(sysfs_root(root))
         return cls(domains, clock) if domains else None
 
@@ -98,11 +100,22 @@ class RaplSource(PowerSource):
         self._last = (now, total_uj)
         return PowerSample(time_s=now, total_mw=total_mw, rails_mw=rails_mw, energy_mj=total_uj / 1000.0)
 
+    def timing(self) -> SensorTiming:
+        return counter_timing(self.min_period_s, "RAPL energy counter")
+
     def describe(self) -> Dict[str, Any]:
+        label = " + ".join(d.name for d in self.total_domains)
         return {
             "source": self.name,
             "rails": [d.name for d in self.domains],
-            "total": " + ".join(d.name for d in self.total_domains),
-            "total_note": "CPU package energy (RAPL): accelerators, board and PSU losses are not included",
+            "total": label,
+            "total_rule": {
+                "quantity": "cpu_packages",
+                "label": label,
+                "rails": [d.name for d in self.total_domains],
+                "meaning": QUANTITIES["cpu_packages"],
+                "family": None,
+            },
+            "total_note": QUANTITIES["cpu_packages"],
             "paths": [str(d.counter) for d in self.domains],
         }

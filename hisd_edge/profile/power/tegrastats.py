@@ -27,6 +27,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from hisd_edge.errors import DeviceError, InputError
 from hisd_edge.profile.power.base import Clock, PowerSample, PowerSource, total_from_rails
+from hisd_edge.profile.power.rails import total_rule
+from hisd_edge.profile.sensor import SensorTiming, assumed_jetson_timing
 
 # NAME v[mW]/v[mW][/v[mW]], each value followed by whitespace or the end of the line.
 _RAIL_RE = re.compile(
@@ -82,14 +84,37 @@ def samples_from_log(lines: Iterable[str], interval_s: float, start_s: float = 0
 
 
 def _describe_rails(rails: Dict[str, float]) -> Dict[str, Any]:
-    total_rule = total_from_rails(rails)[1]
-    return {
-        "rails": list(rails),
-        "total": total_rule,
-        "total_note": None
-        if total_rule != "sum of rails"
-        else "no module input rail (VDD_IN/POM_5V_IN) in the tegrastats line: total = sum of the rails shown",
-    }
+    rule = total_rule(list(rails))
+    return {"rails": list(rails), "total": rule.label, "total_rule": rule.to_dict(), "total_note": rule.meaning}
+
+
+def board_sensor_timing(refresh_s: float, origin: str, sysfs: Optional[str] = "/") -> SensorTiming:
+    """A tool's readings (tegrastats, jtop) come from the board's INA3221 through the kernel: its
+    averaging applies, and the tool adds its own interval. Read the chip settings where possible."""
+    timing: Optional[SensorTiming] = None
+    if sysfs is not None:
+        try:
+            from hisd_edge.profile.power.ina3221 import Ina3221Source
+
+            source = Ina3221Source.discover(sysfs)
+            timing = source.timing() if source is not None else None
+        except Exception:  # unreadable settings are a note, not an error: the fallback below says so
+            timing = None
+    if timing is None:
+        timing = assumed_jetson_timing(f"{origin}: the INA3221 settings cannot be read from sysfs here")
+    return SensorTiming(
+        kind="averaging",
+        tau_s=timing.tau_s,
+        refresh_s=max(refresh_s, timing.refresh_s),
+        samples=timing.samples,
+        cycle_s=timing.cycle_s,
+        channels=timing.channels,
+        update_interval_ms=timing.update_interval_ms,
+        update_interval_meaning=timing.update_interval_meaning,
+        assumed=timing.assumed,
+        origin=f"{origin} over {timing.origin}",
+        notes=list(timing.notes),
+    )
 
 
 def find_tegrastats(executable: Optional[str] = None) -> str:
@@ -114,7 +139,7 @@ class TegrastatsProcessSource(PowerSource):
         self,
         interval_ms: int = 100,
         executable: Optional[str] = None,
-        clock: Clock = time.perf_counter,
+        clock: Clock = time.monotonic,
         first_line_timeout_s: float = 5.0,
     ):
         super().__init__(clock)
@@ -130,6 +155,9 @@ class TegrastatsProcessSource(PowerSource):
         self._lines = 0
         self._first = threading.Event()
         self._rails: Dict[str, float] = {}
+
+    def timing(self) -> SensorTiming:
+        return board_sensor_timing(self.min_period_s, f"tegrastats --interval {self.interval_ms}")
 
     def open_impl(self) -> None:
         try:
@@ -221,7 +249,7 @@ class TegrastatsLogSource(PowerSource):
 
     name = "tegrastats-log"
 
-    def __init__(self, path: str, interval_ms: int = 100, clock: Clock = time.perf_counter):
+    def __init__(self, path: str, interval_ms: int = 100, clock: Clock = time.monotonic):
         super().__init__(clock)
         self.path = Path(path)
         if not self.path.is_file():
@@ -235,6 +263,9 @@ class TegrastatsLogSource(PowerSource):
         self.interval_ms = int(interval_ms)
         self.min_period_s = self.interval_ms / 1000.0
         self._next = 0
+
+    def timing(self) -> SensorTiming:
+        return board_sensor_timing(self.min_period_s, f"recorded tegrastats log {self.path.name}", sysfs=None)
 
     def read_impl(self) -> PowerSample:
         if self._next >= len(self._samples):

@@ -26,16 +26,25 @@ SOURCES_NAME = "sources.json"
 # {file name: renderer}: the plots of one report, and of a comparison.
 REPORT_PLOTS: Dict[str, Callable[[Dict[str, Any]], Optional[bytes]]] = {
     "accuracy_vs_latency.png": lambda p: plots.tradeoff(p, "mean_latency_ms"),
-    "accuracy_vs_energy.png": lambda p: plots.tradeoff(p, "mean_energy_mj"),
+    "accuracy_vs_energy.png": lambda p: plots.tradeoff(p, plots.energy_key(p)),
+    "exit_costs.png": plots.exit_costs,
+    "model_check.png": plots.model_check,
     "exit_distribution.png": plots.exit_distribution,
     "stage_breakdown.png": plots.stage_breakdown,
     "power_trace.png": plots.power_trace,
 }
+
+
+def _compare_energy_key(profiles: Sequence[Dict[str, Any]]) -> str:
+    keys = {plots.energy_key(p) for p in profiles}
+    return "mean_dynamic_energy_mj" if keys == {"mean_dynamic_energy_mj"} else "mean_energy_mj"
+
+
 COMPARE_PLOTS: Dict[str, Callable[[Sequence[Dict[str, Any]], Sequence[str]], Optional[bytes]]] = {
     "compare_accuracy_vs_latency.png": lambda ps, ls: plots.compare_tradeoff(ps, ls, "mean_latency_ms"),
-    "compare_accuracy_vs_energy.png": lambda ps, ls: plots.compare_tradeoff(ps, ls, "mean_energy_mj"),
+    "compare_accuracy_vs_energy.png": lambda ps, ls: plots.compare_tradeoff(ps, ls, _compare_energy_key(ps)),
     "compare_exit_latency.png": lambda ps, ls: plots.compare_exits(ps, ls, "mean_latency_ms"),
-    "compare_exit_energy.png": lambda ps, ls: plots.compare_exits(ps, ls, "mean_energy_mj"),
+    "compare_exit_energy.png": lambda ps, ls: plots.compare_exits(ps, ls, _compare_energy_key(ps)),
 }
 # Every name write_report or write_comparison can put in a directory: only these may be replaced.
 WRITTEN_NAMES = frozenset(
@@ -137,8 +146,27 @@ def _labels(profiles: Sequence[Dict[str, Any]], paths: Sequence[str]) -> List[st
     return labels
 
 
+def _quantity(profile: Dict[str, Any]) -> Optional[str]:
+    return ((profile.get("power") or {}).get("total_rule") or {}).get("quantity")
+
+
 def _comparison_notes(profiles: Sequence[Dict[str, Any]], labels: Sequence[str]) -> List[str]:
     notes = []
+    quantities = {_quantity(p) for p in profiles if (p.get("power") or {}).get("available")}
+    if len(quantities) > 1:
+        notes.append(
+            "the profiles' total energy measures different things ("
+            + "; ".join(f"{label}: {(p.get('power') or {}).get('total')}" for p, label in zip(profiles, labels))
+            + "): their energy columns are labelled with what each measures and are not drawn on one axis"
+        )
+    modes = {((p.get("device") or {}).get("nvpmodel") or {}).get("mode_name") for p in profiles}
+    if len(modes) > 1:
+        notes.append(
+            "power modes differ: " + ", ".join(f"{label}: {_mode_name(p)}" for p, label in zip(profiles, labels))
+        )
+    for p, label in zip(profiles, labels):
+        for flag in (p.get("conditions") or {}).get("flags") or []:
+            notes.append(f"{label}: {flag}")
     batches = {p.get("batch") for p in profiles}
     if len(batches) > 1:
         notes.append(
@@ -152,6 +180,11 @@ def _comparison_notes(profiles: Sequence[Dict[str, Any]], labels: Sequence[str])
         if not (p.get("power") or {}).get("available"):
             notes.append(f"{label}: energy not measured ({(p.get('power') or {}).get('reason', 'no power source')})")
     return notes
+
+
+def _mode_name(profile: Dict[str, Any]) -> str:
+    nvp = (profile.get("device") or {}).get("nvpmodel") or {}
+    return str(nvp.get("mode_name") or "n/a")
 
 
 def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], out_dir: Path) -> Dict[str, Any]:
@@ -168,27 +201,32 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
     if not images:
         notes.append("plots left out: matplotlib is not installed here")
     page = html.render_compare_html(profiles, labels, images, notes)
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.#-]", "_", text)
+
+    def energy_column(p: Dict[str, Any], label: str, kind: str) -> str:
+        quantity = _quantity(p) or "none"
+        return f"{safe(label)}_energy_{kind}_mj_{quantity}"  # the quantity is part of the name: never one name, two meanings
+
     header = (
-        "exit,"
-        + ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', lab)}_latency_p50_ms" for lab in labels)
-        + ","
-        + ",".join(f"{re.sub(r'[^A-Za-z0-9_.#-]', '_', lab)}_energy_total_mj" for lab in labels)
+        ["exit"]
+        + [f"{safe(lab)}_latency_p50_ms" for lab in labels]
+        + [energy_column(p, lab, "total") for p, lab in zip(profiles, labels)]
+        + [energy_column(p, lab, "dynamic") for p, lab in zip(profiles, labels)]
     )
-    lines = [header]
+    lines = [",".join(header)]
     for k in range(max(len(p.get("exits") or []) for p in profiles)):
         cells = [str(k)]
-        for key in ("latency", "energy"):
+        for key in ("latency", "total", "dynamic"):
             for p in profiles:
                 exits = p.get("exits") or []
                 value = None
                 if k < len(exits):
-                    value = (
-                        (exits[k].get("latency_ms") or {}).get("p50")
-                        if key == "latency"
-                        else (exits[k].get("energy_mj") or {}).get("total")
-                        if isinstance(exits[k].get("energy_mj"), dict)
-                        else None
-                    )
+                    if key == "latency":
+                        value = (exits[k].get("latency_ms") or {}).get("p50")
+                    elif isinstance(exits[k].get("energy_mj"), dict):
+                        value = exits[k]["energy_mj"].get(key)
                 cells.append("" if value is None else f"{value:.6g}")
         lines.append(",".join(cells))
     written = []

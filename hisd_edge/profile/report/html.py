@@ -17,7 +17,8 @@ h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;bor
 th,td{border:1px solid #dee2e6;padding:.25rem .55rem;text-align:right}th{background:#f1f3f5}
 td.l,th.l{text-align:left}.notes{background:#fff4e6;border-left:4px solid #f08c00;padding:.5rem 1rem;margin:1rem 0}
 .notes li{margin:.2rem 0}.na{color:#868e96}img{max-width:100%;border:1px solid #e9ecef;margin:.4rem 0}
-.grid{display:flex;flex-wrap:wrap;gap:1rem}.kv td{text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:1rem}.kv td{text-align:left}.ci{color:#495057;font-size:.8rem}
+.flag{background:#fff5f5;border-left:4px solid #e03131;padding:.5rem 1rem;margin:1rem 0}
 """
 
 
@@ -65,6 +66,16 @@ def _energy(entry: Dict[str, Any], key: str) -> Optional[float]:
     return energy.get(key) if isinstance(energy, dict) else None
 
 
+def with_ci(value: Any, ci: Any, digits: int = 3) -> str:
+    """``value [low, high]``; the interval left out when there is none."""
+    if value is None:
+        return num(None)
+    text = num(value, digits)
+    if isinstance(ci, list) and len(ci) == 2 and ci[0] is not None:
+        text += f' <span class="ci">[{num(ci[0], digits)}, {num(ci[1], digits)}]</span>'
+    return text
+
+
 def _mode(device: Dict[str, Any]) -> str:
     nvp = device.get("nvpmodel") or {}
     clocks = device.get("jetson_clocks") or {}
@@ -80,9 +91,11 @@ def _mode(device: Dict[str, Any]) -> str:
 
 def summary_line(profile: Dict[str, Any]) -> str:
     device, backend, power = profile.get("device") or {}, profile.get("backend") or {}, profile.get("power") or {}
+    total = f" ({power.get('total')})" if power.get("available") and power.get("total") else ""
     return (
         f"{device.get('model', '?')} · {backend.get('backend', '?')} {profile.get('precision', '')} · "
-        f"power: {power.get('source', '?')}{'' if power.get('available') else ' (energy unavailable)'} · {_mode(device)}"
+        f"power: {power.get('source', '?')}{total}{'' if power.get('available') else ' (energy unavailable)'} · "
+        f"{_mode(device)}"
     )
 
 
@@ -94,31 +107,34 @@ def _exits_table(profile: Dict[str, Any], block: Dict[str, Any]) -> str:
     for e in block["exits"]:
         k = e["index"]
         lat = e.get("latency_ms") or {}
+        energy = e.get("energy_mj") or {}
         detail = e.get("energy") or {}
         rows.append(
             [
                 str(k),
                 num(lat.get("p50")),
-                num(lat.get("p90")),
                 num(lat.get("p99")),
-                num(_energy(e, "total")),
-                num(_energy(e, "dynamic")),
+                with_ci(lat.get("mean"), lat.get("ci")),
+                with_ci(energy.get("dynamic"), energy.get("dynamic_ci")),
+                with_ci(energy.get("total"), energy.get("total_ci")),
+                num(energy.get("rounds")),
                 num(detail.get("mean_power_mw"), 4),
-                num(detail.get("samples")),
                 pct(top1[k]) if k < len(top1) else pct(None),
                 pct(fractions[k]) if k < len(fractions) and block is profile else "",
             ]
         )
+    power = profile.get("power") or {}
+    total = f" ({power.get('total')})" if power.get("total") else ""
     return _table(
         [
             "exit",
             "p50 ms",
-            "p90 ms",
             "p99 ms",
-            "energy total mJ",
-            "energy dynamic mJ",
+            "mean ms [95% CI]",
+            f"dynamic mJ{total} [95% CI]",
+            f"total mJ{total} [95% CI]",
+            "rounds",
             "mean power mW",
-            "power samples",
             "top-1 (exit only)",
             "leaves here (current)",
         ],
@@ -126,22 +142,44 @@ def _exits_table(profile: Dict[str, Any], block: Dict[str, Any]) -> str:
     )
 
 
+def _rails_table(profile: Dict[str, Any]) -> str:
+    covered = {r.get("rail"): r for r in (profile.get("power") or {}).get("rails_covered") or []}
+    rows = []
+    for e in profile.get("exits") or []:
+        for rail, found in (e.get("rails_mj") or {}).items():
+            en = found or {}
+            info = covered.get(rail) or {}
+            is_total = rail == (profile.get("power") or {}).get("total")
+            rows.append(
+                [
+                    str(e["index"]),
+                    _e(rail) + (" (the total)" if is_total else ""),
+                    _e(info.get("covers") or "not documented for this board"),
+                    with_ci(en.get("dynamic"), en.get("dynamic_ci")),
+                    with_ci(en.get("total"), en.get("total_ci")),
+                ]
+            )
+    if not rows:
+        return ""
+    return _table(["exit", "rail", "what the rail covers", "dynamic mJ [95% CI]", "total mJ [95% CI]"], rows, left=3)
+
+
 def _stages_table(block: Dict[str, Any]) -> str:
     rows = []
     for s in block["stages"]:
         lat = s.get("latency_ms") or {}
+        energy = s.get("energy_mj") or {}
         rows.append(
             [
                 str(s["index"]),
                 num(lat.get("p50")),
-                num(lat.get("p90")),
                 num(lat.get("p99")),
-                num(_energy(s, "total")),
-                num(_energy(s, "dynamic")),
+                with_ci(energy.get("dynamic"), energy.get("dynamic_ci")),
+                with_ci(energy.get("total"), energy.get("total_ci")),
                 num(s.get("model_bytes")),
             ]
         )
-    return _table(["stage", "p50 ms", "p90 ms", "p99 ms", "energy total mJ", "energy dynamic mJ", "model bytes"], rows)
+    return _table(["stage", "p50 ms", "p99 ms", "dynamic mJ [95% CI]", "total mJ [95% CI]", "model bytes"], rows)
 
 
 def _kv(pairs: Sequence[tuple]) -> str:
@@ -150,6 +188,278 @@ def _kv(pairs: Sequence[tuple]) -> str:
         + "".join(f"<tr><th class='l'>{_e(k)}</th><td>{v}</td></tr>" for k, v in pairs)
         + "</table>"
     )
+
+
+def _model_check(profile: Dict[str, Any]) -> str:
+    check = profile.get("model_check") or {}
+    return _model_check_block(check)
+
+
+def _model_check_block(check: Dict[str, Any]) -> str:
+    rows = []
+    for name, entry in (
+        ("latency per call (ms)", check.get("latency_ms")),
+        ("dynamic energy per sample (mJ)", (check.get("energy_mj") or {}).get("dynamic")),
+        ("total energy per sample (mJ)", (check.get("energy_mj") or {}).get("total")),
+    ):
+        if not entry:
+            continue
+        rows.append(
+            [
+                _e(name),
+                with_ci(entry.get("predicted"), entry.get("predicted_ci"), 4),
+                with_ci(entry.get("measured"), entry.get("measured_ci"), 4),
+                with_ci(entry.get("difference"), entry.get("difference_ci"), 3),
+                num(entry.get("ratio"), 4),
+            ]
+        )
+    if not rows:
+        return "<p class='na'>not measured (--no-model-check, or no early-exit calls)</p>"
+    fractions = (check.get("energy_mj") or {}).get("exit_fraction") or (check.get("latency_ms") or {}).get(
+        "exit_fraction"
+    )
+    head = (
+        "<p>The real early-exit loop at the current thresholds, measured, against the prediction the thresholds "
+        "search makes: the sum over exits of (fraction leaving there) x (cost of reaching it), with the fractions the "
+        "real loop took"
+        + (f" ({' / '.join(f'{100 * f:.1f}%' for f in fractions)})" if fractions else "")
+        + f". Batch {_e(check.get('batch'))}.</p>"
+    )
+    return (
+        head
+        + _table(
+            ["quantity", "predicted [95% CI]", "measured [95% CI]", "difference [95% CI]", "measured / predicted"], rows
+        )
+        + f"<p><b>{_e(check.get('verdict', ''))}</b></p>"
+    )
+
+
+def _spread(entry: Any, scale: float = 1.0, unit: str = "") -> str:
+    if not isinstance(entry, dict) or entry.get("min") is None:
+        return num(None)
+    low, high = entry["min"] / scale, entry["max"] / scale
+    return _e(f"{low:.4g}{unit}" if low == high else f"{low:.4g}..{high:.4g}{unit}")
+
+
+def _conditions(profile: Dict[str, Any]) -> str:
+    cond = profile.get("conditions") or {}
+    summary = cond.get("summary") or {}
+    jc = cond.get("jetson_clocks_start") or {}
+    jc_end = cond.get("jetson_clocks_end") or {}
+
+    def part(value: Any) -> str:
+        return "held" if value is True else "free (DVFS)" if value is False else "unknown"
+
+    rows = [
+        (
+            "nvpmodel at start / end",
+            _e(
+                f"{(cond.get('nvpmodel_start') or {}).get('mode_name') or 'n/a'} / {(cond.get('nvpmodel_end') or {}).get('mode_name') or 'n/a'}"
+            ),
+        ),
+        ("jetson_clocks at start / end", _e(f"{jc.get('state', 'n/a')} / {jc_end.get('state', 'n/a')}")),
+        (
+            "CPU / GPU / EMC clocks",
+            _e(f"CPU {part(jc.get('cpu'))}, GPU {part(jc.get('gpu'))}, EMC {part(jc.get('emc'))}")
+            + (f" <span class='na'>({_e(jc.get('emc_reason'))})</span>" if jc.get("emc_reason") else ""),
+        ),
+        (
+            "CPU clock over the run (MHz)",
+            ", ".join(f"{_e(n)} {_spread(v, 1000.0)}" for n, v in (summary.get("cpu_khz") or {}).items()) or num(None),
+        ),
+        (
+            "GPU clock over the run (MHz)",
+            ", ".join(f"{_e(n)} {_spread(v, 1e6)}" for n, v in (summary.get("gpu_hz") or {}).items()) or num(None),
+        ),
+        ("EMC clock over the run (MHz)", _spread(summary.get("emc_hz"), 1e6)),
+        (
+            "temperatures over the run (C)",
+            ", ".join(f"{_e(n)} {_spread(v)}" for n, v in (summary.get("temps_c") or {}).items()) or num(None),
+        ),
+        ("throttle events", _e(", ".join(summary.get("throttle_events") or [])) or "none seen"),
+        ("snapshots (before and after every window)", num(summary.get("snapshots"))),
+        ("flags", _e("; ".join(cond.get("flags") or [])) or "none: one condition throughout"),
+    ]
+    return _kv(rows)
+
+
+def _power_section(profile: Dict[str, Any]) -> str:
+    power = profile.get("power") or {}
+    sensor = profile.get("sensor") or {}
+    settings = profile.get("settings") or {}
+    design = profile.get("design") or {}
+    overhead = profile.get("overhead") or {}
+    rule = power.get("total_rule") or {}
+    parts = [
+        _kv(
+            [
+                ("power source", _e(power.get("source"))),
+                (
+                    "sampling",
+                    _e(f"{power.get('sampler') or 'n/a'}, every {num(power.get('sampling_period_ms'))} ms")
+                    if power.get("available")
+                    else num(None),
+                ),
+                (
+                    "total",
+                    _e(f"{power.get('total')}: {rule.get('meaning', '')}")
+                    if power.get("available")
+                    else _e(power.get("reason")),
+                ),
+                (
+                    "sensor",
+                    _e(
+                        f"{sensor.get('kind')}: samples {sensor.get('samples')}, update_interval "
+                        f"{sensor.get('update_interval_ms')} ms ({sensor.get('update_interval_meaning')}), "
+                        f"tau {num(sensor.get('tau_s'))} s" + (" (assumed)" if sensor.get("assumed") else "")
+                    )
+                    if sensor
+                    else num(None),
+                ),
+                ("settling discarded per window (s)", num(settings.get("settle_s"))),
+                (
+                    "measuring window (s)",
+                    _e(
+                        f"{num(settings.get('window_s'))} (idle {num(settings.get('idle_s'))}); about {num(settings.get('independent_readings_per_window'))} independent readings each"
+                    )
+                    if sensor
+                    else num(None),
+                ),
+                (
+                    "design",
+                    _e(
+                        f"{design.get('rounds')} rounds, seed {design.get('seed')}, confidence {settings.get('confidence')}"
+                    )
+                    if design.get("order")
+                    else num(None),
+                ),
+                ("order (first batch)", _e(" | ".join(", ".join(r) for r in design.get("order") or [])) or num(None)),
+                (
+                    "warm-up",
+                    _e(
+                        f"{(design.get('warmup') or {}).get('seconds', 0):.0f} s, steady: {(design.get('warmup') or {}).get('steady')}"
+                    )
+                    if design.get("warmup")
+                    else num(None),
+                ),
+                (
+                    "idle power (mW)",
+                    with_ci(
+                        (profile.get("idle") or {}).get("power_mw"), (profile.get("idle") or {}).get("power_mw_ci"), 4
+                    ),
+                ),
+                ("idle drift over the run (mW)", num((profile.get("idle") or {}).get("drift_mw"), 3)),
+            ]
+        )
+    ]
+    covered = power.get("rails_covered") or []
+    if covered:
+        parts.append(
+            _table(
+                ["rail", "in the total", "what it covers"],
+                [[_e(r.get("rail")), "yes" if r.get("in_total") else "no", _e(r.get("covers"))] for r in covered],
+                left=3,
+            )
+        )
+    kept = overhead.get("source_kept_running") or (overhead.get("sampler") or {}).get("source_kept_running")
+    if kept:
+        parts.append(
+            "<p>"
+            + _e(
+                f"The sampler-overhead figures cover only the polling: the {power.get('source')} source kept running "
+                "while polling was paused, so its own cost is in both blocks of every pair."
+            )
+            + "</p>"
+        )
+    per_exit = overhead.get("per_exit") or []
+    if per_exit:
+        parts.append(
+            "<p>Sampler overhead at every exit (alternating paused / polling block pairs; ratio of mean latency minus one):</p>"
+            + _table(
+                ["exit", "overhead % [95% CI]", "mean ms paused", "mean ms polling", "pairs"],
+                [
+                    [
+                        str(o["exit"]),
+                        with_ci(o.get("overhead_pct"), o.get("overhead_pct_ci")),
+                        num(o.get("latency_ms_without")),
+                        num(o.get("latency_ms_with")),
+                        num(o.get("block_pairs")),
+                    ]
+                    for o in per_exit
+                ],
+            )
+        )
+    return "".join(parts)
+
+
+def _memory_section(memory: Dict[str, Any]) -> str:
+    parts = []
+    per_exit = memory.get("per_exit") or {}
+    static = {e["index"]: e for e in per_exit.get("static") or []}
+    measured = {e["index"]: e for e in per_exit.get("measured") or []}
+    if static or measured:
+        rows = []
+        for k in sorted(set(static) | set(measured)):
+            st, me = static.get(k) or {}, measured.get(k) or {}
+            rows.append(
+                [
+                    str(k),
+                    num(st.get("model_bytes")),
+                    num(st.get("plan_bytes")),
+                    num(st.get("weights_bytes")),
+                    num(st.get("device_memory_bytes")),
+                    num(me.get("device_taken_mib"), 4),
+                    num(me.get("rss_delta_mib"), 4),
+                    num(me.get("nvmap_used_delta_mib"), 4),
+                    num(me.get("system_mem_available_taken_mib"), 4),
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "exit",
+                    "stage files 0..k (bytes)",
+                    "TensorRT plans 0..k",
+                    "weights 0..k",
+                    "context memory 0..k",
+                    "device memory taken (MiB)",
+                    "RSS growth (MiB)",
+                    "NvMap growth (MiB)",
+                    "system-wide MemAvailable taken (MiB)",
+                ],
+                rows,
+            )
+            + f"<p class='sub'>{_e(per_exit.get('note', ''))}</p>"
+        )
+    mem_rows = []
+    for label in ("before", "after_load", "after_run"):
+        snap = memory.get(label) or {}
+        mem_rows.append(
+            [
+                _e(label.replace("_", " ")),
+                num(snap.get("rss_mib"), 4),
+                num(snap.get("rss_peak_mib"), 4),
+                num(snap.get("mem_available_mib"), 5),
+                num(snap.get("nvmap_used_mib"), 4),
+            ]
+        )
+    parts.append(
+        "<p>Snapshots (MemAvailable is system-wide: any process moves it):</p>"
+        + _table(["when", "RSS MiB", "peak RSS MiB", "system MemAvailable MiB", "NvMapMemUsed MiB"], mem_rows)
+    )
+    load = memory.get("load") or {}
+    parts.append(
+        _kv(
+            [
+                ("model files (bytes)", num(memory.get("model_bytes"))),
+                ("RSS growth on load (MiB)", num(load.get("rss_delta_mib"), 4)),
+                ("system-wide memory taken on load (MiB)", num(load.get("mem_available_taken_mib"), 4)),
+                ("NvMap growth on load (MiB)", num(load.get("nvmap_used_delta_mib"), 4)),
+                ("backend report", _e(memory.get("backend")) if memory.get("backend") else num(None)),
+            ]
+        )
+    )
+    return "".join(parts)
 
 
 def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], notes: Sequence[str] = ()) -> str:
@@ -163,13 +473,18 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
         f"<p class='sub'>{_e(summary_line(profile))}<br>created {_e(profile.get('created', '?'))} · hisd-edge "
         f"{_e(profile.get('toolkit_version', '?'))}</p>",
     ]
+    flags = (profile.get("conditions") or {}).get("flags") or []
+    if flags:
+        parts.append("<div class='flag'><b>This run is flagged:</b> " + _e("; ".join(flags)) + "</div>")
     all_notes = list(profile.get("notes") or []) + list(notes)
     if all_notes:
         parts.append(
             "<div class='notes'><b>Notes</b><ul>" + "".join(f"<li>{_e(n)}</li>" for n in all_notes) + "</ul></div>"
         )
     current = accuracy.get("current") or {}
-    parts.append(f"<h2>Per exit (batch {_e(profile.get('batch', 1))}; latency cumulative from the input)</h2>")
+    parts.append(
+        f"<h2>Per exit (batch {_e(profile.get('batch', 1))}; latency cumulative from the input; energy per sample)</h2>"
+    )
     parts.append(_exits_table(profile, profile))
     if current:
         thresholds = ", ".join("-" if t is None else f"{t:.4g}" for t in current.get("thresholds") or [])
@@ -185,17 +500,22 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
                     ),
                     ("accuracy at current thresholds", pct(current.get("accuracy"))),
                     ("expected mean latency per call (ms)", num(current.get("mean_latency_ms"))),
-                    (
-                        "measured mean latency per call, early exit on (ms)",
-                        num(current.get("measured_mean_latency_ms")),
-                    ),
-                    ("expected mean energy per sample (mJ)", num(current.get("mean_energy_mj"))),
+                    ("expected mean dynamic energy per sample (mJ)", num(current.get("mean_dynamic_energy_mj"))),
+                    ("expected mean total energy per sample (mJ)", num(current.get("mean_energy_mj"))),
                 ]
             )
         )
-    parts.append("<h2>Per stage</h2>" + _stages_table(profile))
-    parts.append("<h2>Trade-offs</h2><div class='grid'>")
+    parts.append(
+        "<h2>Model check: the real early-exit pass against the per-exit prediction</h2>" + _model_check(profile)
+    )
+    rails = _rails_table(profile)
+    if rails:
+        parts.append("<h2>Per rail</h2>" + rails)
+    parts.append("<h2>Per stage (exit k minus exit k-1, paired within rounds)</h2>" + _stages_table(profile))
+    parts.append("<h2>Plots</h2><div class='grid'>")
     for name, alt in (
+        ("exit_costs.png", "latency and energy per exit with intervals"),
+        ("model_check.png", "model check"),
         ("accuracy_vs_latency.png", "accuracy vs latency"),
         ("accuracy_vs_energy.png", "accuracy vs energy"),
         ("exit_distribution.png", "exit distribution"),
@@ -211,9 +531,11 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
                 num(p.get("threshold"), 4) if p.get("threshold") is not None else "never early",
                 pct(p.get("accuracy")),
                 num(p.get("mean_latency_ms")),
+                num(p.get("mean_dynamic_energy_mj")),
                 num(p.get("mean_energy_mj")),
                 " / ".join(f"{100.0 * f:.1f}" for f in p.get("exit_fraction") or []),
-                ("latency " if p.get("pareto_latency") else "") + ("energy" if p.get("pareto_energy") else ""),
+                ("latency " if p.get("pareto_latency") else "")
+                + ("energy" if p.get("pareto_dynamic_energy") or p.get("pareto_energy") else ""),
             ]
             for p in sweep
         ]
@@ -221,42 +543,34 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
             "<details><summary>Threshold sweep ("
             + str(len(sweep))
             + " points)</summary>"
-            + _table(["threshold", "accuracy", "mean latency ms", "mean energy mJ", "exit fractions %", "Pareto"], rows)
+            + _table(
+                [
+                    "threshold",
+                    "accuracy",
+                    "mean latency ms",
+                    "mean dynamic mJ",
+                    "mean total mJ",
+                    "exit fractions %",
+                    "Pareto",
+                ],
+                rows,
+            )
             + "</details>"
         )
     for block in profile.get("batches") or []:
         if block.get("batch") == profile.get("batch"):
             continue
-        parts.append(f"<h2>Batch {_e(block['batch'])}</h2>" + _exits_table(profile, block) + _stages_table(block))
-    parts.append("<h2>Memory</h2>")
-    mem_rows = []
-    for label in ("before", "after_load", "after_run"):
-        snap = memory.get(label) or {}
-        mem_rows.append(
-            [
-                _e(label.replace("_", " ")),
-                num(snap.get("rss_mib"), 4),
-                num(snap.get("rss_peak_mib"), 4),
-                num(snap.get("mem_available_mib"), 5),
-                num(snap.get("nvmap_used_mib"), 4),
-            ]
+        parts.append(
+            f"<h2>Batch {_e(block['batch'])}</h2>"
+            + _exits_table(profile, block)
+            + _stages_table(block)
+            + "<h3>Model check</h3>"
+            + _model_check_block(block.get("model_check") or {})
         )
-    parts.append(_table(["when", "RSS MiB", "peak RSS MiB", "MemAvailable MiB", "NvMapMemUsed MiB"], mem_rows))
-    load = memory.get("load") or {}
-    parts.append(
-        _kv(
-            [
-                ("model files (bytes)", num(memory.get("model_bytes"))),
-                ("RSS growth on load (MiB)", num(load.get("rss_delta_mib"), 4)),
-                ("system memory taken on load (MiB)", num(load.get("mem_available_taken_mib"), 4)),
-                ("NvMap growth on load (MiB)", num(load.get("nvmap_used_delta_mib"), 4)),
-                ("backend report", _e(memory.get("backend")) if memory.get("backend") else num(None)),
-            ]
-        )
-    )
+    parts.append("<h2>Conditions (clocks, temperatures, throttling, power mode)</h2>" + _conditions(profile))
+    parts.append("<h2>Power measurement</h2>" + _power_section(profile))
+    parts.append("<h2>Memory</h2>" + _memory_section(memory))
     parts.append("<h2>Setup</h2>")
-    overhead = (profile.get("overhead") or {}).get("sampler") or {}
-    idle = profile.get("idle") or {}
     parts.append(
         _kv(
             [
@@ -267,23 +581,7 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
                 ("device", _e(device.get("model"))),
                 ("L4T", num(device.get("l4t_release"))),
                 ("power mode", _e(_mode(device))),
-                ("power source", _e(power.get("source"))),
-                ("total power from", num(power.get("total"))),
-                ("rails", _e(", ".join(power.get("rails") or [])) or num(None)),
-                ("sampling period (ms)", num(power.get("sampling_period_ms"))),
-                ("idle power (mW)", num(idle.get("power_mw"), 4)),
                 ("energy unavailable because", _e(power.get("reason")) if not power.get("available") else "-"),
-                (
-                    "sampler overhead on latency",
-                    (f"{overhead['overhead_pct']:.2f}%" if overhead.get("overhead_pct") is not None else num(None))
-                    + (
-                        _e(
-                            f" (sampling thread only: the {overhead.get('source')} source kept running while the sampler was off)"
-                        )
-                        if overhead.get("source_kept_running")
-                        else ""
-                    ),
-                ),
                 ("settings", _e(", ".join(f"{k}={v}" for k, v in (profile.get("settings") or {}).items()))),
                 ("command", _e(profile.get("command", ""))),
             ]
@@ -327,7 +625,15 @@ def render_compare_html(
             "<div class='notes'><b>Notes</b><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></div>"
         )
     n_exits = max(len(p.get("exits") or []) for p in profiles)
-    header = ["exit"] + [f"{label} p50 ms" for label in labels] + [f"{label} energy mJ" for label in labels]
+
+    def total_name(p: Dict[str, Any]) -> str:
+        return str((p.get("power") or {}).get("total") or "n/a")
+
+    header = (
+        ["exit"]
+        + [f"{label} p50 ms" for label in labels]
+        + [f"{label} dynamic mJ ({total_name(p)}) [95% CI]" for p, label in zip(profiles, labels)]
+    )
     rows = []
     for k in range(n_exits):
         row = [str(k)]
@@ -336,7 +642,8 @@ def render_compare_html(
             row.append(num((exits[k].get("latency_ms") or {}).get("p50")) if k < len(exits) else "")
         for p in profiles:
             exits = p.get("exits") or []
-            row.append(num(_energy(exits[k], "total")) if k < len(exits) else "")
+            energy = (exits[k].get("energy_mj") or {}) if k < len(exits) else {}
+            row.append(with_ci(energy.get("dynamic"), energy.get("dynamic_ci")) if k < len(exits) else "")
         rows.append(row)
     parts.append("<h2>Cost to reach each exit</h2>" + _table(header, rows))
     summary = []
@@ -347,12 +654,14 @@ def render_compare_html(
                 _e(label),
                 pct(current.get("accuracy")),
                 num(current.get("mean_latency_ms")),
-                num(current.get("mean_energy_mj")),
+                num(current.get("mean_dynamic_energy_mj")),
+                _e(total_name(p)),
+                _e("; ".join((p.get("conditions") or {}).get("flags") or []) or "none"),
             ]
         )
     parts.append(
         "<h2>At each profile's current thresholds</h2>"
-        + _table(["label", "accuracy", "mean latency ms", "mean energy mJ"], summary)
+        + _table(["label", "accuracy", "mean latency ms", "mean dynamic mJ", "energy measures", "flags"], summary)
     )
     parts.append("<h2>Plots</h2><div class='grid'>")
     for name in (

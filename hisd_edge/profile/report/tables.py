@@ -1,6 +1,8 @@
-"""CSV tables of a profile: per-exit and per-stage costs for every batch size, and the sweep.
+"""CSV tables of a profile: per-exit and per-stage costs for every batch size (with their confidence
+intervals), per-rail energy, the measured blocks, the model check, and the sweep.
 
-Column names carry units. Empty cells mean "not measured" (e.g. energy with no power source).
+Column names carry units; ``*_ci_low``/``*_ci_high`` bound the interval of the column before them.
+Empty cells mean "not measured" (e.g. energy with no power source, an interval from one round).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def _batches(profile: Dict[str, Any]) -> List[Dict[str, Any]]:
     ]
 
 
+def _ci(d: Optional[Dict[str, Any]], key: str) -> List[Any]:
+    ci = _get(d, key)
+    return [ci[0], ci[1]] if isinstance(ci, list) and len(ci) == 2 else [None, None]
+
+
 def exits_csv(profile: Dict[str, Any]) -> str:
     header = [
         "batch",
@@ -49,14 +56,19 @@ def exits_csv(profile: Dict[str, Any]) -> str:
         "latency_p90_ms",
         "latency_p99_ms",
         "latency_mean_ms",
+        "latency_mean_ci_low_ms",
+        "latency_mean_ci_high_ms",
         "energy_total_mj",
+        "energy_total_ci_low_mj",
+        "energy_total_ci_high_mj",
         "energy_dynamic_mj",
+        "energy_dynamic_ci_low_mj",
+        "energy_dynamic_ci_high_mj",
+        "energy_rounds",
         "mean_power_mw",
         "idle_power_mw",
         "energy_window_s",
         "power_samples",
-        "sampling_period_ms",
-        "energy_complete",
         "energy_unavailable_reason",
     ]
     rows = []
@@ -71,17 +83,141 @@ def exits_csv(profile: Dict[str, Any]) -> str:
                     lat.get("p90"),
                     lat.get("p99"),
                     lat.get("mean"),
+                    *_ci(lat, "ci"),
                     _get(en, "total"),
+                    *_ci(en, "total_ci"),
                     _get(en, "dynamic"),
+                    *_ci(en, "dynamic_ci"),
+                    _get(en, "rounds"),
                     _get(det, "mean_power_mw"),
                     _get(det, "idle_power_mw"),
                     _get(det, "window_s"),
                     _get(det, "samples"),
-                    _get(det, "sampling_period_ms"),
-                    _get(det, "complete"),
                     e.get("energy_unavailable_reason"),
                 ]
             )
+    return _csv(header, rows)
+
+
+def rails_csv(profile: Dict[str, Any]) -> Optional[str]:
+    """Per batch, exit and rail: total and dynamic energy per sample with intervals, and what the rail covers."""
+    covers = {r.get("rail"): r for r in (_get(profile, "power", "rails_covered") or []) if isinstance(r, dict)}
+    rows = []
+    for block in _batches(profile):
+        for e in block["exits"]:
+            for rail, en in (e.get("rails_mj") or {}).items():
+                rows.append(
+                    [
+                        block["batch"],
+                        e["index"],
+                        rail,
+                        _get(en, "total"),
+                        *_ci(en, "total_ci"),
+                        _get(en, "dynamic"),
+                        *_ci(en, "dynamic_ci"),
+                        (covers.get(rail) or {}).get("in_total"),
+                        (covers.get(rail) or {}).get("covers"),
+                    ]
+                )
+    if not rows:
+        return None
+    header = [
+        "batch",
+        "exit",
+        "rail",
+        "energy_total_mj",
+        "energy_total_ci_low_mj",
+        "energy_total_ci_high_mj",
+        "energy_dynamic_mj",
+        "energy_dynamic_ci_low_mj",
+        "energy_dynamic_ci_high_mj",
+        "in_total",
+        "covers",
+    ]
+    return _csv(header, rows)
+
+
+def blocks_csv(profile: Dict[str, Any]) -> Optional[str]:
+    """Every measured block in run order: what ran, its window (s from the first power sample), power."""
+    blocks = profile.get("blocks") or []
+    if not blocks:
+        return None
+    rails = sorted({r for b in blocks for r in (b.get("rails_mean_power_mw") or {})})
+    header = [
+        "batch",
+        "round",
+        "kind",
+        "exit",
+        "settle_start_s",
+        "start_s",
+        "end_s",
+        "calls",
+        "inferences",
+        "mean_power_mw",
+        "coverage",
+        "power_samples",
+    ] + [f"{r}_mean_power_mw" for r in rails]
+    rows = [
+        [
+            b.get("batch"),
+            b.get("round"),
+            b.get("kind"),
+            b.get("exit"),
+            b.get("settle_start_s"),
+            b.get("start_s"),
+            b.get("end_s"),
+            b.get("calls"),
+            b.get("samples"),
+            b.get("mean_power_mw"),
+            b.get("coverage"),
+            b.get("power_samples"),
+        ]
+        + [(b.get("rails_mean_power_mw") or {}).get(r) for r in rails]
+        for b in blocks
+    ]
+    return _csv(header, rows)
+
+
+def model_check_csv(profile: Dict[str, Any]) -> Optional[str]:
+    """Measured early-exit pass vs the per-exit prediction, per quantity, with intervals."""
+    check = profile.get("model_check") or {}
+    rows = []
+    for name, entry in (
+        ("latency_ms_per_call", check.get("latency_ms")),
+        ("dynamic_energy_mj_per_sample", _get(check, "energy_mj", "dynamic")),
+        ("total_energy_mj_per_sample", _get(check, "energy_mj", "total")),
+    ):
+        if not entry:
+            continue
+        rows.append(
+            [
+                check.get("batch"),
+                name,
+                entry.get("measured"),
+                *_ci(entry, "measured_ci"),
+                entry.get("predicted"),
+                *_ci(entry, "predicted_ci"),
+                entry.get("difference"),
+                *_ci(entry, "difference_ci"),
+                entry.get("ratio"),
+            ]
+        )
+    if not rows:
+        return None
+    header = [
+        "batch",
+        "quantity",
+        "measured",
+        "measured_ci_low",
+        "measured_ci_high",
+        "predicted",
+        "predicted_ci_low",
+        "predicted_ci_high",
+        "difference",
+        "difference_ci_low",
+        "difference_ci_high",
+        "ratio",
+    ]
     return _csv(header, rows)
 
 
@@ -94,7 +230,11 @@ def stages_csv(profile: Dict[str, Any]) -> str:
         "latency_p99_ms",
         "latency_mean_ms",
         "energy_total_mj",
+        "energy_total_ci_low_mj",
+        "energy_total_ci_high_mj",
         "energy_dynamic_mj",
+        "energy_dynamic_ci_low_mj",
+        "energy_dynamic_ci_high_mj",
         "model_bytes",
     ]
     rows = []
@@ -110,7 +250,9 @@ def stages_csv(profile: Dict[str, Any]) -> str:
                     lat.get("p99"),
                     lat.get("mean"),
                     _get(en, "total"),
+                    *_ci(en, "total_ci"),
                     _get(en, "dynamic"),
+                    *_ci(en, "dynamic_ci"),
                     s.get("model_bytes"),
                 ]
             )
@@ -120,9 +262,16 @@ def stages_csv(profile: Dict[str, Any]) -> str:
 def sweep_csv(profile: Dict[str, Any]) -> str:
     sweep = _get(profile, "accuracy", "sweep") or []
     n = len(profile.get("exits") or [])
-    header = ["threshold", "accuracy", "mean_latency_ms", "mean_energy_mj", "pareto_latency", "pareto_energy"] + [
-        f"exit{k}_fraction" for k in range(n)
-    ]
+    header = [
+        "threshold",
+        "accuracy",
+        "mean_latency_ms",
+        "mean_energy_mj",
+        "mean_dynamic_energy_mj",
+        "pareto_latency",
+        "pareto_energy",
+        "pareto_dynamic_energy",
+    ] + [f"exit{k}_fraction" for k in range(n)]
     rows = []
     for point in sweep:
         fractions = list(point.get("exit_fraction") or [])
@@ -132,8 +281,10 @@ def sweep_csv(profile: Dict[str, Any]) -> str:
                 point.get("accuracy"),
                 point.get("mean_latency_ms"),
                 point.get("mean_energy_mj"),
+                point.get("mean_dynamic_energy_mj"),
                 point.get("pareto_latency"),
                 point.get("pareto_energy"),
+                point.get("pareto_dynamic_energy"),
             ]
             + fractions
             + [None] * (n - len(fractions))
@@ -145,18 +296,38 @@ def power_trace_csv(profile: Dict[str, Any]) -> Optional[str]:
     trace = _get(profile, "power", "trace")
     if not trace or not trace.get("time_s"):
         return None
-    return _csv(["time_s", "total_mw"], [[t, p] for t, p in zip(trace["time_s"], trace["total_mw"])])
+    rails = trace.get("rails_mw") or {}
+    names = list(rails)
+    rows = [
+        [t, p] + [rails[name][i] for name in names] for i, (t, p) in enumerate(zip(trace["time_s"], trace["total_mw"]))
+    ]
+    return _csv(["time_s", "total_mw"] + [f"{name}_mw" for name in names], rows)
 
 
-TABLE_NAMES = ("exits.csv", "stages.csv", "sweep.csv", "power_trace.csv")  # every name all_tables may return
+# every name all_tables may return
+TABLE_NAMES = (
+    "exits.csv",
+    "stages.csv",
+    "rails.csv",
+    "blocks.csv",
+    "model_check.csv",
+    "sweep.csv",
+    "power_trace.csv",
+)
 
 
 def all_tables(profile: Dict[str, Any]) -> Dict[str, str]:
     """{file name: CSV text}; the names are among :data:`TABLE_NAMES`."""
     tables = {"exits.csv": exits_csv(profile), "stages.csv": stages_csv(profile)}
+    for name, make in (
+        ("rails.csv", rails_csv),
+        ("blocks.csv", blocks_csv),
+        ("model_check.csv", model_check_csv),
+        ("power_trace.csv", power_trace_csv),
+    ):
+        text = make(profile)
+        if text:
+            tables[name] = text
     if _get(profile, "accuracy", "sweep"):
         tables["sweep.csv"] = sweep_csv(profile)
-    trace = power_trace_csv(profile)
-    if trace:
-        tables["power_trace.csv"] = trace
     return tables
