@@ -361,7 +361,7 @@ def _calibration_caches(bundle: Bundle, trt_version: str) -> List[bytes]:
 
     caches = []
     for stage in bundle.stages:
-        path = bundle.root / stage["files"]["int8"]["calibration_cache"]["path"]
+        path = bundle.checked_path(stage["files"]["int8"]["calibration_cache"])  # confined, size + sha256
         try:
             text = path.read_text(encoding="utf-8")
             caches.append(retarget(text, trt_version, "EntropyCalibration2").encode("utf-8"))

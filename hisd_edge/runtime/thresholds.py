@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import datetime
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -165,18 +164,13 @@ def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") 
     if objective not in OBJECTIVES:
         raise InputError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     key, _unit = OBJECTIVES[objective]
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"{path}: not valid JSON ({exc.__class__.__name__}); give the profile.json that hisd-edge profile wrote"
-        ) from None
+    from hisd_edge import schemas  # the costs file's published schema (hisd_edge/schemas/costs-v1.schema.json)
+
+    fix = "give the profile.json that hisd-edge profile wrote (run it on the target), or leave out --costs"
+    report = schemas.read_json(path, max_bytes=schemas.MAX_REPORT_BYTES, what=f"--costs {path}", fix=fix)
     if not isinstance(report, dict):
-        raise InputError(f"{path}: not a profile report object")
+        raise InputError(f"--costs {path}: not a profile report object; {fix}")
+    schemas.validate(report, schemas.COSTS, what=f"--costs {path}", fix=fix)
     source: Dict[str, Any] = report
     batch = report.get("batch", report.get("batch_size", 1))
     for entry in report.get("batches") or []:
@@ -207,8 +201,9 @@ def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") 
         values.append(_pick(entry[key], f"{path}: stage {i} {key}"))
     if cumulative:
         values = [values[0]] + [values[i] - values[i - 1] for i in range(1, len(values))]
-    if any(not math.isfinite(v) or v < 0 for v in values):
-        raise InputError(f"{path}: {key} values must be finite and non-negative (got {values})")
+    if any(not math.isfinite(v) or v <= 0 for v in values):
+        shown = ", ".join(f"{v:.4g}" for v in values)
+        raise InputError(f"{path}: {key} per stage must be positive and finite (got {shown}); re-run hisd-edge profile")
     if objective == "latency" and isinstance(batch, (int, float)) and batch > 1:
         values = [v / float(batch) for v in values]
     device = report.get("device")
