@@ -132,16 +132,16 @@ def confine(root: Path, relpath: Any, what: str = "path") -> Path:
     )
     if bad:
         raise BundleError(
-            f"{root}: {what} {relpath!r} leaves the bundle or is not a plain relative path; "
-            f"a bundle may only name files inside it ({_DAMAGED})"
+            f"{root}: {what} {relpath!r} is not a plain relative path inside the bundle; a bundle may only name "
+            f"files inside it ({_DAMAGED})"
         )
     path = root
     for part in parts:
         path = path / part
         try:
             mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            break  # nothing further exists, so nothing further can be a link
+        except (FileNotFoundError, NotADirectoryError):
+            return root.joinpath(*parts)  # nothing further exists, so nothing further can be a link
         except OSError as exc:
             raise BundleError(f"{path}: cannot be examined ({exc.strerror}); {_DAMAGED}") from None
         if stat.S_ISLNK(mode):
@@ -149,7 +149,7 @@ def confine(root: Path, relpath: Any, what: str = "path") -> Path:
                 f"{path}: is a symbolic link; a bundle's files must be inside it, not links to elsewhere "
                 "(replace the link with the real file, or re-run hisd-edge convert)"
             )
-    return path
+    return root.joinpath(*parts)
 
 
 def file_record(root: Path, relpath: str, **extra: Any) -> Dict[str, Any]:
@@ -313,17 +313,22 @@ class Bundle:
         self._verified.add(record["path"])
         return path
 
-    def read_verified(self, record: Dict[str, Any]) -> bytes:
-        """The bytes of a manifest file record, checked like :meth:`checked_path` (one read)."""
+    def read_verified(self, record: Dict[str, Any], noun: str = "file", fix: Optional[str] = None) -> bytes:
+        """The bytes of a manifest file record, checked like :meth:`checked_path` (one read).
+
+        ``noun`` and ``fix`` shape the message (an "engine file" is fixed by building again).
+        """
         path = self.resolve(record["path"])
-        data = self._read(path, record, keep=True)
+        data = self._read(path, record, keep=True, noun=noun, fix=fix)
         self._verified.add(record["path"])
         return data
 
-    def _read(self, path: Path, record: Dict[str, Any], keep: bool) -> bytes:
+    def _read(
+        self, path: Path, record: Dict[str, Any], keep: bool, noun: str = "file", fix: Optional[str] = None
+    ) -> bytes:
         import hashlib
 
-        fix = "copy the whole bundle again or re-run hisd-edge convert"
+        fix = fix or "copy the whole bundle again or re-run hisd-edge convert"
         try:
             fd = os.open(str(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -332,14 +337,15 @@ class Bundle:
             if exc.errno == errno.ELOOP:
                 raise BundleError(f"{path}: is a symbolic link; a bundle's files must be inside it; {fix}") from None
             raise BundleError(f"{path}: cannot be read ({exc.strerror}); {fix}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise BundleError(f"{path}: is not a regular file; {fix}")
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise BundleError(f"{path}: is not a regular file; {fix}")
-            if info.st_size != record["bytes"]:
+            if info.st_size != record["bytes"]:  # refused before a byte is hashed: a huge file costs nothing
                 raise BundleError(
-                    f"{path}: checksum mismatch (the file has {info.st_size} bytes, the manifest records "
-                    f"{record['bytes']}: altered, truncated or replaced); {fix}"
+                    f"{path}: {noun} is {info.st_size} bytes, the manifest records {record['bytes']} "
+                    f"(truncated or replaced: checksum mismatch); {fix}"
                 )
             digest = hashlib.sha256()
             chunks: List[bytes] = []
@@ -353,7 +359,7 @@ class Bundle:
                 if handle.tell() > info.st_size:
                     raise BundleError(f"{path}: grew while being read; {fix}")
         if digest.hexdigest() != record["sha256"]:
-            raise BundleError(f"{path}: checksum mismatch (file altered or truncated); {fix}")
+            raise BundleError(f"{path}: {noun} checksum mismatch (altered or replaced); {fix}")
         return b"".join(chunks)
 
     def verify(self) -> None:

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import os
 import stat
-import warnings
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -48,6 +48,7 @@ DEFAULT_MAX_ARRAY_MIB = 4096  # one array in a .npy/.npz file
 DEFAULT_MAX_SAMPLES_MIB = 4096  # all decoded images of one source together
 MAX_IMAGE_FILE_BYTES = 1 << 30  # an encoded image file; a real one is far smaller
 _ARRAY_KINDS = "uif"  # unsigned and signed integers, floats: what images and tensors are made of
+_PILLOW_LIMIT = threading.Lock()
 
 
 def _limit(variable: str, default: int) -> int:
@@ -119,22 +120,22 @@ def image_size(path: Path) -> Optional[Tuple[int, int]]:
         from PIL import Image
     except ImportError:
         return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: we apply our own cap
+    with _PILLOW_LIMIT:  # Pillow's own bomb check is a global; we apply our cap instead
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
             with Image.open(path) as image:
                 width, height = image.size
-    except Image.DecompressionBombError:
-        return (1 << 31, 1)  # over Pillow's hard limit, so far over ours
-    except Exception:
-        return None
+        except Exception:  # any header Pillow cannot parse: unknown, so OpenCV's own cap decides
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
     return int(width), int(height)
 
 
 def check_image_pixels(width: int, height: int, name: str, what: str = "image") -> None:
     cap = max_image_pixels()
     if width * height > cap:
-        shown = f"{width}x{height} pixels ({_mpx(width * height)})" if width < (1 << 31) else "over 178 Mpx"
+        shown = f"{width}x{height} pixels ({_mpx(width * height)})"
         raise InputError(
             f"{name}: {what} of {shown}, more than the {_mpx(cap)} hisd-edge decodes; downscale it, or raise the "
             "cap with HISD_EDGE_MAX_IMAGE_PIXELS"
@@ -340,8 +341,7 @@ def _read_files(
         if image is None:
             if strict:
                 raise InputError(f"{path}: {reason}; remove it or drop --strict to skip it")
-            LOG.warning("skipping %s: %s", path, reason)
-            skipped.append((str(path), reason))
+            skipped.append((str(path), reason))  # logged by the caller once the source turned out usable
             continue
         budget.add(image)
         images.append(image)
@@ -395,7 +395,10 @@ def image_folder(folder: Path, strict: bool = False, count: Optional[int] = None
         images, names, _, skipped = _read_files(files, strict, folder)
         samples = Samples(images=images, names=names, skipped=skipped)
     if len(samples) == 0:
-        raise InputError(f"{folder}: none of its {len(files)} image files could be decoded")
+        first = f" ({Path(skipped[0][0]).name}: {skipped[0][1]})" if skipped else ""
+        raise InputError(f"{folder}: none of its {len(files)} image files could be decoded{first}")
+    for name, reason in skipped:
+        LOG.warning("skipping %s: %s", name, reason)
     if skipped:
         LOG.warning("%s: skipped %d undecodable image(s) of %d", folder, len(skipped), len(files))
     return samples
@@ -566,8 +569,6 @@ def numpy_file(path: Path) -> Samples:
         raise InputError(
             f"{path}: expected a non-empty stack of images (N x H x W[xC] or N x C x H x W), got shape {array.shape}"
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InputError(f"{path}: holds NaN or infinite values; give finite pixel values")
     if labels is not None:
         if labels.dtype.kind not in "ui" or labels.ndim != 1:
             raise InputError(

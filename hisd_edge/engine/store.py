@@ -133,10 +133,8 @@ def read_plan(bundle: Bundle, record: Dict[str, Any], stage: int) -> bytes:
             f"{bundle.root}: the {_describe(record)} build record has no engine for stage {stage}; "
             f"run hisd-edge build {bundle.root} again"
         )
-    try:  # confined, size checked before reading, then the checksum (hisd_edge.bundle)
-        return bundle.read_verified(entry)
-    except BundleError as exc:
-        raise BundleError(f"{exc}; or run hisd-edge build {bundle.root} on this device") from None
+    # Confined to the bundle, its size checked before it is read, then its checksum (hisd_edge.bundle).
+    return bundle.read_verified(entry, "engine file", f"run hisd-edge build {bundle.root} on this device")
 
 
 def new_record(device: DeviceInfo, trt_version: str, recipe: Dict[str, Any], **fields: Any) -> Dict[str, Any]:

@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import itertools
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -167,6 +168,8 @@ def read_profile_costs(path: Path, num_stages: int, objective: str = "latency") 
     from hisd_edge import schemas  # the costs file's published schema (hisd_edge/schemas/costs-v1.schema.json)
 
     fix = "give the profile.json that hisd-edge profile wrote (run it on the target), or leave out --costs"
+    if not os.path.lexists(path):
+        raise InputError(f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs")
     report = schemas.read_json(path, max_bytes=schemas.MAX_REPORT_BYTES, what=f"--costs {path}", fix=fix)
     if not isinstance(report, dict):
         raise InputError(f"--costs {path}: not a profile report object; {fix}")

@@ -136,6 +136,8 @@ def describe(error: Any) -> str:
     elif kind in ("minProperties", "maxProperties"):
         phrase = f"has {len(value)} keys, must have at {'least' if kind == 'minProperties' else 'most'} {expected}"
     elif kind == "pattern":
+        if hint:
+            return f"{head} is {_shown(value)}: {hint}"
         phrase = f"is {_shown(value)}, which is not allowed"
     else:
         message = " ".join(str(error.message).split())
@@ -251,12 +253,13 @@ def read_json(
         if not follow_symlinks and os.path.islink(str(path)):
             raise error(f"{what}: is a symbolic link, not a file; {fix}") from None
         raise error(f"{what}: cannot be read ({exc.strerror}); {fix}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             raise error(f"{what}: is a directory, not a JSON file; {fix}")
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{what}: is not a regular file (a device, pipe or socket); {fix}")
+        raise error(f"{what}: is not a regular file (a device, pipe or socket); {fix}")
+    with os.fdopen(fd, "rb") as handle:
         if info.st_size > max_bytes:
             raise error(f"{what}: {info.st_size} bytes, more than the {max_bytes >> 20} MiB such a file can be; {fix}")
         try:
