@@ -96,8 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
-        where = exc.filename or "a file"
-        print(f"hisd-edge {args.verb}: error: {where}: {_ENVIRONMENT_ERRNOS[exc.errno]}{_written()}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else "while writing: "
+        print(f"hisd-edge {args.verb}: error: {where}{_ENVIRONMENT_ERRNOS[exc.errno]}{_written()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         done = atomic.published()

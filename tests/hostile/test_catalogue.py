@@ -346,6 +346,15 @@ def profile_fifo(kit: Kit) -> Sequence[str]:
     return ["report", str(damaged), "--out", "reports/new"]
 
 
+def _two_singletons(kit: Kit) -> Sequence[str]:
+    import cv2
+
+    for name, value in (("a", 0), ("b", 255)):
+        (kit.world.root / "tiny-data" / name).mkdir(parents=True)
+        cv2.imwrite(str(kit.world.root / "tiny-data" / name / "1.png"), np.full((28, 28), value, np.uint8))
+    return ["train", "--data", "tiny-data", "--arch", "tiny_cnn", "--epochs", "1", "--out", "m.safetensors"]
+
+
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -665,6 +674,12 @@ CASES: List[Case] = [
         "train",
         lambda kit: ["train", "--arch", "tiny_cnn", "--epochs", "1", "--out", "/sys/m.safetensors"],
         ["cannot write"],
+    ),
+    Case(
+        "train on 2 classes of 1 image (traceback after loading)",
+        "train",
+        lambda kit: _two_singletons(kit),
+        ["too few images"],
     ),
     # 3. costs files (thresholds --costs)
     Case("costs nested 100000 deep", "thresholds", costs_file(costs_json(nested(100000))), ["nested"]),
