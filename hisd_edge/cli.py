@@ -32,6 +32,25 @@ _ENVIRONMENT_ERRNOS = {
 }
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """True when a Ctrl-C is behind ``exc`` (some libraries turn a KeyboardInterrupt during their import into
+    an ImportError, which we would then report as a missing dependency)."""
+    seen = exc.__context__
+    for _ in range(16):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
+
+
+def _interrupt_message(verb: str) -> str:
+    done = atomic.published()
+    what = "wrote " + ", ".join(done) + " before that" if done else "nothing was written, everything is as it was"
+    return f"hisd-edge {verb}: interrupted; {what}"
+
+
 def _written() -> str:
     done = atomic.published()
     return "; already written: " + ", ".join(done) if done else ""
@@ -69,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every verb's module
+    except KeyboardInterrupt:
+        print("hisd-edge: interrupted; nothing was written, everything is as it was", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="hisd-edge: %(levelname)s: %(message)s"
@@ -83,6 +106,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 warnings.simplefilter("ignore")  # numpy/torch/ORT warnings would print ahead of our one line
             return int(args.func(args) or 0)
     except HisdError as exc:
+        if _interrupted(exc):
+            print(_interrupt_message(args.verb), file=sys.stderr)
+            return 130
         message = " ".join(str(exc).split())
         print(f"hisd-edge {args.verb}: error: {message}{_written()}", file=sys.stderr)
         return 2
@@ -100,9 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"hisd-edge {args.verb}: error: {where}{_ENVIRONMENT_ERRNOS[exc.errno]}{_written()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        done = atomic.published()
-        what = "wrote " + ", ".join(done) + " before that" if done else "nothing was written, everything is as it was"
-        print(f"hisd-edge {args.verb}: interrupted; {what}", file=sys.stderr)
+        print(_interrupt_message(args.verb), file=sys.stderr)
         return 130
     finally:
         logging.captureWarnings(False)

@@ -129,6 +129,7 @@ def test_sigkill_at_every_point_of_the_write_leaves_old_or_new(old_and_new, monk
         assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"], f"leftovers after a kill at {kill_at}"
         if status == 0:
             break
+    print(f"{switch}: {kill_at} kill points, outcomes {outcomes}")
     assert outcomes["old"] >= 10 and outcomes["new"] >= 2, outcomes
     assert (outcomes["repaired"] > 0) == (switch == "two renames"), outcomes
 

@@ -232,7 +232,7 @@ DESCRS = [
 
 
 def _npy(descr: Any, shape: Any, fortran: Any, payload: bytes, version: int) -> bytes:
-    header = repr({"descr": descr, "fortran_order": fortran, "shape": shape}).encode("latin1")
+    header = repr({"descr": descr, "fortran_order": fortran, "shape": shape}).encode("utf-8")
     prefix = 10 if version == 1 else 12
     header += b" " * ((64 - (prefix + len(header) + 1) % 64) % 64) + b"\n"
     size = struct.pack("<H", len(header)) if version == 1 else struct.pack("<I", len(header))
