@@ -121,11 +121,12 @@ def confine(root: Path, relpath: Any, what: str = "path") -> Path:
     is the user's choice and may be one). Used for every path a manifest names and every path
     ``hisd-edge build`` writes into a bundle.
     """
-    if not isinstance(relpath, str) or not relpath:
+    if not isinstance(relpath, str):
         raise BundleError(f"{root}: {what} {relpath!r} is not a path; {_DAMAGED}")
     parts = relpath.split("/")
     bad = (
-        relpath.startswith("/")
+        not relpath
+        or relpath.startswith("/")
         or "\\" in relpath
         or any(ord(c) < 32 for c in relpath)
         or any(part in ("", ".", "..") for part in parts)
@@ -433,6 +434,10 @@ class Bundle:
         updated = copy.deepcopy(self.manifest)
         change(updated)
         where = str(self.root / MANIFEST)
+        try:
+            atomic.json_text(updated)
+        except ValueError as exc:  # a NaN or infinity from a computation upstream: never written
+            raise BundleError(f"{where} (as updated): {exc}; nothing was written") from None
         schemas.validate(
             updated, schemas.MANIFEST, what=f"{where} (as updated)", fix="nothing was written", error=BundleError
         )
