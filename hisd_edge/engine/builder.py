@@ -442,7 +442,7 @@ def _build_all(
     cache_path = (
         Path(options.timing_cache)
         if options.timing_cache
-        else bundle.root / default_timing_cache(device.key, trt_version)
+        else bundle.resolve(default_timing_cache(device.key, trt_version))  # confined to the bundle
     )
     timing_blob, created_dirs = _open_timing_cache(cache_path)
     try:
