@@ -66,14 +66,13 @@ def test_sigint_during_thresholds(base_bundle, tmp_path):
     argv = ["thresholds", str(bundle), "--data", "default:val", "--count", "300", "--no-progress"]
     shutil.copytree(base_bundle, bundle)
     total = _full_run_seconds(argv, tmp_path)
-    written_any = 0
-    for i in range(8):
+    for i in range(6):
         shutil.rmtree(bundle)
         shutil.copytree(base_bundle, bundle)
         if (tmp_path / "reports").exists():
             shutil.rmtree(tmp_path / "reports")
         before = (bundle / "manifest.json").read_bytes()
-        code, err = _interrupted(argv, tmp_path, delay_s=0.3 + total * i / 8, done="policy written to")
+        code, err = _interrupted(argv, tmp_path, delay_s=0.3 + total * i / 6, done="policy written to")
         written = _check_message(code, err)
         manifest = bundle / "manifest.json"
         sweep = tmp_path / "reports" / "tiny" / "thresholds_sweep.csv"
@@ -83,7 +82,6 @@ def test_sigint_during_thresholds(base_bundle, tmp_path):
         assert sweep.exists() == (str(Path("reports") / "tiny" / "thresholds_sweep.csv") in written), (err, written)
         if str(manifest) in written:
             assert json.loads(manifest.read_text())["policy"]["calibrated"] is True
-            written_any += 1
         assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in base_bundle.iterdir())
 
 
@@ -132,11 +130,11 @@ def test_sigint_during_profile(base_bundle, base_report, tmp_path):
     argv[argv.index("--repeats") + 1] = "20"
     shutil.copytree(base_report, out)
     total = _full_run_seconds(argv, tmp_path)
-    for i in range(5):
+    for i in range(3):
         shutil.rmtree(out)
         shutil.copytree(base_report, out)
         old = tree_snapshot(out)
-        code, err = _interrupted(argv, tmp_path, delay_s=0.5 + total * i / 5, done="wrote ")
+        code, err = _interrupted(argv, tmp_path, delay_s=0.5 + total * i / 3, done="wrote ")
         written = _check_message(code, err)
         if code == 0:
             continue

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hisd_edge.errors import HisdError
 
 SETTINGS: Dict[str, Any] = {
-    "max_examples": 60,
+    "max_examples": 40,
     "deadline": None,
     "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 }
@@ -206,7 +206,7 @@ def test_generated_cost_entries(peak_guard, stages):
     _exercise_costs({"stages": stages})
 
 
-@settings(**{**SETTINGS, "max_examples": 12})
+@settings(**{**SETTINGS, "max_examples": 8})
 @given(data=st.data())
 def test_damaged_profiles_render_or_refuse(profile_document, peak_guard, data):
     """What ``hisd-edge report`` does: load (schema), then render HTML, CSV and plots."""
@@ -271,7 +271,7 @@ def _exercise_array(blob: bytes, suffix: str) -> None:
             pass
 
 
-@settings(**{**SETTINGS, "max_examples": 150})
+@settings(**{**SETTINGS, "max_examples": 120})
 @given(blob=headers, suffix=st.sampled_from([".npy", ".npz"]))
 def test_generated_array_headers_load_or_refuse(peak_guard, blob, suffix):
     _exercise_array(blob, suffix)
