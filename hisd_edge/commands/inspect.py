@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundle", help="bundle directory (or its manifest.json)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every file's size and sha256 (the default; other verbs check only the files they use)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
     p.set_defaults(func=run)
 
