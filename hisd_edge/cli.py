@@ -2,20 +2,59 @@
 
 Each verb lives in ``hisd_edge.commands.<verb>`` with ``register(subparsers)`` (pure argparse,
 cheap) and ``run(args) -> int`` (imports what it needs). A :class:`~hisd_edge.errors.HisdError`
-is the user's to fix: one line on stderr, exit status 2. Anything else is a bug and keeps its
-traceback.
+is the user's to fix: one line on stderr, exit status 2; so is an environment failure while
+writing (no space left, a read-only or forbidden directory). Anything else is a bug and keeps
+its traceback. Ctrl-C exits with status 130 and one line that says what had been written
+(nothing, or the artifacts already published: every write is atomic). Libraries' warnings
+(Python warnings, OpenCV's log) are shown only with ``-v``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import warnings
 from typing import List, Optional
 
-from hisd_edge import __version__
+from hisd_edge import __version__, atomic
 from hisd_edge.errors import HisdError
+
+# Write failures that are the environment's, not a bug: reported as one line, exit status 2.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EROFS: "the filesystem is read-only; write elsewhere",
+    errno.EACCES: "permission denied; write elsewhere or fix the permissions",
+    errno.EPERM: "operation not permitted; write elsewhere or fix the permissions",
+}
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """True when a Ctrl-C is behind ``exc`` (some libraries turn a KeyboardInterrupt during their import into
+    an ImportError, which we would then report as a missing dependency)."""
+    seen = exc.__context__
+    for _ in range(16):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
+
+
+def _interrupt_message(verb: str) -> str:
+    done = atomic.published()
+    what = "wrote " + ", ".join(done) + " before that" if done else "nothing was written, everything is as it was"
+    return f"hisd-edge {verb}: interrupted; {what}"
+
+
+def _written() -> str:
+    done = atomic.published()
+    return "; already written: " + ", ".join(done) if done else ""
+
 
 # Order shown in --help: the data flow.
 VERBS = ["train", "convert", "inspect", "check", "build", "run", "thresholds", "bench", "profile", "report", "demo"]
@@ -49,20 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every verb's module
+    except KeyboardInterrupt:
+        print("hisd-edge: interrupted; nothing was written, everything is as it was", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="hisd-edge: %(levelname)s: %(message)s"
     )
+    atomic.reset_published()
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            if args.verbose:
+                logging.captureWarnings(True)
+            else:
+                warnings.simplefilter("ignore")  # numpy/torch/ORT warnings would print ahead of our one line
+            return int(args.func(args) or 0)
     except HisdError as exc:
+        if _interrupted(exc):
+            print(_interrupt_message(args.verb), file=sys.stderr)
+            return 130
         message = " ".join(str(exc).split())
-        print(f"hisd-edge {args.verb}: error: {message}", file=sys.stderr)
+        print(f"hisd-edge {args.verb}: error: {message}{_written()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"hisd-edge {args.verb}: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # The reader went away (e.g. `hisd-edge inspect ... | head`): stop quietly, like other CLI tools.
         import os
@@ -70,6 +119,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else "while writing: "
+        print(f"hisd-edge {args.verb}: error: {where}{_ENVIRONMENT_ERRNOS[exc.errno]}{_written()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(_interrupt_message(args.verb), file=sys.stderr)
+        return 130
+    finally:
+        logging.captureWarnings(False)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,14 @@ Source strings:
   ``FILE.mp4`` (any video OpenCV reads)   frames sampled evenly
   ``FILE.npy`` / ``FILE.npz``             raw images N x H x W[xC] (``images``/``labels`` keys in
                                      .npz), or already-preprocessed float32 N x C x H x W
+
+The readers treat their input as untrusted and check sizes before they allocate: an image's pixel
+count is read from its header before it is decoded (at most ``HISD_EDGE_MAX_IMAGE_PIXELS``, default
+2^25, an 8K frame), a video's frame size before its first frame, an array file's header (dtype,
+shape, byte count) before its data; pickled or non-numeric arrays are refused, never loaded. All
+decoded samples of one source together stay under ``HISD_EDGE_MAX_SAMPLES_MIB`` (default 4096;
+take fewer with ``--count``). Libraries' console warnings (OpenCV, libpng, FFmpeg) go to the debug
+log (``hisd-edge -v``) instead of the terminal, so a refusal is the one line the user sees.
 """
 
 from __future__ import annotations
@@ -19,16 +27,120 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
+import threading
+import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from hisd_edge import atomic
 from hisd_edge.errors import DependencyError, InputError
 from hisd_edge.preprocess import Preprocessing, preprocess_batch
+from hisd_edge.quiet import native_stderr, verbose
 
 LOG = logging.getLogger("hisd_edge.data")
+
+# Limits on untrusted inputs; each can be raised through its environment variable.
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 25  # 33.5 Mpx: an 8K UHD frame (7680 x 4320) fits
+DEFAULT_MAX_ARRAY_MIB = 4096  # one array in a .npy/.npz file
+DEFAULT_MAX_SAMPLES_MIB = 4096  # all decoded images of one source together
+MAX_IMAGE_FILE_BYTES = 1 << 30  # an encoded image file; a real one is far smaller
+_ARRAY_KINDS = "uif"  # unsigned and signed integers, floats: what images and tensors are made of
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _limit(variable: str, default: int) -> int:
+    text = os.environ.get(variable)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InputError(f"${variable}={text!r}: give a positive whole number (default {default})")
+    return value
+
+
+def max_image_pixels() -> int:
+    """The pixel-count cap for one image or video frame ($HISD_EDGE_MAX_IMAGE_PIXELS, default 2^25)."""
+    return _limit("HISD_EDGE_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def max_array_bytes() -> int:
+    """The size cap for one array of a .npy/.npz file ($HISD_EDGE_MAX_ARRAY_MIB, default 4096 MiB)."""
+    return _limit("HISD_EDGE_MAX_ARRAY_MIB", DEFAULT_MAX_ARRAY_MIB) << 20
+
+
+def max_samples_bytes() -> int:
+    """The cap on all decoded images of one source ($HISD_EDGE_MAX_SAMPLES_MIB, default 4096 MiB)."""
+    return _limit("HISD_EDGE_MAX_SAMPLES_MIB", DEFAULT_MAX_SAMPLES_MIB) << 20
+
+
+def import_cv2(purpose: str = "reading images and video") -> Any:
+    """OpenCV, imported quietly: its own log and FFmpeg's are silenced unless ``-v``.
+
+    Before the first import it also sets OpenCV's decoder pixel cap to ours
+    (``OPENCV_IO_MAX_IMAGE_PIXELS``, read once when OpenCV loads), a second line of defence for
+    formats whose header we cannot read.
+    """
+    if "cv2" not in __import__("sys").modules:
+        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_image_pixels()))
+        if not verbose():
+            os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+            os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    try:
+        import cv2
+    except ImportError:
+        raise DependencyError(
+            f"{purpose} needs OpenCV: pip install opencv-python-headless (on Jetson: the JetPack python3-opencv)"
+        ) from None
+    try:
+        cv2.utils.logging.setLogLevel(
+            cv2.utils.logging.LOG_LEVEL_DEBUG if verbose() else cv2.utils.logging.LOG_LEVEL_SILENT
+        )
+    except AttributeError:  # pragma: no cover - very old OpenCV
+        pass
+    return cv2
+
+
+def _mpx(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} Mpx"
+
+
+def image_size(path: Path) -> Optional[Tuple[int, int]]:
+    """(width, height) from the image file's header, without decoding it; None if unknown.
+
+    Pillow reads only the header (its lazy ``Image.open``); without Pillow, or for a format it
+    does not know, OpenCV's own cap (set by :func:`import_cv2`) still bounds the decode.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    with _PILLOW_LIMIT:  # Pillow's own bomb check is a global; we apply our cap instead
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:  # any header Pillow cannot parse: unknown, so OpenCV's own cap decides
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    return int(width), int(height)
+
+
+def check_image_pixels(width: int, height: int, name: str, what: str = "image") -> None:
+    cap = max_image_pixels()
+    if width * height > cap:
+        shown = f"{width}x{height} pixels ({_mpx(width * height)})"
+        raise InputError(
+            f"{name}: {what} of {shown}, more than the {_mpx(cap)} hisd-edge decodes; downscale it, or raise the "
+            "cap with HISD_EDGE_MAX_IMAGE_PIXELS"
+        )
+
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -85,6 +197,8 @@ class Samples:
                     f"({shown}); name the sub-folders after the model's classes"
                 )
             return np.array([model_classes.index(f) for f in folders], dtype=np.int64)[labels]
+        if len(labels) and int(labels.min()) < 0:
+            raise InputError(f"{name}: label {int(labels.min())} is negative; labels are class indices from 0")
         if model_classes and len(labels) and int(labels.max()) >= len(model_classes):
             raise InputError(
                 f"{name}: labels go up to {int(labels.max())} but the model has {len(model_classes)} classes"
@@ -158,21 +272,37 @@ def default_split(split: str) -> Samples:
 
 
 def read_image(path: Path) -> Optional[np.ndarray]:
-    """Read an image file as OpenCV does (gray, BGR or BGRA); None if it cannot be decoded."""
+    """Read an image file as OpenCV does (gray, BGR or BGRA); None if it cannot be decoded.
+
+    Refused with InputError before anything is decoded: not a regular file, a file over 1 GiB,
+    or more pixels than :func:`max_image_pixels` according to the header.
+    """
+    cv2 = import_cv2("reading image files")
     try:
-        import cv2
-    except ImportError:
-        raise DependencyError(
-            "reading image files needs OpenCV: pip install opencv-python-headless (on Jetson: the JetPack python3-opencv)"
-        ) from None
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
+        info = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: not a regular file (a directory, device or pipe); give an image file")
+    if info.st_size > MAX_IMAGE_FILE_BYTES:
+        raise InputError(f"{path}: {info.st_size >> 20} MiB is not a plausible image file; give a smaller image")
+    if info.st_size == 0:
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    size = image_size(path)
+    if size is not None:
+        check_image_pixels(size[0], size[1], str(path))
+    data = np.fromfile(str(path), dtype=np.uint8, count=info.st_size)
+    with native_stderr():  # libpng / libjpeg warnings go to the debug log
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            image = None
     if image is None:
         return None
     if image.dtype == np.uint16:
         image = (image / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:  # 32-bit float EXR/TIFF/HDR: not the 0..255 images a model takes
+        return None
     return image
 
 
@@ -180,18 +310,40 @@ def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+class _Budget:
+    """Counts the bytes of decoded samples of one source against :func:`max_samples_bytes`."""
+
+    def __init__(self, source: Any):
+        self.source, self.cap, self.used = source, max_samples_bytes(), 0
+
+    def add(self, array: np.ndarray) -> None:
+        self.used += int(array.nbytes)
+        if self.used > self.cap:
+            raise InputError(
+                f"{self.source}: the decoded samples exceed {self.cap >> 20} MiB of memory; take fewer with --count "
+                "(or --calib-count / --val-count), or raise HISD_EDGE_MAX_SAMPLES_MIB"
+            )
+
+
 def _read_files(
-    files: Sequence[Path], strict: bool
+    files: Sequence[Path], strict: bool, source: Any = "data"
 ) -> Tuple[List[np.ndarray], List[str], List[int], List[Tuple[str, str]]]:
     images, names, kept, skipped = [], [], [], []
+    budget = _Budget(source)
     for i, path in enumerate(files):
-        image = read_image(path)
+        try:
+            image = read_image(path)
+            reason = "cannot be decoded as an image"
+        except InputError as exc:  # too large, not a file: skipped like an undecodable one
+            if strict:
+                raise
+            image, reason = None, str(exc).split(": ", 1)[-1]
         if image is None:
             if strict:
-                raise InputError(f"{path}: cannot be decoded as an image; remove it or drop --strict to skip it")
-            LOG.warning("skipping %s: cannot be decoded as an image", path)
-            skipped.append((str(path), "cannot be decoded"))
+                raise InputError(f"{path}: {reason}; remove it or drop --strict to skip it")
+            skipped.append((str(path), reason))  # logged by the caller once the source turned out usable
             continue
+        budget.add(image)
         images.append(image)
         names.append(str(path))
         kept.append(i)
@@ -226,7 +378,7 @@ def image_folder(folder: Path, strict: bool = False, count: Optional[int] = None
         chosen = _choose(count, len(files), seed)
         if chosen is not None:
             files, file_labels = [files[i] for i in chosen], [file_labels[i] for i in chosen]
-        images, names, kept, skipped = _read_files(files, strict)
+        images, names, kept, skipped = _read_files(files, strict, folder)
         labels = np.asarray([file_labels[i] for i in kept], dtype=np.int64)
         samples = Samples(
             images=images, names=names, labels=labels, class_names=[d.name for d in class_dirs], skipped=skipped
@@ -240,24 +392,47 @@ def image_folder(folder: Path, strict: bool = False, count: Optional[int] = None
         chosen = _choose(count, len(files), seed)
         if chosen is not None:
             files = [files[i] for i in chosen]
-        images, names, _, skipped = _read_files(files, strict)
+        images, names, _, skipped = _read_files(files, strict, folder)
         samples = Samples(images=images, names=names, skipped=skipped)
     if len(samples) == 0:
-        raise InputError(f"{folder}: none of its {len(files)} image files could be decoded")
+        first = f" ({Path(skipped[0][0]).name}: {skipped[0][1]})" if skipped else ""
+        raise InputError(f"{folder}: none of its {len(files)} image files could be decoded{first}")
+    for name, reason in skipped:
+        LOG.warning("skipping %s: %s", name, reason)
     if skipped:
         LOG.warning("%s: skipped %d undecodable image(s) of %d", folder, len(skipped), len(files))
     return samples
 
 
+def check_frame_size(capture: Any, name: str) -> None:
+    """Refuse a video or stream whose frames are over the pixel cap, before the first frame is decoded."""
+    cv2 = import_cv2()
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+    if width > 0 and height > 0:
+        check_image_pixels(width, height, name, "video frames")
+
+
+def open_video(path: Path) -> Any:
+    """An opened ``cv2.VideoCapture`` of a video file, its frame size checked; InputError if it cannot be."""
+    cv2 = import_cv2("reading video")
+    with native_stderr():  # FFmpeg's complaints about a broken file go to the debug log
+        capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise InputError(f"{path}: cannot be opened as a video; check the file and that OpenCV has its codec")
+    try:
+        check_frame_size(capture, str(path))
+    except InputError:
+        capture.release()
+        raise
+    return capture
+
+
 def video_frames(path: Path, count: Optional[int]) -> Samples:
     """Frames sampled evenly over the video (all frames when count is None)."""
-    try:
-        import cv2
-    except ImportError:
-        raise DependencyError("reading video needs OpenCV: pip install opencv-python-headless") from None
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise InputError(f"{path}: cannot be opened as a video; check the file and that OpenCV has its codec")
+    cv2 = import_cv2("reading video")
+    capture = open_video(path)
+    budget = _Budget(path)
     try:
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         wanted: Optional[set] = None
@@ -266,10 +441,12 @@ def video_frames(path: Path, count: Optional[int]) -> Samples:
         frames, names = [], []
         index = 0
         while True:
-            ok, frame = capture.read()
+            with native_stderr():
+                ok, frame = capture.read()
             if not ok:
                 break
             if wanted is None or index in wanted:
+                budget.add(frame)
                 frames.append(frame)
                 names.append(f"{path}#frame{index}")
             index += 1
@@ -280,28 +457,129 @@ def video_frames(path: Path, count: Optional[int]) -> Samples:
     return Samples(images=frames, names=names)
 
 
-def numpy_file(path: Path) -> Samples:
+def _array_header(handle: Any, name: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from a .npy header, read with numpy's own format reader."""
+    from numpy.lib import format as npy_format
+
     try:
-        loaded = np.load(str(path), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable .npy/.npz array file ({exc})") from None
-    labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            key = "images" if "images" in keys else (keys[0] if keys else None)
-            if key is None:
+        version = npy_format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f".npy format version {version}")
+    except (ValueError, SyntaxError, TypeError, EOFError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:120] or exc.__class__.__name__
+        raise InputError(f"{name}: not a readable .npy array ({reason}); save it with numpy.save") from None
+    return tuple(int(d) for d in shape), bool(fortran), dtype
+
+
+def _check_header(shape: Tuple[int, ...], dtype: np.dtype, available: int, name: str) -> int:
+    """Refuse what must not be loaded; returns the data's byte count."""
+    if dtype.hasobject:
+        raise InputError(
+            f"{name}: holds Python objects (a pickle); hisd-edge never unpickles (it can run code): save plain "
+            "numeric arrays (uint8 or float32)"
+        )
+    if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None or dtype.shape:
+        raise InputError(
+            f"{name}: dtype {dtype} is not a numeric image or tensor type; save uint8 images, float32 tensors "
+            "or integer labels"
+        )
+    if len(shape) > 5 or any(d < 0 for d in shape):
+        raise InputError(f"{name}: shape {shape} is not an array of images (at most 5 dimensions)")
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * dtype.itemsize
+    cap = max_array_bytes()
+    if nbytes > cap:
+        raise InputError(
+            f"{name}: the header claims {nbytes} bytes ({'x'.join(map(str, shape))} {dtype}), more than the "
+            f"{cap >> 20} MiB hisd-edge loads; split it, or raise HISD_EDGE_MAX_ARRAY_MIB"
+        )
+    if nbytes > available:
+        raise InputError(
+            f"{name}: the header claims {nbytes} bytes ({'x'.join(map(str, shape))} {dtype}) but the file holds "
+            f"{available}; it is truncated or corrupt"
+        )
+    return nbytes
+
+
+def _read_array(handle: Any, available: int, name: str) -> np.ndarray:
+    """One array from an open .npy stream, its header checked before any data is read."""
+    from numpy.lib import format as npy_format
+
+    start = handle.tell()
+    shape, _fortran, dtype = _array_header(handle, name)
+    _check_header(shape, dtype, available - (handle.tell() - start), name)
+    try:
+        handle.seek(start)  # read_array reads the (checked) header again
+        array = npy_format.read_array(handle, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        reason = " ".join(str(exc).split())[:120] or exc.__class__.__name__
+        raise InputError(f"{name}: the array data cannot be read ({reason}); the file is corrupt") from None
+    return np.asarray(array)
+
+
+def read_arrays(path: Path, keys: Sequence[str] = ("images", "labels")) -> Dict[str, np.ndarray]:
+    """Arrays of a .npy (key ``images``) or .npz file, each header checked before it is loaded.
+
+    Of an .npz, ``keys`` are read when present, else only its first array (as ``images``).
+    Never unpickles; refuses object, string, complex, bool and structured dtypes, headers that
+    claim more bytes than the file holds or than :func:`max_array_bytes`.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: not a regular file; give a .npy or .npz file")
+    if not zipfile.is_zipfile(str(path)):
+        with open(path, "rb") as handle:
+            return {"images": _read_array(handle, info.st_size, str(path))}
+    out: Dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(str(path)) as archive:
+            members = {m.filename[: -len(".npy")]: m for m in archive.infolist() if m.filename.endswith(".npy")}
+            if not members:
                 raise InputError(f"{path}: the .npz file holds no arrays")
-            array = loaded[key]
-            labels = loaded["labels"].astype(np.int64) if "labels" in keys else None
-    else:
-        array = loaded
+            first = next((k for k in members if k not in keys[1:]), next(iter(members)))
+            wanted = {keys[0]: keys[0] if keys[0] in members else first}
+            wanted.update({k: k for k in keys[1:] if k in members and k != wanted[keys[0]]})
+            for key, member_name in wanted.items():
+                member = members[member_name]
+                with archive.open(member) as handle:
+                    out[key] = _read_array(handle, member.file_size, f"{path}[{member_name}]")
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"{path}: not a readable .npz file ({first_line_of(exc)})") from None
+    return out
+
+
+def first_line_of(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else exc.__class__.__name__
+
+
+def numpy_file(path: Path) -> Samples:
+    arrays = read_arrays(path)
+    array, labels = arrays["images"], arrays.get("labels")
     if array.ndim < 3 or len(array) == 0:
         raise InputError(
             f"{path}: expected a non-empty stack of images (N x H x W[xC] or N x C x H x W), got shape {array.shape}"
         )
-    if labels is not None and len(labels) != len(array):
-        raise InputError(f"{path}: {len(labels)} labels for {len(array)} images; give one label per image")
+    if labels is not None:
+        if labels.dtype.kind not in "ui" or labels.ndim != 1:
+            raise InputError(
+                f"{path}: labels must be a 1-D array of integer class indices, got {labels.dtype} of shape "
+                f"{labels.shape}"
+            )
+        if len(labels) != len(array):
+            raise InputError(f"{path}: {len(labels)} labels for {len(array)} images; give one label per image")
+        if len(labels) and int(labels.min()) < 0:
+            raise InputError(f"{path}: label {int(labels.min())} is negative; labels are class indices from 0")
+        labels = labels.astype(np.int64)
     names = [f"{path}[{i}]" for i in range(len(array))]
     if array.dtype == np.float32 and array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4):
         return Samples(images=[], names=names, labels=labels, preprocessed=array)  # labels are class indices
@@ -330,7 +608,7 @@ def load_samples(source: str, *, count: Optional[int] = None, strict: bool = Fal
         elif suffix in VIDEO_EXTENSIONS:
             samples = video_frames(path, count)
         elif suffix in IMAGE_EXTENSIONS:
-            images, names, _, _ = _read_files([path], strict=True)
+            images, names, _, _ = _read_files([path], strict=True, source=path)
             samples = Samples(images=images, names=names)
         else:
             raise InputError(

@@ -16,10 +16,13 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hisd_edge.errors import DependencyError, InputError
+from hisd_edge.errors import InputError
 
 COLOR_ORDERS = ("gray", "rgb", "bgr")
 RESIZE_MODES = ("stretch", "shorter_side_crop")
+# The intermediate image of a shorter-side resize may be larger than the input; a very elongated
+# image would make it huge (a 1 x 30,000,000 strip scaled to 224 on its short side).
+MAX_RESIZE_PIXELS = 1 << 26
 # ITU-R BT.601 luma, the weights OpenCV's BGR2GRAY uses.
 _LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
 
@@ -43,10 +46,15 @@ class Preprocessing:
     layout: str = "NCHW"
 
     def __post_init__(self) -> None:
-        if self.color_order not in COLOR_ORDERS:
-            raise InputError(f"preprocessing color_order {self.color_order!r} is not one of {COLOR_ORDERS}")
-        if self.resize not in RESIZE_MODES:
-            raise InputError(f"preprocessing resize {self.resize!r} is not one of {RESIZE_MODES}")
+        from hisd_edge import schemas
+
+        # Types and ranges (sizes within sane limits) from the published schema; then agreement.
+        schemas.validate(
+            self.to_dict(),
+            schemas.PREPROCESSING,
+            what="preprocessing",
+            fix="see hisd_edge/schemas/preprocessing-v1.schema.json",
+        )
         expected = 1 if self.color_order == "gray" else 3
         if self.channels != expected:
             raise InputError(
@@ -54,8 +62,6 @@ class Preprocessing:
             )
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise InputError("preprocessing mean/std must have one value per channel")
-        if self.layout != "NCHW":
-            raise InputError(f"preprocessing layout {self.layout!r} is not supported (only NCHW)")
 
     @property
     def input_shape(self) -> Tuple[int, int, int]:
@@ -71,6 +77,15 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> Preprocessing:
+        """From a record (checkpoint metadata, manifest, ``--preprocessing``), checked against the schema."""
+        from hisd_edge import schemas
+
+        schemas.validate(
+            data,
+            schemas.PREPROCESSING,
+            what="preprocessing",
+            fix="see hisd_edge/schemas/preprocessing-v1.schema.json",
+        )
         try:
             return cls(
                 input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
@@ -110,22 +125,26 @@ def _to_model_channels(image: np.ndarray, spec: Preprocessing, name: str) -> np.
     return bgr
 
 
-def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+def _resize(image: np.ndarray, spec: Preprocessing, name: str = "image") -> np.ndarray:
     height, width = spec.input_size
     if image.shape[:2] == (height, width):
         return image
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - exercised only where OpenCV is absent
-        raise DependencyError(
-            "resizing images needs OpenCV: pip install opencv-python-headless (on Jetson: the JetPack python3-opencv)"
-        ) from None
+    if min(image.shape[:2]) < 1:
+        raise InputError(f"{name}: image of shape {image.shape[0]}x{image.shape[1]} has no pixels")
+    from hisd_edge.data import import_cv2
+
+    cv2 = import_cv2("resizing images")
     channels = image.shape[2]
     if spec.resize == "shorter_side_crop":
         target = spec.resize_to or min(height, width)
         scale = target / min(image.shape[0], image.shape[1])
         new_h = max(height, round(image.shape[0] * scale))
         new_w = max(width, round(image.shape[1] * scale))
+        if new_h * new_w > MAX_RESIZE_PIXELS:
+            raise InputError(
+                f"{name}: a {image.shape[1]}x{image.shape[0]} image is too elongated to scale its shorter side to "
+                f"{target} ({new_w}x{new_h}); crop it to a less extreme aspect ratio first"
+            )
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         top = (new_h - height) // 2
         left = (new_w - width) // 2
@@ -138,7 +157,7 @@ def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
 def preprocess_image(image: np.ndarray, spec: Preprocessing, name: str = "image") -> np.ndarray:
     """One raw image -> (C, H, W) float32, normalised as the model expects."""
     img = _to_model_channels(image, spec, name)
-    img = _resize(img, spec)
+    img = _resize(img, spec, name)
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
     std = np.asarray(spec.std, dtype=np.float32) * 255.0
     out = (img - mean) / std

@@ -14,6 +14,8 @@ TARGET_SIDE = [
     "__main__.py",
     "errors.py",
     "atomic.py",
+    "quiet.py",
+    "schemas",
     "preprocess.py",
     "data.py",
     "bundle.py",
@@ -50,7 +52,8 @@ sys.meta_path.insert(0, _Block())
 
 
 @pytest.mark.parametrize(
-    "module", ["hisd_edge", "hisd_edge.bundle", "hisd_edge.data", "hisd_edge.checkpoint", "hisd_edge.cli"]
+    "module",
+    ["hisd_edge", "hisd_edge.bundle", "hisd_edge.data", "hisd_edge.checkpoint", "hisd_edge.cli", "hisd_edge.schemas"],
 )
 def test_imports_without_torch(module):
     code = BLOCKER + f"import importlib; importlib.import_module({module!r}); print('ok')"

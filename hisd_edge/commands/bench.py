@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1 or args.seconds <= 0:
         raise InputError("--batch must be >= 1 and --seconds > 0")
+    if args.out:
+        atomic.check_writable(args.out)
     bundle = Bundle.open(args.bundle)
     options = {
         "intra_op_threads": args.threads,

@@ -167,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         options["intra_op_threads"] = args.threads
     out = Path(args.out) if args.out else Path("reports") / Path(args.bundle.rstrip("/")).name
+    from hisd_edge import atomic
+
+    atomic.check_writable(out)  # before measuring for minutes
     config = ProfileConfig(
         bundle=args.bundle,
         data=args.data,

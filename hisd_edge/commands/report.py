@@ -29,11 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from hisd_edge import atomic
     from hisd_edge.errors import InputError
     from hisd_edge.profile.report import write_comparison, write_report
     from hisd_edge.profile.schema import load_profile, resolve_profile_path
 
     profiles = [load_profile(p) for p in args.profiles]
+    if args.out:
+        atomic.check_writable(Path(args.out))
     if len(profiles) == 1:
         out = Path(args.out) if args.out else resolve_profile_path(args.profiles[0]).parent
         result = write_report(profiles[0], out)

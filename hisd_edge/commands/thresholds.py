@@ -69,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from hisd_edge import atomic
     from hisd_edge.bundle import Bundle
     from hisd_edge.runtime.thresholds import fit_thresholds, format_calibration, write_sweep_csv
 
     bundle = Bundle.open(args.bundle)
+    sweep = Path(args.sweep_csv) if args.sweep_csv else Path("reports") / bundle.name / "thresholds_sweep.csv"
+    atomic.check_writable(sweep, "--sweep-csv")  # before the long pass, and before the manifest changes
     options = {"intra_op_threads": args.threads}
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
@@ -91,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not args.json,
         backend_options=options,
     )
-    sweep = Path(args.sweep_csv) if args.sweep_csv else Path("reports") / bundle.name / "thresholds_sweep.csv"
     write_sweep_csv(sweep, calibration)
     if args.json:
         print(

@@ -69,8 +69,14 @@ def run(args: argparse.Namespace) -> int:
     model_arch(args.arch)  # validate the name before importing torch-heavy modules
     if args.out is None and args.single_exit is None:
         raise InputError("--out is required: give the checkpoint path to write, e.g. --out runs/model.safetensors")
-    if args.out is not None and not args.out.endswith(".safetensors"):
-        raise InputError(f"--out {args.out}: checkpoints are safetensors files; name it *.safetensors")
+    if args.out is not None:  # before training, not after an epoch's work
+        from hisd_edge import atomic
+
+        if Path(args.out).is_dir():
+            raise InputError(f"--out {args.out}: is a directory; give a file path such as {args.out}/model.safetensors")
+        if not args.out.endswith(".safetensors"):
+            raise InputError(f"--out {args.out}: checkpoints are safetensors files; name it *.safetensors")
+        atomic.check_writable(args.out)
     weights = None
     if args.exit_weights:
         try:

@@ -301,7 +301,7 @@ def check_bundle(
         for precision, record in stage["files"].items():
             if precision not in wanted:
                 continue
-            file_path = bundle.root / record["path"]
+            file_path = bundle.stage_path(int(stage["index"]), precision)  # confined, size + sha256
             model = onnx.load(str(file_path))
             findings.extend(
                 check_model(model, families, stage=int(stage["index"]), precision=precision, file=record["path"])

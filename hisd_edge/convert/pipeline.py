@@ -19,7 +19,6 @@ import datetime
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -582,7 +581,7 @@ def _build_bundle(
             classes = export.num_classes(proto, num - 1)
             source.class_names = [str(i) for i in range(classes)] if classes else []
 
-    with writer.bundle_dir(out, opts.force) as tmp, tempfile.TemporaryDirectory(prefix="hisd-convert-") as scratch_name:
+    with writer.bundle_dir(out, opts.force) as tmp, writer.scratch_dir() as scratch_name:
         scratch = Path(scratch_name)
         paths: Dict[str, List[Path]] = {"fp32": []}
         with timer.step("verify"):

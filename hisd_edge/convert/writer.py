@@ -3,9 +3,12 @@
 The whole bundle is assembled in a temporary directory next to ``--out`` and renamed into place
 only when everything (verification included) succeeded: an interrupted or failed convert leaves
 no partial bundle and leaves an existing one byte-identical. ``--force`` replaces an existing
-bundle the same way (the old one is swapped out only after the new one is complete), and refuses
-to replace a non-empty directory that is not a bundle, so a mistyped ``--out`` cannot delete
-unrelated files.
+bundle by an atomic exchange of the two directories (:func:`hisd_edge.atomic.atomic_dir`), so
+there is no instant at which ``--out`` is missing or mixed, and a process killed at any point
+leaves the old bundle or the new one, complete; the next convert removes what a killed one left
+(``.NAME.*.tmp`` next to ``--out``, the scratch directory in the temp folder). It refuses to
+replace a non-empty directory that is not a bundle, so a mistyped ``--out`` cannot delete
+unrelated files, and an ``--out`` it cannot write before doing any work.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ FULL_MODEL_FILE = "full.onnx"
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse an existing ``out`` unless ``force`` and it is a bundle (or empty); before any work."""
+    """Refuse an existing ``out`` unless ``force`` and it is a bundle (or empty), or an unwritable one; before any work."""
     out = Path(out)
     if not out.exists():
         if out.parent.exists() and not out.parent.is_dir():
             raise InputError(f"{out.parent}: is a file; --out needs a directory path")
+        atomic.check_writable(out)
         return
     if not out.is_dir():
         raise InputError(f"{out}: exists and is a file, not a bundle directory; choose another --out")
@@ -38,6 +42,12 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise InputError(
             f"{out}: exists, is not empty and is not a bundle (no {MANIFEST}); refusing to replace it even with --force"
         )
+    atomic.check_writable(out)
+
+
+def scratch_dir() -> Any:
+    """The converter's scratch directory (temp folder), removed afterwards, and by the next run if killed."""
+    return atomic.scratch_dir(prefix="hisd-convert-")
 
 
 @contextlib.contextmanager

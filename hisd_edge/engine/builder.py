@@ -454,7 +454,7 @@ def _calibration_caches(bundle: Bundle, trt_version: str, stages: List[int]) -> 
 
     caches = {}
     for k in stages:
-        path = bundle.root / bundle.stages[k]["files"]["int8"]["calibration_cache"]["path"]
+        path = bundle.checked_path(bundle.stages[k]["files"]["int8"]["calibration_cache"])  # confined, size + sha256
         try:
             text = path.read_text(encoding="utf-8")
             caches[k] = retarget(text, trt_version, "EntropyCalibration2").encode("utf-8")
@@ -598,7 +598,7 @@ def _build_all(
     cache_path = (
         Path(options.timing_cache)
         if options.timing_cache
-        else bundle.root / default_timing_cache(device.key, trt_version)
+        else bundle.resolve(default_timing_cache(device.key, trt_version))  # confined to the bundle
     )
     timing_blob, created_dirs = _open_timing_cache(cache_path)
     try:

@@ -21,7 +21,6 @@ swap is undone. A failed *build* never touches the bundle at all.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import shutil
 import tempfile
@@ -146,22 +145,8 @@ def read_plan(bundle: Bundle, record: Dict[str, Any], stage: Optional[int]) -> b
             f"{bundle.root}: the {_describe(record)} build record has no engine for {what}; "
             f"run hisd-edge build {bundle.root} again"
         )
-    path = bundle.root / entry["path"]
-    if not path.is_file():
-        raise BundleError(
-            f"{path}: engine file missing from the bundle; run hisd-edge build {bundle.root} on this device"
-        )
-    data = path.read_bytes()
-    if len(data) != int(entry["bytes"]):
-        raise BundleError(
-            f"{path}: engine file is {len(data)} bytes, the build record says {entry['bytes']} (truncated or replaced); "
-            f"run hisd-edge build {bundle.root} on this device"
-        )
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise BundleError(
-            f"{path}: engine file checksum mismatch (altered or replaced); run hisd-edge build {bundle.root} on this device"
-        )
-    return data
+    # Confined to the bundle, its size checked before it is read, then its checksum (hisd_edge.bundle).
+    return bundle.read_verified(entry, "engine file", f"run hisd-edge build {bundle.root} on this device")
 
 
 def new_record(device: DeviceInfo, trt_version: str, recipe: Dict[str, Any], **fields: Any) -> Dict[str, Any]:
@@ -193,7 +178,7 @@ def publish(
     calibration_caches = calibration_caches or {}
     device_key, trt_version, precision = record["device"]["key"], record["tensorrt_version"], record["precision"]
     rel_dir = engine_dir(device_key, trt_version, precision)
-    target = bundle.root / rel_dir
+    target = bundle.resolve(rel_dir)  # confined to the bundle, no symlink on the way
     created_parents = [p for p in reversed(target.parents) if not p.exists() and bundle.root in p.parents]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{precision}.", suffix=".tmp", dir=target.parent))

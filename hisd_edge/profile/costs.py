@@ -21,8 +21,8 @@ instead of ``stages``) are read as before, without intervals.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -68,18 +68,17 @@ def _interval(value: Any, field: Optional[str]) -> Optional[List[float]]:
 
 
 def _load(path: Path) -> Dict[str, Any]:
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"{path}: not valid JSON ({exc.__class__.__name__}); give the profile.json that hisd-edge profile wrote"
-        ) from None
+    """The costs file, read as untrusted input: a regular file, size-capped, strict JSON, checked against
+    the published costs schema (hisd_edge/schemas/costs-v1.schema.json)."""
+    from hisd_edge import schemas
+
+    fix = "give the profile.json that hisd-edge profile wrote (run it on the target), or leave out --costs"
+    if not os.path.lexists(path):
+        raise InputError(f"{path}: no such profile report; run hisd-edge profile on the target, or leave out --costs")
+    report = schemas.read_json(path, max_bytes=schemas.MAX_REPORT_BYTES, what=f"--costs {path}", fix=fix)
     if not isinstance(report, dict):
-        raise InputError(f"{path}: not a profile report object")
+        raise InputError(f"--costs {path}: not a profile report object; {fix}")
+    schemas.validate(report, schemas.COSTS, what=f"--costs {path}", fix=fix)
     return report
 
 
@@ -136,6 +135,14 @@ def read_costs(path: Path, num_stages: int, objective: str = "latency") -> Tuple
         intervals = [intervals[0]] + [None] * (len(values) - 1)
     if any(not math.isfinite(v) for v in values):
         raise InputError(f"{path}: {key} values must be finite numbers (got {values})")
+    bare = [i for i, ci in enumerate(intervals) if ci is None and values[i] <= 0]
+    if bare or values[0] <= 0:
+        # Only an estimate with an interval may fall to (or below) zero within its noise; a bare figure of 0
+        # (or a stage 0 that costs nothing, which every input runs) would make early exit look free.
+        shown = ", ".join(f"{v:.4g}" for v in values)
+        raise InputError(
+            f"{path}: {key} per stage must be positive (got {shown}); re-run hisd-edge profile on the target"
+        )
     notes: List[str] = []
     priced = []
     for i, (v, ci) in enumerate(zip(values, intervals)):

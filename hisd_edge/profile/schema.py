@@ -130,7 +130,6 @@ threshold setting are the exit fractions times the measured per-exit costs (batc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -156,11 +155,10 @@ def resolve_profile_path(path: Union[str, Path]) -> Path:
 
 def load_profile(path: Union[str, Path]) -> Dict[str, Any]:
     """Read and check a profile.json (or a report directory holding one)."""
+    from hisd_edge import schemas  # the published schemas: hisd_edge/schemas/profile-v{1,2}.schema.json
+
     p = resolve_profile_path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not valid JSON ({exc.__class__.__name__}); re-run hisd-edge profile") from None
+    data = schemas.read_json(p, max_bytes=schemas.MAX_REPORT_BYTES, fix="re-run hisd-edge profile")
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise InputError(f"{p}: not a hisd-edge profile (kind is not {KIND!r})")
     if data.get("schema_version") not in READABLE_VERSIONS:
@@ -168,7 +166,6 @@ def load_profile(path: Union[str, Path]) -> Dict[str, Any]:
             f"{p}: profile schema version {data.get('schema_version')!r} is not supported "
             f"(this hisd-edge reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-run hisd-edge profile"
         )
-    for key in ("stages", "exits", "device", "power"):
-        if key not in data:
-            raise InputError(f"{p}: profile has no {key!r} section; the file is damaged, re-run hisd-edge profile")
+    name = schemas.PROFILE_V1 if data["schema_version"] == 1 else schemas.PROFILE
+    schemas.validate(data, name, what=str(p), fix="the file is damaged; re-run hisd-edge profile")
     return data

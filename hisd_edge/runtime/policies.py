@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from hisd_edge.errors import InputError
+from hisd_edge.schemas import check_policy_thresholds
 
 State = Dict[str, np.ndarray]
 
@@ -60,8 +61,10 @@ class ExitPolicy:
         if not thresholds:
             raise InputError("a policy needs one threshold per exit")
         for t in thresholds:
-            if t is not None and (not isinstance(t, (int, float)) or math.isnan(float(t))):
+            if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(float(t))):
                 raise InputError(f"policy threshold {t!r} is not a number or null")
+        # The score range of each kind lives in the manifest schema (one place for manifests and --thresholds).
+        check_policy_thresholds(self.kind, [None if t is None else float(t) for t in thresholds], f"{self.kind} policy")
         self.thresholds: List[Optional[float]] = [None if t is None else float(t) for t in thresholds]
         self.thresholds[-1] = None  # the last exit always accepts
         self._score_thresholds = [self.score_threshold(k) for k in range(len(self.thresholds))]

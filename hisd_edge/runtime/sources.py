@@ -41,13 +41,7 @@ class InputItem:
 
 
 def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        raise DependencyError(
-            "cameras, streams and videos need OpenCV: pip install opencv-python-headless (on Jetson: the JetPack python3-opencv, which has GStreamer)"
-        ) from None
-    return cv2
+    return data.import_cv2("cameras, streams and videos")
 
 
 def is_live_source(spec: str) -> bool:
@@ -103,6 +97,11 @@ def _open_capture(spec: str) -> Any:
     if not capture.isOpened():
         capture.release()
         raise InputError(f"{what} cannot be opened; {fix}")
+    try:
+        data.check_frame_size(capture, what)  # before the first frame is decoded
+    except InputError:
+        capture.release()
+        raise
     return capture
 
 
@@ -187,12 +186,7 @@ def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: i
                 samples = data.numpy_file(path)
                 makers.append(functools.partial(_samples_items, samples))
             elif suffix in data.VIDEO_EXTENSIONS:
-                capture = _cv2().VideoCapture(str(path))
-                if not capture.isOpened():
-                    capture.release()
-                    raise InputError(
-                        f"{path}: cannot be opened as a video; check the file and that OpenCV has its codec"
-                    )
+                capture = data.open_video(path)  # quiet, and its frame size checked before the first frame
                 makers.append(functools.partial(_capture_items, capture, str(path), max_frames, every))
             elif suffix in data.IMAGE_EXTENSIONS:
                 makers.append(functools.partial(_file_items, [path]))

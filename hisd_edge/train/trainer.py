@@ -129,6 +129,11 @@ def load_training_data(config: TrainConfig) -> Tuple[Samples, Samples, Optional[
             )
         return samples, val, None
     train, val = _split_labelled(samples, 0.15, config.seed)
+    if len(val) == 0:  # every class has a single image: nothing is left to validate on
+        raise InputError(
+            f"{config.data}: too few images to hold some out for validation ({len(samples)} for "
+            f"{len(samples.class_names or [])} classes); give at least 2 images per class, or a --val folder"
+        )
     return train, val, None
 
 

@@ -40,8 +40,12 @@ def test_build_help_and_missing_tensorrt_in_a_bare_environment(tmp_path):
         "assert '--workspace-mib' in out.getvalue()\n"
         f"raise SystemExit(main(['build', {str(tmp_path)!r}, '--no-progress']))\n"
     )
-    (tmp_path / "manifest.json").write_text(
-        '{"schema_version": 1, "kind": "hisd-edge-bundle", "stages": [], "exits": []}'
+    (tmp_path / "manifest.json").write_text(  # the smallest manifest its schema accepts
+        '{"schema_version": 1, "kind": "hisd-edge-bundle", "name": "b", "stages": [{"index": 0, '
+        '"inputs": [{"name": "input"}], "outputs": [{"name": "exit0"}], '
+        '"files": {"fp32": {"path": "stage0.onnx", "sha256": "' + "0" * 64 + '", "bytes": 1}}}], '
+        '"exits": [{"index": 0, "stage": 0, "output": "exit0"}], "preprocessing": {"input_size": [28, 28], '
+        '"channels": 1, "color_order": "gray", "mean": [0.5], "std": [0.5]}}'
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -221,8 +221,7 @@ def test_truncated_engine_file(built):
     path, _trt, cuda = built("10.13")
     plan = path / Bundle.open(path).manifest["engines"][0]["files"][1]["path"]
     plan.write_bytes(plan.read_bytes()[:-100])
-    with pytest.raises(BundleError, match="checksum mismatch"):
-        open_runtime(path, backend="tensorrt")  # Bundle.open verifies every plan
+    # Bundle.open checks each file when it is used (issue 9): the plans when the engines are loaded.
     with pytest.raises(BundleError, match=r"stage1\.plan: engine file is \d+ bytes.*truncated.*hisd-edge build"):
         _activate(path, cuda=cuda)
 

@@ -8,7 +8,6 @@ JSON alone, so a profile taken on a Jetson without matplotlib can be rendered el
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -119,7 +118,7 @@ def write_report(profile: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
     page = html.render_html(profile, images, notes)
     written: List[str] = []
     with atomic.atomic_dir(out_dir, replace=True) as tmp:
-        (tmp / FILENAME).write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+        (tmp / FILENAME).write_text(atomic.json_text(profile), encoding="utf-8")  # strict JSON: no NaN
         written.append(FILENAME)
         for name, text in tables.all_tables(profile).items():
             (tmp / name).write_text(text, encoding="utf-8")
@@ -236,7 +235,7 @@ def write_comparison(profiles: Sequence[Dict[str, Any]], paths: Sequence[str], o
         (tmp / COMPARE_CSV_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
         written.append(COMPARE_CSV_NAME)
         (tmp / SOURCES_NAME).write_text(
-            json.dumps({"labels": labels, "profiles": list(map(str, paths))}, indent=2) + "\n", encoding="utf-8"
+            atomic.json_text({"labels": labels, "profiles": list(map(str, paths))}), encoding="utf-8"
         )
         written.append(SOURCES_NAME)
         for name, png in images.items():
