@@ -63,8 +63,15 @@ def test_exits_on_existing_backbone():
     names = [n for n, _ in list_exit_points(backbone, example)]
     assert "conv1" in names and "block" in names and "fc" not in names
     model = ExitsOnBackbone(backbone, ["block", "conv1"], num_classes=10, example=example).eval()
-    outs = model(torch.randn(2, 1, 28, 28))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        outs = model(x)
+        conv1 = backbone.conv1(x)  # the attachment points' features, computed without the hooks
+        block = backbone.block(torch.relu(conv1))
+        expected = [model.heads[0](conv1), model.heads[1](block), backbone(x)]
     assert len(outs) == 3 and [e.module for e in model.exit_info] == ["conv1", "block", "backbone"]
-    torch.testing.assert_close(outs[-1], backbone(torch.randn(2, 1, 28, 28)) * 0 + outs[-1])
+    for k, (got, want) in enumerate(zip(outs, expected)):
+        torch.testing.assert_close(got, want, msg=f"exit {k}")
+    assert not torch.allclose(outs[-1], outs[-2])  # the last exit is the backbone's output, not a head's
     with pytest.raises(InputError, match="valid names: .*conv1"):
         ExitsOnBackbone(backbone, ["nope"], num_classes=10, example=example)
