@@ -105,3 +105,13 @@ def test_policy_validation():
 def test_softmax_is_stable_for_large_logits():
     p = softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]]))
     np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_score_thresholds_are_the_public_view_of_the_leave_rule():
+    policy = make_policy("entropy", [0.2, None, 0.7])  # entropy: leave when it is at most t (score = -entropy)
+    assert policy.score_thresholds() == [-0.2, math.inf, -math.inf]  # the last exit always accepts
+    scores = np.array([-0.1, -0.2, -0.3])
+    for k, t in enumerate(policy.score_thresholds()):
+        np.testing.assert_array_equal(policy.leaves(k, scores), scores >= t)
+    policy.score_thresholds()[0] = 99.0  # a copy: callers cannot change the policy through it
+    assert policy.score_thresholds()[0] == -0.2
