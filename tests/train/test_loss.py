@@ -134,3 +134,26 @@ def test_feature_hint_gradients_flow_to_the_student_only():
         got = np.zeros_like(f[k]) if grad is None else grad.numpy()
         np.testing.assert_allclose(got, expected[k], rtol=1e-9, atol=1e-12, err_msg=f"feat {k}")
     assert model.feats[-1].grad is None  # the deepest features are only ever a teacher
+
+
+def test_loss_value_matches_the_hisd_formula():
+    alpha, beta, t, weights = 0.4, 0.9, 3.0, (0.5, 1.0, 2.0)
+    gen = torch.Generator().manual_seed(3)
+    logits = [2.0 * torch.randn(6, 5, generator=gen, dtype=torch.float64) for _ in range(3)]
+    y = torch.randint(0, 5, (6,), generator=gen)
+    model = _LeafExits(logits, [torch.zeros(6, 2, dtype=torch.float64)] * 3)
+    objective = HisdObjective(
+        model, HisdLossConfig("hisd", alpha=alpha, beta=beta, temperature=t, exit_weights=weights)
+    )
+    loss, _, _ = objective.double()(torch.zeros(6, 1), y)
+    z = [v.numpy() for v in logits]
+
+    def kl(p, q):  # KL(p || q), mean over rows
+        return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+
+    q = [_softmax(zk, t) for zk in z]
+    ce = [float(np.mean(-np.log(_softmax(zk)[np.arange(6), y.numpy()]))) for zk in z]
+    expected = sum(w * c for w, c in zip(weights, ce))
+    expected += alpha * t * t * sum(kl(q[2], q[k]) for k in range(2))
+    expected += beta * t * t * sum(kl(q[k + 1], q[k]) for k in range(2))
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-10)
