@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -59,6 +60,21 @@ def _mutmut() -> str:
             f"mutmut is not installed: {sys.executable} -m pip install -c constraints.txt mutmut=={MUTMUT_VERSION}"
         )
     return exe
+
+
+def tiny_checkpoint() -> Path:
+    """The tests' tiny checkpoint (tests/conftest.py), trained once here instead of in every test
+    session mutmut starts; the tests pick it up from HISD_EDGE_TEST_TINY_CHECKPOINT."""
+    path = ROOT / "mutants" / "tiny-checkpoint.safetensors"
+    if not path.exists():
+        recipe = ["--arch", "tiny_cnn", "--epochs", "3", "--lr", "0.1", "--threads", "1", "--seed", "0"]
+        subprocess.run(
+            [sys.executable, "-m", "hisd_edge", "train", *recipe, "--no-progress", "--out", str(path)],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return path
 
 
 def all_mutants(jobs: int) -> List[str]:
@@ -129,8 +145,9 @@ def main(argv: List[str]) -> int:
         f"a seeded sample (seed {args.seed}) of {len(chosen)} of {len(names)}" if args.sample else f"all {len(names)}"
     )
     print(f"mutation testing: {what} mutants of the modules in [tool.mutmut] (pyproject.toml)", flush=True)
+    env = {**os.environ, "HISD_EDGE_TEST_TINY_CHECKPOINT": str(tiny_checkpoint())}
     command = [exe, "run", "--max-children", str(args.jobs)] + (chosen if args.sample else [])
-    subprocess.run(command, cwd=ROOT, check=False)
+    subprocess.run(command, cwd=ROOT, check=False, env=env)
 
     summary = report(chosen, results(), len(names))
     print()

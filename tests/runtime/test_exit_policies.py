@@ -97,8 +97,10 @@ def test_policy_validation():
         make_policy("stability", [0.5, None], exit_kind="logits")
     with pytest.raises(InputError, match="not a number"):
         make_policy("max_prob", ["high", None])
-    with pytest.raises(InputError, match="no exit policy"):
+    with pytest.raises(InputError, match="no exit policy.*--policy max_prob"):
         policy_from_manifest({}, 2)
+    with pytest.raises(InputError, match="no exit policy.*--policy stability"):
+        policy_from_manifest({}, 2, exit_kind="embedding")
     assert policy_from_manifest({"kind": "margin", "thresholds": [0.2, None]}, 2).kind == "margin"
 
 
