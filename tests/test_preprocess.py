@@ -61,6 +61,8 @@ def test_batch_and_dict_round_trip():
     assert preprocess_batch(imgs, GRAY).shape == (5, 1, 28, 28)
     assert preprocess_batch([], GRAY).shape == (0, 1, 28, 28)
     assert Preprocessing.from_dict(GRAY.to_dict()) == GRAY
+    crop = _crop_spec((20, 20), 24)
+    assert Preprocessing.from_dict(crop.to_dict()) == crop  # every field survives the manifest
 
 
 @pytest.mark.parametrize(

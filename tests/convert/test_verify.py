@@ -129,3 +129,21 @@ def test_convert_refuses_a_split_that_moves_an_exit_and_writes_nothing(tiny_chec
     with pytest.raises(ConversionError, match=r"at exit 2 \(max abs diff \S+e-05 > 1e-05"):
         convert_checkpoint(tiny_checkpoint, out, precisions=("fp32",), val_count=8, verify_count=16)
     assert list(tmp_path.iterdir()) == []  # no bundle, no half-written temporary directory
+
+
+def test_a_graph_the_checker_rejects_is_a_one_line_conversion_error():
+    from hisd_edge.convert.split import check_model
+
+    bad = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("NoSuchOp", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    with pytest.raises(ConversionError, match=r"^stage 1 \(int8\) fails onnx\.checker \(.*NoSuchOp") as info:
+        check_model(bad, "stage 1 (int8)")
+    assert "\n" not in str(info.value)

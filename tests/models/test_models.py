@@ -88,6 +88,7 @@ def test_wrapped_exits_describe_themselves():
         ExitInfo("exit1", 1, 8, 2, "block"),  # 8 channels, stride 2
         ExitInfo("exit2", 2, 10, 1, "backbone"),  # the backbone's own output: its 10 classes
     ]
+    assert all(isinstance(e.reduction, int) for e in model.exit_info)  # written to checkpoint metadata as is
     assert model.arch is None  # not rebuildable from metadata
     no_final = ExitsOnBackbone(Backbone(), ["conv1"], num_classes=10, example=torch.randn(1, 1, 28, 28), final=False)
     assert [e.name for e in no_final.exit_info] == ["exit0"] and len(no_final(torch.randn(2, 1, 28, 28))) == 1

@@ -193,3 +193,15 @@ def test_a_result_as_json():
     assert result.to_dict()["score"] is None and result.to_dict()["confidence"] is None
     failed = ExitResult(index=0, name="b.png", error="cannot be decoded as an image").to_dict()
     assert failed["latency_ms"] is None and failed["exit"] is None and failed["confidence"] is None
+
+
+def test_batches_larger_than_the_backend_takes_run_in_chunks(setup):
+    bundle, x, outputs = setup
+    policy, _ = _middle_thresholds(outputs, "max_prob")
+    with open_runtime(bundle.root, policy=policy) as rt:
+        whole, _ = rt.infer_tensors(x[:10], names=[f"n{i}" for i in range(10)])
+        rt.backend.max_batch = 4  # as a TensorRT profile or a fixed-batch model limits it
+        chunked, trace = rt.infer_tensors(x[:10], names=[f"n{i}" for i in range(10)], first_index=5)
+    assert [r.index for r in chunked] == list(range(5, 15)) and [r.name for r in chunked] == [r.name for r in whole]
+    assert [(r.exit, r.class_index) for r in chunked] == [(r.exit, r.class_index) for r in whole]
+    assert trace.stage_rows[0] == 2  # the trace is the last chunk's: rows 8 and 9

@@ -95,6 +95,8 @@ def test_policy_validation():
         make_policy("entropy", [0.5, None], exit_kind="embedding")
     with pytest.raises(InputError, match="needs embedding exits"):
         make_policy("stability", [0.5, None], exit_kind="logits")
+    with pytest.raises(InputError, match="needs embedding exits"):
+        make_policy("stability", [0.5, None])  # exits give logits unless said otherwise
     with pytest.raises(InputError, match="not a number"):
         make_policy("max_prob", ["high", None])
     with pytest.raises(InputError, match="no exit policy.*--policy max_prob"):
@@ -117,3 +119,11 @@ def test_score_thresholds_are_the_public_view_of_the_leave_rule():
         np.testing.assert_array_equal(policy.leaves(k, scores), scores >= t)
     policy.score_thresholds()[0] = 99.0  # a copy: callers cannot change the policy through it
     assert policy.score_thresholds()[0] == -0.2
+
+
+def test_scores_are_float64_so_a_float32_confidence_at_the_threshold_does_not_leave():
+    policy = make_policy("max_prob", [0.9, None])
+    confidence = np.array([0.9, 0.95], dtype=np.float32)  # float32(0.9) is just below 0.9
+    scores = policy.step(0, confidence, None, policy.init_state(2))
+    assert scores.dtype == np.float64
+    assert policy.leaves(0, scores).tolist() == [False, True]  # as calibration, in float64, predicted
