@@ -43,6 +43,12 @@ def test_session_options_follow_the_rules():
         session_options(threads=-1)
 
 
+def test_a_requested_level_wins_over_the_rule(tiny_bundle):
+    path = str(Bundle.open(tiny_bundle).stage_path(0))
+    assert _levels([open_session(path, precision="int8")]) == [LEVELS["basic"]]
+    assert _levels([open_session(path, precision="int8", graph_optimization="all")]) == [LEVELS["all"]]
+
+
 def _levels(sessions):
     return [s.get_session_options().graph_optimization_level for s in sessions]
 
