@@ -586,34 +586,51 @@ def numpy_file(path: Path) -> Samples:
     return Samples(images=list(array), names=names, labels=labels)
 
 
+SAMPLE_SOURCES = "an image folder, image, video, .npy/.npz, or 'default[:split]'"
+
+
+def source_kind(source: str, accepted: str = SAMPLE_SOURCES) -> str:
+    """Which reader a source string needs: ``default``, ``folder``, ``video``, ``numpy`` or ``image``.
+
+    The one dispatch on source strings: :func:`load_samples` and ``hisd-edge run``'s inputs
+    (:mod:`hisd_edge.runtime.sources`) both go through it. A path that does not exist or a file
+    type no reader takes is an InputError that ends with "give ``accepted``".
+    """
+    if source == "default" or source.startswith("default:"):
+        return "default"
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{source}: no such file or directory; give {accepted}")
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        return "numpy"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    raise InputError(f"{source}: unsupported file type {suffix!r}; give {accepted}")
+
+
 def load_samples(source: str, *, count: Optional[int] = None, strict: bool = False, seed: int = 0) -> Samples:
     """Load samples from any supported source (see module docstring).
 
     ``count`` keeps a seeded random subset of that many samples (all of them if fewer exist).
     """
-    if source == "default" or source.startswith("default:"):
+    kind = source_kind(source)
+    if kind == "default":
         split = source.split(":", 1)[1] if ":" in source else "test"
         samples = default_split(split)
+    elif kind == "folder":
+        samples = image_folder(Path(source), strict=strict, count=count, seed=seed)
+    elif kind == "numpy":
+        samples = numpy_file(Path(source))
+    elif kind == "video":
+        samples = video_frames(Path(source), count)
     else:
-        path = Path(source)
-        if not path.exists():
-            raise InputError(
-                f"{source}: no such file or directory; give an image folder, image, video, .npy/.npz, or 'default[:split]'"
-            )
-        suffix = path.suffix.lower()
-        if path.is_dir():
-            samples = image_folder(path, strict=strict, count=count, seed=seed)
-        elif suffix in (".npy", ".npz"):
-            samples = numpy_file(path)
-        elif suffix in VIDEO_EXTENSIONS:
-            samples = video_frames(path, count)
-        elif suffix in IMAGE_EXTENSIONS:
-            images, names, _, _ = _read_files([path], strict=True, source=path)
-            samples = Samples(images=images, names=names)
-        else:
-            raise InputError(
-                f"{source}: unsupported file type {suffix!r}; give an image folder, image, video or .npy/.npz"
-            )
+        images, names, _, _ = _read_files([Path(source)], strict=True, source=Path(source))
+        samples = Samples(images=images, names=names)
     if len(samples) == 0:
         raise InputError(f"{source}: the source holds no samples")
     chosen = _choose(count, len(samples), seed)

@@ -21,6 +21,17 @@ from hisd_edge.errors import InputError
 # budget can overshoot on the test split; the demo asks for no drop and still exits early.
 DEMO_MAX_DROP_POINTS = 0.0
 
+# How many samples each step uses. The quick demo (``hisd-edge demo --quick``) runs the same steps
+# on fewer samples: a check that the whole path works here, in a fraction of the time.
+FULL_SIZES = {
+    "calib_count": 256,
+    "convert_val_count": None,
+    "val_count": None,
+    "test_count": None,
+    "profile_samples": 500,
+}
+QUICK_SIZES = {"calib_count": 32, "convert_val_count": 100, "val_count": 200, "test_count": 200, "profile_samples": 100}
+
 
 def _section(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
@@ -58,9 +69,12 @@ def exit_table(checkpoint_path: Path) -> List[dict]:
     return rows
 
 
-def run_demo(checkpoint: Optional[str] = None, out_root: str = "engines", reports_root: str = "reports") -> int:
+def run_demo(
+    checkpoint: Optional[str] = None, out_root: str = "engines", reports_root: str = "reports", quick: bool = False
+) -> int:
     from hisd_edge.checkpoint import default_checkpoint_path, read_metadata
 
+    sizes = QUICK_SIZES if quick else FULL_SIZES
     path = Path(checkpoint) if checkpoint else default_checkpoint_path()
     if not path.exists() and checkpoint is None:
         raise InputError(f"{path}: the embedded default checkpoint is missing from this install; reinstall hisd-edge")
@@ -87,12 +101,18 @@ def run_demo(checkpoint: Optional[str] = None, out_root: str = "engines", report
     bundle_dir = Path(out_root) / path.name.replace(".safetensors", "")
     _section(f"2. Convert to a bundle: {bundle_dir}")
     result = convert_checkpoint(
-        path, bundle_dir, precisions=("fp32", "fp16", "int8"), calib="default:train", calib_count=256, force=True
+        path,
+        bundle_dir,
+        precisions=("fp32", "fp16", "int8"),
+        calib="default:train",
+        calib_count=sizes["calib_count"],
+        val_count=sizes["convert_val_count"],
+        force=True,
     )
     print(result.table())
     print(
         f"converted in {result.timings_s['total']:.1f} s "
-        f"(export, split, verify, fp16, int8 with 256 calibration images, validation)"
+        f"(export, split, verify, fp16, int8 with {result.calibration['count']} calibration images, validation)"
     )
     sys.stdout.flush()
 
@@ -100,7 +120,12 @@ def run_demo(checkpoint: Optional[str] = None, out_root: str = "engines", report
 
     _section("3. Early exit on this CPU (ONNX Runtime): thresholds fitted on default:val, run on default:test")
     summary = evaluate_early_exit(
-        result.bundle, val="default:val", test="default:test", max_drop_points=DEMO_MAX_DROP_POINTS
+        result.bundle,
+        val="default:val",
+        test="default:test",
+        max_drop_points=DEMO_MAX_DROP_POINTS,
+        val_count=sizes["val_count"],
+        test_count=sizes["test_count"],
     )
     print(format_early_exit(summary))
     sys.stdout.flush()
@@ -109,7 +134,9 @@ def run_demo(checkpoint: Optional[str] = None, out_root: str = "engines", report
 
     report_dir = Path(reports_root) / bundle_dir.name
     _section(f"4. Profile per exit on this machine: {report_dir}")
-    profiled = profile_default(str(result.bundle), str(report_dir), data="default:test", samples=500)
+    profiled = profile_default(
+        str(result.bundle), str(report_dir), data="default:test", samples=sizes["profile_samples"]
+    )
     print(profiled["summary"])
     print(f"\nHTML report: {profiled['report']['html']}")
     return 0

@@ -73,6 +73,9 @@ def tiny_train_config():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_train_config) -> Path:
     """A real checkpoint of the tiny CNN: 3 epochs on the default data (seconds), ~93% val top-1 at the last exit."""
+    reuse = os.environ.get("HISD_EDGE_TEST_TINY_CHECKPOINT")
+    if reuse:  # tools/mutation_test.py trains it once for its many short test sessions
+        return Path(reuse)
     from hisd_edge.train import train
 
     config, argv = tiny_train_config

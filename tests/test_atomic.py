@@ -155,3 +155,49 @@ def test_check_writable(tmp_path):
         atomic.check_writable(tmp_path / "file" / "out")
     with pytest.raises(InputError, match="cannot write"):
         atomic.check_writable("/sys/hisd-edge-out")  # sysfs refuses new files, even to root
+
+
+# A crash in the middle of a write must leave the previous version whole: the bytes go to a
+# temporary file that is renamed over the target only when complete.
+_CRASH_MID_WRITE = """
+import resource, signal, sys
+from hisd_edge import atomic
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; by default the kernel kills the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # ... as it writes past 4 KiB into any file
+atomic.write_text(sys.argv[1], "new " * 100_000)
+"""
+
+
+def test_a_process_killed_mid_write_leaves_the_old_file_intact(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "manifest.json"
+    target.write_text("old and complete")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASH_MID_WRITE, str(target)], capture_output=True, timeout=120, env=env
+    )
+    assert proc.returncode == -signal.SIGXFSZ, proc.stderr  # it really died mid-write
+    assert target.read_text() == "old and complete"
+    leftovers = [p for p in tmp_path.iterdir() if p != target]
+    assert all(p.name.startswith(".manifest.json.") for p in leftovers)  # at most a hidden temp file, never the target
+
+
+def test_a_write_that_fails_half_way_changes_nothing(tmp_path):
+    target = tmp_path / "cache.txt"
+    atomic.write_text(target, "old")
+    with pytest.raises(UnicodeEncodeError):
+        atomic.write_text(target, "new text, then a lone surrogate that UTF-8 cannot encode: \ud800")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["cache.txt"]
+
+
+def test_write_bytes_and_json_replace_whole_files(tmp_path):
+    target = tmp_path / "f"
+    atomic.write_bytes(target, b"a" * 10)
+    atomic.write_bytes(target, b"b")
+    assert target.read_bytes() == b"b"
+    atomic.write_json(target, {"k": [1, 2]})
+    assert target.read_text() == '{\n  "k": [\n    1,\n    2\n  ]\n}\n'

@@ -15,10 +15,13 @@ def test_top_level_help_lists_verbs(capsys):
         assert verb in out
 
 
+def test_every_verb_is_there():
+    # _available_verbs() quietly leaves out a verb whose module is missing; this tree ships them all.
+    assert _available_verbs() == VERBS
+
+
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb, capsys):
-    if verb not in _available_verbs():
-        pytest.skip(f"{verb} is not implemented in this version")
     with pytest.raises(SystemExit) as exc:
         main([verb, "--help"])
     assert exc.value.code == 0

@@ -1,11 +1,10 @@
+import cv2
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-
-from hisd_edge.data import DEFAULT_SPLITS, default_split, load_samples  # noqa: E402
-from hisd_edge.errors import InputError  # noqa: E402
-from hisd_edge.preprocess import Preprocessing  # noqa: E402
+from hisd_edge.data import DEFAULT_SPLITS, default_split, load_samples
+from hisd_edge.errors import InputError
+from hisd_edge.preprocess import Preprocessing
 
 GRAY = Preprocessing(input_size=(28, 28), channels=1, color_order="gray", mean=(0.5,), std=(0.25,))
 
@@ -133,3 +132,35 @@ def test_count_on_a_folder_decodes_only_the_chosen_files(tmp_path, monkeypatch):
     assert samples.names == load_samples(str(tmp_path), count=3, seed=1).names
     with pytest.raises(InputError, match="positive"):
         load_samples(str(tmp_path), count=0)
+
+
+def test_one_dispatch_names_the_reader_of_every_source(tmp_path):
+    from hisd_edge.data import source_kind
+
+    (tmp_path / "clip.MP4").write_bytes(b"x")
+    (tmp_path / "img.PNG").write_bytes(b"x")
+    np.save(tmp_path / "a.npy", np.zeros((1, 2, 2)))
+    assert source_kind("default") == source_kind("default:val") == "default"
+    assert source_kind(str(tmp_path)) == "folder"
+    assert source_kind(str(tmp_path / "clip.MP4")) == "video"
+    assert source_kind(str(tmp_path / "img.PNG")) == "image"
+    assert source_kind(str(tmp_path / "a.npy")) == "numpy"
+    with pytest.raises(InputError, match=r"nope: no such file or directory; give a camera"):
+        source_kind(str(tmp_path / "nope"), accepted="a camera")
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(InputError, match=r"unsupported file type '\.txt'; give an image folder"):
+        source_kind(str(tmp_path / "x.txt"))
+
+
+def test_run_inputs_and_load_samples_read_a_source_alike(tmp_path):
+    """hisd-edge run's inputs go through the same dispatch: the same .npz, the same items."""
+    from hisd_edge.runtime.sources import open_inputs
+
+    images = np.random.default_rng(0).integers(0, 255, (3, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "s.npz", images=images, labels=np.array([4, 1, 7]))
+    samples = load_samples(str(tmp_path / "s.npz"))
+    items = list(open_inputs([str(tmp_path / "s.npz")]))
+    assert [i.name for i in items] == samples.names
+    assert [i.label for i in items] == [4, 1, 7]
+    for item, image in zip(items, images):
+        np.testing.assert_array_equal(item.image, image)

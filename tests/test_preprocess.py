@@ -61,6 +61,8 @@ def test_batch_and_dict_round_trip():
     assert preprocess_batch(imgs, GRAY).shape == (5, 1, 28, 28)
     assert preprocess_batch([], GRAY).shape == (0, 1, 28, 28)
     assert Preprocessing.from_dict(GRAY.to_dict()) == GRAY
+    crop = _crop_spec((20, 20), 24)
+    assert Preprocessing.from_dict(crop.to_dict()) == crop  # every field survives the manifest
 
 
 @pytest.mark.parametrize(
@@ -79,3 +81,37 @@ def test_invalid_specs_rejected(bad):
         Preprocessing(**args)
     with pytest.raises(InputError):
         Preprocessing.from_dict({"input_size": [28]})
+
+
+def _crop_spec(size, resize_to):
+    return Preprocessing(
+        input_size=size,
+        channels=1,
+        color_order="gray",
+        mean=(0.0,),
+        std=(1.0 / 255.0,),  # output = pixel value, so the test reads pixels back
+        resize="shorter_side_crop",
+        resize_to=resize_to,
+    )
+
+
+def test_shorter_side_crop_keeps_the_centre_of_a_wide_image():
+    columns = np.arange(60, dtype=np.uint8) * 4  # every column has its own value
+    image = np.tile(columns, (40, 1))  # 40 x 60, already at the target scale
+    out = preprocess_image(image, _crop_spec((40, 40), 40))[0]
+    np.testing.assert_array_equal(out, np.tile(columns[10:50], (40, 1)).astype(np.float32))
+
+
+def test_shorter_side_crop_keeps_the_centre_of_a_tall_image():
+    rows = np.arange(60, dtype=np.uint8) * 4
+    image = np.tile(rows[:, None], (1, 40))  # 60 x 40
+    out = preprocess_image(image, _crop_spec((40, 40), 40))[0]
+    np.testing.assert_array_equal(out, np.tile(rows[10:50, None], (1, 40)).astype(np.float32))
+
+
+def test_shorter_side_crop_scales_then_crops_the_centre():
+    image = np.zeros((80, 160), np.uint8)
+    image[:, 60:100] = 255  # a bright band in the middle fifth
+    out = preprocess_image(image, _crop_spec((20, 20), 20))[0]  # 80x160 -> 20x40 -> centre 20x20
+    # The band (original columns 60..99) lands on scaled columns 15..24, i.e. crop columns 5..14.
+    assert out[:, 6:14].min() > 250 and out[:, :4].max() < 5 and out[:, 16:].max() < 5

@@ -31,8 +31,7 @@ TARGET_SIDE = [
 
 def test_target_side_needs_at_most_python_3_8():
     vermin = shutil.which("vermin") or str(Path(sys.executable).with_name("vermin"))
-    if not Path(vermin).exists():
-        pytest.skip("vermin is not installed (pip install vermin)")
+    assert Path(vermin).exists(), "vermin is not installed: pip install -c constraints.txt vermin (the test extra)"
     paths = [str(PACKAGE / p) for p in TARGET_SIDE if (PACKAGE / p).exists()]
     proc = subprocess.run(
         [vermin, "--no-tips", "-t=3.8-", "--eval-annotations", "--violations", *paths], capture_output=True, text=True

@@ -9,14 +9,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the end-to-end demo on the embedded default model",
-        description="Evaluate the embedded default multi-exit model on the default test split "
-        "and print its per-exit accuracy table.",
+        description="The main job end to end on the embedded default model: its per-exit accuracy, a bundle "
+        "(fp32, fp16, INT8) under ./engines, thresholds fitted on default:val, early exit on default:test, and a "
+        "per-exit profile with an HTML report under ./reports.",
     )
     p.add_argument("--checkpoint", default=None, help="use this checkpoint instead of the embedded default")
+    p.add_argument(
+        "--quick", action="store_true", help="the same steps on fewer samples: check that everything works here"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hisd_edge.demo import run_demo
 
-    return run_demo(args.checkpoint)
+    return run_demo(args.checkpoint, quick=args.quick)

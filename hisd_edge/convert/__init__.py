@@ -6,7 +6,9 @@ confidence), :mod:`~hisd_edge.convert.split` (structural boundaries, stage graph
 (statistics along the chain), :mod:`~hisd_edge.convert.quantize` (INT8 Q/DQ, fp16),
 :mod:`~hisd_edge.convert.calib_cache` (TensorRT's text cache), :mod:`~hisd_edge.convert.validate`
 (task-level accuracy per exit and precision), :mod:`~hisd_edge.convert.stats` (params, MACs),
-:mod:`~hisd_edge.convert.writer` (atomic bundle directory), :mod:`~hisd_edge.convert.pipeline`
+:mod:`~hisd_edge.convert.writer` (manifest, atomic bundle directory), and to run them
+:mod:`~hisd_edge.convert.source` (what is converted: checkpoint, ONNX or module),
+:mod:`~hisd_edge.convert.options` (what convert can be told) and :mod:`~hisd_edge.convert.pipeline`
 (the steps in order), and for existing bundles :mod:`~hisd_edge.convert.inspect` (readable
 summary) and :mod:`~hisd_edge.convert.check` (TensorRT readiness).
 
@@ -23,10 +25,10 @@ _EXPORTS = {
     "convert_checkpoint": "pipeline",
     "convert_onnx": "pipeline",
     "convert_model": "pipeline",
-    "list_points": "pipeline",
-    "parse_precisions": "pipeline",
-    "ConvertOptions": "pipeline",
-    "ConvertResult": "pipeline",
+    "list_points": "source",
+    "parse_precisions": "options",
+    "ConvertOptions": "options",
+    "ConvertResult": "options",
     "format_validation_table": "validate",
     "check_bundle": "check",
     "format_check": "check",

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hisd_edge.errors import ConversionError, InputError, first_line
+from hisd_edge.runtime.ort_session import StageChain
 
 LOG = logging.getLogger("hisd_edge.convert")
 
@@ -257,18 +258,22 @@ class StageCalibration:
 
 def calibrate_chain(
     stage_paths: Sequence[Path],
-    chain: Any,
+    chain: StageChain,
     calibration: CalibrationSet,
     recipe: CalibrationRecipe,
     scratch: Path,
     batch_size: int = _BATCH,
 ) -> List[StageCalibration]:
-    """Statistics for every stage, each on the activations the fp32 stages before it produce."""
+    """Statistics for every stage, each on the activations the fp32 stages before it produce.
+
+    ``chain`` is the fp32 chain of ``stage_paths`` (the one verification ran): stage k's input is
+    what it makes of the calibration images, stage by stage.
+    """
     results = []
     stage_input = calibration.inputs
     for k, path in enumerate(stage_paths):
         statistics = compute_stage_statistics(Path(path), stage_input, recipe, scratch, batch_size)
         results.append(StageCalibration(statistics, stage_input, batch_size))
         if k < len(stage_paths) - 1:
-            stage_input = chain.run(stage_input, start=k, stop=k + 1)[f"feat{k}"]
+            stage_input = chain.run_stage(k, stage_input)[f"feat{k}"]
     return results

@@ -5,11 +5,10 @@ answer; one off by 0.01 near a tie does), so this measures what the runtime reli
 accuracy (when the data has labels) and top-1 agreement with the fp32 chain. Embedding exits get
 the mean cosine similarity to fp32 instead.
 
-INT8 stages are evaluated as their Q/DQ graphs define them (ONNX Runtime with basic graph
-optimizations, which executes Q/DQ as written): that is the arithmetic TensorRT implements.
-ONNX Runtime's own fused integer kernels on x86 CPUs without VNNI saturate int8×int8 products
-(``VPMADDUBSW``) and lose several points on the same files; that is a property of that CPU path,
-not of the bundle, so it is not what the table reports.
+INT8 stages are evaluated as their Q/DQ graphs define them: the chains run under the runtime's
+session rules (:mod:`hisd_edge.runtime.ort_session`), where INT8 executes Q/DQ as written, the
+arithmetic TensorRT implements, and not as ONNX Runtime's fused integer kernels, which saturate
+on x86 CPUs without VNNI (a property of that CPU path, not of the bundle).
 
 ``mixed`` precision picks, stage by stage (earlier stages fixed at their choice, later ones
 fp32), the lowest precision that keeps every exit from that stage on within ``max_drop_pp``
@@ -19,14 +18,15 @@ points of fp32.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from hisd_edge.errors import InputError
+from hisd_edge.runtime.ort_session import INT8_GRAPH_OPTIMIZATION, StageChain, next_stage_input
 
 ORDER_LOW_TO_HIGH = ("int8", "fp16", "fp32")
-INT8_EXECUTION = "qdq-as-written (onnxruntime basic graph optimizations)"
+INT8_EXECUTION = f"qdq-as-written (onnxruntime {INT8_GRAPH_OPTIMIZATION} graph optimizations)"
 
 
 @dataclasses.dataclass
@@ -37,36 +37,24 @@ class ValidationData:
 
 
 class PrecisionChains:
-    """Stage sessions for every precision, run in any per-stage mix, caching prefixes."""
+    """One :class:`~hisd_edge.runtime.ort_session.StageChain` per precision, run in any per-stage mix.
+
+    Results of each plan prefix are cached: choosing a mixed plan tries many plans that share
+    their first stages, and those stages run once.
+    """
 
     def __init__(
         self,
-        stage_files: Dict[str, Sequence[Any]],
+        stage_files: Mapping[str, Sequence[Any]],
         stage_outputs: Sequence[Sequence[str]],
         threads: int,
         batch_size: int = 256,
     ):
-        from hisd_edge.convert.verify import make_session
-
-        self.stage_outputs = [list(o) for o in stage_outputs]
-        self.sessions = {
-            precision: [make_session(str(path), threads, qdq_as_written=(precision == "int8")) for path in paths]
+        self.chains = {
+            precision: StageChain([str(path) for path in paths], stage_outputs, threads, batch_size, precision)
             for precision, paths in stage_files.items()
         }
         self._cache: Dict[tuple, Dict[str, np.ndarray]] = {}
-        self.batch_size = batch_size
-
-    def _run_stage(self, precision: str, k: int, x: np.ndarray) -> Dict[str, np.ndarray]:
-        session = self.sessions[precision][k]
-        batch_size = self.batch_size
-        name = session.get_inputs()[0].name
-        parts: Dict[str, List[np.ndarray]] = {}
-        for lo in range(0, len(x), batch_size):
-            for out, arr in zip(
-                self.stage_outputs[k], session.run(self.stage_outputs[k], {name: x[lo : lo + batch_size]})
-            ):
-                parts.setdefault(out, []).append(arr)
-        return {n: np.concatenate(p) for n, p in parts.items()}
 
     def run(self, plan: Sequence[str], x: np.ndarray) -> Dict[str, np.ndarray]:
         """All stage outputs with stage k in precision ``plan[k]`` (prefix results are cached)."""
@@ -75,10 +63,9 @@ class PrecisionChains:
         for k, precision in enumerate(plan):
             key = tuple(plan[: k + 1])
             if key not in self._cache:
-                self._cache[key] = self._run_stage(precision, k, value)
-            outs = self._cache[key]
-            results.update(outs)
-            value = outs.get(f"feat{k}", value)
+                self._cache[key] = self.chains[precision].run_stage(k, value)
+            results.update(self._cache[key])
+            value = next_stage_input(k, self._cache[key], value)
         return results
 
 

@@ -4,95 +4,33 @@ On real samples, the chained stage graphs must reproduce the monolithic ONNX exi
 ≤ 1e-5) and the monolithic ONNX must reproduce torch (≤ 1e-4). A failure is a
 :class:`~hisd_edge.errors.ConversionError` and no bundle is written.
 
-ONNX Runtime sessions here use few intra-op threads with spinning off: several stage sessions in
-one process otherwise keep their worker threads spinning after each run and fight over the cores
-(measured 1.2–2.8× slower chains on 2 cores; see the facts sheet).
+Sessions and the chain runner are the runtime's (:mod:`hisd_edge.runtime.ort_session`), so the
+chain verified here runs under the same session rules as the chain a board runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from hisd_edge.errors import ConversionError, DependencyError
+from hisd_edge.errors import ConversionError
+from hisd_edge.runtime.ort_session import StageChain, open_session, run_batched
 
 CHAIN_TOLERANCE = 1e-5
 TORCH_TOLERANCE = 1e-4
 DEFAULT_THREADS = 2
 
-
-def make_session(model: Union[bytes, str], threads: int = DEFAULT_THREADS, qdq_as_written: bool = False) -> Any:
-    """A CPU ONNX Runtime session that plays well next to other sessions in the same process.
-
-    ``qdq_as_written`` keeps graph optimizations at the basic level so Q/DQ pairs run as the
-    float arithmetic they define instead of being fused into ONNX Runtime's integer kernels
-    (which saturate on x86 CPUs without VNNI; see :mod:`hisd_edge.convert.validate`).
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise DependencyError("converting needs onnxruntime: pip install 'hisd-edge[workstation]'") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    if qdq_as_written:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+# The names the converter used before the session factory and the chain runner moved to the
+# runtime side; kept so existing callers (tests, tools) read the same.
+make_session = open_session
+Chain = StageChain
+run_full = run_batched
 
 
 def model_bytes(model: Any) -> bytes:
     return model.SerializeToString()
-
-
-class Chain:
-    """Stage sessions run one after another: ``input`` -> stage 0 -> ``feat0`` -> stage 1 ..."""
-
-    def __init__(
-        self,
-        stage_models: Sequence[Union[bytes, str]],
-        stage_outputs: Sequence[Sequence[str]],
-        threads: int = DEFAULT_THREADS,
-        batch_size: int = 256,
-    ):
-        self.sessions = [make_session(m, threads) for m in stage_models]
-        self.stage_outputs = [list(o) for o in stage_outputs]
-        self.batch_size = batch_size  # a model with a fixed batch dim must be fed exactly that many
-
-    def run_stage(self, k: int, x: np.ndarray) -> Dict[str, np.ndarray]:
-        session = self.sessions[k]
-        feed = {session.get_inputs()[0].name: x}
-        values = session.run(self.stage_outputs[k], feed)
-        return dict(zip(self.stage_outputs[k], values))
-
-    def run(
-        self, x: np.ndarray, batch_size: Optional[int] = None, start: int = 0, stop: Optional[int] = None
-    ) -> Dict[str, np.ndarray]:
-        """Every output of stages ``start..stop-1`` for the whole of ``x`` (batched)."""
-        stop = len(self.sessions) if stop is None else stop
-        batch_size = batch_size or self.batch_size
-        chunks: Dict[str, List[np.ndarray]] = {}
-        for lo in range(0, len(x), batch_size):
-            value = x[lo : lo + batch_size]
-            for k in range(start, stop):
-                outs = self.run_stage(k, value)
-                for name, arr in outs.items():
-                    chunks.setdefault(name, []).append(arr)
-                value = outs.get(f"feat{k}", value)
-        return {name: np.concatenate(parts) for name, parts in chunks.items()}
-
-
-def run_full(session: Any, x: np.ndarray, names: Sequence[str], batch_size: int = 256) -> Dict[str, np.ndarray]:
-    chunks: Dict[str, List[np.ndarray]] = {n: [] for n in names}
-    input_name = session.get_inputs()[0].name
-    for lo in range(0, len(x), batch_size):
-        for name, arr in zip(names, session.run(list(names), {input_name: x[lo : lo + batch_size]})):
-            chunks[name].append(arr)
-    return {n: np.concatenate(parts) for n, parts in chunks.items()}
 
 
 @dataclasses.dataclass
@@ -118,7 +56,7 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 def verify(
     full_model: Union[bytes, str],
-    chain: Chain,
+    chain: StageChain,
     x: np.ndarray,
     num_exits: int,
     torch_model: Any = None,
@@ -129,10 +67,10 @@ def verify(
     The fused confidence outputs are compared along with the exits they belong to.
     """
     names = [f"exit{k}" for k in range(num_exits)]
-    session = make_session(full_model, threads)
+    session = open_session(full_model, threads)
     available = {o.name for o in session.get_outputs()}
     conf_names = [f"conf{k}" for k in range(num_exits) if f"conf{k}" in available]
-    full = run_full(session, x, names + conf_names, batch_size=chain.batch_size)
+    full = run_batched(session, x, names + conf_names, batch_size=chain.batch_size)
     chained = chain.run(x)
     chain_diff = [
         max(

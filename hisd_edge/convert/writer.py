@@ -14,12 +14,18 @@ unrelated files, and an ``--out`` it cannot write before doing any work.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
-from hisd_edge import atomic
-from hisd_edge.bundle import MANIFEST
+from hisd_edge import __version__, atomic
+from hisd_edge.bundle import MANIFEST, file_record
 from hisd_edge.errors import InputError
+
+if TYPE_CHECKING:
+    from hisd_edge.convert.options import ConvertOptions
+    from hisd_edge.convert.source import ModelSource
 
 STAGE_FILE = {"fp32": "stage{k}.onnx", "fp16": "stage{k}.fp16.onnx", "int8": "stage{k}.int8.onnx"}
 CACHE_FILE = "stage{k}.int8.cache"
@@ -82,3 +88,113 @@ def stage_file(k: int, precision: str) -> str:
 
 def cache_file(k: int) -> str:
     return CACHE_FILE.format(k=k)
+
+
+def build_manifest(
+    source: ModelSource,
+    stages: List[Any],
+    paths: Dict[str, List[Path]],
+    caches: List[Dict[str, Any]],
+    confidence: List[Optional[str]],
+    proto: Any,
+    tmp: Path,
+    out: Path,
+    opts: ConvertOptions,
+    recipe: Any,
+    calibration: Any,
+    report: Any,
+    validation: Dict[str, Any],
+) -> Dict[str, Any]:
+    """The manifest of the bundle assembled in ``tmp`` (schema: :mod:`hisd_edge.bundle`), every file
+    recorded with its sha256; the policy starts uncalibrated at ``opts.threshold``."""
+    import onnx
+    import onnxruntime
+
+    from hisd_edge.convert import export, stats
+
+    stage_records = []
+    for stage in stages:
+        graph_stats = stats.graph_stats(stage.model)
+        files: Dict[str, Any] = {}
+        for precision, stage_paths in paths.items():
+            record = file_record(tmp, stage_paths[stage.index].name, io_dtype="float32")
+            if precision == "fp16":
+                record["compute_dtype"] = "float16"
+            if precision == "int8":
+                cache = dict(caches[stage.index])
+                record["calibration_cache"] = {**file_record(tmp, cache.pop("path")), **cache}
+                record["quantization"] = {
+                    "format": "QDQ",
+                    "activations": "int8 per-tensor symmetric",
+                    "weights": "int8 per-channel symmetric",
+                    "calibration": recipe.method,
+                }
+            files[precision] = record
+        stage_records.append(
+            {
+                "index": stage.index,
+                "inputs": tensor_records(stage.model.graph.input),
+                "outputs": tensor_records(stage.model.graph.output),
+                "files": files,
+                "params": graph_stats.params,
+                "macs": graph_stats.macs,
+                "macs_complete": graph_stats.macs_complete,
+            }
+        )
+    exits = [
+        {
+            "index": k,
+            "stage": k,
+            "output": export.exit_name(k),
+            "confidence_output": confidence[k],
+            "kind": source.kinds[k],
+            "name": source.exit_names[k] if k < len(source.exit_names) else f"exit{k}",
+        }
+        for k in range(source.num_exits)
+    ]
+    policy_kind = "max_prob" if all(kind == "logits" for kind in source.kinds) else "stability"
+    thresholds: List[Optional[float]] = [float(opts.threshold)] * (source.num_exits - 1) + [None]
+    manifest: Dict[str, Any] = {
+        "name": opts.name or out.name,
+        "model": {**source.model_record, "num_exits": source.num_exits},
+        "class_names": list(source.class_names),
+        "preprocessing": source.spec.to_dict(),
+        "stages": stage_records,
+        "exits": exits,
+        "full_model": file_record(tmp, FULL_MODEL_FILE),
+        "policy": {"kind": policy_kind, "thresholds": thresholds, "calibrated": False},
+        "validation": validation,
+        "engines": [],
+        "calibration": None,
+        "verification": report.to_dict(),
+        "provenance": {
+            "checkpoint_sha256": source.source_sha256,
+            "source_path": source.source_path,
+            "toolkit_version": __version__,
+            "torch_version": _torch_version(),
+            "onnx_version": onnx.__version__,
+            "onnxruntime_version": onnxruntime.__version__,
+            "opset": export.model_opset(proto),
+            "command": opts.command or "hisd_edge.convert (Python API)",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    if calibration is not None:
+        manifest["calibration"] = {
+            "source": calibration.source,
+            "count": len(calibration.inputs),
+            "method": recipe.method,
+            "seed": recipe.seed,
+            "recipe": recipe.name,
+            "trt_cache_version": opts.trt_version,
+            "skipped": len(calibration.skipped),
+            "skipped_files": [name for name, _ in calibration.skipped[:20]],
+        }
+    if validation.get("mixed_plan"):
+        manifest["mixed_precision"] = {"stages": list(validation["mixed_plan"]), "max_drop_pp": opts.max_drop_pp}
+    return manifest
+
+
+def _torch_version() -> Optional[str]:
+    torch = sys.modules.get("torch")
+    return getattr(torch, "__version__", None) if torch is not None else None

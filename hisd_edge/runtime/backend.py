@@ -315,6 +315,17 @@ def stage_precisions(bundle: Bundle, precision: str) -> List[str]:
     return [str(p) for p in plan]
 
 
+def run_chain(backend: Backend, batch: np.ndarray, stop: Optional[int] = None) -> List[StageResult]:
+    """Stages ``0..stop-1`` (default: all) on every row of ``batch``, with no exit decisions.
+
+    The chain as a whole, on any backend: what the benchmark compares with the monolithic model
+    and what an all-exit pass reads every exit from. The results' exit outputs stay readable
+    until the backend's next ``start()``.
+    """
+    backend.start(batch)
+    return [backend.run_stage(k) for k in range(backend.num_stages if stop is None else stop)]
+
+
 def create_backend(name: str, bundle: Bundle, precision: str = "fp32", **options: Any) -> Backend:
     """A backend by name (see :data:`BACKENDS`), configured but not yet activated."""
     if name not in BACKENDS:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from hisd_edge.errors import InputError
-from hisd_edge.runtime.backend import create_backend
+from hisd_edge.runtime.backend import create_backend, run_chain
 from hisd_edge.runtime.early_exit import run_early_exit
 from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, policy_from_manifest
 from hisd_edge.runtime.thresholds import collect_exit_outputs, exit_predictions, fit_thresholds
@@ -215,10 +215,7 @@ def run_bench(
         if not runner.supports_full_model:
             raise InputError(f"{bundle.root}: no full model in the bundle to compare with; convert again")
 
-        def chain(x: np.ndarray) -> None:
-            runner.start(x)
-            for k in range(num):
-                runner.run_stage(k)
+        chain = functools.partial(run_chain, runner)
 
         # Warm-up (first runs allocate and pick kernels).
         for x in (tensors[:1], _tile(tensors, batch)):

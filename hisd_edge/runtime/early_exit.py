@@ -213,7 +213,7 @@ def _run_one(
     the bookkeeping: the same scores and the same comparison, a third of the overhead."""
     last = backend.num_stages - 1 if exit_at is None else exit_at
     state = policy.init_state(1)
-    thresholds = policy._score_thresholds
+    thresholds = policy.score_thresholds()
     needs_outputs = policy.needs_outputs
     stage_ms: List[float] = []
     for k in range(last + 1):

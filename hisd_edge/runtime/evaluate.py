@@ -56,8 +56,13 @@ def evaluate_early_exit(
     passes: int = 1,
     progress: bool = False,
     backend_options: Optional[Dict[str, Any]] = None,
+    val_count: Optional[int] = None,
+    test_count: Optional[int] = None,
 ) -> EarlyExitSummary:
-    """Calibrate on ``val`` (written to the manifest when ``write``), then measure on ``test``."""
+    """Calibrate on ``val`` (written to the manifest when ``write``), then measure on ``test``.
+
+    ``val_count`` / ``test_count`` take a seeded subset of that many samples (default: all).
+    """
     from hisd_edge.data import load_samples
     from hisd_edge.runtime.backend import create_backend
     from hisd_edge.runtime.bench import compare_per_sample
@@ -65,7 +70,7 @@ def evaluate_early_exit(
     from hisd_edge.runtime.thresholds import fit_thresholds
 
     opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-    samples = load_samples(test)
+    samples = load_samples(test, count=test_count)
     tensors = samples.tensors(opened.preprocessing)
     exit_kind = bundle_exit_kind(opened.exits)
     with create_backend(backend, opened, load_full_model=True, **(backend_options or {})) as runner:
@@ -74,6 +79,7 @@ def evaluate_early_exit(
             val,
             max_drop_points=max_drop_points,
             policy_kind=policy_kind,
+            count=val_count,
             write=write,
             progress=progress,
             runner=runner,

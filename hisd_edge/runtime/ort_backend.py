@@ -1,10 +1,9 @@
 """ONNX Runtime backend: CPU by default, CUDA / TensorRT execution providers when available.
 
-Why the session options are what they are (measured on a shared 2-core CPU, see the bench verb):
+Sessions come from the one factory both sides share (:mod:`hisd_edge.runtime.ort_session`: no
+spinning, INT8 at the "basic" optimisation level, and why). How they are run here (measured on a
+shared 2-core CPU, see the bench verb):
 
-* ``session.intra_op.allow_spinning = 0``: with spinning, each stage session's intra-op threads
-  keep spinning after their run and fight the next stage's threads for the cores; the chain of
-  stages then ran 1.2-2.8x slower than the monolithic model. Without spinning, 1.00-1.05x.
 * IOBinding with preallocated output buffers: ``session.run()`` allocates every output and copies
   it into a fresh numpy array on each call and costs ~12 us per run; a cached binding whose
   outputs are our own numpy buffers costs ~5 us and copies nothing. Stage k's ``feat{k}`` buffer is
@@ -24,8 +23,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hisd_edge.errors import BundleError, DependencyError, InputError, first_line
+from hisd_edge.errors import BundleError, DependencyError, HisdError, InputError, first_line
 from hisd_edge.runtime.backend import Backend, FullResult, StageResult, softmax_max, stage_precisions
+from hisd_edge.runtime.ort_session import graph_optimization_for, import_onnxruntime, open_session
 
 LOG = logging.getLogger("hisd_edge.runtime")
 
@@ -36,7 +36,6 @@ PROVIDER_ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 _GPU_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_OPT_LEVELS = ("disable", "basic", "extended", "all")
 _NP_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -45,17 +44,6 @@ _NP_TYPES = {
     "tensor(int32)": np.int32,
     "tensor(bool)": np.bool_,
 }
-
-
-def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise DependencyError(
-            "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (CPU) or onnxruntime-gpu "
-            "(CUDA/TensorRT providers; on Jetson the wheel from the Jetson AI Lab index)"
-        ) from None
-    return onnxruntime
 
 
 def resolve_providers(requested: Optional[Sequence[str]]) -> List[str]:
@@ -186,11 +174,9 @@ class OnnxRuntimeBackend(Backend):
     ``provider_options`` (list of dicts, one per provider), ``load_full_model`` (load the
     monolithic model at activation instead of on first use).
 
-    INT8 bundles hold explicit Q/DQ graphs meant for TensorRT. At the "extended"/"all" levels ONNX
-    Runtime fuses them into its own integer kernels, which on x86 CPUs without VNNI saturate
-    (u8s8 overflow): the default MNIST model lost 9 points of top-1 that way. So for int8 the
-    default level is "basic" (Q/DQ executed as written, as the converter validates them); pass
-    ``graph_optimization="all"`` to measure the fused kernels anyway.
+    For int8 the default level is "basic" (Q/DQ executed as written, as the converter validates
+    them; see :func:`~hisd_edge.runtime.ort_session.graph_optimization_for`); pass
+    ``graph_optimization="all"`` to measure ONNX Runtime's fused integer kernels anyway.
     """
 
     name = "onnxruntime"
@@ -216,45 +202,28 @@ class OnnxRuntimeBackend(Backend):
         except (TypeError, ValueError):
             raise InputError(f"intra-op threads must be a number or 'auto', got {value!r}") from None
 
-    def _session_options(self):
-        ort = import_onnxruntime()
-        so = ort.SessionOptions()
-        threads = self.intra_op_threads
-        if threads < 0:
-            raise InputError(f"intra-op threads must be >= 0 (0 = ONNX Runtime's default), got {threads}")
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.options.get("allow_spinning") else "0"
-        )
-        level = self._graph_optimization()
-        if level not in _OPT_LEVELS:
-            raise InputError(f"graph optimization level {level!r} is not one of {', '.join(_OPT_LEVELS)}")
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        so.log_severity_level = 3
-        return so
-
     def _graph_optimization(self) -> str:
-        """The requested level; by default "all", but "basic" for int8 (see the class docstring)."""
-        level = self.options.get("graph_optimization")
-        if level in (None, "auto"):  # a mixed plan with an int8 stage: basic for the chain (one level per backend)
-            return "basic" if "int8" in stage_precisions(self.bundle, self.precision) else "all"
-        return str(level)
+        """The level sessions run at: the requested one, else the shared rule ("basic" for int8).
+
+        A mixed plan with an int8 stage runs the whole chain at the int8 level (one level per backend)."""
+        plan = stage_precisions(self.bundle, self.precision)
+        return graph_optimization_for("int8" if "int8" in plan else plan[0], self.options.get("graph_optimization"))
 
     def _open(self, path, label: str) -> _Session:
-        ort = import_onnxruntime()
-        provider_options = self.options.get("provider_options")
-        options = self._session_options()
+        threads = self.intra_op_threads
+        level = self._graph_optimization()
         try:
-            session = ort.InferenceSession(
-                str(path), options, providers=self._providers, provider_options=provider_options
+            session = open_session(
+                str(path),
+                threads,
+                self.precision,
+                graph_optimization=level,
+                allow_spinning=bool(self.options.get("allow_spinning")),
+                providers=self._providers,
+                provider_options=self.options.get("provider_options"),
             )
+        except HisdError:
+            raise
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             first = first_line(exc)
             raise BundleError(f"{path}: ONNX Runtime cannot load it ({first}); convert the model again") from None

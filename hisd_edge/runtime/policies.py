@@ -79,6 +79,10 @@ class ExitPolicy:
             return math.inf
         return -t if self.lower_is_confident else t
 
+    def score_thresholds(self) -> List[float]:
+        """Every exit's threshold in score space, shallowest first (the last exit's is -inf)."""
+        return list(self._score_thresholds)
+
     def to_stored(self, score_threshold: float) -> Optional[float]:
         """Convert a score-space threshold back to the manifest's unit (None for +inf)."""
         if math.isinf(score_threshold) and score_threshold > 0:

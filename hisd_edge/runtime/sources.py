@@ -153,6 +153,11 @@ def _samples_items(samples: data.Samples) -> Iterator[InputItem]:
             yield InputItem(name=name, image=samples.images[i], label=None if labels is None else int(labels[i]))
 
 
+RUN_SOURCES = (
+    "images, a folder, a video, a camera index, a GStreamer pipeline (with '!'), a .npy/.npz or 'default[:split]'"
+)
+
+
 def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: int = 1) -> Iterator[InputItem]:
     """Check and open every input now; return one stream of items over all of them, in order.
 
@@ -165,33 +170,23 @@ def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: i
         raise InputError(f"--every must be >= 1, got {every}")
     makers: List[Callable[[], Iterator[InputItem]]] = []
     for spec in specs:
-        if spec == "default" or spec.startswith("default:"):
-            samples = data.load_samples(spec)
-            makers.append(functools.partial(_samples_items, samples))
-        elif is_live_source(spec) and not Path(spec).is_file():
+        if is_live_source(spec) and not Path(spec).is_file():
             capture = open_capture(spec)
             makers.append(functools.partial(_capture_items, capture, spec, max_frames, every))
+            continue
+        kind = data.source_kind(spec, accepted=RUN_SOURCES)
+        path = Path(spec)
+        if kind == "default":
+            makers.append(functools.partial(_samples_items, data.load_samples(spec)))
+        elif kind == "folder":  # every image under it, decoded one at a time as the run reaches it
+            makers.append(functools.partial(_file_items, _folder_files(path)))
+        elif kind == "numpy":
+            makers.append(functools.partial(_samples_items, data.numpy_file(path)))
+        elif kind == "video":  # frame by frame, not all frames in memory as data.video_frames does
+            capture = data.open_video(path)  # quiet, and its frame size checked before the first frame
+            makers.append(functools.partial(_capture_items, capture, str(path), max_frames, every))
         else:
-            path = Path(spec)
-            if not path.exists():
-                raise InputError(
-                    f"{spec}: no such file or directory; give images, a folder, a video, a camera index, "
-                    "a GStreamer pipeline (with '!') or a .npy/.npz"
-                )
-            suffix = path.suffix.lower()
-            if path.is_dir():
-                files = _folder_files(path)
-                makers.append(functools.partial(_file_items, files))
-            elif suffix in (".npy", ".npz"):
-                samples = data.numpy_file(path)
-                makers.append(functools.partial(_samples_items, samples))
-            elif suffix in data.VIDEO_EXTENSIONS:
-                capture = data.open_video(path)  # quiet, and its frame size checked before the first frame
-                makers.append(functools.partial(_capture_items, capture, str(path), max_frames, every))
-            elif suffix in data.IMAGE_EXTENSIONS:
-                makers.append(functools.partial(_file_items, [path]))
-            else:
-                raise InputError(f"{spec}: unsupported file type {suffix!r}; give an image, folder, video or .npy/.npz")
+            makers.append(functools.partial(_file_items, [path]))
 
     def chained() -> Iterator[InputItem]:
         for make in makers:

@@ -63,8 +63,62 @@ def test_exits_on_existing_backbone():
     names = [n for n, _ in list_exit_points(backbone, example)]
     assert "conv1" in names and "block" in names and "fc" not in names
     model = ExitsOnBackbone(backbone, ["block", "conv1"], num_classes=10, example=example).eval()
-    outs = model(torch.randn(2, 1, 28, 28))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        outs = model(x)
+        conv1 = backbone.conv1(x)  # the attachment points' features, computed without the hooks
+        block = backbone.block(torch.relu(conv1))
+        expected = [model.heads[0](conv1), model.heads[1](block), backbone(x)]
     assert len(outs) == 3 and [e.module for e in model.exit_info] == ["conv1", "block", "backbone"]
-    torch.testing.assert_close(outs[-1], backbone(torch.randn(2, 1, 28, 28)) * 0 + outs[-1])
+    for k, (got, want) in enumerate(zip(outs, expected)):
+        torch.testing.assert_close(got, want, msg=f"exit {k}")
+    assert not torch.allclose(outs[-1], outs[-2])  # the last exit is the backbone's output, not a head's
     with pytest.raises(InputError, match="valid names: .*conv1"):
         ExitsOnBackbone(backbone, ["nope"], num_classes=10, example=example)
+    with pytest.raises(InputError, match=r"unknown exit point\(s\) \(none given\); valid names"):
+        ExitsOnBackbone(backbone, [], num_classes=10, example=example)
+
+
+def test_wrapped_exits_describe_themselves():
+    from hisd_edge.models.protocol import ExitInfo
+
+    model = ExitsOnBackbone(Backbone(), ["conv1", "block"], num_classes=10, example=torch.randn(1, 1, 28, 28))
+    assert model.exit_info == [
+        ExitInfo("exit0", 0, 4, 1, "conv1"),  # 4 channels at full resolution
+        ExitInfo("exit1", 1, 8, 2, "block"),  # 8 channels, stride 2
+        ExitInfo("exit2", 2, 10, 1, "backbone"),  # the backbone's own output: its 10 classes
+    ]
+    assert all(isinstance(e.reduction, int) for e in model.exit_info)  # written to checkpoint metadata as is
+    assert model.arch is None  # not rebuildable from metadata
+    no_final = ExitsOnBackbone(Backbone(), ["conv1"], num_classes=10, example=torch.randn(1, 1, 28, 28), final=False)
+    assert [e.name for e in no_final.exit_info] == ["exit0"] and len(no_final(torch.randn(2, 1, 28, 28))) == 1
+
+
+class TokenBackbone(nn.Module):
+    """A backbone whose intermediate output is a token sequence (N, T, D), as a transformer's is."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 6)
+        self.mix = nn.Linear(6, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        tokens = self.mix(torch.relu(self.embed(x.flatten(2).transpose(1, 2))))  # (N, 49, 6)
+        return self.fc(tokens.mean(dim=1))
+
+
+def test_exit_heads_on_token_sequences_average_the_tokens():
+    example = torch.randn(1, 4, 7, 7)
+    backbone = TokenBackbone()
+    assert dict(list_exit_points(backbone, example))["mix"] == (1, 49, 6)
+    model = ExitsOnBackbone(backbone, ["mix"], num_classes=5, example=example).eval()
+    assert model.exit_info[0] == model.exit_info[0].__class__("exit0", 0, 6, 1, "mix")
+    x = torch.randn(3, 4, 7, 7)
+    with torch.no_grad():
+        outs = model(x)
+        tokens = backbone.mix(torch.relu(backbone.embed(x.flatten(2).transpose(1, 2))))
+        norm, _, linear = model.heads[0].body
+        expected = linear(norm(tokens).mean(dim=1))  # layer norm per token, then the mean over tokens
+    assert outs[0].shape == (3, 5) and outs[1].shape == (3, 3)
+    torch.testing.assert_close(outs[0], expected)

@@ -109,9 +109,6 @@ def test_latency_figures_are_consistent(none_profile):
             previous = lat["p50"]
         assert previous > 0
         assert all(s["latency_ms"]["count"] >= 12 for s in block["stages"])
-    # reaching a deeper exit runs more stages: the median cannot be below the first exit's by much
-    exits = profile["exits"]
-    assert exits[-1]["latency_ms"]["p50"] > 0.8 * exits[0]["latency_ms"]["p50"]
 
 
 def test_accuracy_sweep_and_current_thresholds_match_the_runtime(none_profile, tiny_bundle_dir):

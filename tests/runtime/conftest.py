@@ -196,9 +196,8 @@ def random_images(count: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="session")
 def converted_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     """The tiny checkpoint through the real converter (fp32 + int8); read-only."""
-    convert = pytest.importorskip(
-        "hisd_edge.convert.pipeline", reason="the converter (hisd_edge.convert) is not in this tree"
-    )
+    from hisd_edge.convert import pipeline as convert
+
     out = tmp_path_factory.mktemp("converted") / "tiny_conv"
     convert.convert_checkpoint(tiny_checkpoint, out, precisions=("fp32", "int8"), calib_count=32, val_count=64)
     return out

@@ -123,6 +123,8 @@ def test_raw_images_errors_and_resizing(tiny_bundle, val_samples):
         results = rt.infer(images, names=["ok", "broken", "two-channel", "big-bgr"])
         alone = rt.infer([val_samples.images[0]])[0]
     assert [r.index for r in results] == [0, 1, 2, 3]
+    assert [r.name for r in results] == ["ok", "broken", "two-channel", "big-bgr"]  # each result keeps its name
+    assert alone.name == "#0"
     assert results[0].ok and results[0].class_index == alone.class_index and results[0].exit == alone.exit
     assert results[1].error == "cannot be decoded as an image"
     assert "channel count" in results[2].error and "\n" not in results[2].error
@@ -176,3 +178,30 @@ def test_single_input_path_flags_and_matches_the_batched_path(setup, embedding_b
     with open_runtime(embedding_bundle, thresholds=[None, -1.0, None]) as rt:
         (one,), _ = rt.infer_tensors(val_samples.tensors(emb.preprocessing)[:1])
     assert one.exit == 1 and one.class_index is None and len(one.embedding) == 16
+
+
+def test_a_result_as_json():
+    from hisd_edge.runtime import ExitResult
+
+    result = ExitResult(index=3, name="a.png", exit=1, class_index=7, class_name="7", confidence=0.25, score=0.25)
+    result.stage_latency_ms = [0.123456, 1.0000004]
+    record = result.to_dict()
+    assert record["latency_ms"] == 1.1235 and record["stage_latency_ms"] == [0.1235, 1.0]
+    assert record["confidence"] == 0.25 and record["score"] == 0.25 and record["error"] is None
+    result.score = float("nan")  # JSON has no NaN: the flags say why it is missing
+    result.confidence = float("inf")
+    assert result.to_dict()["score"] is None and result.to_dict()["confidence"] is None
+    failed = ExitResult(index=0, name="b.png", error="cannot be decoded as an image").to_dict()
+    assert failed["latency_ms"] is None and failed["exit"] is None and failed["confidence"] is None
+
+
+def test_batches_larger_than_the_backend_takes_run_in_chunks(setup):
+    bundle, x, outputs = setup
+    policy, _ = _middle_thresholds(outputs, "max_prob")
+    with open_runtime(bundle.root, policy=policy) as rt:
+        whole, _ = rt.infer_tensors(x[:10], names=[f"n{i}" for i in range(10)])
+        rt.backend.max_batch = 4  # as a TensorRT profile or a fixed-batch model limits it
+        chunked, trace = rt.infer_tensors(x[:10], names=[f"n{i}" for i in range(10)], first_index=5)
+    assert [r.index for r in chunked] == list(range(5, 15)) and [r.name for r in chunked] == [r.name for r in whole]
+    assert [(r.exit, r.class_index) for r in chunked] == [(r.exit, r.class_index) for r in whole]
+    assert trace.stage_rows[0] == 2  # the trace is the last chunk's: rows 8 and 9

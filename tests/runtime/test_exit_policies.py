@@ -95,13 +95,35 @@ def test_policy_validation():
         make_policy("entropy", [0.5, None], exit_kind="embedding")
     with pytest.raises(InputError, match="needs embedding exits"):
         make_policy("stability", [0.5, None], exit_kind="logits")
+    with pytest.raises(InputError, match="needs embedding exits"):
+        make_policy("stability", [0.5, None])  # exits give logits unless said otherwise
     with pytest.raises(InputError, match="not a number"):
         make_policy("max_prob", ["high", None])
-    with pytest.raises(InputError, match="no exit policy"):
+    with pytest.raises(InputError, match="no exit policy.*--policy max_prob"):
         policy_from_manifest({}, 2)
+    with pytest.raises(InputError, match="no exit policy.*--policy stability"):
+        policy_from_manifest({}, 2, exit_kind="embedding")
     assert policy_from_manifest({"kind": "margin", "thresholds": [0.2, None]}, 2).kind == "margin"
 
 
 def test_softmax_is_stable_for_large_logits():
     p = softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]]))
     np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_score_thresholds_are_the_public_view_of_the_leave_rule():
+    policy = make_policy("entropy", [0.2, None, 0.7])  # entropy: leave when it is at most t (score = -entropy)
+    assert policy.score_thresholds() == [-0.2, math.inf, -math.inf]  # the last exit always accepts
+    scores = np.array([-0.1, -0.2, -0.3])
+    for k, t in enumerate(policy.score_thresholds()):
+        np.testing.assert_array_equal(policy.leaves(k, scores), scores >= t)
+    policy.score_thresholds()[0] = 99.0  # a copy: callers cannot change the policy through it
+    assert policy.score_thresholds()[0] == -0.2
+
+
+def test_scores_are_float64_so_a_float32_confidence_at_the_threshold_does_not_leave():
+    policy = make_policy("max_prob", [0.9, None])
+    confidence = np.array([0.9, 0.95], dtype=np.float32)  # float32(0.9) is just below 0.9
+    scores = policy.step(0, confidence, None, policy.init_state(2))
+    assert scores.dtype == np.float64
+    assert policy.leaves(0, scores).tolist() == [False, True]  # as calibration, in float64, predicted

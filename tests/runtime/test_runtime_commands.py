@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from hisd_edge.bundle import MANIFEST
+from hisd_edge.bundle import MANIFEST, Bundle
 
 
 def one_line_error(proc, *needles):
@@ -75,8 +75,7 @@ def test_run_video(cli, tiny_bundle, tmp_path, val_samples):
 
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (28, 28))
-    if not writer.isOpened():
-        pytest.skip("this OpenCV cannot write MJPG video")
+    assert writer.isOpened(), "this OpenCV cannot write MJPG video (a broken install: CI's opencv-python-headless can)"
     for i in range(6):
         writer.write(cv2.cvtColor(val_samples.images[i], cv2.COLOR_GRAY2BGR))
     writer.release()
@@ -197,8 +196,22 @@ def test_bench_quick_json(cli, tiny_bundle, tmp_path):
     assert all(row["full_ms"] > 0 and row["chain_ms"] > 0 for row in report["chain"])
     assert len(report["exits"]) == 3 and report["policy_source"].startswith("fitted on default:val")
     early = report["early_exit"]
-    assert sum(early["exit_fractions"]) == pytest.approx(1.0) and 0 <= early["accuracy"] <= 1
-    assert report["oracle"]["accuracy"] >= max(early["accuracy"], early["full_accuracy"])
+    # The accuracies and exit shares are what the runtime does with that policy on those 40 digits,
+    # recomputed here sample by sample (as bench runs them).
+    from hisd_edge.data import load_samples
+    from hisd_edge.runtime import open_runtime, run_chain
+
+    samples = load_samples("default:test", count=40)
+    x = samples.tensors(Bundle.open(tiny_bundle).preprocessing)
+    with open_runtime(tiny_bundle, policy=report["policy"]) as runtime:
+        results = [runtime.infer_tensors(x[i : i + 1])[0][0] for i in range(40)]
+        every_exit = np.stack(
+            [[r.exit_output()[0].argmax() for r in run_chain(runtime.backend, x[i : i + 1])] for i in range(40)]
+        )
+    assert early["accuracy"] == pytest.approx(np.mean([r.class_index for r in results] == samples.labels))
+    assert early["full_accuracy"] == pytest.approx(np.mean(every_exit[:, -1] == samples.labels))
+    assert early["exit_fractions"] == pytest.approx(np.bincount([r.exit for r in results], minlength=3) / 40)
+    assert report["oracle"]["accuracy"] == pytest.approx(np.mean((every_exit == samples.labels[:, None]).any(1)))
     assert report["throughput"]["early_exit_samples_per_s"] > 0 and report["decision"]["batch1_us"] >= 0
     assert {t["name"] for t in report["targets"]} >= {"early-exit speedup", "mean latency vs oracle"}
 

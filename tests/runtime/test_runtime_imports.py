@@ -21,6 +21,7 @@ MODULES = [
     "hisd_edge.runtime",
     "hisd_edge.runtime.backend",
     "hisd_edge.runtime.ort_backend",
+    "hisd_edge.runtime.ort_session",
     "hisd_edge.runtime.policies",
     "hisd_edge.runtime.early_exit",
     "hisd_edge.runtime.sources",

@@ -3,14 +3,13 @@ import os
 import subprocess
 import sys
 
+import cv2  # CI installs OpenCV: a broken one must fail here, not skip
 import numpy as np
 import pytest
 import torch
 
 from hisd_edge.checkpoint import load_checkpoint, read_metadata
 from hisd_edge.train import TrainConfig, train
-
-cv2 = pytest.importorskip("cv2")
 
 
 def test_training_is_deterministic_and_learns(tmp_path, tiny_checkpoint, tiny_train_config):
@@ -140,3 +139,28 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert meta["training"]["world_size"] == 2
     summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["val_accuracy"]  # rank 0 alone reports
+
+
+def test_train_cli_passes_distill_alpha_beta_to_the_objective(tmp_path, monkeypatch, capsys):
+    """``train --distill/--alpha/--beta`` reach the loss the trainer builds, each where it belongs."""
+    from hisd_edge.cli import main
+    from hisd_edge.train import trainer
+
+    seen = []
+
+    class Spy(trainer.HisdObjective):
+        def __init__(self, model, config, feat_shapes=None):
+            seen.append(config)
+            super().__init__(model, config, feat_shapes)
+
+    monkeypatch.setattr(trainer, "HisdObjective", Spy)
+    out = tmp_path / "m.safetensors"
+    argv = ["train", "--arch", "tiny_cnn", "--epochs", "1", "--threads", "1", "--no-progress", "--json"]
+    argv += ["--distill", "final", "--alpha", "0.3", "--beta", "0.7", "--temperature", "2.5", "--out", str(out)]
+    assert main(argv) == 0
+    [config] = seen
+    assert (config.regime, config.alpha, config.beta, config.temperature) == ("final", 0.3, 0.7, 2.5)
+    recorded = read_metadata(out)["training"]["config"]
+    assert (recorded["distill"], recorded["alpha"], recorded["beta"]) == ("final", 0.3, 0.7)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["checkpoint"] == str(out) and len(summary["val_accuracy"]) == 3
