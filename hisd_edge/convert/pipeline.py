@@ -28,6 +28,7 @@ import numpy as np
 
 from hisd_edge import __version__, atomic
 from hisd_edge.bundle import PRECISIONS, file_record, write_manifest
+from hisd_edge.data import NAMED_DATASETS
 from hisd_edge.errors import CheckpointError, ConversionError, InputError
 
 LOG = logging.getLogger("hisd_edge.convert")
@@ -317,8 +318,8 @@ def _checkpoint_source(path: Path, model: Any, split_points: Optional[Sequence[s
     training = (meta.get("training") or {}).get("config") or {}
     data = training.get("data")
     default_calib = None
-    if data == "default":
-        default_calib = "default:train"
+    if data in NAMED_DATASETS:  # default, fashion
+        default_calib = f"{data}:train"
     elif data and Path(data).exists():
         default_calib = str(data)
 
@@ -347,10 +348,10 @@ def _checkpoint_validation(meta: Dict[str, Any], opts: ConvertOptions) -> Option
     data = training.get("data")
     if data is None:
         return None
-    if data == "default":
+    if data in NAMED_DATASETS:
         from hisd_edge.data import load_samples
 
-        return load_samples("default:val"), "default:val"
+        return load_samples(f"{data}:val"), f"{data}:val"
     if (training.get("val") and not Path(training["val"]).exists()) or not Path(data).exists():
         LOG.warning("the checkpoint's training data (%s) is not here; give --val for a validation table", data)
         return None

@@ -2,7 +2,7 @@
 
 Each input string becomes a lazy stream of :class:`InputItem` (a raw image in OpenCV's convention,
 or an already-preprocessed tensor, or an error for an item that cannot be read), so a camera or a
-long video is processed frame by frame. Files, folders, .npy/.npz and the default dataset are read
+long video is processed frame by frame. Files, folders, .npy/.npz and the named datasets are read
 through :mod:`hisd_edge.data`; live sources through OpenCV's ``VideoCapture``:
 
   ``0``, ``1``, ...                 camera index (V4L2 on Linux)
@@ -166,7 +166,7 @@ def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: i
         raise InputError(f"--every must be >= 1, got {every}")
     makers: List[Callable[[], Iterator[InputItem]]] = []
     for spec in specs:
-        if spec == "default" or spec.startswith("default:"):
+        if data.is_named_dataset(spec):  # default[:split], fashion[:split]
             samples = data.load_samples(spec)
             makers.append(functools.partial(_samples_items, samples))
         elif is_live_source(spec) and not Path(spec).is_file():
