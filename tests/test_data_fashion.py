@@ -114,6 +114,12 @@ def _corrupt_cases():
         with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as handle:
             handle.write(header + bytes(100 * 784))
 
+    def trailing_data(folder):
+        images = data.read_idx_gz(folder / "train-images-idx3-ubyte.gz", 3)
+        header = (0x803).to_bytes(4, "big") + (239).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as handle:
+            handle.write(header + images.tobytes())  # 240 images behind a header that says 239
+
     def not_gzip(folder):
         (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x00\x00\x08\x01" + bytes(40))
 
@@ -133,6 +139,7 @@ def _corrupt_cases():
         (wrong_magic, "train-images-idx3-ubyte.gz", "magic 0x00000801"),
         (count_mismatch, "train-labels-idx1-ubyte.gz", "239 labels for the 240 images"),
         (short_payload, "train-images-idx3-ubyte.gz", "truncated: 78400 of the 188160 bytes"),
+        (trailing_data, "train-images-idx3-ubyte.gz", "more data than the 239 items"),
         (not_gzip, "t10k-labels-idx1-ubyte.gz", "corrupt or truncated gzip"),
         (bad_crc, "t10k-labels-idx1-ubyte.gz", "corrupt or truncated gzip"),
         (bad_label, "t10k-labels-idx1-ubyte.gz", "label 10 is not one of"),
@@ -140,7 +147,7 @@ def _corrupt_cases():
     ]
 
 
-@pytest.mark.parametrize("damage, filename, needle", _corrupt_cases(), ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize("damage, filename, needle", _corrupt_cases(), ids=[c[0].__name__ for c in _corrupt_cases()])
 def test_a_corrupt_file_is_named_with_the_fix_and_leaves_no_cache(fake_fashion, damage, filename, needle):
     damage(fake_fashion)
     with pytest.raises(InputError) as caught:
@@ -232,3 +239,10 @@ def test_every_verb_that_takes_data_reads_fashion(fake_fashion, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(records) == 40 and '"class_name": "' in records[0]
+
+
+def test_the_fashion_calibration_recipe_names_the_source_not_a_path():
+    from hisd_edge.convert import calibrate
+
+    recipe = calibrate.load_recipe(Path(__file__).resolve().parents[1] / "calibration" / "fashion.json")
+    assert recipe.source == "fashion:train" and recipe.count == 256
