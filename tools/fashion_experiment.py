@@ -380,7 +380,8 @@ def _fmt(values: Sequence[float], scale: float = 100.0) -> str:
     if not values:
         return "–"
     mean, std = _ms(values, scale)
-    return f"{mean:.1f} ± {std:.1f}"
+    partial = f" (n={len(values)})" if len(values) < len(EVAL_SEEDS) else ""
+    return f"{mean:.1f} ± {std:.1f}{partial}"
 
 
 def collect(work: Path) -> Dict[str, Any]:
@@ -455,7 +456,7 @@ def _difference(data: Dict[str, Any], family: str, a: str, b: str, metric: str, 
             _metric(r, k, metric, emb)
             for r in (_runs(data, family, b) if b != "dedicated" else _runs(data, family, b, k))
         ]
-        if not va or not vb:
+        if len(va) < 2 or len(vb) < 2:
             out.append("–")
             continue
         (ma, sa), (mb, sb) = _ms(va), _ms(vb)
@@ -520,10 +521,10 @@ def write_report(work: Path, out: Path) -> None:
         ]
     chosen = [
         [
-            t["family"],
+            t["family"] + " (the transformer reuses it)",
             t["regime"],
-            ", ".join(f"{k}={v}" for k, v in t["chosen"].items()) or "defaults",
-            f"{100 * t['score']:.2f}",
+            ", ".join(f"{k}={v}" for k, v in t["chosen"].items()) or "CE only, equal exit weights (nothing tuned)",
+            f"{100 * t['score']:.2f}" if t["runs"] else "–",
         ]
         for t in data["tuning_runs"]
     ]
@@ -573,6 +574,8 @@ def plot(data: Dict[str, Any], path: Path) -> None:
         ):
             ax = axes[row][col]
             for regime in REGIMES:
+                if not _runs(data, family, regime):
+                    continue
                 stats = [_ms([_metric(r, k, metric) for r in _runs(data, family, regime)]) for k in range(len(macs))]
                 color, style = styles[regime]
                 ax.errorbar(macs, [m for m, _ in stats], yerr=[s for _, s in stats], fmt=style, color=color,
