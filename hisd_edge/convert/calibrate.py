@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from hisd_edge.data import is_named_dataset
 from hisd_edge.errors import ConversionError, InputError, first_line
 from hisd_edge.runtime.ort_session import StageChain
 
@@ -78,7 +79,7 @@ def load_recipe(path: Path) -> CalibrationRecipe:
             f"{path}: unknown key(s) {', '.join(unknown)} in the calibration definition (known: {', '.join(sorted(known))})"
         )
     source = str(data["source"])
-    if not source.startswith("default") and not Path(source).is_absolute():
+    if not is_named_dataset(source) and not Path(source).is_absolute():
         source = str((Path(path).parent / source).resolve())
     fields = {k: v for k, v in data.items() if k in known}
     fields["source"] = source

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from hisd_edge import atomic
 from hisd_edge.convert.options import ConvertOptions
+from hisd_edge.data import NAMED_DATASETS
 from hisd_edge.errors import CheckpointError, ConversionError, InputError
 
 LOG = logging.getLogger("hisd_edge.convert")
@@ -67,8 +68,8 @@ def checkpoint_source(
     training = (meta.get("training") or {}).get("config") or {}
     data = training.get("data")
     default_calib = None
-    if data == "default":
-        default_calib = "default:train"
+    if data in NAMED_DATASETS:  # default, fashion
+        default_calib = f"{data}:train"
     elif data and Path(data).exists():
         default_calib = str(data)
 
@@ -97,10 +98,10 @@ def _checkpoint_validation(meta: Dict[str, Any], opts: ConvertOptions) -> Option
     data = training.get("data")
     if data is None:
         return None
-    if data == "default":
+    if data in NAMED_DATASETS:  # default, fashion
         from hisd_edge.data import load_samples
 
-        return load_samples("default:val"), "default:val"
+        return load_samples(f"{data}:val"), f"{data}:val"
     if (training.get("val") and not Path(training["val"]).exists()) or not Path(data).exists():
         LOG.warning("the checkpoint's training data (%s) is not here; give --val for a validation table", data)
         return None

@@ -2,7 +2,7 @@
 
 Each input string becomes a lazy stream of :class:`InputItem` (a raw image in OpenCV's convention,
 or an already-preprocessed tensor, or an error for an item that cannot be read), so a camera or a
-long video is processed frame by frame. Files, folders, .npy/.npz and the default dataset are read
+long video is processed frame by frame. Files, folders, .npy/.npz and the named datasets are read
 through :mod:`hisd_edge.data`; live sources through OpenCV's ``VideoCapture``:
 
   ``0``, ``1``, ...                 camera index (V4L2 on Linux)
@@ -153,9 +153,7 @@ def _samples_items(samples: data.Samples) -> Iterator[InputItem]:
             yield InputItem(name=name, image=samples.images[i], label=None if labels is None else int(labels[i]))
 
 
-RUN_SOURCES = (
-    "images, a folder, a video, a camera index, a GStreamer pipeline (with '!'), a .npy/.npz or 'default[:split]'"
-)
+RUN_SOURCES = "images, a folder, a video, a camera index, a GStreamer pipeline (with '!'), a .npy/.npz, 'default[:split]' or 'fashion[:split]'"
 
 
 def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: int = 1) -> Iterator[InputItem]:
@@ -176,7 +174,7 @@ def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: i
             continue
         kind = data.source_kind(spec, accepted=RUN_SOURCES)
         path = Path(spec)
-        if kind == "default":
+        if kind in data.NAMED_DATASETS:  # default[:split], fashion[:split]
             makers.append(functools.partial(_samples_items, data.load_samples(spec)))
         elif kind == "folder":  # every image under it, decoded one at a time as the run reaches it
             makers.append(functools.partial(_file_items, _folder_files(path)))

@@ -164,3 +164,50 @@ def test_train_cli_passes_distill_alpha_beta_to_the_objective(tmp_path, monkeypa
     assert (recorded["distill"], recorded["alpha"], recorded["beta"]) == ("final", 0.3, 0.7)
     summary = json.loads(capsys.readouterr().out)
     assert summary["checkpoint"] == str(out) and len(summary["val_accuracy"]) == 3
+
+
+def _train_cli(argv, out, processes, cwd):
+    launcher = [sys.executable, "-m", "hisd_edge"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
+                    "-m", "hisd_edge"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [*launcher, "train", *argv, "--out", str(out)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return load_checkpoint(out)
+
+
+@pytest.mark.slow
+def test_the_number_of_processes_does_not_change_what_a_command_trains(tmp_path):
+    """--batch-size is global: one process and two torchrun processes train the same transformer
+    (no BatchNorm, so nothing depends on the per-process share) to the same weights, up to float
+    rounding. Before, each process took a full batch: half the steps, twice the batch."""
+    argv = ["--arch", "tiny_vit", "--epochs", "2", "--train-count", "651", "--batch-size", "64", "--lr", "0.1",
+            "--threads", "1", "--seed", "3", "--no-progress"]  # fmt: skip
+    one, meta_one = _train_cli(argv, tmp_path / "one.safetensors", 1, tmp_path)
+    two, meta_two = _train_cli(argv, tmp_path / "two.safetensors", 2, tmp_path)
+    assert meta_two["training"]["world_size"] == 2
+    worst = max(float((a - b).abs().max()) for a, b in zip(one.state_dict().values(), two.state_dict().values()))
+    assert worst < 1e-4, f"weights differ by up to {worst}"
+    assert meta_one["metrics"]["test_accuracy"] == pytest.approx(meta_two["metrics"]["test_accuracy"], abs=0.002)
+
+
+def test_global_batches_cover_the_epoch_and_drop_only_an_unsplittable_tail():
+    from hisd_edge.train.trainer import _global_batches
+
+    assert _global_batches(130, 64, 1) == [(0, 64), (64, 128), (128, 130)]
+    assert _global_batches(130, 64, 2) == [(0, 64), (64, 128), (128, 130)]
+    assert _global_batches(129, 64, 2) == [(0, 64), (64, 128)]  # one sample cannot feed two processes
+
+
+def test_train_count_is_a_fixed_stratified_subset():
+    from hisd_edge.data import load_samples
+    from hisd_edge.train.trainer import stratified_subset
+
+    train = load_samples("default:train")
+    part = stratified_subset(train, 700)
+    assert len(part) == 700 and np.bincount(part.labels).tolist() == [70] * 10
+    assert part.names == stratified_subset(train, 700).names
+    assert stratified_subset(train, 10**6) is train
