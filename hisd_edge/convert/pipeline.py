@@ -666,6 +666,17 @@ def _build_bundle(
                 report,
                 validation,
             )
+            if validation_data is not None:  # the input guard, calibrated on the validation inputs
+                from hisd_edge.runtime.guard import guard_record_for_convert
+
+                manifest["guard"] = guard_record_for_convert(
+                    paths["fp32"][0],
+                    validation_data.inputs,
+                    validation_data.source,
+                    outputs=("feat0" if num > 1 else None, export.exit_name(0)),
+                    logits=source.kinds[0] == "logits",
+                    threads=opts.threads,
+                )
             write_manifest(tmp, manifest)
     timer.times["total"] = round(time.perf_counter() - timer.started, 3)
     return ConvertResult(

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from hisd_edge.errors import BundleError, DeviceError, InputError
-from hisd_edge.runtime.backend import Backend, StageResult, softmax_max
+from hisd_edge.runtime.backend import Backend, StageResult, pool_features, softmax_max
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -137,6 +137,7 @@ class TensorRTBackend(Backend):
         self._scratch: Optional[DeviceBuffer] = None
         self._feat_ptrs: List[int] = []
         self._fetch_event: Optional[Event] = None
+        self._feat_hosts: Dict[int, HostBuffer] = {}  # pinned copies of feat{k} for the input guard
         self._held_ptr = 0
         self._held_count = 0
         self.zero_copy = False
@@ -337,6 +338,7 @@ class TensorRTBackend(Backend):
         for _, graph in self._graphs.values():
             graph.free()
         self._graphs, self._last_key, self._uncapturable = {}, {}, set()
+        self._feat_hosts = {}
         self._stages = []  # contexts before engines before the runtime
         self._loaded = None
         while self._allocations:
@@ -508,7 +510,25 @@ class TensorRTBackend(Backend):
             confidence = np.array(stage.conf.host.array[:rows], dtype=np.float32).reshape(-1)
         elif self.bundle.exits[k].get("kind", "logits") == "logits":
             confidence = softmax_max(fetch(None))  # no fused confidence in this bundle: all logits come back
-        return StageResult(k, rows, confidence, latency_ms, fetch)
+        result = StageResult(k, rows, confidence, latency_ms, fetch)
+        if stage.feat is not None:
+            result.fetch_pooled_features = lambda: self._pooled_features(stage, rows)
+        return result
+
+    def _pooled_features(self, stage: _Stage, rows: int) -> np.ndarray:
+        """Copy ``feat{k}`` of ``rows`` rows to a pinned host buffer (made on first use) and pool it
+        there: for the input guard, once per batch at exit 0."""
+        assert stage.feat is not None and self._cuda is not None and self._stream is not None
+        assert self._fetch_event is not None
+        host = self._feat_hosts.get(stage.index)
+        if host is None:
+            host = self._feat_hosts[stage.index] = self._host(
+                (self.max_batch, *stage.feat.sample_shape), stage.feat.dtype, mapped=False
+            )
+        self._cuda.copy_dtoh_async(host.array[:rows], self._feat_ptrs[stage.index], self._stream)
+        self._fetch_event.record(self._stream)
+        self._fetch_event.synchronize()
+        return pool_features(host.array[:rows])
 
     def _fetcher(self, stage: _Stage, rows: int) -> Any:
         """Reads this stage's exit output buffer. Results of an earlier batch never get here:
