@@ -185,7 +185,7 @@ def _to_pixel_scale(image: np.ndarray, input_scale: str, name: str) -> np.ndarra
         )
     if 0.0 < high <= 1.0:
         raise InputScaleError(
-            f"{name}: float pixels lie in 0..{high:.3g}, but the model expects raw pixels 0..255; "
+            f"{name}: float pixels lie in 0..1 (max {high:.3g}), but the model expects raw pixels 0..255; "
             "pass --input-scale 0-1 to scale them (or --input-scale 0-255 if they really are that dark)"
         )
     return image

@@ -90,7 +90,7 @@ def collect_exit_outputs(
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="all-exit pass", unit="batch", leave=False)
+        starts = tqdm(starts, desc="all-exit pass", unit="batch", leave=False, disable=None)  # no bar off a terminal
     for start in starts:
         backend.start(tensors[start : start + batch_size])
         for k in range(num):
