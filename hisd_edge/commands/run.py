@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from hisd_edge.errors import InputError
     from hisd_edge.runtime.audit import LiveAudit, audit_reference
     from hisd_edge.runtime.early_exit import EarlyExitRuntime
-    from hisd_edge.runtime.risk import certificate_text
+    from hisd_edge.runtime.risk import certificate_of, certificate_text
     from hisd_edge.runtime.sources import batched, open_inputs
 
     if args.batch_size < 1:
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from_manifest = thresholds is None and args.policy in (None, recorded.get("kind"))
     audit = None
     if args.audit is not None:
-        certificate = recorded.get("certificate") or {}
+        certificate = certificate_of(recorded)
         audit = LiveAudit(
             args.audit,
             audit_reference(recorded) if from_manifest else None,
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     elif not recorded.get("calibrated"):
         notes = ["warning: thresholds are convert's uncalibrated defaults (no guarantee); run hisd-edge thresholds"]
     else:
-        notes = [certificate_text(recorded.get("certificate") or {"method": "empirical", "count": "?"})]
+        notes = [certificate_text(certificate_of(recorded))]
     if runtime.guard is not None:
         notes.append(runtime.guard.describe() + ("; flagged inputs abstain" if args.abstain else ""))
     width = 36

@@ -81,10 +81,9 @@ def summarize_bundle(bundle: Bundle) -> Dict[str, Any]:
 
 def _trust_lines(manifest_policy: Dict[str, Any], guard: Optional[Dict[str, Any]]) -> List[str]:
     """What the thresholds promise (certificate) and whether an input guard is calibrated."""
-    from hisd_edge.runtime.risk import certificate_text
+    from hisd_edge.runtime.risk import certificate_of, certificate_text
 
-    certificate = manifest_policy.get("certificate") or {}
-    lines = ["  " + (certificate_text(certificate) if manifest_policy.get("calibrated") else certificate_text({}))]
+    lines = ["  " + certificate_text(certificate_of(manifest_policy))]
     if guard:
         lines.append(
             f"input guard: Mahalanobis on exit-0 {guard.get('features')} features, "

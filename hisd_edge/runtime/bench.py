@@ -33,7 +33,7 @@ from hisd_edge.runtime.backend import create_backend
 from hisd_edge.runtime.early_exit import run_early_exit
 from hisd_edge.runtime.guard import InputGuard, guard_from_bundle
 from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, policy_from_manifest
-from hisd_edge.runtime.risk import certificate_text
+from hisd_edge.runtime.risk import certificate_of, certificate_text
 from hisd_edge.runtime.thresholds import collect_exit_outputs, exit_predictions, fit_thresholds
 
 TARGETS = {"chain_overhead": 1.03, "speedup": 3.0, "accuracy_drop_points": 0.5, "vs_oracle": 1.2}
@@ -182,7 +182,7 @@ def run_bench(
         data_label = f"{data} ({len(tensors)} samples)"
     recorded = bundle.policy
     policy_note = "manifest (calibrated)" if recorded.get("calibrated") else "manifest (not calibrated)"
-    certificate: Dict[str, Any] = dict(recorded.get("certificate") or {}) if recorded.get("calibrated") else {}
+    certificate = certificate_of(recorded)
     input_guard = guard_from_bundle(bundle) if guard and exit_kind == "logits" else None
     if calibrate_on is None and not recorded.get("calibrated") and data == "default:test":
         calibrate_on = "default:val"

@@ -325,6 +325,26 @@ def data_fingerprint(tensors: np.ndarray, labels: Optional[np.ndarray] = None) -
     return "sha256:" + digest.hexdigest()
 
 
+def certificate_of(policy: Dict[str, Any]) -> Dict[str, Any]:
+    """The certificate of a manifest ``policy`` entry: {} for convert's uncalibrated defaults; for
+    thresholds calibrated before certificates existed, an empirical one made from their record."""
+    if not (policy or {}).get("calibrated"):
+        return {}
+    certificate = policy.get("certificate")
+    if certificate:
+        return dict(certificate)
+    record = policy.get("calibration") or {}
+    return {
+        "method": "empirical",
+        "guarantee": "none: fitted before hisd-edge recorded certificates",
+        "risk": "accuracy" if record.get("labels") == "labels" else "disagreement",
+        "max_drop_points": record.get("max_drop_points"),
+        "confidence": None,
+        "count": record.get("count"),
+        "data": record.get("data"),
+    }
+
+
 def certificate_text(certificate: Dict[str, Any]) -> str:
     """One line for people: what the thresholds promise (or that they promise nothing)."""
     if not certificate:
