@@ -85,7 +85,9 @@ def fit_scorer(name: str, fit: Dict[str, np.ndarray]) -> Callable[[Dict[str, np.
     columns = {
         "Mahalanobis, exit-0 logits": lambda d: d["logits"],
         "Mahalanobis, pooled feat0": lambda d: d["pooled"],
-        "Mahalanobis, pooled feat0 + input mean/std (shipped)": lambda d: g.guard_features(d["inputs"], d["pooled"]),
+        "Mahalanobis, pooled feat0 + input mean and mean square (shipped)": lambda d: g.guard_features(
+            d["inputs"], d["pooled"]
+        ),
     }[name]
     guard = g.fit_mahalanobis(columns(fit), fit["logits"].argmax(1))
     return lambda d: guard.scores(columns(d))
@@ -97,7 +99,7 @@ SCORES = [
     "energy",
     "Mahalanobis, exit-0 logits",
     "Mahalanobis, pooled feat0",
-    "Mahalanobis, pooled feat0 + input mean/std (shipped)",
+    "Mahalanobis, pooled feat0 + input mean and mean square (shipped)",
 ]
 
 

@@ -137,9 +137,9 @@ def format_early_exit(summary: EarlyExitSummary) -> str:
     ]
     if cert.get("method") == "certified":
         lines.append(
-            f"  what {summary.val_data} can certify: a {RISK_NAMES[cert['risk']]} of at best "
-            f"{cert['best_certifiable_points']:.3g} points at confidence {cert['confidence']:g} "
-            f"({cert['count']} samples; fewer points need more samples)"
+            f"  what {summary.val_data} can certify: at best {cert['best_certifiable_points']:.3g} points "
+            f"({RISK_NAMES[cert['risk']]}) at confidence {cert['confidence']:g}, from its {cert['count']} samples "
+            "(a tighter bound needs more samples)"
         )
     if summary.guard:
         lines.append(
