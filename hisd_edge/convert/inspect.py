@@ -86,7 +86,7 @@ def _trust_lines(manifest_policy: Dict[str, Any], guard: Optional[Dict[str, Any]
     lines = ["  " + certificate_text(certificate_of(manifest_policy))]
     if guard:
         lines.append(
-            f"input guard: Mahalanobis on exit-0 {guard.get('features')} features, "
+            f"input guard: Mahalanobis on {guard.get('features')}, "
             f"{100 * float(guard.get('false_alarm_rate', 0)):g}% false alarms, calibrated on {guard.get('calibration_count')} "
             f"samples of {guard.get('data')} by {guard.get('calibrated_by')}"
         )

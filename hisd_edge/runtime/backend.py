@@ -64,14 +64,11 @@ def pool_features(feat: np.ndarray) -> np.ndarray:
     """One vector per sample from a feature map: the mean over the spatial axes of (N, C, H, W),
     over the tokens of (N, T, D); (N, D) as it is. float32. (``sum`` and a scale: ``mean`` costs
     several microseconds more per call, and this runs once per batch in the early-exit loop.)"""
-    feat = np.asarray(feat)
     if feat.ndim == 4:
         spatial = feat.shape[2] * feat.shape[3]
-        return feat.reshape(feat.shape[0], feat.shape[1], spatial).sum(axis=2, dtype=np.float32) * np.float32(
-            1.0 / spatial
-        )
+        return feat.reshape(feat.shape[0], feat.shape[1], spatial).sum(axis=2, dtype=np.float32) * (1.0 / spatial)
     if feat.ndim == 3:
-        return feat.sum(axis=1, dtype=np.float32) * np.float32(1.0 / feat.shape[1])
+        return feat.sum(axis=1, dtype=np.float32) * (1.0 / feat.shape[1])
     return np.asarray(feat.reshape(feat.shape[0], -1), dtype=np.float32)
 
 

@@ -48,13 +48,17 @@ FLAG_OUT_OF_DISTRIBUTION = "out_of_distribution"
 FLAG_ABSTAINED = "abstained"
 DEFAULT_FALSE_ALARM_RATE = 0.01
 MAX_GUARD_DIMENSIONS = 64
-FEATURES = ("feat0", "exit0")  # pooled feat0, or (one-stage bundles) exit 0's output; + input statistics
+# What the guard reads: stage 0's pooled feat0 (or, in a one-stage bundle, exit 0's output), then the
+# input's mean and mean square. A guard recorded with another definition is refused, not misread.
+FEAT0 = "feat0_pooled+input_moments"
+EXIT0 = "exit0+input_moments"
+FEATURES = (FEAT0, EXIT0)
 
 
 def input_statistics(inputs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per-sample mean and mean square of the preprocessed input (together they carry its spread:
     a blank frame has mean square = mean squared). Two reductions, no temporary copies."""
-    flat = np.asarray(inputs).reshape(len(inputs), -1)
+    flat = inputs.reshape(len(inputs), -1)
     scale = 1.0 / flat.shape[1]
     return flat.sum(axis=1) * scale, np.einsum("ij,ij->i", flat, flat) * scale
 
@@ -107,7 +111,7 @@ def conformal_p_values(scores: np.ndarray, calibration_scores: np.ndarray) -> np
 class InputGuard:
     """A calibrated exit-0 out-of-distribution check (build with :func:`fit_guard`)."""
 
-    features: str  # "feat0" or "exit0": what is pooled from stage 0 (see FEATURES)
+    features: str  # FEAT0 or EXIT0: what is read from stage 0 (see FEATURES)
     threshold: float
     false_alarm_rate: float
     center: np.ndarray  # (D,) subtracted before projecting
@@ -137,7 +141,7 @@ class InputGuard:
         """Scores for a batch from its inputs and stage 0's :class:`~hisd_edge.runtime.backend.StageResult`
         (equal to ``scores(guard_features(...))`` in fewer numpy calls: this runs in the early-exit
         loop, where each call costs about a microsecond)."""
-        pooled = stage0.pooled_features() if self.features == "feat0" else stage0.exit_output()
+        pooled = stage0.pooled_features() if self.features == FEAT0 else stage0.exit_output()
         mean, square = input_statistics(inputs)
         w = pooled @ self._map_pooled
         w += mean[:, None] * self._map_mean
@@ -168,7 +172,9 @@ class InputGuard:
         """The guard a bundle records; a damaged entry is a one-line BundleError."""
         try:
             if record.get("score") != "mahalanobis" or record.get("features") not in FEATURES:
-                raise ValueError(f"unknown score {record.get('score')!r} on {record.get('features')!r}")
+                raise ValueError(
+                    f"{record.get('score')!r} on {record.get('features')!r}, which this hisd-edge does not know"
+                )
             threshold = float(record["threshold"])
             rate = float(record["false_alarm_rate"])
             center = np.asarray(record["center"], dtype=np.float64)
@@ -210,7 +216,7 @@ class InputGuard:
     def describe(self) -> str:
         r = self.record
         return (
-            f"input guard: Mahalanobis on exit-0 {self.features} features, {100 * self.false_alarm_rate:g}% false alarms "
+            f"input guard: Mahalanobis on {self.features}, {100 * self.false_alarm_rate:g}% false alarms "
             f"on data like {r.get('calibration_count')} samples of {r.get('data')} (calibrated by {r.get('calibrated_by')})"
         )
 
@@ -220,7 +226,7 @@ def fit_guard(
     classes: Optional[np.ndarray],
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     *,
-    source: str = "feat0",
+    source: str = FEAT0,
     seed: int = 0,
     **record: Any,
 ) -> InputGuard:
@@ -256,7 +262,7 @@ def fit_guard(
 
 
 def fit_mahalanobis(
-    features: np.ndarray, classes: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, source: str = "feat0"
+    features: np.ndarray, classes: np.ndarray, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, source: str = FEAT0
 ) -> InputGuard:
     """The Gaussian part of the guard, fit on ``features`` (threshold not yet calibrated: nan).
 
@@ -333,7 +339,7 @@ def guard_record_for_convert(
         guard = fit_guard(
             guard_features(inputs, np.concatenate(pooled)),
             exit0.argmax(axis=1) if logits else None,
-            source="feat0" if feat_name is not None else "exit0",
+            source=FEAT0 if feat_name is not None else EXIT0,
             data=source,
             data_fingerprint=data_fingerprint(inputs),
             calibrated_by="hisd-edge convert",

@@ -699,7 +699,7 @@ def fit_thresholds(
                 guard_mod.guard_features(tensors, outputs.pooled0),
                 outputs.outputs[0].argmax(axis=1) if exit_kind == "logits" else None,
                 float(rate),
-                source="feat0" if bundle.num_stages > 1 else "exit0",
+                source=guard_mod.FEAT0 if bundle.num_stages > 1 else guard_mod.EXIT0,
                 data=data_source,
                 data_fingerprint=fingerprint,
                 calibrated_by="hisd-edge thresholds",
@@ -762,7 +762,7 @@ def format_calibration(calibration: Calibration, details: Dict[str, Any]) -> str
     guard = details.get("guard")
     if guard:
         lines.append(
-            f"input guard recalibrated on this data: {guard['score']} on exit-0 {guard['features']} features, "
+            f"input guard recalibrated on this data: {guard['score']} on {guard['features']}, "
             f"{100 * guard['false_alarm_rate']:g}% false alarms ({guard['calibration_count']} calibration scores)"
         )
     if details.get("guard_note"):

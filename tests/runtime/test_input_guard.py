@@ -52,7 +52,7 @@ def test_false_alarm_rate_holds_over_repeated_calibrations(rate):
     rates = []
     for _ in range(40):
         features, classes = gaussian_features(600, rng)
-        guard = g.fit_guard(features, classes, rate, source="feat0")
+        guard = g.fit_guard(features, classes, rate)
         fresh, _ = gaussian_features(4000, rng)
         rates.append(guard.flags(guard.scores(fresh)).mean())
     mean = float(np.mean(rates))
@@ -65,7 +65,7 @@ def test_false_alarm_rate_holds_over_repeated_calibrations(rate):
 def test_manifest_round_trip_and_a_damaged_record():
     rng = np.random.default_rng(3)
     features, classes = gaussian_features(800, rng)
-    guard = g.fit_guard(features, classes, 0.01, source="feat0", data="somewhere")
+    guard = g.fit_guard(features, classes, 0.01, data="somewhere")
     record = json.loads(json.dumps(guard.to_manifest()))
     again = g.InputGuard.from_manifest(record)
     probe, _ = gaussian_features(50, rng, shift=1.0)
@@ -189,7 +189,7 @@ def test_convert_calibrates_a_guard_on_its_validation_data(converted_bundle, val
     x = val_samples.tensors(bundle.preprocessing)[:300]
     record = g.guard_record_for_convert(bundle.stage_path(0), x, "default:val")
     assert record is not None
-    assert record["features"] == "feat0" and record["calibrated_by"] == "hisd-edge convert"
+    assert record["features"] == "feat0_pooled+input_moments" and record["calibrated_by"] == "hisd-edge convert"
     assert record["false_alarm_rate"] == g.DEFAULT_FALSE_ALARM_RATE and record["calibration_count"] == 150
     assert record["data_fingerprint"].startswith("sha256:") and record["data"] == "default:val"
     guard = g.InputGuard.from_manifest(record)
