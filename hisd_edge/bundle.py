@@ -67,7 +67,7 @@ Added by the converter (additive; readers must not require them):
     provenance       + "source_path"
     guard            the input guard (hisd_edge.runtime.guard), written by convert (on its validation data)
                      and again by thresholds (on the calibration data); absent or null: no guard.
-                     {"score": "mahalanobis", "features": "feat0_pooled+input_moments" | "exit0+input_moments", "threshold": float (flag above),
+                     {"score": "mahalanobis", "features": "feat0_pooled+input_mean_std" | "exit0+input_mean_std", "threshold": float (flag above),
                       "false_alarm_rate": (0, 1), "center": [D floats], "projection": [[d floats] x D] | null,
                       "means_whitened": [[d floats] x classes], "whitening": [[d floats] x d],
                       "fit_count", "calibration_count", "data", "data_fingerprint": "sha256:<hex>",

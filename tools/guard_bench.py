@@ -86,7 +86,7 @@ def fit_scorer(name: str, fit: Dict[str, np.ndarray]) -> Callable[[Dict[str, np.
     columns = {
         "Mahalanobis, exit-0 logits": lambda d: d["logits"],
         "Mahalanobis, pooled feat0": lambda d: d["pooled"],
-        "Mahalanobis, pooled feat0 + input mean and mean square (shipped)": lambda d: g.guard_features(
+        "Mahalanobis, pooled feat0 + input mean and std (shipped)": lambda d: g.guard_features(
             d["inputs"], d["pooled"]
         ),
     }[name]
@@ -100,7 +100,7 @@ SCORES = [
     "energy",
     "Mahalanobis, exit-0 logits",
     "Mahalanobis, pooled feat0",
-    "Mahalanobis, pooled feat0 + input mean and mean square (shipped)",
+    "Mahalanobis, pooled feat0 + input mean and std (shipped)",
 ]
 
 

@@ -8,7 +8,7 @@ early (it runs to the final exit) and its result carries ``out_of_distribution``
 
 The score: the Mahalanobis distance to the nearest class mean (shared covariance, Ledoit-Wolf
 shrinkage) of one small vector per input: exit 0's feature map (``feat0``) averaged over its
-spatial axes, plus the preprocessed input's mean and mean square. Classes are exit 0's own
+spatial axes, plus the preprocessed input's mean and standard deviation. Classes are exit 0's own
 predictions, so the same code calibrates on unlabelled target data (embedding bundles: one
 mean). Measured on the default MNIST model against max softmax probability, max logit, energy,
 and Mahalanobis on exit 0's logits (tools/guard_bench.py, results/INPUT_GUARD.md): the softmax and
@@ -49,25 +49,28 @@ FLAG_ABSTAINED = "abstained"
 DEFAULT_FALSE_ALARM_RATE = 0.01
 MAX_GUARD_DIMENSIONS = 64
 # What the guard reads: stage 0's pooled feat0 (or, in a one-stage bundle, exit 0's output), then the
-# input's mean and mean square. A guard recorded with another definition is refused, not misread.
-FEAT0 = "feat0_pooled+input_moments"
-EXIT0 = "exit0+input_moments"
+# input's mean and standard deviation. A guard recorded with another definition is refused, not misread.
+FEAT0 = "feat0_pooled+input_mean_std"
+EXIT0 = "exit0+input_mean_std"
 FEATURES = (FEAT0, EXIT0)
 
 
 def input_statistics(inputs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-sample mean and mean square of the preprocessed input (together they carry its spread:
-    a blank frame has mean square = mean squared). Two reductions, no temporary copies."""
+    """Per-sample mean and standard deviation of the preprocessed input (a blank frame has none),
+    from the sum and the sum of squares: two reductions, no temporary copies. The inputs are
+    normalised, so the variance does not suffer from cancellation."""
     flat = inputs.reshape(len(inputs), -1)
     scale = 1.0 / flat.shape[1]
-    return flat.sum(axis=1) * scale, np.einsum("ij,ij->i", flat, flat) * scale
+    mean = flat.sum(axis=1) * scale
+    variance = np.einsum("ij,ij->i", flat, flat) * scale - mean * mean
+    return mean, np.sqrt(np.maximum(variance, 0.0))
 
 
 def guard_features(inputs: np.ndarray, pooled: np.ndarray) -> np.ndarray:
-    """(N, D + 2) float64: the pooled exit-0 vector, then each input's mean and mean square."""
-    mean, square = input_statistics(inputs)
+    """(N, D + 2) float64: the pooled exit-0 vector, then each input's mean and standard deviation."""
+    mean, std = input_statistics(inputs)
     return np.concatenate(
-        [np.asarray(pooled, dtype=np.float64).reshape(len(inputs), -1), mean[:, None], square[:, None]], 1
+        [np.asarray(pooled, dtype=np.float64).reshape(len(inputs), -1), mean[:, None], std[:, None]], 1
     )
 
 
@@ -128,7 +131,7 @@ class InputGuard:
         self._map = self.whitening if self.projection is None else self.projection @ self.whitening
         self._offset = self.center @ self._map
         self._map_pooled = np.ascontiguousarray(self._map[:-2])
-        self._map_mean, self._map_square = self._map[-2], self._map[-1]
+        self._map_mean, self._map_std = self._map[-2], self._map[-1]
         self._means_3d = self.means_whitened[None, :, :]
 
     def scores(self, features: np.ndarray) -> np.ndarray:
@@ -142,10 +145,10 @@ class InputGuard:
         (equal to ``scores(guard_features(...))`` in fewer numpy calls: this runs in the early-exit
         loop, where each call costs about a microsecond)."""
         pooled = stage0.pooled_features() if self.features == FEAT0 else stage0.exit_output()
-        mean, square = input_statistics(inputs)
+        mean, std = input_statistics(inputs)
         w = pooled @ self._map_pooled
         w += mean[:, None] * self._map_mean
-        w += square[:, None] * self._map_square
+        w += std[:, None] * self._map_std
         w -= self._offset
         diff = w[:, None, :] - self._means_3d
         return np.einsum("nkd,nkd->nk", diff, diff).min(axis=1)

@@ -44,7 +44,7 @@ def test_certified_thresholds_record_the_certificate_and_are_shown(cli, tiny_bun
     assert Bundle.open(root).manifest["guard"]["calibrated_by"] == "hisd-edge thresholds"
     inspect = cli("inspect", str(root))
     assert "certified: accuracy drop <= 2.0 points with confidence 0.8" in inspect.stdout
-    assert "input guard: Mahalanobis on feat0_pooled+input_moments, 1% false alarms" in inspect.stdout
+    assert "input guard: Mahalanobis on feat0_pooled+input_mean_std, 1% false alarms" in inspect.stdout
     digits = tmp_path / "digits.npy"
     from hisd_edge.data import load_samples
 

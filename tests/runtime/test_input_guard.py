@@ -189,7 +189,7 @@ def test_convert_calibrates_a_guard_on_its_validation_data(converted_bundle, val
     x = val_samples.tensors(bundle.preprocessing)[:300]
     record = g.guard_record_for_convert(bundle.stage_path(0), x, "default:val")
     assert record is not None
-    assert record["features"] == "feat0_pooled+input_moments" and record["calibrated_by"] == "hisd-edge convert"
+    assert record["features"] == "feat0_pooled+input_mean_std" and record["calibrated_by"] == "hisd-edge convert"
     assert record["false_alarm_rate"] == g.DEFAULT_FALSE_ALARM_RATE and record["calibration_count"] == 150
     assert record["data_fingerprint"].startswith("sha256:") and record["data"] == "default:val"
     guard = g.InputGuard.from_manifest(record)
