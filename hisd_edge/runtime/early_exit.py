@@ -5,10 +5,10 @@ exit outputs are fetched now, only for them), compact the batch to the rest, run
 and so on; the last exit takes whoever is left. Results come back in input order. ``exit_at=K``
 forces every row to leave at exit K (a fixed budget).
 
-With an input guard (:mod:`hisd_edge.runtime.guard`, on by default once a bundle has one), exit
-0's logits are also scored for being out of distribution: a flagged row may not leave early (it
-runs to the last exit, or with ``abstain`` stops at once without a class) and its result carries
-``out_of_distribution``. With a live audit (:mod:`hisd_edge.runtime.audit`), a seeded sample of
+With an input guard (:mod:`hisd_edge.runtime.guard`, on by default once a bundle has one), every
+row is also scored at exit 0 for being out of distribution (from stage 0's pooled features and the
+input's statistics): a flagged row may not leave early (it runs to the last exit, or with
+``abstain`` stops at once without a class) and its result carries ``out_of_distribution``. With a live audit (:mod:`hisd_edge.runtime.audit`), a seeded sample of
 the rows that left early also runs to the last exit, and the two classes are compared.
 
 :class:`EarlyExitRuntime` is the public API: open a bundle (its checksums are verified), pick a

@@ -24,8 +24,8 @@ def test_sampling_is_seeded_and_one_in_n():
 
 
 def test_no_false_warning_while_the_rate_stays_within_the_reference():
-    """The check runs after every audited input; a fixed-level test would warn on most long streams
-    at the reference rate. The union-bound spending keeps warnings below 1 - confidence."""
+    """A check every 25 audited inputs; a fixed-level test would warn on many long streams at the
+    reference rate. The union-bound spending keeps warnings below 1 - confidence."""
     rng = np.random.default_rng(0)
     streams, length, reference = 40, 1000, 0.02
     warned = 0
@@ -47,7 +47,7 @@ def test_a_drift_is_caught_and_reported_once():
         if warning is not None:
             assert first is None
             first = warning
-    assert first is not None and 300 <= first.index < 380
+    assert first is not None and 300 <= first.index < 400 and first.audited % audit.check_every == 0
     assert first.lower_bound > 0.02 and "drifted" in first.text()
     summary = audit.summary()
     assert summary["exceeded"] and summary["first_exceeded_at"] == first.index
