@@ -9,13 +9,15 @@ model: the risk the label-free certificate bounds (and an upper bound of the acc
 
 Reported: the rate with a two-sided Clopper-Pearson interval at the audit's confidence. Warned
 about: a rate that is *significantly* above the reference (the certified disagreement bound, or
-for an accuracy certificate an upper bound of the disagreement on its calibration data). Because
-the check runs after every audited input, a fixed-level test would eventually cry wolf on any
-long stream; the warning uses an anytime-valid union bound instead: the t-th check spends
-``(1 - confidence) * 6 / (pi^2 t^2)`` of the error budget, split between the whole stream and a
-sliding window of the last ``window`` audited inputs (which sees a drift long after the start
-without the early history diluting it). So with probability >= ``confidence`` no warning is ever
-raised while the true rate stays within the reference.
+for an accuracy certificate an upper bound of the disagreement on its calibration data). A stream
+never ends, and a fixed-level test repeated on it would eventually cry wolf; so the warning uses
+an anytime-valid union bound: every ``check_every`` audited inputs is a check, and the j-th check
+spends ``(1 - confidence) * 6 / (pi^2 j^2)`` of the error budget (the series sums to it), split
+between the whole stream and a sliding window of the last ``window`` audited inputs (which sees a
+drift long after the start without the early history diluting it). Checking at intervals rather
+than after every input keeps j small, so each check can spend more and a real drift is seen
+sooner. With probability >= ``confidence`` no warning is ever raised while the true rate stays
+within the reference.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class LiveAudit:
         confidence: float = 0.9,
         seed: int = 0,
         window: int = 200,
+        check_every: int = 25,
         reference_source: str = "",
     ):
         if every < 1:
@@ -73,6 +76,7 @@ class LiveAudit:
         self.reference_source = reference_source
         self.confidence = confidence
         self.window = window
+        self.check_every = max(1, check_every)
         self.rng = np.random.default_rng(seed)
         self.seed = seed
         self.seen = 0
@@ -93,10 +97,11 @@ class LiveAudit:
         self.audited += 1
         self.disagreements += int(not agrees)
         self.recent.append(int(not agrees))
-        if self.reference is None or self.warnings:
+        if self.reference is None or self.warnings or self.audited % self.check_every:
             return None
         stats = import_scipy_stats()
-        spend = (1.0 - self.confidence) * 6.0 / (math.pi**2 * self.audited**2) / 2.0
+        check = self.audited // self.check_every
+        spend = (1.0 - self.confidence) * 6.0 / (math.pi**2 * check**2) / 2.0
         for scope, count, n in (
             ("stream", self.disagreements, self.audited),
             ("window", int(sum(self.recent)), len(self.recent)),
