@@ -78,6 +78,8 @@ class LiveAudit:
         self.window = window
         self.check_every = max(1, check_every)
         self.rng = np.random.default_rng(seed)
+        self._picks = np.zeros(0, dtype=bool)
+        self._next = 0
         self.seed = seed
         self.seen = 0
         self.audited = 0
@@ -86,11 +88,21 @@ class LiveAudit:
         self.warnings: List[AuditWarning] = []
 
     def choose(self, count: int) -> np.ndarray:
-        """Which of the next ``count`` inputs to audit (boolean mask)."""
+        """Which of the next ``count`` inputs to audit (boolean mask).
+
+        Drawn ahead in blocks, so the sample depends only on the seed and the input's position in
+        the stream (not on the batch sizes), and a batch of one costs a slice, not a generator call.
+        """
         self.seen += count
         if self.every == 1:
             return np.ones(count, dtype=bool)
-        return self.rng.random(count) < 1.0 / self.every
+        while self._next + count > len(self._picks):
+            fresh = self.rng.random(max(4096, count)) < 1.0 / self.every
+            self._picks = np.concatenate([self._picks[self._next :], fresh])
+            self._next = 0
+        picks = self._picks[self._next : self._next + count]
+        self._next += count
+        return picks
 
     def record(self, agrees: bool, index: int) -> Optional[AuditWarning]:
         """Count one audited input; returns a warning the first time the reference is exceeded."""

@@ -437,8 +437,11 @@ class EarlyExitRuntime:
 
     def _audit(self, batch: np.ndarray, results: List[ExitResult]) -> None:
         """Run the sampled rows that left early to the last exit and compare the classes."""
+        picks = self.audit.choose(len(results))
+        if not picks.any():
+            return
         last = self.backend.num_stages - 1
-        chosen = np.flatnonzero(self.audit.choose(len(results)))
+        chosen = np.flatnonzero(picks)
         rerun = []
         for i in chosen:
             taken = results[int(i)].exit

@@ -19,6 +19,9 @@ def test_sampling_is_seeded_and_one_in_n():
     assert abs(picks.mean() - 0.1) < 0.015 and a.seen == 5000
     assert not np.array_equal(picks[:100], LiveAudit(10, None, seed=4).choose(100))
     assert LiveAudit(1, None).choose(7).all()
+    # the sample depends on the position in the stream, not on how the stream is batched
+    c = LiveAudit(10, None, seed=3)
+    assert np.array_equal(np.concatenate([c.choose(1) for _ in range(5000)]), picks)
     with pytest.raises(InputError, match="--audit must be >= 1"):
         LiveAudit(0, None)
 
