@@ -676,6 +676,7 @@ def _build_bundle(
                     outputs=("feat0" if num > 1 else None, export.exit_name(0)),
                     logits=source.kinds[0] == "logits",
                     threads=opts.threads,
+                    batch_size=run_batch,
                 )
             write_manifest(tmp, manifest)
     timer.times["total"] = round(time.perf_counter() - timer.started, 3)

@@ -71,7 +71,7 @@ def test_run_and_thresholds_work_without_torch(tiny_bundle, copy_of):
     code = f"""
 from hisd_edge.cli import main
 assert main(['run', {str(root)!r}, 'default:val', '--json', '--batch-size', '8']) == 0
-assert main(['thresholds', {str(root)!r}, '--count', '60', '--dry-run', '--no-progress',
+assert main(['thresholds', {str(root)!r}, '--count', '60', '--method', 'empirical', '--dry-run', '--no-progress',
              '--sweep-csv', {str(root / "sweep.csv")!r}]) == 0
 check()
 print('ok')
