@@ -23,7 +23,9 @@ Manifest, schema version 1 (keys in order of appearance)::
     full_model       {"path", "sha256", "bytes"}: the monolithic fp32 ONNX (all exits as outputs), for verification and benchmarks
     policy           {"kind": "max_prob" | "entropy" | "margin" | "patience" | "stability",
                       "thresholds": [float | null per exit; the last exit always accepts],
-                      "calibrated": bool, ... (calibration details)}
+                      "calibrated": bool (false: convert's defaults, no guarantee),
+                      "certificate": {...} (written by ``hisd-edge thresholds``, see below),
+                      "calibration": {...} (what the thresholds did on the calibration data)}
     validation       {"data", "count", "rows": [{"exit", "precision", "top1", "agreement_with_fp32"}]}
     engines          [build records added on the target by ``hisd-edge build`` (hisd_edge.engine.store), one per
                       (device key, TensorRT version, precision); a rebuild replaces its record:
@@ -72,6 +74,27 @@ Added by the converter (additive; readers must not require them):
     mixed_precision  {"stages": ["int8" | "fp16" | "fp32" per stage], "max_drop_pp"}: only with
                      --precision mixed; the per-stage plan a runtime should use for "mixed"
     provenance       + "source_path"
+    guard            the input guard (hisd_edge.runtime.guard), written by convert (on its validation data)
+                     and again by thresholds (on the calibration data); absent or null: no guard.
+                     {"score": "mahalanobis", "features": "feat0_pooled+input_mean_std" | "exit0+input_mean_std", "threshold": float (flag above),
+                      "false_alarm_rate": (0, 1), "center": [D floats], "projection": [[d floats] x D] | null,
+                      "means_whitened": [[d floats] x classes], "whitening": [[d floats] x d],
+                      "fit_count", "calibration_count", "data", "data_fingerprint": "sha256:<hex>",
+                      "calibrated_by": "hisd-edge convert" | "hisd-edge thresholds", "created"}
+
+Added by ``hisd-edge thresholds`` (hisd_edge.runtime.thresholds, hisd_edge.runtime.risk):
+
+    policy.certificate   {"method": "certified" | "empirical",
+                          "guarantee": str (what is promised; "none: ..." for empirical),
+                          "risk": "accuracy" | "disagreement",
+                          "max_drop_points": X (the bound, in accuracy points),
+                          "confidence": (0, 1) | null (empirical),
+                          "count": n (calibration samples), "data": source string,
+                          "data_fingerprint": "sha256:<hex>" of the preprocessed calibration tensors (+ labels),
+                          certified only: "test", "family", "candidates_certified", "calibration_risk_points",
+                          "best_certifiable_points" (smallest X this data could certify),
+                          "audit_reference_points" (disagreement rate ``run --audit`` compares with)}
+    policy.calibration   + "data_fingerprint"
 
 The manifest's published JSON Schema is ``hisd_edge/schemas/manifest-v1.schema.json``
 (:mod:`hisd_edge.schemas`): known fields are checked for type and range, unknown fields are

@@ -43,7 +43,7 @@ import numpy as np
 
 from hisd_edge import atomic
 from hisd_edge.errors import DependencyError, InputError, first_line
-from hisd_edge.preprocess import Preprocessing, preprocess_batch
+from hisd_edge.preprocess import Preprocessing, prepare_tensors, preprocess_batch
 from hisd_edge.quiet import native_stderr, verbose
 
 LOG = logging.getLogger("hisd_edge.data")
@@ -171,16 +171,17 @@ class Samples:
     def __len__(self) -> int:
         return len(self.preprocessed) if self.preprocessed is not None else len(self.images)
 
-    def tensors(self, spec: Preprocessing) -> np.ndarray:
-        """(N, C, H, W) float32 model inputs."""
+    def tensors(self, spec: Preprocessing, input_scale: str = "auto") -> np.ndarray:
+        """(N, C, H, W) float32 model inputs (``input_scale``: see :mod:`hisd_edge.preprocess`)."""
         if self.preprocessed is not None:
             if tuple(self.preprocessed.shape[1:]) != spec.input_shape:
                 raise InputError(
                     f"preprocessed array has sample shape {tuple(self.preprocessed.shape[1:])}, "
                     f"the model expects {spec.input_shape}; pass raw images instead"
                 )
-            return self.preprocessed
-        return preprocess_batch(self.images, spec, self.names)
+            name = self.names[0].rsplit("[", 1)[0] if self.names else "array"
+            return prepare_tensors(self.preprocessed, spec, name, input_scale)
+        return preprocess_batch(self.images, spec, self.names, input_scale)
 
     def labels_for(self, model_classes: Sequence[str], name: str = "data") -> Optional[np.ndarray]:
         """Labels as indices into ``model_classes`` (None for unlabelled samples).

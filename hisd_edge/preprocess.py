@@ -7,6 +7,16 @@ resized (then OpenCV, imported lazily, as on a Jetson it comes from JetPack).
 
 Images arrive in OpenCV's convention: ``HxW`` (gray), ``HxWx3`` (BGR) or ``HxWx4`` (BGRA), uint8
 (0..255) or float already on the 0..255 scale.
+
+Input scale: a float array on another scale is the classic silent failure (0..1 floats read as
+0..255 pixels gave the default model 12 % accuracy, every input at exit 0). So float images are
+checked (``input_scale="auto"``): values in 0..1, or clearly negative ones (already normalised),
+are refused with one line naming the expected range; ``input_scale`` says how to convert instead:
+``"0-255"`` (take as is), ``"0-1"`` (times 255), ``"normalized"`` (already the network's input:
+C x H x W or H x W x C in the model's channel order, normalised with the manifest's mean/std).
+Integer images are pixels and are never rescaled. Arrays already in the network's layout (float32
+N x C x H x W) are checked against the normalised range the manifest's mean/std give
+(:func:`prepare_tensors`).
 """
 
 from __future__ import annotations
@@ -18,7 +28,13 @@ import numpy as np
 
 from hisd_edge.errors import InputError
 
+
+class InputScaleError(InputError):
+    """An array whose values contradict the pixel scale the model expects (refuses the whole input)."""
+
+
 COLOR_ORDERS = ("gray", "rgb", "bgr")
+INPUT_SCALES = ("auto", "0-255", "0-1", "normalized")
 RESIZE_MODES = ("stretch", "shorter_side_crop")
 # The intermediate image of a shorter-side resize may be larger than the input; a very elongated
 # image would make it huge (a 1 x 30,000,000 strip scaled to 224 on its short side).
@@ -154,9 +170,69 @@ def _resize(image: np.ndarray, spec: Preprocessing, name: str = "image") -> np.n
     return image.reshape(height, width, channels)
 
 
-def preprocess_image(image: np.ndarray, spec: Preprocessing, name: str = "image") -> np.ndarray:
-    """One raw image -> (C, H, W) float32, normalised as the model expects."""
-    img = _to_model_channels(image, spec, name)
+def check_input_scale(input_scale: str) -> str:
+    if input_scale not in INPUT_SCALES:
+        raise InputError(f"--input-scale {input_scale!r} is not one of {', '.join(INPUT_SCALES)}")
+    return input_scale
+
+
+def _finite_range(array: np.ndarray) -> Tuple[float, float]:
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return 0.0, 0.0
+    return float(finite.min()), float(finite.max())
+
+
+def normalised_range(spec: Preprocessing) -> Tuple[float, float]:
+    """Lowest and highest value a correctly preprocessed input can hold (over the channels)."""
+    mean = np.asarray(spec.mean, dtype=np.float64)
+    std = np.asarray(spec.std, dtype=np.float64)
+    return float(((0.0 - mean) / std).min()), float(((1.0 - mean) / std).max())
+
+
+def _to_pixel_scale(image: np.ndarray, input_scale: str, name: str) -> np.ndarray:
+    """A float image on the 0..255 scale, or a one-line refusal when its values contradict it."""
+    if not np.issubdtype(image.dtype, np.floating) or input_scale == "0-255":
+        return image
+    if input_scale == "0-1":
+        return image.astype(np.float32) * 255.0
+    low, high = _finite_range(image)
+    if low < -0.01:  # no pixel is negative; a little float noise is tolerated
+        raise InputScaleError(
+            f"{name}: float pixels go down to {low:.3g}, but the model expects raw pixels 0..255 "
+            "(it normalises them itself); if the data is already normalised pass --input-scale normalized"
+        )
+    if 0.0 < high <= 1.0:
+        raise InputScaleError(
+            f"{name}: float pixels lie in 0..1 (max {high:.3g}), but the model expects raw pixels 0..255; "
+            "pass --input-scale 0-1 to scale them (or --input-scale 0-255 if they really are that dark)"
+        )
+    return image
+
+
+def _normalised_input(image: np.ndarray, spec: Preprocessing, name: str) -> np.ndarray:
+    """An already-normalised image (C x H x W or H x W x C) as the network's (C, H, W) input."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim == 3 and img.shape[0] != spec.channels and img.shape[2] == spec.channels:
+        img = img.transpose(2, 0, 1)
+    if tuple(img.shape) != spec.input_shape:
+        raise InputError(
+            f"{name}: normalised input of shape {tuple(img.shape)} does not fit the model's {spec.input_shape}; "
+            "give raw pixels instead (they are resized)"
+        )
+    return np.ascontiguousarray(img)
+
+
+def preprocess_image(
+    image: np.ndarray, spec: Preprocessing, name: str = "image", input_scale: str = "auto"
+) -> np.ndarray:
+    """One raw image -> (C, H, W) float32, normalised as the model expects (see ``input_scale`` above)."""
+    if input_scale == "normalized":
+        return _normalised_input(image, spec, name)
+    img = _to_pixel_scale(np.asarray(image), input_scale, name)
+    img = _to_model_channels(img, spec, name)
     img = _resize(img, spec, name)
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
     std = np.asarray(spec.std, dtype=np.float32) * 255.0
@@ -165,10 +241,41 @@ def preprocess_image(image: np.ndarray, spec: Preprocessing, name: str = "image"
 
 
 def preprocess_batch(
-    images: Iterable[np.ndarray], spec: Preprocessing, names: Optional[Sequence[str]] = None
+    images: Iterable[np.ndarray],
+    spec: Preprocessing,
+    names: Optional[Sequence[str]] = None,
+    input_scale: str = "auto",
 ) -> np.ndarray:
     """Raw images (a sequence, or an N x H x W[xC] array) -> (N, C, H, W) float32."""
-    out = [preprocess_image(img, spec, names[i] if names else f"image {i}") for i, img in enumerate(images)]
+    check_input_scale(input_scale)
+    out = [
+        preprocess_image(img, spec, names[i] if names else f"image {i}", input_scale) for i, img in enumerate(images)
+    ]
     if not out:
         return np.zeros((0, *spec.input_shape), dtype=np.float32)
     return np.stack(out)
+
+
+def prepare_tensors(tensors: np.ndarray, spec: Preprocessing, name: str, input_scale: str = "auto") -> np.ndarray:
+    """Arrays already in the network's layout (N x C x H x W float32) as model inputs.
+
+    By default (``auto``, ``normalized``) they are taken as normalised, and refused when their
+    values lie far outside the range the manifest's mean/std allow (raw 0..255 pixels stored as
+    N x C x H x W); ``0-255`` / ``0-1`` say they are raw pixels in that layout, to be normalised.
+    """
+    check_input_scale(input_scale)
+    if input_scale in ("0-255", "0-1"):
+        pixels = np.asarray(tensors).transpose(0, 2, 3, 1)
+        if spec.channels == 3 and spec.color_order == "rgb":
+            pixels = pixels[..., ::-1]  # preprocess_image takes OpenCV's BGR order
+        return preprocess_batch(list(pixels), spec, [f"{name}[{i}]" for i in range(len(pixels))], input_scale)
+    if input_scale == "auto" and len(tensors):
+        low, high = _finite_range(np.asarray(tensors))
+        lo, hi = normalised_range(spec)
+        slack = 0.5 * (hi - lo)
+        if high > hi + slack or low < lo - slack:
+            raise InputScaleError(
+                f"{name}: values {low:.3g}..{high:.3g} lie far outside the normalised range {lo:.3g}..{hi:.3g} the model "
+                "expects in an N x C x H x W float32 array; for raw pixels in that layout pass --input-scale 0-255 (or 0-1)"
+            )
+    return tensors

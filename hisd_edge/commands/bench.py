@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "all", "extended", "basic", "disable"],
         help="ONNX Runtime graph optimisation level for every session (default auto: all; basic for int8)",
     )
+    p.add_argument(
+        "--no-guard", action="store_true", help="early-exit rows without the bundle's input guard (run uses it)"
+    )
     p.add_argument("--out", default=None, metavar="PATH", help="also save the JSON report here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         backend_options=options,
         progress=not args.no_progress and not args.json,
         max_drop_points=args.max_drop,
+        guard=not args.no_guard,
     )
     if args.out:
         atomic.write_json(args.out, report)

@@ -56,6 +56,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--frames", type=int, default=None, help="at most this many frames from each video, camera or stream"
     )
     p.add_argument("--every", type=int, default=1, help="keep every N-th frame of videos, cameras and streams")
+    p.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="turn off the bundle's input guard (on by default once calibrated: inputs it flags as out of "
+        "distribution may not leave early and carry the flag out_of_distribution)",
+    )
+    p.add_argument(
+        "--abstain", action="store_true", help="inputs the guard flags stop at exit 0 with no class (flag abstained)"
+    )
+    p.add_argument(
+        "--audit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run the full model on a seeded 1-in-N sample of inputs and track how often early exits disagree "
+        "with it (with a confidence interval); warn when that exceeds what the thresholds were certified for",
+    )
+    p.add_argument("--audit-seed", type=int, default=0, help="seed of the audit's sample (default 0)")
+    p.add_argument(
+        "--input-scale",
+        default="auto",
+        choices=["auto", "0-255", "0-1", "normalized"],
+        help="scale of float arrays (default auto: refuse values that contradict the bundle's 0..255 pixels; "
+        "0-1: multiply by 255; normalized: already the network's input)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per input (JSON lines)")
     p.set_defaults(func=run)
 
@@ -82,11 +107,17 @@ def _row(result, width: int) -> str:
     name = result.name if len(result.name) <= width else "…" + result.name[-(width - 1) :]
     if not result.ok:
         return f"{name:<{width}}  error: {result.error}"
-    what = result.class_name if result.class_name is not None else f"embedding[{len(result.embedding or [])}]"
+    if result.class_name is not None:
+        what = result.class_name
+    else:
+        what = f"embedding[{len(result.embedding)}]" if result.embedding is not None else "-"
     conf = (
         f"{result.confidence:.3f}" if result.confidence is not None and result.confidence == result.confidence else "-"
     )
-    flags = ",".join(result.flags)
+    marks = list(result.flags)
+    if result.audit is not None:
+        marks.append("audit:agrees" if result.audit["agrees"] else f"audit:final={result.audit['final_class']}")
+    flags = ",".join(marks)
     return f"{name:<{width}}  {result.exit:>4}  {what:>10}  {conf:>6}  {result.latency_ms:>9.3f}  {flags}"
 
 
@@ -96,8 +127,11 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from hisd_edge.bundle import Bundle
     from hisd_edge.errors import InputError
-    from hisd_edge.runtime.early_exit import open_runtime
+    from hisd_edge.runtime.audit import LiveAudit, audit_reference
+    from hisd_edge.runtime.early_exit import EarlyExitRuntime
+    from hisd_edge.runtime.risk import certificate_of, certificate_text
     from hisd_edge.runtime.sources import batched, open_inputs
 
     if args.batch_size < 1:
@@ -108,21 +142,50 @@ def run(args: argparse.Namespace) -> int:
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
-    runtime = open_runtime(
-        args.bundle,
+    bundle = Bundle.open(args.bundle)
+    recorded = bundle.policy
+    from_manifest = thresholds is None and args.policy in (None, recorded.get("kind"))
+    audit = None
+    if args.audit is not None:
+        certificate = certificate_of(recorded)
+        audit = LiveAudit(
+            args.audit,
+            audit_reference(recorded) if from_manifest else None,
+            confidence=float(certificate.get("confidence") or 0.9),
+            seed=args.audit_seed,
+            reference_source=f"{certificate.get('method')} thresholds, risk {certificate.get('risk')}",
+        )
+    runtime = EarlyExitRuntime(
+        bundle,
         backend=args.backend,
         precision=args.precision,
         policy=args.policy,
         thresholds=thresholds,
         exit_at=args.exit_at,
+        guard=not args.no_guard,
+        abstain=args.abstain,
+        audit=audit,
+        input_scale=args.input_scale,
         **options,
     )
     items = open_inputs(args.inputs, max_frames=args.frames, every=args.every)
+    # What the thresholds promise, and the guard: shown before the table (after the summary with --json).
+    if not from_manifest:
+        notes = ["thresholds given on the command line: no calibration, no guarantee"]
+    elif not recorded.get("calibrated"):
+        notes = ["warning: thresholds are convert's uncalibrated defaults (no guarantee); run hisd-edge thresholds"]
+    else:
+        notes = [certificate_text(certificate_of(recorded))]
+    if runtime.guard is not None:
+        notes.append(runtime.guard.describe() + ("; flagged inputs abstain" if args.abstain else ""))
     width = 36
+    warned = False
     done = errors = correct = labelled = 0
     exit_counts = [0] * runtime.bundle.num_stages
     latencies = []
     with runtime:  # activate first: a backend that cannot start fails before anything is printed
+        if not args.json:  # with --json these go to stderr after the summary, so errors stay one line
+            print("\n".join(notes))
         if not args.json:
             print(f"{'input':<{width}}  {'exit':>4}  {'class':>10}  {'conf':>6}  {'latency ms':>9}  flags")
         for batch in batched(items, args.batch_size):
@@ -144,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     print(_row(result, width), flush=True)
             done += len(batch)
+            if audit is not None and audit.warnings and not warned:
+                print("warning: " + audit.warnings[0].text(), file=sys.stderr, flush=True)
+                warned = True
     ok = done - errors
     summary = [f"{done} input(s), {ok} ran, {errors} error(s)"]
     if ok:
@@ -152,6 +218,12 @@ def run(args: argparse.Namespace) -> int:
     if labelled:
         summary.append(f"accuracy {100 * correct / labelled:.2f}% on {labelled} labelled input(s)")
     print("; ".join(summary), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print("\n".join(notes), file=sys.stderr)
+    if audit is not None:
+        print(audit.text(), file=sys.stderr if args.json else sys.stdout)
+        if args.json:
+            print(json.dumps({"audit": audit.summary()}), flush=True)
     if done and not ok:
         raise InputError(f"none of the {done} input(s) could be used (first error above); check the inputs")
     return 0

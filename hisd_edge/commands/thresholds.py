@@ -1,4 +1,4 @@
-"""hisd-edge thresholds: fit per-exit thresholds on validation data and measured costs."""
+"""hisd-edge thresholds: certified (or empirical) per-exit thresholds from calibration data and measured costs."""
 
 from __future__ import annotations
 
@@ -10,23 +10,62 @@ from hisd_edge.commands import add_threads_argument
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "thresholds",
-        help="choose per-exit thresholds from validation data and measured costs; write them into the bundle",
-        description="Run every stage on the validation data once, then search per-exit thresholds that minimise the "
-        "expected cost per sample while keeping top-1 accuracy within --max-drop points of the last exit. Costs are "
-        "stage latencies measured here (batch 1), or a profile report from the target (--costs). Writes the policy "
-        "into the bundle manifest atomically and the whole sweep (accuracy vs expected cost) as CSV.",
+        help="choose certified per-exit thresholds from calibration data and measured costs; write them into the bundle",
+        description="Run every stage on the calibration data once, then choose the cheapest thresholds (expected cost "
+        "per sample) for which, with probability >= --confidence over the draw of the calibration data, the accuracy "
+        "drop against the last exit on new data from the same distribution is <= --max-drop points (Learn-then-Test: "
+        "exact binomial p-values, fixed-sequence testing over one shared threshold). --risk disagreement needs no "
+        "labels (a folder of frames, a video, camera captures) and bounds the drop too. --method empirical is the old "
+        "fit: it meets --max-drop on the calibration samples only (no guarantee). Costs are stage latencies measured "
+        "here (batch 1), or a profile report from the target (--costs). Also recalibrates the input guard on the same "
+        "data. Writes policy, certificate and guard into the bundle manifest atomically, and the sweep as CSV.",
     )
     p.add_argument("bundle", help="bundle directory (engines/NAME)")
     p.add_argument(
         "--data",
         default="default:val",
-        help="validation data: image folder with class sub-folders, .npz with labels, or default:val (default)",
+        help="calibration data: image folder (with class sub-folders for labels), video, .npy/.npz, or default:val "
+        "(default); unlabelled data calibrates the disagreement risk",
     )
     p.add_argument(
         "--max-drop",
         type=float,
         default=0.5,
-        help="allowed top-1 drop in accuracy points vs the last exit (default 0.5)",
+        help="bound on the top-1 drop vs the last exit, in accuracy points (default 0.5)",
+    )
+    p.add_argument(
+        "--method",
+        default="certified",
+        choices=["certified", "empirical"],
+        help="certified (default): holds on new data with --confidence; empirical: met on the calibration samples "
+        "only, no guarantee",
+    )
+    p.add_argument(
+        "--risk",
+        default="auto",
+        choices=["auto", "accuracy", "disagreement"],
+        help="accuracy: 1[last exit right, taken exit wrong] (needs labels); disagreement: taken exit's class != the "
+        "last exit's (no labels; also bounds the drop); auto (default): accuracy when the data has labels",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9,
+        help="probability, over the draw of the calibration data, that the bound holds (default 0.9)",
+    )
+    p.add_argument(
+        "--guard-false-alarms",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="recalibrate the input guard on this data at this false-alarm rate (default: the bundle guard's rate, "
+        "else 0.01); 0 leaves the guard as it is",
+    )
+    p.add_argument(
+        "--input-scale",
+        default="auto",
+        choices=["auto", "0-255", "0-1", "normalized"],
+        help="scale of float arrays in --data (default auto: refuse a scale that contradicts the bundle's 0..255)",
     )
     p.add_argument(
         "--costs",
@@ -51,7 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="where to save the sweep (default reports/NAME/thresholds_sweep.csv)",
     )
-    p.add_argument("--grid", type=int, default=40, help="candidate thresholds per exit (default 40)")
+    p.add_argument(
+        "--grid", type=int, default=40, help="--method empirical: candidate thresholds per exit (default 40)"
+    )
     p.add_argument("--count", type=int, default=None, help="use a seeded subset of this many validation samples")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
@@ -83,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
         bundle,
         args.data,
         max_drop_points=args.max_drop,
+        method=args.method,
+        risk=args.risk,
+        confidence=args.confidence,
+        guard_false_alarms=args.guard_false_alarms,
+        input_scale=args.input_scale,
         policy_kind=args.policy,
         costs=Path(args.costs) if args.costs else None,
         objective=args.objective,
@@ -100,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "policy": calibration.policy.to_manifest(),
+                    "certificate": calibration.certificate,
                     "accuracy": calibration.accuracy,
                     "final_accuracy": calibration.final_accuracy,
                     "expected_cost": calibration.expected_cost,

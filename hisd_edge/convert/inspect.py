@@ -33,6 +33,13 @@ def _shape(record: Dict[str, Any]) -> str:
     return f"{record['name']}[{','.join(dims)}]"
 
 
+def _guard_summary(guard: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The guard entry without its matrices (they are numbers for the runtime, not for people)."""
+    if not guard:
+        return None
+    return {k: v for k, v in guard.items() if k not in ("center", "projection", "means_whitened", "whitening")}
+
+
 def summarize_bundle(bundle: Bundle) -> Dict[str, Any]:
     """The facts ``inspect`` shows, as a JSON-able dict."""
     manifest = bundle.manifest
@@ -63,12 +70,29 @@ def summarize_bundle(bundle: Bundle) -> Dict[str, Any]:
         "exits": manifest.get("exits"),
         "macs_to_reach_exit": cumulative,
         "policy": manifest.get("policy"),
+        "guard": _guard_summary(manifest.get("guard")),
         "validation": manifest.get("validation"),
         "mixed_precision": manifest.get("mixed_precision"),
         "calibration": manifest.get("calibration"),
         "engines": manifest.get("engines", []),
         "provenance": manifest.get("provenance"),
     }
+
+
+def _trust_lines(manifest_policy: Dict[str, Any], guard: Optional[Dict[str, Any]]) -> List[str]:
+    """What the thresholds promise (certificate) and whether an input guard is calibrated."""
+    from hisd_edge.runtime.risk import certificate_of, certificate_text
+
+    lines = ["  " + certificate_text(certificate_of(manifest_policy))]
+    if guard:
+        lines.append(
+            f"input guard: Mahalanobis on {guard.get('features')}, "
+            f"{100 * float(guard.get('false_alarm_rate', 0)):g}% false alarms, calibrated on {guard.get('calibration_count')} "
+            f"samples of {guard.get('data')} by {guard.get('calibrated_by')}"
+        )
+    else:
+        lines.append("input guard: none (hisd-edge thresholds calibrates one)")
+    return lines
 
 
 def format_bundle(bundle: Bundle) -> str:
@@ -116,11 +140,12 @@ def format_bundle(bundle: Bundle) -> str:
             f"{exit_record.get('confidence_output') or '-'!s:10s}  {exit_record.get('kind', 'logits'):7s}  {_human(reach)}"
         )
     policy = info.get("policy") or {}
-    thresholds = ", ".join("-" if t is None else f"{t:.3g}" for t in policy.get("thresholds") or [])
+    thresholds = ", ".join("-" if t is None else f"{t:.6g}" for t in policy.get("thresholds") or [])
     lines.append("")
     lines.append(
         f"policy: {policy.get('kind')} thresholds [{thresholds}] ({'calibrated' if policy.get('calibrated') else 'default, not calibrated'})"
     )
+    lines.extend(_trust_lines(manifest_policy=policy, guard=bundle.manifest.get("guard")))
     if info.get("mixed_precision"):
         mixed = info["mixed_precision"]
         lines.append(f"mixed precision: {', '.join(mixed['stages'])} (max drop {mixed.get('max_drop_pp')} points)")

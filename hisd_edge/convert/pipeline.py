@@ -338,6 +338,19 @@ def _build_bundle(
                 report,
                 validation,
             )
+            if data.validation is not None:  # the input guard, calibrated on the validation inputs
+                from hisd_edge.convert import export
+                from hisd_edge.runtime.guard import guard_record_for_convert
+
+                manifest["guard"] = guard_record_for_convert(
+                    paths["fp32"][0],
+                    data.validation.inputs,
+                    data.validation.source,
+                    outputs=("feat0" if source.num_exits > 1 else None, export.exit_name(0)),
+                    logits=source.kinds[0] == "logits",
+                    threads=opts.threads,
+                    batch_size=model.run_batch,
+                )
             write_manifest(tmp, manifest)
     timer.times["total"] = round(time.perf_counter() - timer.started, 3)
     return ConvertResult(

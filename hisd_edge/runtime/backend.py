@@ -60,6 +60,18 @@ def softmax_max(logits: np.ndarray) -> np.ndarray:
     return (1.0 / e.sum(axis=1)).astype(np.float32)  # max prob = exp(0) / sum(exp)
 
 
+def pool_features(feat: np.ndarray) -> np.ndarray:
+    """One vector per sample from a feature map: the mean over the spatial axes of (N, C, H, W),
+    over the tokens of (N, T, D); (N, D) as it is. float32. (``sum`` and a scale: ``mean`` costs
+    several microseconds more per call, and this runs once per batch in the early-exit loop.)"""
+    if feat.ndim == 4:
+        spatial = feat.shape[2] * feat.shape[3]
+        return feat.reshape(feat.shape[0], feat.shape[1], spatial).sum(axis=2, dtype=np.float32) * (1.0 / spatial)
+    if feat.ndim == 3:
+        return feat.sum(axis=1, dtype=np.float32) * (1.0 / feat.shape[1])
+    return np.asarray(feat.reshape(feat.shape[0], -1), dtype=np.float32)
+
+
 @dataclasses.dataclass
 class StageResult:
     """What one stage produced for the rows it ran on.
@@ -70,6 +82,8 @@ class StageResult:
     (all rows when ``rows`` is None); on a GPU backend this is the only time logits cross to the
     host. ``latency_ms`` is the stage's latency: device time where the backend can measure it
     (CUDA events), otherwise host wall time around the stage including the confidence read-back.
+    ``pooled_features()`` returns the feature map the stage passes on (``feat{k}``) averaged over
+    its spatial (or token) axes, one row per sample, on the host: what the input guard scores.
     """
 
     stage: int
@@ -80,6 +94,19 @@ class StageResult:
     _cache: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
     _backend: Any = dataclasses.field(default=None, repr=False)
     _batch_id: int = dataclasses.field(default=0, repr=False)
+    fetch_pooled_features: Optional[Callable[[], np.ndarray]] = dataclasses.field(default=None, repr=False)
+
+    def pooled_features(self) -> np.ndarray:
+        """(rows, channels) float32 host copy of ``feat{k}`` pooled by :func:`pool_features`."""
+        if self.fetch_pooled_features is None:
+            raise RuntimeError(
+                f"stage {self.stage} passes no features on (the last stage), or the backend cannot read them"
+            )
+        if self._backend is not None and self._backend._batch_id != self._batch_id:
+            raise RuntimeError(
+                "this stage result belongs to an earlier batch; read its features before the next start()"
+            )
+        return self.fetch_pooled_features()
 
     def exit_output(self, rows: Optional[Sequence[int]] = None) -> np.ndarray:
         """Host copy of this exit's output (logits or embeddings) for ``rows`` (indices into this result)."""
@@ -117,8 +144,10 @@ class Backend(abc.ABC):
       make it the held "features" that stage 0 will read.
     * ``run_stage_impl(k, keep_rows)``: if ``keep_rows`` is not None, compact the held features to
       those rows (in that order) first; run stage k; hold its ``feat{k}`` output for stage k+1;
-      return a :class:`StageResult` whose ``confidence`` is on the host. Leave ``latency_ms`` as
-      ``nan`` to let the base class fill in host wall time.
+      return a :class:`StageResult` whose ``confidence`` is on the host, and (for every stage but
+      the last) whose ``fetch_pooled_features`` returns :func:`pool_features` of ``feat{k}`` for
+      its rows, read when asked. Leave ``latency_ms`` as ``nan`` to let the base class fill in
+      host wall time.
     * ``run_full_impl(batch)`` (optional): run the monolithic ``full_model`` for benchmarks.
     """
 

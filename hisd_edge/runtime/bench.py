@@ -8,7 +8,8 @@ reported:
   ratio is the median of per-repetition ratios, each pair run back to back);
 * **per-exit cost**: latency of reaching exit k (forced exit, batch 1) vs the full model;
 * **early exit** at the bundle's thresholds vs the monolithic model, per sample at batch 1:
-  mean latency, speedup and top-1 accuracy (labelled data only);
+  mean latency, speedup and top-1 accuracy (labelled data only); with the bundle's input guard
+  (as ``run`` uses it) unless ``guard=False``, and the thresholds' certificate alongside;
 * **oracle exit**: each sample leaves at the first exit that is right (the limit for any policy);
 * **throughput** at batch 32 with per-sample exits (compaction) vs the monolithic model;
 * **exit decision cost**: the time the early-exit loop spends outside the stages (scoring,
@@ -30,7 +31,9 @@ import numpy as np
 from hisd_edge.errors import InputError
 from hisd_edge.runtime.backend import create_backend, run_chain
 from hisd_edge.runtime.early_exit import run_early_exit
+from hisd_edge.runtime.guard import InputGuard, guard_from_bundle
 from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, policy_from_manifest
+from hisd_edge.runtime.risk import certificate_of, certificate_text
 from hisd_edge.runtime.thresholds import collect_exit_outputs, exit_predictions, fit_thresholds
 
 TARGETS = {"chain_overhead": 1.03, "speedup": 3.0, "accuracy_drop_points": 0.5, "vs_oracle": 1.2}
@@ -74,6 +77,7 @@ def compare_per_sample(
     exit_kind: str = "logits",
     rng: Optional[np.random.Generator] = None,
     progress: bool = False,
+    guard: Optional[InputGuard] = None,
 ) -> Dict[str, Any]:
     """Early exit vs the monolithic model (and the oracle exit, when given), one sample at a time.
 
@@ -103,7 +107,7 @@ def compare_per_sample(
         for name in order:
             begin = time.perf_counter()
             if name == "ee":
-                results, trace = run_early_exit(runner, policy, x)
+                results, trace = run_early_exit(runner, policy, x, guard=guard)
                 ee_ms[p, i] = (time.perf_counter() - begin) * 1e3
                 decision_ms[p, i] = trace.decision_ms
                 ee_exit[i] = -1 if results[0].exit is None else int(results[0].exit)
@@ -154,6 +158,7 @@ def run_bench(
     progress: bool = False,
     seed: int = 0,
     max_drop_points: float = 0.5,
+    guard: bool = True,
 ) -> Dict[str, Any]:
     """Measure everything in the module docstring; returns a JSON-ready report.
 
@@ -177,6 +182,8 @@ def run_bench(
         data_label = f"{data} ({len(tensors)} samples)"
     recorded = bundle.policy
     policy_note = "manifest (calibrated)" if recorded.get("calibrated") else "manifest (not calibrated)"
+    certificate = certificate_of(recorded)
+    input_guard = guard_from_bundle(bundle) if guard and exit_kind == "logits" else None
     if calibrate_on is None and not recorded.get("calibrated") and data == "default:test":
         calibrate_on = "default:val"
     budget = max(seconds, 1.0)
@@ -184,16 +191,22 @@ def run_bench(
         backend, bundle, precision=precision, load_full_model=True, **(backend_options or {})
     ) as runner:
         if calibrate_on is not None:
-            calibration, _ = fit_thresholds(
+            calibration, fitted = fit_thresholds(
                 bundle,
                 calibrate_on,
                 policy_kind=recorded.get("kind"),
                 write=False,
                 max_drop_points=max_drop_points,
                 runner=runner,
+                guard_false_alarms=0,  # the bundle's guard is what run uses
             )
             policy: ExitPolicy = calibration.policy
             policy_note = f"fitted on {calibrate_on} for this run (max drop {max_drop_points:g} points; not written)"
+            certificate = {
+                **calibration.certificate,
+                "data": calibrate_on,
+                "data_fingerprint": fitted["data_fingerprint"],
+            }
         else:
             policy = policy_from_manifest(recorded, num, exit_kind)
         report: Dict[str, Any] = {
@@ -207,6 +220,8 @@ def run_bench(
             },
             "policy": policy.to_manifest(),
             "policy_source": policy_note,
+            "certificate": certificate,
+            "guard": None if input_guard is None else input_guard.describe(),
         }
         report["backend"] = runner.describe()
         report["full_model"] = (
@@ -287,6 +302,7 @@ def run_bench(
             exit_kind=exit_kind,
             rng=rng,
             progress=progress,
+            guard=input_guard,
         )
         ee_mean = compared["early_exit"]["mean_latency_ms"]
         early = compared["early_exit"]
@@ -309,7 +325,7 @@ def run_bench(
 
         def ee_all() -> None:
             for b in batches:
-                _, trace = run_early_exit(runner, policy, b)
+                _, trace = run_early_exit(runner, policy, b, guard=input_guard)
                 ee_batch_decision.append(trace.decision_ms)
 
         def full_all() -> None:
@@ -392,6 +408,8 @@ def format_bench(report: Dict[str, Any]) -> str:
         f"data {report['data']}; policy {report['policy']['kind']} "
         + ",".join("never" if t is None else f"{t:.4g}" for t in report["policy"]["thresholds"][:-1])
         + f" ({report['policy_source']})",
+        certificate_text(report.get("certificate") or {}),
+        (report.get("guard") or "input guard: none") + " (on in the early-exit rows, as in run)",
         "",
         f"{report.get('full_model', 'monolithic full model')} vs all stages chained (median ms)",
     ]

@@ -5,6 +5,12 @@ exit outputs are fetched now, only for them), compact the batch to the rest, run
 and so on; the last exit takes whoever is left. Results come back in input order. ``exit_at=K``
 forces every row to leave at exit K (a fixed budget).
 
+With an input guard (:mod:`hisd_edge.runtime.guard`, on by default once a bundle has one), every
+row is also scored at exit 0 for being out of distribution (from stage 0's pooled features and the
+input's statistics): a flagged row may not leave early (it runs to the last exit, or with
+``abstain`` stops at once without a class) and its result carries ``out_of_distribution``. With a live audit (:mod:`hisd_edge.runtime.audit`), a seeded sample of
+the rows that left early also runs to the last exit, and the two classes are compared.
+
 :class:`EarlyExitRuntime` is the public API: open a bundle (its checksums are verified), pick a
 backend, and infer on raw images (preprocessed with the manifest's preprocessing, the function
 the converter used) or on already-preprocessed tensors.
@@ -22,8 +28,9 @@ import numpy as np
 
 from hisd_edge.bundle import Bundle
 from hisd_edge.errors import HisdError, InputError
-from hisd_edge.preprocess import preprocess_image
+from hisd_edge.preprocess import InputScaleError, check_input_scale, prepare_tensors, preprocess_image
 from hisd_edge.runtime.backend import Backend, create_backend
+from hisd_edge.runtime.guard import FLAG_ABSTAINED, FLAG_OUT_OF_DISTRIBUTION, InputGuard, guard_from_bundle
 from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, make_policy, policy_from_manifest
 
 FLAG_NONFINITE_INPUT = "nonfinite_input"  # NaN or inf in the (preprocessed) input
@@ -40,6 +47,8 @@ class ExitResult:
     latency of the stage-k run this input took part in (the whole batch's run: rows of one batch
     run together), so ``latency_ms`` (their sum) is the compute time this input waited for.
     ``error`` is set (and everything else empty) when the input could not be used at all.
+    ``ood_score`` is the input guard's score (None without a guard); ``audit`` is set for an
+    audited input: ``{"final_class": ..., "agrees": ...}``.
     """
 
     index: int
@@ -53,6 +62,8 @@ class ExitResult:
     stage_latency_ms: List[float] = dataclasses.field(default_factory=list)
     flags: List[str] = dataclasses.field(default_factory=list)
     error: Optional[str] = None
+    ood_score: Optional[float] = None
+    audit: Optional[Dict[str, Any]] = None
 
     @property
     def latency_ms(self) -> float:
@@ -66,7 +77,7 @@ class ExitResult:
         out = dataclasses.asdict(self)
         out["latency_ms"] = round(self.latency_ms, 4) if self.ok else None
         out["stage_latency_ms"] = [round(v, 4) for v in self.stage_latency_ms]
-        for key in ("confidence", "score"):
+        for key in ("confidence", "score", "ood_score"):
             value = out[key]
             if value is not None and not math.isfinite(value):
                 out[key] = None  # JSON has no NaN/inf; the flags say why
@@ -109,12 +120,15 @@ def run_early_exit(
     exit_at: Optional[int] = None,
     names: Optional[Sequence[str]] = None,
     first_index: int = 0,
+    guard: Optional[InputGuard] = None,
+    abstain: bool = False,
 ) -> Tuple[List[ExitResult], BatchTrace]:
     """Run one preprocessed batch with per-sample exits; results in input order.
 
     The backend must be active. ``exit_at`` forces every row to leave at that exit (the policy
-    is not consulted). Written for a small constant cost per stage: this loop is the price of
-    early exit (see ``hisd-edge bench``, "exit decision cost").
+    is not consulted; the guard still flags). ``guard``: rows it flags at exit 0 may not leave
+    early, or with ``abstain`` leave there without a class. Written for a small constant cost per
+    stage: this loop is the price of early exit (see ``hisd-edge bench``, "exit decision cost").
     """
     begin = time.perf_counter()
     num = backend.num_stages
@@ -124,7 +138,16 @@ def run_early_exit(
     n = len(batch)
     if n == 1:
         return _run_one(
-            backend, policy, batch, begin, class_names, names[0] if names else f"#{first_index}", first_index, exit_at
+            backend,
+            policy,
+            batch,
+            begin,
+            class_names,
+            names[0] if names else f"#{first_index}",
+            first_index,
+            exit_at,
+            guard,
+            abstain,
         )
     nonfinite_in = _nonfinite_rows(batch)
     embedding = policy.exit_kind == "embedding"
@@ -136,12 +159,19 @@ def run_early_exit(
     stage_ms: List[float] = []
     stage_rows: List[int] = []
     last_stage = num - 1 if exit_at is None else exit_at
+    ood_scores: Optional[np.ndarray] = None  # per input position
+    flagged: Optional[np.ndarray] = None  # per active row; None: nobody flagged
     for k in range(last_stage + 1):
         res = backend.run_stage(k, keep)
         stage_ms.append(res.latency_ms)
         stage_rows.append(res.rows)
         final = k == last_stage
         keep = None  # unless rows leave below, the held features stay as they are
+        if k == 0 and guard is not None:
+            ood_scores = guard.score_batch(batch, res)
+            flagged = guard.flags(ood_scores)
+            if not flagged.any():
+                flagged = None
         if not final and exit_at is not None and not needs_outputs:
             continue  # forced exit further on and no policy state to update
         outputs = res.exit_output() if (needs_outputs or final) else None
@@ -151,6 +181,8 @@ def run_early_exit(
             if exit_at is not None:
                 continue
             mask = policy.leaves(k, scores)
+            if flagged is not None:
+                mask = (mask | flagged) if (abstain and k == 0) else (mask & ~flagged)
             count = int(np.count_nonzero(mask))
             if count == 0:
                 continue
@@ -180,7 +212,14 @@ def run_early_exit(
                 score=float(scores[row]),
                 stage_latency_ms=list(stage_ms),
                 flags=flags,
+                ood_score=None if ood_scores is None else float(ood_scores[pos]),
             )
+            if flagged is not None and flagged[row]:
+                flags.append(FLAG_OUT_OF_DISTRIBUTION)
+                if abstain:
+                    flags.append(FLAG_ABSTAINED)
+                    results[pos] = item
+                    continue
             if classes is not None:
                 cls = int(classes[j])
                 item.class_index = cls
@@ -193,6 +232,10 @@ def run_early_exit(
             break
         keep = np.flatnonzero(~mask)
         active = active[keep]
+        if flagged is not None:
+            flagged = flagged[keep]
+            if not flagged.any():
+                flagged = None
         if state:
             state = policy.compact(state, keep)
     total_ms = (time.perf_counter() - begin) * 1e3
@@ -208,6 +251,8 @@ def _run_one(
     name: str,
     index: int,
     exit_at: Optional[int],
+    guard: Optional[InputGuard] = None,
+    abstain: bool = False,
 ) -> Tuple[List[ExitResult], BatchTrace]:
     """:func:`run_early_exit` for a single input (a camera stream's case), with Python scalars for
     the bookkeeping: the same scores and the same comparison, a third of the overhead."""
@@ -216,20 +261,38 @@ def _run_one(
     thresholds = policy.score_thresholds()
     needs_outputs = policy.needs_outputs
     stage_ms: List[float] = []
+    ood_score: Optional[float] = None
+    flagged = False
     for k in range(last + 1):
         res = backend.run_stage(k)
         stage_ms.append(res.latency_ms)
+        if k == 0 and guard is not None:
+            ood_score = float(guard.score_batch(batch, res)[0])
+            flagged = not ood_score <= guard.threshold  # NaN is flagged
+            if flagged and abstain:
+                score = float("nan")
+                break
         scores = policy.step(k, res.confidence, res.exit_output() if needs_outputs else None, state)
         score = float(scores[0])
-        if k == last or (exit_at is None and score >= thresholds[k]):  # NaN never leaves early (as in leaves())
+        if k == last or (exit_at is None and not flagged and score >= thresholds[k]):  # NaN never leaves early
             break
-    out = res.exit_output()
     flags = []
     if _nonfinite_rows(batch) is not None:
         flags.append(FLAG_NONFINITE_INPUT)
+    if flagged:
+        flags.append(FLAG_OUT_OF_DISTRIBUTION)
+        if abstain:
+            flags.append(FLAG_ABSTAINED)
+            item = ExitResult(
+                index, name, exit=k, score=None, stage_latency_ms=stage_ms, flags=flags, ood_score=ood_score
+            )
+            return [item], BatchTrace(stage_ms, [1] * len(stage_ms), (time.perf_counter() - begin) * 1e3)
+    out = res.exit_output()
     if _nonfinite_rows(out) is not None:
         flags.append(FLAG_NONFINITE_OUTPUT)
-    item = ExitResult(index=index, name=name, exit=k, score=score, stage_latency_ms=stage_ms, flags=flags)
+    item = ExitResult(
+        index=index, name=name, exit=k, score=score, stage_latency_ms=stage_ms, flags=flags, ood_score=ood_score
+    )
     if policy.exit_kind == "embedding":
         item.embedding = out[0].tolist()
     else:
@@ -245,8 +308,12 @@ class EarlyExitRuntime:
     """A bundle, a backend and an exit policy, ready to infer.
 
     ``policy`` may be None (use the manifest's), a policy kind (thresholds from the manifest when
-    it records that kind), a manifest-style dict, or an :class:`ExitPolicy`. Use as a context
-    manager, or call :meth:`activate` / :meth:`deactivate`.
+    it records that kind), a manifest-style dict, or an :class:`ExitPolicy`. ``guard``: True (the
+    default) uses the bundle's calibrated input guard when it has one, False none, or an
+    :class:`InputGuard`; ``abstain`` makes flagged inputs stop at exit 0 without a class.
+    ``audit``: a :class:`~hisd_edge.runtime.audit.LiveAudit` (``run --audit N``). ``input_scale``:
+    how float arrays are scaled (:mod:`hisd_edge.preprocess`). Use as a context manager, or call
+    :meth:`activate` / :meth:`deactivate`.
     """
 
     def __init__(
@@ -257,11 +324,26 @@ class EarlyExitRuntime:
         policy: Union[str, Dict[str, Any], ExitPolicy, None] = None,
         exit_at: Optional[int] = None,
         thresholds: Optional[Sequence[Optional[float]]] = None,
+        guard: Union[bool, InputGuard] = True,
+        abstain: bool = False,
+        audit: Any = None,
+        input_scale: str = "auto",
         **backend_options: Any,
     ):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.exit_kind = bundle_exit_kind(self.bundle.exits)
         self.policy = self._resolve_policy(policy, thresholds)
+        if isinstance(guard, InputGuard):
+            self.guard: Optional[InputGuard] = guard
+        else:
+            self.guard = guard_from_bundle(self.bundle) if guard and self.exit_kind == "logits" else None
+        if abstain and self.guard is None:
+            raise InputError(
+                "--abstain needs the bundle's input guard; calibrate one with hisd-edge thresholds (and drop --no-guard)"
+            )
+        self.abstain = abstain
+        self.audit = audit
+        self.input_scale = check_input_scale(input_scale)
         self.exit_at = exit_at
         if exit_at is not None and not 0 <= exit_at < self.bundle.num_stages:
             raise InputError(f"--exit-at {exit_at}: the bundle has exits 0..{self.bundle.num_stages - 1}")
@@ -323,7 +405,7 @@ class EarlyExitRuntime:
         exit_at = self.exit_at if exit_at is None else exit_at
         limit = self.backend.max_batch
         if limit <= 0 or len(batch) <= limit:
-            return run_early_exit(
+            results, trace = run_early_exit(
                 self.backend,
                 self.policy,
                 batch,
@@ -331,20 +413,53 @@ class EarlyExitRuntime:
                 exit_at=exit_at,
                 names=names,
                 first_index=first_index,
+                guard=self.guard,
+                abstain=self.abstain,
             )
-        results: List[ExitResult] = []
-        for start in range(0, len(batch), limit):
-            part, trace = run_early_exit(
-                self.backend,
-                self.policy,
-                batch[start : start + limit],
-                class_names=self.class_names,
-                exit_at=exit_at,
-                names=None if names is None else names[start : start + limit],
-                first_index=first_index + start,
-            )
-            results.extend(part)
+        else:
+            results = []
+            for start in range(0, len(batch), limit):
+                part, trace = run_early_exit(
+                    self.backend,
+                    self.policy,
+                    batch[start : start + limit],
+                    class_names=self.class_names,
+                    exit_at=exit_at,
+                    names=None if names is None else names[start : start + limit],
+                    first_index=first_index + start,
+                    guard=self.guard,
+                    abstain=self.abstain,
+                )
+                results.extend(part)
+        if self.audit is not None:
+            self._audit(batch, results)
         return results, trace
+
+    def _audit(self, batch: np.ndarray, results: List[ExitResult]) -> None:
+        """Run the sampled rows that left early to the last exit and compare the classes."""
+        picks = self.audit.choose(len(results))
+        if not picks.any():
+            return
+        last = self.backend.num_stages - 1
+        chosen = np.flatnonzero(picks)
+        rerun = []
+        for i in chosen:
+            taken = results[int(i)].exit
+            if taken is not None and taken < last and results[int(i)].class_index is not None:  # abstained: no class
+                rerun.append(int(i))
+        finals: Dict[int, int] = {}
+        limit = self.backend.max_batch if self.backend.max_batch > 0 else len(rerun)
+        for start in range(0, len(rerun), max(limit, 1)):
+            rows = rerun[start : start + limit]
+            full, _ = run_early_exit(self.backend, self.policy, batch[rows], exit_at=last)
+            finals.update({row: int(r.class_index) for row, r in zip(rows, full) if r.class_index is not None})
+        for i in chosen:
+            result = results[int(i)]
+            if result.class_index is None:
+                continue
+            final = finals.get(int(i), result.class_index)
+            result.audit = {"final_class": final, "agrees": final == result.class_index}
+            self.audit.record(final == result.class_index, result.index)
 
     def infer(
         self, images: Sequence[Optional[np.ndarray]], names: Optional[Sequence[str]] = None, first_index: int = 0
@@ -378,12 +493,15 @@ class EarlyExitRuntime:
                         f"{item.name}: preprocessed sample of shape {tuple(item.tensor.shape)}, the model expects "
                         f"{shape}; pass raw images instead"
                     )
-                tensors.append(np.asarray(item.tensor, dtype=np.float32))
+                tensor = np.asarray(item.tensor, dtype=np.float32)[None]
+                tensors.append(prepare_tensors(tensor, self.preprocessing, item.name, self.input_scale)[0])
                 positions.append(i)
                 continue
             try:
-                tensors.append(preprocess_image(item.image, self.preprocessing, item.name))
+                tensors.append(preprocess_image(item.image, self.preprocessing, item.name, self.input_scale))
                 positions.append(i)
+            except InputScaleError:
+                raise  # the whole input is on the wrong scale: one line, not one error per item
             except HisdError as exc:
                 results[i] = ExitResult(index=first_index + i, name=item.name, error=" ".join(str(exc).split()))
         trace = None

@@ -1,9 +1,10 @@
 """Fit thresholds on one split, then measure early exit on another: the demo's early-exit step.
 
-:func:`evaluate_early_exit` calibrates the bundle's thresholds on ``default:val`` (written into the
-manifest), runs ``default:test`` one sample at a time through the early-exit runtime and through
-the monolithic full model, interleaved, and returns the exit distribution, accuracy, mean latency
-and speedup; :func:`format_early_exit` renders it as text.
+:func:`evaluate_early_exit` calibrates the bundle's thresholds on ``default:val`` (certified by
+default; written into the manifest with the input guard), runs ``default:test`` one sample at a
+time through the early-exit runtime (with the guard, as ``run`` does) and through the monolithic
+full model, interleaved, and returns the exit distribution, accuracy, mean latency, speedup and
+what the thresholds promise; :func:`format_early_exit` renders it as text.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class EarlyExitSummary:
     full_mean_latency_ms: float
     expected_speedup_val: float  # what the calibration predicted from stage costs on the validation split
     full_model: str = "monolithic full model"  # what the "full" figures ran (the backend's full_model_label)
+    certificate: Dict[str, Any] = dataclasses.field(default_factory=dict)  # policy.certificate (hisd_edge.bundle)
+    guard: Optional[str] = None  # the input guard used on the test split (None: none)
+    flagged: int = 0  # test samples the guard flagged as out of distribution
 
     @property
     def speedup(self) -> float:
@@ -50,6 +54,8 @@ def evaluate_early_exit(
     val: str = "default:val",
     test: str = "default:test",
     max_drop_points: float = 0.5,
+    method: str = "certified",
+    confidence: float = 0.9,
     policy_kind: Optional[str] = None,
     backend: str = "onnxruntime",
     write: bool = True,
@@ -66,6 +72,8 @@ def evaluate_early_exit(
     from hisd_edge.data import load_samples
     from hisd_edge.runtime.backend import create_backend
     from hisd_edge.runtime.bench import compare_per_sample
+    from hisd_edge.runtime.early_exit import run_early_exit
+    from hisd_edge.runtime.guard import FLAG_OUT_OF_DISTRIBUTION, guard_from_bundle
     from hisd_edge.runtime.policies import bundle_exit_kind
     from hisd_edge.runtime.thresholds import fit_thresholds
 
@@ -74,16 +82,23 @@ def evaluate_early_exit(
     tensors = samples.tensors(opened.preprocessing)
     exit_kind = bundle_exit_kind(opened.exits)
     with create_backend(backend, opened, load_full_model=True, **(backend_options or {})) as runner:
-        calibration, _details = fit_thresholds(
+        calibration, details = fit_thresholds(
             opened,
             val,
             max_drop_points=max_drop_points,
+            method=method,
+            confidence=confidence,
             policy_kind=policy_kind,
             count=val_count,
             write=write,
             progress=progress,
             runner=runner,
         )
+        guard = guard_from_bundle(opened) if write and exit_kind == "logits" else None
+        flagged = 0
+        if guard is not None:
+            results, _ = run_early_exit(runner, calibration.policy, tensors, guard=guard)
+            flagged = sum(FLAG_OUT_OF_DISTRIBUTION in r.flags for r in results)
         for _ in range(3):  # warm-up
             runner.run_full(tensors[:1])
         compared = compare_per_sample(
@@ -94,6 +109,7 @@ def evaluate_early_exit(
             passes=passes,
             exit_kind=exit_kind,
             progress=progress,
+            guard=guard,
         )
         full_model = runner.full_model_label
     early = compared["early_exit"]
@@ -112,14 +128,33 @@ def evaluate_early_exit(
         full_mean_latency_ms=early["full_mean_latency_ms"],
         expected_speedup_val=calibration.speedup,
         full_model=full_model,
+        certificate={**calibration.certificate, "data": val, "data_fingerprint": details["data_fingerprint"]},
+        guard=None if guard is None else guard.describe(),
+        flagged=flagged,
     )
 
 
 def format_early_exit(summary: EarlyExitSummary) -> str:
-    """A few lines for the demo."""
-    thresholds = ", ".join("never" if t is None else f"{t:.3g}" for t in summary.policy["thresholds"][:-1])
+    """A few lines for the demo: what the thresholds promise, then what they did on the test split."""
+    from hisd_edge.runtime.risk import RISK_NAMES, certificate_text
+
+    thresholds = ", ".join("never" if t is None else f"{t:.6g}" for t in summary.policy["thresholds"][:-1])
+    cert = summary.certificate
     lines = [
         f"thresholds ({summary.policy['kind']}) fitted on {summary.val_data}: {thresholds}",
+        certificate_text(cert),
+    ]
+    if cert.get("method") == "certified":
+        lines.append(
+            f"  what {summary.val_data} can certify: at best {cert['best_certifiable_points']:.3g} points "
+            f"({RISK_NAMES[cert['risk']]}) at confidence {cert['confidence']:g}, from its {cert['count']} samples "
+            "(a tighter bound needs more samples)"
+        )
+    if summary.guard:
+        lines.append(
+            f"{summary.guard}; flagged {summary.flagged} of {summary.count} test samples (they run to the last exit)"
+        )
+    lines += [
         f"early exit on {summary.test_data} ({summary.count} samples, one at a time):",
         "  exit distribution  " + "  ".join(f"exit {k}: {100 * f:.1f}%" for k, f in enumerate(summary.exit_fractions)),
     ]
@@ -134,6 +169,6 @@ def format_early_exit(summary: EarlyExitSummary) -> str:
     lines.append(
         f"  speedup            {summary.speedup:.2f}x over the {summary.full_model} "
         f"(calibration predicted {summary.expected_speedup_val:.2f}x on the validation split, "
-        f"relative to running every stage)"
+        f"relative to running every stage, without the guard)"
     )
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hisd_edge.errors import BundleError, DependencyError, HisdError, InputError, first_line
-from hisd_edge.runtime.backend import Backend, FullResult, StageResult, softmax_max, stage_precisions
+from hisd_edge.runtime.backend import Backend, FullResult, StageResult, pool_features, softmax_max, stage_precisions
 from hisd_edge.runtime.ort_session import graph_optimization_for, import_onnxruntime, open_session
 
 LOG = logging.getLogger("hisd_edge.runtime")
@@ -338,7 +338,11 @@ class OnnxRuntimeBackend(Backend):
             # Copies: the buffer is reused by the next batch.
             return exit_out.astype(np.float32) if rows is None else exit_out[rows].astype(np.float32, copy=False)
 
-        return StageResult(k, int(held.shape[0]), confidence, float("nan"), fetch)
+        result = StageResult(k, int(held.shape[0]), confidence, float("nan"), fetch)
+        if self._held is not None:
+            feat = self._held
+            result.fetch_pooled_features = lambda: pool_features(feat)
+        return result
 
     def run_full_impl(self, batch: np.ndarray) -> FullResult:
         full = self._load_full()

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from hisd_edge.errors import BundleError, DependencyError, DeviceError, InputError
-from hisd_edge.runtime.backend import Backend, FullResult, StageResult, softmax_max
+from hisd_edge.runtime.backend import Backend, FullResult, StageResult, pool_features, softmax_max
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -212,6 +212,7 @@ class TensorRTBackend(Backend):
         self._scratch: Optional[DeviceBuffer] = None
         self._feat_ptrs: List[int] = []
         self._fetch_event: Optional[Event] = None
+        self._feat_hosts: Dict[int, HostBuffer] = {}  # pinned copies of feat{k} for the input guard
         self._held_ptr = 0
         self._held_count = 0
         self.zero_copy = False
@@ -462,6 +463,7 @@ class TensorRTBackend(Backend):
                 if slot.graph is not None:
                     slot.graph.free()
         self._uncapturable = collections.OrderedDict()
+        self._feat_hosts = {}
         self._stages = []  # contexts before engines before the runtime
         self._full = None
         self._loaded = None
@@ -676,7 +678,25 @@ class TensorRTBackend(Backend):
             confidence = np.array(stage.conf.host.array[:rows], dtype=np.float32).reshape(-1)
         elif self.bundle.exits[k].get("kind", "logits") == "logits":
             confidence = softmax_max(fetch(None))  # no fused confidence in this bundle: all logits come back
-        return StageResult(k, rows, confidence, latency_ms, fetch)
+        result = StageResult(k, rows, confidence, latency_ms, fetch)
+        if stage.feat is not None:
+            result.fetch_pooled_features = lambda: self._pooled_features(stage, rows)
+        return result
+
+    def _pooled_features(self, stage: _Stage, rows: int) -> np.ndarray:
+        """Copy ``feat{k}`` of ``rows`` rows to a pinned host buffer (made on first use) and pool it
+        there: for the input guard, once per batch at exit 0."""
+        assert stage.feat is not None and self._cuda is not None and self._stream is not None
+        assert self._fetch_event is not None
+        host = self._feat_hosts.get(stage.index)
+        if host is None:
+            host = self._feat_hosts[stage.index] = self._host(
+                (self.max_batch, *stage.feat.sample_shape), stage.feat.dtype, mapped=False
+            )
+        self._cuda.copy_dtoh_async(host.array[:rows], self._feat_ptrs[stage.index], self._stream)
+        self._fetch_event.record(self._stream)
+        self._fetch_event.synchronize()
+        return pool_features(host.array[:rows])
 
     def run_full_impl(self, batch: np.ndarray) -> FullResult:
         """The monolithic engine on ``batch``; without one, every stage in turn (no early exit)."""

@@ -277,7 +277,7 @@ def test_user_onnx_with_a_fixed_batch_of_one(tiny_model_and_meta, tmp_path):
     from hisd_edge.runtime import open_runtime
     from hisd_edge.runtime.thresholds import fit_thresholds
 
-    cal, _ = fit_thresholds(Bundle.open(tmp_path / "b1"), "default:val", count=7, write=False)
+    cal, _ = fit_thresholds(Bundle.open(tmp_path / "b1"), "default:val", count=7, write=False, method="empirical")
     assert len(cal.exit_fractions) == 3
     with open_runtime(tmp_path / "b1") as runtime:
         results, _ = runtime.infer_tensors(np.zeros((5, 1, 28, 28), np.float32))

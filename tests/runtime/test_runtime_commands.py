@@ -44,7 +44,8 @@ def test_run_table_json_and_per_item_errors(cli, tiny_bundle, images, tmp_path):
     proc = cli("run", str(tiny_bundle), str(images), "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:4] == ["input", "exit", "class", "conf"]
+    assert lines[0].startswith("warning: thresholds are convert's uncalibrated defaults")
+    assert lines[1].split()[:4] == ["input", "exit", "class", "conf"]
     assert any("broken.png" in line and "error: cannot be decoded" in line for line in lines)
     assert "5 input(s), 4 ran, 1 error(s)" in lines[-1]
     proc = cli("run", str(tiny_bundle), str(images), "--json", "--exit-at", "1")
@@ -135,6 +136,8 @@ def test_thresholds_writes_policy_and_sweep(cli, tiny_bundle, copy_of, tmp_path)
         str(root),
         "--count",
         "150",
+        "--method",
+        "empirical",
         "--max-drop",
         "1",
         "--costs",
@@ -158,6 +161,8 @@ def test_thresholds_writes_policy_and_sweep(cli, tiny_bundle, copy_of, tmp_path)
         str(root),
         "--count",
         "100",
+        "--method",
+        "empirical",
         "--policy",
         "entropy",
         "--dry-run",

@@ -26,6 +26,9 @@ MODULES = [
     "hisd_edge.runtime.early_exit",
     "hisd_edge.runtime.sources",
     "hisd_edge.runtime.thresholds",
+    "hisd_edge.runtime.risk",
+    "hisd_edge.runtime.guard",
+    "hisd_edge.runtime.audit",
     "hisd_edge.runtime.bench",
     "hisd_edge.runtime.evaluate",
     "hisd_edge.commands.run",
@@ -69,7 +72,7 @@ def test_run_and_thresholds_work_without_torch(tiny_bundle, copy_of):
     code = f"""
 from hisd_edge.cli import main
 assert main(['run', {str(root)!r}, 'default:val', '--json', '--batch-size', '8']) == 0
-assert main(['thresholds', {str(root)!r}, '--count', '60', '--dry-run', '--no-progress',
+assert main(['thresholds', {str(root)!r}, '--count', '60', '--method', 'empirical', '--dry-run', '--no-progress',
              '--sweep-csv', {str(root / "sweep.csv")!r}]) == 0
 check()
 print('ok')

@@ -182,7 +182,7 @@ def test_sweep_csv(tmp_path):
 def test_fit_writes_the_policy_atomically(tiny_bundle, copy_of):
     root = copy_of(tiny_bundle)
     bundle = Bundle.open(root)
-    cal, details = fit_thresholds(bundle, "default:val", max_drop_points=1.0, count=120)
+    cal, details = fit_thresholds(bundle, "default:val", max_drop_points=1.0, count=120, method="empirical")
     reopened = Bundle.open(root)  # checksums still verify
     policy = reopened.policy
     assert policy["calibrated"] is True and policy["kind"] == "max_prob"
@@ -200,7 +200,9 @@ def test_fit_writes_the_policy_atomically(tiny_bundle, copy_of):
 
 def test_embedding_exits_calibrate_stability_with_class_centroids(embedding_bundle, copy_of):
     root = copy_of(embedding_bundle)
-    cal, _details = fit_thresholds(Bundle.open(root), "default:val", max_drop_points=5.0, count=80, grid=10)
+    cal, _details = fit_thresholds(
+        Bundle.open(root), "default:val", max_drop_points=5.0, count=80, grid=10, method="empirical"
+    )
     assert cal.policy.kind == "stability" and cal.policy.thresholds[-1] is None
     assert cal.accuracy >= cal.final_accuracy - 0.05 - 1e-9
     # exit 0 has no previous embedding: its score is -inf, so it can never be chosen to leave there
@@ -223,5 +225,7 @@ def test_a_folder_of_some_classes_is_scored_in_the_model_class_order(converted_b
         (tmp_path / str(cls)).mkdir()
         for i in np.flatnonzero(val.labels == cls)[:20]:
             cv2.imwrite(str(tmp_path / str(cls) / f"{i}.png"), val.images[i])
-    cal, _ = fit_thresholds(Bundle.open(converted_bundle), str(tmp_path), max_drop_points=0.0, write=False)
+    cal, _ = fit_thresholds(
+        Bundle.open(converted_bundle), str(tmp_path), max_drop_points=0.0, write=False, method="empirical"
+    )
     assert cal.final_accuracy > 0.8  # scored against classes 0/1 it would be ~0
