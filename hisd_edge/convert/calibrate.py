@@ -111,22 +111,30 @@ def resolve_recipe(
 class CalibrationSet:
     """Preprocessed calibration inputs plus what was skipped on the way."""
 
-    inputs: np.ndarray
+    inputs: np.ndarray  # or a calib_stats.LazyInputs: sliceable, preprocessed on demand
     source: str
     skipped: List[Tuple[str, str]]
 
 
 def load_calibration_set(recipe: CalibrationRecipe, spec: Any, strict: bool = False) -> CalibrationSet:
-    """Read the recipe's images and preprocess them with the model's own preprocessing."""
+    """Read the recipe's images; they are preprocessed (with the model's own preprocessing) a
+    batch at a time when used, so the float inputs of all images never sit in memory at once."""
+    from hisd_edge.convert.calib_stats import LazyInputs
     from hisd_edge.data import load_samples
 
     samples = load_samples(recipe.source, count=recipe.count, strict=strict, seed=recipe.seed)
-    inputs = samples.tensors(spec)
-    if len(inputs) == 0:
+    if len(samples) == 0:
         raise InputError(f"{recipe.source}: the calibration source holds no usable images")
-    if not np.all(np.isfinite(inputs)):
-        raise InputError(f"{recipe.source}: calibration inputs contain NaN or infinity; check the source")
-    return CalibrationSet(inputs=inputs, source=recipe.source, skipped=list(samples.skipped))
+
+    def make(start: int, stop: int) -> np.ndarray:
+        batch = samples.subset(range(start, stop)).tensors(spec)
+        if not np.all(np.isfinite(batch)):
+            raise InputError(f"{recipe.source}: calibration inputs contain NaN or infinity; check the source")
+        return batch
+
+    inputs = LazyInputs(len(samples), make)
+    inputs[0 : min(len(samples), 64)]  # fail early on a bad source, before any heavy work
+    return CalibrationSet(inputs=inputs, source=recipe.source, skipped=list(samples.skipped))  # type: ignore[arg-type]
 
 
 def equal_batch_size(count: int, limit: int = _BATCH) -> int:
@@ -245,14 +253,17 @@ def amax_table(tensors_data: Any) -> Dict[str, float]:
 
 @dataclasses.dataclass
 class StageCalibration:
-    """One stage's calibration: ORT's statistics and the real input they were computed on."""
+    """One stage's calibration: its histograms (:mod:`~hisd_edge.convert.calib_stats`), the
+    method that turns them into ranges, and the first few real inputs the stage saw."""
 
-    statistics: Any  # onnxruntime.quantization.TensorsData
-    inputs: np.ndarray
+    statistics: Any  # calib_stats.StageStatistics
+    inputs: np.ndarray  # up to calib_stats.SAMPLE_ROWS real inputs of this stage
     batch_size: int = _BATCH
+    method: str = DEFAULT_METHOD
+    percentile: float = DEFAULT_PERCENTILE
 
     def amax(self) -> Dict[str, float]:
-        return amax_table(self.statistics)
+        return self.statistics.amax(self.method, self.percentile)
 
 
 def calibrate_chain(
@@ -261,14 +272,31 @@ def calibrate_chain(
     calibration: CalibrationSet,
     recipe: CalibrationRecipe,
     scratch: Path,
-    batch_size: int = _BATCH,
+    batch_size: Optional[int] = None,
 ) -> List[StageCalibration]:
-    """Statistics for every stage, each on the activations the fp32 stages before it produce."""
-    results = []
-    stage_input = calibration.inputs
-    for k, path in enumerate(stage_paths):
-        statistics = compute_stage_statistics(Path(path), stage_input, recipe, scratch, batch_size)
-        results.append(StageCalibration(statistics, stage_input, batch_size))
-        if k < len(stage_paths) - 1:
-            stage_input = chain.run(stage_input, start=k, stop=k + 1)[f"feat{k}"]
-    return results
+    """Statistics for every stage, each on the activations the fp32 stages before it produce.
+
+    One pass over the images, batch by batch (:func:`~hisd_edge.convert.calib_stats.collect_chain`):
+    memory holds histograms, not activations, whatever ``--calib-count``. ``batch_size`` fixes
+    the batch (models with a fixed batch dim); by default it follows the activations' size.
+    """
+    import onnx
+
+    from hisd_edge.convert import calib_stats
+    from hisd_edge.convert.verify import make_session
+
+    models = [onnx.load(str(p)) for p in stage_paths]
+    outputs = [list(o) for o in chain.stage_outputs]
+    size = calib_stats.batch_size_for(models, fixed=batch_size)
+    threads = getattr(chain, "threads", 2)
+    try:
+        stats = calib_stats.collect_chain(
+            models, outputs, calibration.inputs, lambda m: make_session(m, threads), size
+        )
+    except (InputError, ConversionError):
+        raise
+    except Exception as exc:
+        raise ConversionError(f"calibration failed ({first_line(exc)})") from None
+    return [
+        StageCalibration(s, s.sample_inputs, size, recipe.method, float(recipe.percentile)) for s in stats
+    ]

@@ -56,6 +56,8 @@ class ConvertOptions:
     verify_count: int = VERIFY_SAMPLES
     trt_version: str = "8.5.2"  # TensorRT version named in the calibration caches' header
     confidence: bool = True  # fuse softmax->max as conf{k} outputs
+    keep_fp16: int = 0  # keep this many of the most INT8-sensitive layers out of INT8
+    sensitivity: bool = False  # measure every layer's INT8 sensitivity (done anyway when keep_fp16 > 0)
     threshold: float = DEFAULT_THRESHOLD  # default max-prob threshold of every exit but the last
     name: Optional[str] = None  # bundle name; default: the output directory's name
     progress: bool = False
@@ -73,6 +75,8 @@ class ConvertOptions:
         self.precisions = tuple(p for p in PRECISIONS if p in precisions)
         if self.max_drop_pp is not None and self.max_drop_pp < 0:
             raise InputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop_pp}")
+        if int(self.keep_fp16) < 0:
+            raise InputError(f"--keep-fp16 must be >= 0 layers, got {self.keep_fp16}")
         if self.threads <= 0 or self.verify_count <= 0:
             raise InputError("threads and verify count must be positive")
         if not 0.0 < float(self.threshold) <= 1.0:
@@ -106,6 +110,7 @@ class ConvertResult:
     verification: Dict[str, Any]
     calibration: Dict[str, Any]
     timings_s: Dict[str, float]
+    sensitivity: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # INT8 cost per layer, worst first
 
     def table(self) -> str:
         from hisd_edge.convert.validate import format_validation_table
@@ -163,9 +168,13 @@ def convert_onnx(
     preprocessing: Any = None,
     class_names: Optional[Sequence[str]] = None,
     exit_kind: str = "logits",
+    input_shape: Optional[Sequence[Optional[int]]] = None,
     **options: Any,
 ) -> ConvertResult:
     """Convert a user's multi-exit ONNX: ``exits`` name its exit tensors, shallowest first.
+
+    The graph is normalised first (:mod:`~hisd_edge.convert.normalize`); ``input_shape`` (N,C,H,W,
+    None for a dynamic dim) pins dynamic input dims.
 
     ``split_at`` optionally names the boundary tensors (one fewer than exits); otherwise they are
     found structurally. ``preprocessing`` is a :class:`~hisd_edge.preprocess.Preprocessing` or its
@@ -176,7 +185,14 @@ def convert_onnx(
 
     check_output_dir(Path(out_dir), opts.force)
     source = _onnx_source(
-        Path(onnx_path), list(exits), list(split_at) if split_at else None, preprocessing, class_names, exit_kind, opts
+        Path(onnx_path),
+        list(exits),
+        list(split_at) if split_at else None,
+        preprocessing,
+        class_names,
+        exit_kind,
+        opts,
+        input_shape,
     )
     return _convert(source, Path(out_dir), opts)
 
@@ -220,9 +236,12 @@ def convert_model(
     return _convert(source, Path(out_dir), opts)
 
 
-def list_points(source: Union[PathLike, Any], model: Any = None) -> List[Tuple[str, Any]]:
-    """Valid names for ``--exits`` / ``--split-at``: module names with output shapes for a checkpoint
-    or module, tensor names with shapes for an ONNX file."""
+def list_points(
+    source: Union[PathLike, Any], model: Any = None, input_shape: Optional[Sequence[Optional[int]]] = None
+) -> List[Tuple[str, Any]]:
+    """Valid names for ``--exits`` / ``--split-at``: torch.fx point names with shapes for a checkpoint
+    or module, tensor names with shapes for an ONNX file (normalised first; see
+    :func:`list_onnx_points` for which of them are clean cuts)."""
     from hisd_edge.convert.export import list_split_points
 
     if not isinstance(source, (str, os.PathLike)):
@@ -230,7 +249,7 @@ def list_points(source: Union[PathLike, Any], model: Any = None) -> List[Tuple[s
         return [(n, s) for n, s in list_split_points(source, spec_shape)]
     path = Path(source)
     if path.suffix.lower() == ".onnx":
-        return _onnx_points(path)
+        return [(name, shape) for name, shape, _ in list_onnx_points(path, input_shape)]
     torch_model, meta = _load_checkpoint(path, model)
     from hisd_edge.preprocess import Preprocessing
 
@@ -239,6 +258,9 @@ def list_points(source: Union[PathLike, Any], model: Any = None) -> List[Tuple[s
 
 
 def _module_input_shape(model: Any) -> Tuple[int, ...]:
+    shape = getattr(model, "input_shape", None)  # ExitsOnBackbone records its example's shape
+    if shape is not None:
+        return tuple(int(v) for v in shape)
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "input_size"):
         return (int(config.in_channels), *tuple(int(v) for v in config.input_size))
@@ -248,15 +270,18 @@ def _module_input_shape(model: Any) -> Tuple[int, ...]:
     )
 
 
-def _onnx_points(path: Path) -> List[Tuple[str, Any]]:
+def list_onnx_points(
+    path: Path, input_shape: Optional[Sequence[Optional[int]]] = None
+) -> List[Tuple[str, Any, bool]]:
+    """(tensor name, shape, clean cut?) for every tensor of the normalised ONNX that depends on the input."""
     import onnx
 
-    from hisd_edge.convert.export import infer_shapes
+    from hisd_edge.convert.export import read_normalized
     from hisd_edge.convert.split import GraphIndex
 
     try:
-        model = infer_shapes(onnx.load(str(path)))
-    except ConversionError:
+        model = read_normalized(onnx.load(str(path)), path, [], input_shape)
+    except (ConversionError, InputError):
         raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from None
@@ -273,7 +298,7 @@ def _onnx_points(path: Path) -> List[Tuple[str, Any]]:
                         d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                         for d in info.type.tensor_type.shape.dim
                     )
-                points.append((out, shape))
+                points.append((out, shape, index.is_clean_cut(out)))
     return points
 
 
@@ -381,18 +406,24 @@ def _onnx_source(
     class_names: Optional[Sequence[str]],
     exit_kind: str,
     opts: ConvertOptions,
+    input_shape: Optional[Sequence[Optional[int]]] = None,
 ) -> _Source:
     from hisd_edge.convert.export import load_onnx, model_opset, num_classes
     from hisd_edge.preprocess import Preprocessing
 
     if exit_kind not in ("logits", "embedding"):
         raise InputError(f"--exit-kind {exit_kind!r}: choose logits or embedding")
-    proto, original = load_onnx(path, exits)
+    proto, original = load_onnx(path, exits, input_shape)
     graph_input = next(i for i in proto.graph.input if i.name == "input")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
-    if len(dims) != 4 or any(d is None for d in dims[1:]):
+    if len(dims) != 4:
         raise InputError(
-            f"{path}: input shape {dims} is not N x C x H x W with fixed C, H, W; hisd-edge converts image models"
+            f"{path}: input shape {['N' if d is None else d for d in dims]} is not N x C x H x W; hisd-edge converts image models"
+        )
+    if any(d is None for d in dims[1:]):
+        raise InputError(
+            f"{path}: input dims {['N' if d is None else d for d in dims]} are dynamic beyond the batch; pin them with "
+            "--input-shape N,C,H,W (e.g. N,3,224,224)"
         )
     if preprocessing is None:
         channels = int(dims[1])  # type: ignore[arg-type]
@@ -558,6 +589,7 @@ def _build_bundle(
 
     num = source.num_exits
     with timer.step("split"):
+        export.check_exit_ranks(proto, source.exit_names, source.kinds)
         confidence: List[Optional[str]] = (
             export.add_confidence_outputs(proto, source.kinds) if opts.confidence else [None] * num
         )
@@ -573,7 +605,7 @@ def _build_bundle(
                 f"the model's input has a fixed batch of {fixed}; early exit drops finished samples from the batch, so "
                 "stages need a dynamic batch axis (or batch 1): re-export with dynamic_axes={'input': {0: 'batch'}}"
             )
-        run_batch, calib_batch = (fixed, fixed) if fixed else (256, 64)
+        run_batch, calib_batch = (fixed, fixed) if fixed else (256, None)
         if fixed:
             verify_inputs, calibration, validation_data = _trim_to_batch(
                 fixed, verify_inputs, calibration, validation_data
@@ -612,11 +644,18 @@ def _build_bundle(
                     onnx.save(half, str(path))
                     paths["fp16"].append(path)
         caches: List[Dict[str, Any]] = []
+        sensitivity: List[Dict[str, Any]] = []
+        kept_float: Dict[int, List[str]] = {}
         if "int8" in opts.precisions:
             with timer.step("calibrate"):
                 statistics = calibrate.calibrate_chain(paths["fp32"], chain, calibration, recipe, scratch, calib_batch)
             with timer.step("int8"):
                 paths["int8"] = []
+                from hisd_edge.convert import sensitivity as sens_mod
+
+                sensitivity, kept_float = sens_mod.rank_layers(
+                    stages, statistics, opts.keep_fp16, opts.sensitivity, opts.threads
+                )
                 for stage, stage_calibration in zip(stages, statistics):
                     path = tmp / writer.stage_file(stage.index, "int8")
                     quantize.quantize_int8(
@@ -625,7 +664,7 @@ def _build_bundle(
                         stage_calibration,
                         recipe.method,
                         scratch,
-                        quantize.confidence_nodes(stage.model),
+                        quantize.confidence_nodes(stage.model) + kept_float.get(stage.index, []),
                     )
                     split.check_model(onnx.load(str(path)), f"stage {stage.index} (int8)")
                     amax = stage_calibration.amax()
@@ -665,6 +704,7 @@ def _build_bundle(
                 calibration,
                 report,
                 validation,
+                kept_float,
             )
             write_manifest(tmp, manifest)
     timer.times["total"] = round(time.perf_counter() - timer.started, 3)
@@ -675,6 +715,7 @@ def _build_bundle(
         verification=report.to_dict(),
         calibration=manifest.get("calibration") or {},
         timings_s=dict(timer.times),
+        sensitivity=sensitivity,
     )
 
 
@@ -721,9 +762,12 @@ def _manifest(
     calibration: Any,
     report: Any,
     validation: Dict[str, Any],
+    kept_float: Optional[Dict[int, List[str]]] = None,
 ) -> Dict[str, Any]:
     import onnx
     import onnxruntime
+
+    kept_float = kept_float or {}
 
     from hisd_edge.convert import export, stats, writer
 
@@ -740,9 +784,11 @@ def _manifest(
                 record["calibration_cache"] = {**file_record(tmp, cache.pop("path")), **cache}
                 record["quantization"] = {
                     "format": "QDQ",
+                    "placement": "tensorrt (inputs of Conv/Gemm/MatMul and residual Add skips)",
                     "activations": "int8 per-tensor symmetric",
                     "weights": "int8 per-channel symmetric",
                     "calibration": recipe.method,
+                    "kept_float": list(kept_float.get(stage.index, [])),
                 }
             files[precision] = record
         stage_records.append(
