@@ -269,7 +269,11 @@ def _list_points(source, is_onnx, input_shape, as_json) -> int:
 
         rows = list_onnx_points(source, input_shape)
         if as_json:
-            print(json.dumps([{"name": n, "shape": list(s) if s is not None else None, "clean_cut": c} for n, s, c in rows]))
+            print(
+                json.dumps(
+                    [{"name": n, "shape": list(s) if s is not None else None, "clean_cut": c} for n, s, c in rows]
+                )
+            )
             return 0
         print("tensors (for --exits / --split-at); * = a clean cut (everything after it needs only this tensor):")
         for name, shape, clean in rows:

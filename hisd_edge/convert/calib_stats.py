@@ -64,7 +64,7 @@ class AbsHistogram:
         if self.edge == 0.0:
             self.edge = top
         elif top > self.edge:
-            factor = 2 ** int(math.ceil(math.log2(top / self.edge)))
+            factor = 2 ** math.ceil(math.log2(top / self.edge))
             if factor >= self.bins:
                 self.counts = np.concatenate([[self.counts.sum()], np.zeros(self.bins - 1)])
             else:
@@ -180,7 +180,9 @@ def calibration_tensors(model: Any) -> List[str]:
     from onnx import TensorProto
 
     graph = model.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output) + list(graph.input)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.output) + list(graph.input)
+    }
     inits = {i.name for i in graph.initializer}
     names = [i.name for i in graph.input if i.name not in inits]
     for node in graph.node:
@@ -271,4 +273,3 @@ def collect_chain(
         StageStatistics(histograms=h, sample_inputs=np.concatenate(s) if s else np.zeros((0,)), batch_size=batch_size)
         for h, s in zip(histograms, samples)
     ]
-

@@ -290,13 +290,9 @@ def calibrate_chain(
     size = calib_stats.batch_size_for(models, fixed=batch_size)
     threads = getattr(chain, "threads", 2)
     try:
-        stats = calib_stats.collect_chain(
-            models, outputs, calibration.inputs, lambda m: make_session(m, threads), size
-        )
+        stats = calib_stats.collect_chain(models, outputs, calibration.inputs, lambda m: make_session(m, threads), size)
     except (InputError, ConversionError):
         raise
     except Exception as exc:
         raise ConversionError(f"calibration failed ({first_line(exc)})") from None
-    return [
-        StageCalibration(s, s.sample_inputs, size, recipe.method, float(recipe.percentile)) for s in stats
-    ]
+    return [StageCalibration(s, s.sample_inputs, size, recipe.method, float(recipe.percentile)) for s in stats]

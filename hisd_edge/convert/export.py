@@ -403,7 +403,9 @@ def check_exit_ranks(model: Any, exit_names: Sequence[str], kinds: Sequence[str]
         info = outputs.get(exit_name(k))
         if info is None or not info.type.tensor_type.HasField("shape"):
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in info.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in info.type.tensor_type.shape.dim
+        ]
         if len(dims) != 2:
             label = exit_names[k] if k < len(exit_names) else exit_name(k)
             raise InputError(

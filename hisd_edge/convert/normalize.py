@@ -66,7 +66,9 @@ def parse_input_shape(text: Optional[str]) -> Optional[List[Optional[int]]]:
         except ValueError:
             value = 0
         if value <= 0:
-            raise InputError(f"--input-shape {text!r}: dims are positive integers or N for a dynamic batch, e.g. N,3,224,224")
+            raise InputError(
+                f"--input-shape {text!r}: dims are positive integers or N for a dynamic batch, e.g. N,3,224,224"
+            )
         dims.append(value)
     if len(dims) not in (3, 4):
         raise InputError(f"--input-shape {text!r}: give C,H,W or N,C,H,W (e.g. N,3,224,224)")
@@ -155,7 +157,8 @@ def normalize(
     inputs = _data_inputs(model)
     if inputs and inputs[0].type.tensor_type.HasField("shape"):
         report.input_shape = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in inputs[0].type.tensor_type.shape.dim
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in inputs[0].type.tensor_type.shape.dim
         ]
     return model, report
 

@@ -270,9 +270,7 @@ def _module_input_shape(model: Any) -> Tuple[int, ...]:
     )
 
 
-def list_onnx_points(
-    path: Path, input_shape: Optional[Sequence[Optional[int]]] = None
-) -> List[Tuple[str, Any, bool]]:
+def list_onnx_points(path: Path, input_shape: Optional[Sequence[Optional[int]]] = None) -> List[Tuple[str, Any, bool]]:
     """(tensor name, shape, clean cut?) for every tensor of the normalised ONNX that depends on the input."""
     import onnx
 
@@ -553,7 +551,7 @@ def _convert(source: _Source, out: Path, opts: ConvertOptions) -> ConvertResult:
                 verify_inputs = calibration.inputs[: opts.verify_count]
             elif opts.calib is not None or default_source is not None:
                 verify_recipe = dataclasses.replace(recipe, count=min(recipe.count, opts.verify_count))
-                verify_inputs = calib_mod.load_calibration_set(verify_recipe, source.spec, strict=opts.strict).inputs
+                verify_inputs = calib_mod.load_calibration_set(verify_recipe, source.spec, strict=opts.strict).inputs[:]
             elif validation_data is not None:
                 verify_inputs = validation_data.inputs[: opts.verify_count]
             else:

@@ -69,9 +69,7 @@ def plan_qdq(model: Any, exclude: Sequence[str] = ()) -> QdqPlan:
     nodes = list(graph.node)
     excluded = set(exclude)
     float_inits = {i.name: i for i in graph.initializer if i.data_type == TensorProto.FLOAT}
-    constants = {i.name for i in graph.initializer} | {
-        o for n in nodes if n.op_type == "Constant" for o in n.output
-    }
+    constants = {i.name for i in graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     consumers: Dict[str, List[int]] = {}
     for i, node in enumerate(nodes):
@@ -112,9 +110,7 @@ def plan_qdq(model: Any, exclude: Sequence[str] = ()) -> QdqPlan:
             continue
         if any(name in constants or not name for name in node.input):
             continue
-        from_weighted = [
-            producer.get(name) in quantized and len(consumers.get(name, [])) == 1 for name in node.input
-        ]
+        from_weighted = [producer.get(name) in quantized and len(consumers.get(name, [])) == 1 for name in node.input]
         if not any(from_weighted):
             continue
         skip_slot = 1 if from_weighted[0] else 0
@@ -166,10 +162,14 @@ def apply_qdq(model: Any, plan: QdqPlan, amax: Dict[str, float]) -> Tuple[Any, L
         graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), scale_name))
         graph.initializer.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), zero_name))
         quantized, dequantized = fresh(f"{tensor}/qdq/int8"), fresh(f"{tensor}/qdq/dq")
-        extra = {"axis": axis} if axis is not None else {}
+        extra: Dict[str, Any] = {"axis": axis} if axis is not None else {}
         new_nodes.append(
             helper.make_node(
-                "QuantizeLinear", [tensor, scale_name, zero_name], [quantized], name=fresh(f"{tensor}/QuantizeLinear"), **extra
+                "QuantizeLinear",
+                [tensor, scale_name, zero_name],
+                [quantized],
+                name=fresh(f"{tensor}/QuantizeLinear"),
+                **extra,
             )
         )
         new_nodes.append(
@@ -229,7 +229,7 @@ def layer_sensitivity(
     names = list(outputs)
     feed_name = _input_name(model)
     reference = dict(zip(names, make_session(model.SerializeToString()).run(names, {feed_name: inputs})))
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for label in plan.layers:
         single, _ = apply_qdq(model, plan.only(label), amax)
         got = dict(zip(names, make_session(single.SerializeToString()).run(names, {feed_name: inputs})))
@@ -240,7 +240,7 @@ def layer_sensitivity(
             if name.startswith("exit") and ref.ndim == 2:
                 flips = max(flips, float(np.mean(ref.argmax(1) != val.argmax(1))))
         rows.append({"layer": label, "rel_error": max(errors), "top1_flips": flips})
-    rows.sort(key=lambda r: (-r["top1_flips"], -r["rel_error"]))
+    rows.sort(key=lambda r: (-float(r["top1_flips"]), -float(r["rel_error"])))
     return rows
 
 

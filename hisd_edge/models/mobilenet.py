@@ -31,7 +31,7 @@ class MobileNetConfig:
 
     def __post_init__(self) -> None:
         self.input_size = tuple(self.input_size)  # type: ignore[assignment]
-        self.stages = tuple(tuple(int(v) for v in row) for row in self.stages)  # type: ignore[assignment]
+        self.stages = tuple(tuple(int(v) for v in row) for row in self.stages)  # type: ignore[misc]
         if not self.stages or any(len(row) != 4 for row in self.stages):
             raise ValueError("stages needs rows of (expansion, channels, blocks, stride)")
 

@@ -63,7 +63,7 @@ def test_batch_size_read_at_the_top_does_not_block_the_cut(tmp_path):
     model = BatchViewNet().eval()
     path = _export(model, tmp_path / "bs.onnx", dynamic_axes={"image": {0: "n"}})
     assert any(n.op_type == "Shape" for n in onnx.load(str(path)).graph.node)
-    proto, stages = _split_user_onnx(path, ["logits0", "logits1"])
+    _, stages = _split_user_onnx(path, ["logits0", "logits1"])
     assert [s.inputs for s in stages] == [["input"], ["feat0"]]
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     chain = verify.Chain([verify.model_bytes(s.model) for s in stages], [s.outputs for s in stages])
@@ -166,8 +166,14 @@ def test_list_points_marks_clean_cuts(tmp_path):
     path = tmp_path / "tiny.onnx"
     with torch.no_grad():
         torch.onnx.export(
-            model, (torch.zeros(1, 1, 28, 28),), str(path), input_names=["x"], output_names=["a", "b", "c"],
-            dynamic_axes={"x": {0: "n"}}, opset_version=17, dynamo=False,
+            model,
+            (torch.zeros(1, 1, 28, 28),),
+            str(path),
+            input_names=["x"],
+            output_names=["a", "b", "c"],
+            dynamic_axes={"x": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
         )
     rows = {name: clean for name, _, clean in list_onnx_points(path)}
     proto, _ = export.load_onnx(path, ["a", "b", "c"])
