@@ -241,7 +241,24 @@ def main() -> int:
         reference = [t.numpy() for t in model(x_torch)]
     for count in [64] if args.quick else [64, 512]:
         bundle = work / f"effnet_onnx_{count}"
-        argv = [*hisd, "convert", str(onnx_path), "--exits", "logits0,logits1,logits2", "--out", str(bundle), "--force", "--calib", str(calib_dir), "--calib-count", str(count), "--preprocessing", json.dumps(PREPROCESSING), "--json", "--no-progress"]
+        argv = [
+            *hisd,
+            "convert",
+            str(onnx_path),
+            "--exits",
+            "logits0,logits1,logits2",
+            "--out",
+            str(bundle),
+            "--force",
+            "--calib",
+            str(calib_dir),
+            "--calib-count",
+            str(count),
+            "--preprocessing",
+            json.dumps(PREPROCESSING),
+            "--json",
+            "--no-progress",
+        ]
         run = run_command(argv, work / f"convert_{count}.log")
         report = json.loads(run.pop("stdout"))
         from hisd_edge.bundle import Bundle
@@ -268,7 +285,17 @@ def main() -> int:
     ckpt = work / "mnist_mobilenet.safetensors"
     if not ckpt.exists():
         run_command(
-            [*hisd, "train", "--arch", "mnist_mobilenet", "--epochs", "2" if args.quick else "8", "--out", str(ckpt), "--no-progress"],
+            [
+                *hisd,
+                "train",
+                "--arch",
+                "mnist_mobilenet",
+                "--epochs",
+                "2" if args.quick else "8",
+                "--out",
+                str(ckpt),
+                "--no-progress",
+            ],
             work / "train.log",
         )
     run = run_command(

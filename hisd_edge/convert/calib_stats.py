@@ -88,7 +88,10 @@ class AbsHistogram:
 
     def entropy_amax(self, levels: int = QUANT_LEVELS, candidates: int = ENTROPY_CANDIDATES) -> float:
         """TensorRT's KL-divergence threshold search over this histogram."""
-        counts = self.counts
+        counts = self.counts.copy()
+        # The spike of exact zeros (everything a ReLU cut off) would dominate the divergence and
+        # drag the threshold down; like TensorRT's tooling, give bin 0 its neighbour's count.
+        counts[0] = counts[1]
         used = int(np.max(np.nonzero(counts)[0])) + 1 if counts.any() else 0
         if used <= levels or self.edge == 0:
             return self.amax  # fewer occupied bins than levels: nothing to clip
@@ -162,6 +165,20 @@ class LazyInputs:
             raise TypeError("LazyInputs supports contiguous slices only")
         return self.make(start, stop)
 
+    @property
+    def shape(self) -> tuple:
+        first = self.make(0, 1) if self.count else np.zeros((0,), dtype=np.float32)
+        return (self.count, *first.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """All of it at once (for small sets and tests; the converter slices instead)."""
+        whole = self.make(0, self.count)
+        return whole.astype(dtype) if dtype is not None else whole
+
     def batches(self, size: int) -> Iterator[np.ndarray]:
         for start in range(0, self.count, size):
             yield self.make(start, min(start + size, self.count))
@@ -223,12 +240,14 @@ def _augmented(model: Any, names: Sequence[str]) -> Any:
     return copy
 
 
-def batch_size_for(models: Sequence[Any], fixed: Optional[int] = None, budget: int = BATCH_BUDGET_BYTES) -> int:
-    """Images per calibration batch so that every stage's outputs fit ``budget`` together."""
+def batch_size_for(
+    models: Sequence[Any], fixed: Optional[int] = None, budget: int = BATCH_BUDGET_BYTES, limit: int = MAX_BATCH
+) -> int:
+    """Samples per batch so that every tensor of every stage fits ``budget`` together (at most ``limit``)."""
     if fixed:
         return fixed
     per_sample = sum(_bytes_per_sample(m, calibration_tensors(m)) for m in models)
-    return int(max(1, min(MAX_BATCH, budget // per_sample)))
+    return int(max(1, min(limit, budget // per_sample)))
 
 
 def collect_chain(

@@ -263,7 +263,11 @@ class StageCalibration:
     percentile: float = DEFAULT_PERCENTILE
 
     def amax(self) -> Dict[str, float]:
-        return self.statistics.amax(self.method, self.percentile)
+        """Per tensor, the symmetric range (computed once: entropy searches hundreds of thresholds)."""
+        cached = self.__dict__.get("_amax")
+        if cached is None:
+            cached = self.__dict__["_amax"] = self.statistics.amax(self.method, self.percentile)
+        return dict(cached)
 
 
 def calibrate_chain(

@@ -603,7 +603,12 @@ def _build_bundle(
                 f"the model's input has a fixed batch of {fixed}; early exit drops finished samples from the batch, so "
                 "stages need a dynamic batch axis (or batch 1): re-export with dynamic_axes={'input': {0: 'batch'}}"
             )
-        run_batch, calib_batch = (fixed, fixed) if fixed else (256, None)
+        from hisd_edge.convert.calib_stats import batch_size_for
+
+        # Chains run in batches whose activations fit a budget: 256 samples of a 28x28 model, a
+        # handful at 224x224 (ONNX Runtime keeps its arena at the largest batch's size).
+        run_batch = fixed or batch_size_for([s.model for s in stages], limit=256)
+        calib_batch = fixed or None
         if fixed:
             verify_inputs, calibration, validation_data = _trim_to_batch(
                 fixed, verify_inputs, calibration, validation_data

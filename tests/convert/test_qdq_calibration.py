@@ -18,7 +18,7 @@ def mobilenet_stages():
 
 
 def _amax_everywhere(model, value=1.0):
-    return {name: value for name in calib_stats.calibration_tensors(model)}
+    return dict.fromkeys(calib_stats.calibration_tensors(model), value)
 
 
 def test_placement_lets_tensorrt_fuse_conv_bn_activation_and_residual(mobilenet_stages):
@@ -31,7 +31,9 @@ def test_placement_lets_tensorrt_fuse_conv_bn_activation_and_residual(mobilenet_
     for conv in convs:
         assert producer[conv.input[0]].op_type == "DequantizeLinear", f"{conv.name}: activation input quantized"
         weight_dq = producer[conv.input[1]]
-        assert weight_dq.op_type == "DequantizeLinear" and any(a.name == "axis" and a.i == 0 for a in weight_dq.attribute)
+        assert weight_dq.op_type == "DequantizeLinear" and any(
+            a.name == "axis" and a.i == 0 for a in weight_dq.attribute
+        )
     for act in (n for n in quantized.graph.node if n.op_type in ("Clip", "Relu")):
         assert producer[act.input[0]].op_type == "Conv", f"{act.name}: no Q/DQ between a Conv and its activation"
     adds = [n for n in quantized.graph.node if n.op_type == "Add"]
