@@ -2,9 +2,10 @@
 
 Stage 0 sees the preprocessed calibration images; stage k sees the ``feat{k-1}`` activations that
 the fp32 stages before it produce from those same images, so each stage is calibrated on exactly
-the distribution it meets at inference time (never on random data). The statistics are ONNX
-Runtime's own (its calibrators: entropy, minmax, percentile); they feed both the Q/DQ
-quantization (:mod:`hisd_edge.convert.quantize`) and the TensorRT calibration cache
+the distribution it meets at inference time (never on random data). The statistics are
+histograms accumulated batch by batch (:mod:`hisd_edge.convert.calib_stats`: entropy, minmax,
+percentile, memory independent of the image count); they feed both the Q/DQ quantization
+(:mod:`hisd_edge.convert.quantize`) and the TensorRT calibration cache
 (:mod:`hisd_edge.convert.calib_cache`), so the two INT8 paths agree.
 
 A calibration set is a source string (see :mod:`hisd_edge.data`: ``default:train``, an image

@@ -213,3 +213,28 @@ def test_feature_map_exits_are_refused_at_convert(tmp_path):
         convert_onnx(path, tmp_path / "out", ["r1", "head1"], calib="default:train", precisions="fp32")
     assert "not one logits vector per sample" in str(exc.value) and "\n" not in str(exc.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_list_points_marks_clean_cuts_and_input_shape_errors_are_one_line(tmp_path, capsys):
+    from hisd_edge.cli import main
+
+    path, _ = _legacy_graph(tmp_path, dynamic_hw=True)
+    assert main(["convert", str(path), "--list-points", "--input-shape", "N,3,16,16"]) == 0
+    out = capsys.readouterr().out
+    marked = [line.split()[1] for line in out.splitlines() if line.strip().startswith("*")]
+    assert "r1" in marked and "c1" not in marked  # BN folded: the Conv writes bn1, which the Relu reads
+    assert main(["convert", str(path), "--list-points"]) == 0  # dynamic H/W: listed all the same
+    capsys.readouterr()
+    code = main(["convert", str(path), "--exits", "head0,head1", "--calib", "default:train", "--precision", "fp32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--input-shape" in err and len(err.strip().splitlines()) == 1
+    code = main(["convert", str(path), "--list-points", "--input-shape", "N,3,0,16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--input-shape" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_marks_incomplete_mac_counts():
+    from hisd_edge.convert import inspect as inspect_mod
+
+    assert inspect_mod._macs(117_000_000, False).startswith(">=")
+    assert not inspect_mod._macs(117_000_000, True).startswith(">=")

@@ -71,7 +71,7 @@ def test_histogram_growth_keeps_every_count_and_methods_differ():
     p99 = hist.percentile_amax(99.0)
     assert abs(p99 - np.percentile(values, 99.0)) <= 2 * hist.width
     entropy = hist.entropy_amax()
-    assert 0 < entropy < 0.5 * hist.amax, "entropy clips the heavy tail (it is not minmax in disguise)"
+    assert 0 < entropy < 0.9 * hist.amax, "entropy clips the heavy tail (it is not minmax in disguise)"
 
 
 def test_entropy_searches_many_thresholds():
@@ -129,3 +129,11 @@ def test_sensitivity_ranks_layers_and_keeps_the_worst_float(mobilenet_stages, tm
     for label in layers:
         node = next(n for n in model.graph.node if n.name == names[label].name)
         assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+def test_entropy_is_not_dragged_down_by_the_relu_zero_spike():
+    """Half the values of a post-ReLU tensor are exact zeros; the threshold must still cover the bulk."""
+    rng = np.random.default_rng(4)
+    hist = calib_stats.AbsHistogram()
+    hist.update(np.maximum(rng.normal(0, 1, 200_000), 0))
+    assert hist.entropy_amax() > 2.0  # the bulk of N(0,1)+ lies below ~2.5; the spike bug gave ~0.3
