@@ -137,3 +137,31 @@ def test_entropy_is_not_dragged_down_by_the_relu_zero_spike():
     hist = calib_stats.AbsHistogram()
     hist.update(np.maximum(rng.normal(0, 1, 200_000), 0))
     assert hist.entropy_amax() > 2.0  # the bulk of N(0,1)+ lies below ~2.5; the spike bug gave ~0.3
+
+
+def test_check_warns_about_qdq_between_conv_and_activation(mobilenet_stages):
+    """What ONNX Runtime's default placement did (Conv -> Q/DQ -> Clip) is flagged; ours is not."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from hisd_edge.convert.check import check_model
+    from hisd_edge.convert.trt_ops import family
+
+    _, proto, _ = mobilenet_stages
+    ours, _ = qdq.apply_qdq(proto, qdq.plan_qdq(proto), _amax_everywhere(proto))
+    assert not [f for f in check_model(ours, [family("10")]) if f.code == "qdq_breaks_fusion"]
+    bad = onnx.ModelProto()
+    bad.CopyFrom(ours)
+    clip = next(n for n in bad.graph.node if n.op_type == "Clip")
+    bad.graph.initializer.extend(
+        [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    )
+    bad.graph.node.extend(
+        [
+            helper.make_node("QuantizeLinear", [clip.input[0], "s", "z"], ["pre_q"], name="pre_q"),
+            helper.make_node("DequantizeLinear", ["pre_q", "s", "z"], ["pre_dq"], name="pre_dq"),
+        ]
+    )
+    clip.input[0] = "pre_dq"
+    split.toposort(bad)
+    assert [f for f in check_model(bad, [family("10")]) if f.code == "qdq_breaks_fusion"]
