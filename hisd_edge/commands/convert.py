@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calib-method",
         choices=["entropy", "minmax", "percentile"],
         default=None,
-        help="range calibration method (default entropy)",
+        help="range calibration method (default percentile, 99.999)",
     )
     p.add_argument(
         "--val",

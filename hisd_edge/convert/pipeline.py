@@ -46,7 +46,7 @@ class ConvertOptions:
     max_drop_pp: Optional[float] = None  # set: also choose a per-stage "mixed" plan within this drop
     calib: Optional[str] = None  # source string or calibration/*.json; None: the model's own default
     calib_count: Optional[int] = None  # None: the recipe's (256)
-    calib_method: Optional[str] = None  # None: the recipe's (entropy)
+    calib_method: Optional[str] = None  # None: the recipe's (percentile)
     val: Optional[str] = None  # held-out data; None: the checkpoint's validation split
     val_count: Optional[int] = None
     opset: int = 17

@@ -29,7 +29,7 @@ def rank_layers(
             calibration.amax(),
             calibration.inputs,
             stage.outputs,
-            lambda m: make_session(m, threads),
+            lambda m: make_session(m, threads, qdq_as_written=True),  # Q/DQ as the float math it defines
             exclude=confidence_nodes(stage.model),
         )
         rows.extend({"stage": stage.index, **row} for row in found)
