@@ -206,10 +206,6 @@ def apply_qdq(model: Any, plan: QdqPlan, amax: Dict[str, float]) -> Tuple[Any, L
     return out, skipped
 
 
-def quantized_layers(plan: QdqPlan) -> List[str]:
-    return list(plan.layers)
-
-
 def layer_sensitivity(
     model: Any,
     amax: Dict[str, float],

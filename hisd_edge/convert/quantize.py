@@ -63,18 +63,6 @@ def quantize_int8(
     return list(plan.layers)
 
 
-@contextlib.contextmanager
-def _quiet_ort_logging():
-    """ORT's quantizer logs a "please pre-process" warning per call on the root logger."""
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(max(previous, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(previous)
-
-
 def convert_fp16(model: Any, keep_fp32_nodes: Optional[Sequence[str]] = None) -> Any:
     """fp16 copy of a stage with fp32 inputs/outputs (casts at the edges), topologically sorted."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
