@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calib-method",
         choices=["entropy", "minmax", "percentile"],
         default=None,
-        help="range calibration method (default entropy)",
+        help="range calibration method (default percentile, 99.999)",
     )
     p.add_argument(
         "--val",
@@ -61,7 +61,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="boundary after each exit but the last: ONNX tensor names, or module names for a checkpoint "
         "(default: found structurally)",
     )
-    p.add_argument("--list-points", action="store_true", help="list valid --exits/--split-at names and exit")
+    p.add_argument(
+        "--list-points",
+        action="store_true",
+        help="list valid --exits/--split-at names (ONNX: marks the clean cuts) and exit",
+    )
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="N,C,H,W",
+        help="ONNX input: pin dynamic input dims (N keeps the batch dynamic), e.g. N,3,224,224",
+    )
+    p.add_argument(
+        "--keep-fp16",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the N layers whose INT8 quantization costs the most out of INT8 (no Q/DQ; TensorRT runs them "
+        "in fp16); implies --sensitivity",
+    )
+    p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="measure and print each layer's INT8 sensitivity (each layer quantized alone, on real inputs)",
+    )
     p.add_argument(
         "--preprocessing",
         default=None,
@@ -142,17 +165,13 @@ def run(args: argparse.Namespace) -> int:
     is_onnx = source.suffix.lower() == ".onnx"
     if not source.exists():
         raise InputError(f"{source}: no such file; give a checkpoint (*.safetensors) or a multi-exit model.onnx")
-    if args.list_points:
-        from hisd_edge.convert import list_points
+    from hisd_edge.convert.normalize import parse_input_shape
 
-        points = list_points(source)
-        if args.json:
-            print(json.dumps([{"name": n, "shape": list(s) if s is not None else None} for n, s in points]))
-        else:
-            print("tensors (for --exits / --split-at):" if is_onnx else "module names (for --split-at):")
-            for name, shape in points:
-                print(f"  {name}  {list(shape) if shape is not None else '?'}")
-        return 0
+    input_shape = parse_input_shape(args.input_shape)
+    if input_shape is not None and not is_onnx:
+        raise InputError("--input-shape applies to ONNX input; a checkpoint records its input shape itself")
+    if args.list_points:
+        return _list_points(source, is_onnx, input_shape, args.json)
     if not is_onnx and (args.exits or args.preprocessing or args.class_names):
         raise InputError(
             "--exits, --preprocessing and --class-names apply to ONNX input; a checkpoint records them itself"
@@ -184,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         "trt_version": args.trt_cache_version,
         "confidence": not args.no_confidence,
         "threshold": args.threshold,
+        "keep_fp16": args.keep_fp16,
+        "sensitivity": args.sensitivity,
         "progress": not args.no_progress and not args.json,
         "command": "hisd-edge " + " ".join(shlex.quote(a) for a in argv),
     }
@@ -198,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
             preprocessing=_preprocessing(args.preprocessing),
             class_names=_class_names(args.class_names),
             exit_kind=args.exit_kind,
+            input_shape=input_shape,
             **options,
         )
     else:
@@ -213,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
                     "verification": result.verification,
                     "calibration": result.calibration,
                     "timings_s": result.timings_s,
+                    "sensitivity": result.sensitivity,
                 }
             )
         )
@@ -224,6 +247,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(result.table())
+    if result.sensitivity:
+        from hisd_edge.convert.sensitivity import format_sensitivity
+
+        print(format_sensitivity(result.sensitivity))
     diffs = result.verification
     torch_part = f", ONNX vs torch {max(diffs['torch_max_abs_diff']):.2g}" if diffs.get("torch_max_abs_diff") else ""
     print(
@@ -233,4 +260,32 @@ def run(args: argparse.Namespace) -> int:
         print("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items()))
     stages = len(result.manifest["stages"])
     print(f"wrote {result.bundle} ({stages} stages; {', '.join(result.manifest['stages'][0]['files'])})")
+    return 0
+
+
+def _list_points(source, is_onnx, input_shape, as_json) -> int:
+    if is_onnx:
+        from hisd_edge.convert.pipeline import list_onnx_points
+
+        rows = list_onnx_points(source, input_shape)
+        if as_json:
+            print(
+                json.dumps(
+                    [{"name": n, "shape": list(s) if s is not None else None, "clean_cut": c} for n, s, c in rows]
+                )
+            )
+            return 0
+        print("tensors (for --exits / --split-at); * = a clean cut (everything after it needs only this tensor):")
+        for name, shape, clean in rows:
+            print(f"  {'*' if clean else ' '} {name}  {list(shape) if shape is not None else '?'}")
+        return 0
+    from hisd_edge.convert import list_points
+
+    points = list_points(source)
+    if as_json:
+        print(json.dumps([{"name": n, "shape": list(s) if s is not None else None} for n, s in points]))
+        return 0
+    print("points (for --split-at; torch.fx names, as list_exit_points gives them):")
+    for name, shape in points:
+        print(f"  {name}  {list(shape) if shape is not None else '?'}")
     return 0

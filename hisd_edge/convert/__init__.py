@@ -1,9 +1,12 @@
 """Workstation side: a multi-exit model -> a portable bundle of chained stage graphs.
 
 One module per step: :mod:`~hisd_edge.convert.export` (torch / user ONNX -> one graph, fused
-confidence), :mod:`~hisd_edge.convert.split` (structural boundaries, stage graphs),
+confidence), :mod:`~hisd_edge.convert.normalize` (IR/opset, pinned dims, folded constants and
+BatchNormalization), :mod:`~hisd_edge.convert.split` (structural boundaries, stage graphs),
 :mod:`~hisd_edge.convert.verify` (chain == monolithic == torch), :mod:`~hisd_edge.convert.calibrate`
-(statistics along the chain), :mod:`~hisd_edge.convert.quantize` (INT8 Q/DQ, fp16),
+(statistics along the chain; histograms in :mod:`~hisd_edge.convert.calib_stats`),
+:mod:`~hisd_edge.convert.quantize` (INT8 Q/DQ placed by :mod:`~hisd_edge.convert.qdq`, per-layer
+:mod:`~hisd_edge.convert.sensitivity`; fp16),
 :mod:`~hisd_edge.convert.calib_cache` (TensorRT's text cache), :mod:`~hisd_edge.convert.validate`
 (task-level accuracy per exit and precision), :mod:`~hisd_edge.convert.stats` (params, MACs),
 :mod:`~hisd_edge.convert.writer` (manifest, atomic bundle directory), and to run them

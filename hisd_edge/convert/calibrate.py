@@ -2,9 +2,10 @@
 
 Stage 0 sees the preprocessed calibration images; stage k sees the ``feat{k-1}`` activations that
 the fp32 stages before it produce from those same images, so each stage is calibrated on exactly
-the distribution it meets at inference time (never on random data). The statistics are ONNX
-Runtime's own (its calibrators: entropy, minmax, percentile); they feed both the Q/DQ
-quantization (:mod:`hisd_edge.convert.quantize`) and the TensorRT calibration cache
+the distribution it meets at inference time (never on random data). The statistics are
+histograms accumulated batch by batch (:mod:`hisd_edge.convert.calib_stats`: entropy, minmax,
+percentile, memory independent of the image count); they feed both the Q/DQ quantization
+(:mod:`hisd_edge.convert.quantize`) and the TensorRT calibration cache
 (:mod:`hisd_edge.convert.calib_cache`), so the two INT8 paths agree.
 
 A calibration set is a source string (see :mod:`hisd_edge.data`: ``default:train``, an image
@@ -32,7 +33,7 @@ LOG = logging.getLogger("hisd_edge.convert")
 METHODS = ("entropy", "minmax", "percentile")
 DEFAULT_SOURCE = "default:train"
 DEFAULT_COUNT = 256
-DEFAULT_METHOD = "entropy"
+DEFAULT_METHOD = "percentile"  # measured best on EfficientNet-Lite0 and the default model (results/real_models)
 DEFAULT_PERCENTILE = 99.999
 _BATCH = 64
 
@@ -113,22 +114,30 @@ def resolve_recipe(
 class CalibrationSet:
     """Preprocessed calibration inputs plus what was skipped on the way."""
 
-    inputs: np.ndarray
+    inputs: np.ndarray  # or a calib_stats.LazyInputs: sliceable, preprocessed on demand
     source: str
     skipped: List[Tuple[str, str]]
 
 
 def load_calibration_set(recipe: CalibrationRecipe, spec: Any, strict: bool = False) -> CalibrationSet:
-    """Read the recipe's images and preprocess them with the model's own preprocessing."""
+    """Read the recipe's images; they are preprocessed (with the model's own preprocessing) a
+    batch at a time when used, so the float inputs of all images never sit in memory at once."""
+    from hisd_edge.convert.calib_stats import LazyInputs
     from hisd_edge.data import load_samples
 
     samples = load_samples(recipe.source, count=recipe.count, strict=strict, seed=recipe.seed)
-    inputs = samples.tensors(spec)
-    if len(inputs) == 0:
+    if len(samples) == 0:
         raise InputError(f"{recipe.source}: the calibration source holds no usable images")
-    if not np.all(np.isfinite(inputs)):
-        raise InputError(f"{recipe.source}: calibration inputs contain NaN or infinity; check the source")
-    return CalibrationSet(inputs=inputs, source=recipe.source, skipped=list(samples.skipped))
+
+    def make(start: int, stop: int) -> np.ndarray:
+        batch = samples.subset(range(start, stop)).tensors(spec)
+        if not np.all(np.isfinite(batch)):
+            raise InputError(f"{recipe.source}: calibration inputs contain NaN or infinity; check the source")
+        return batch
+
+    inputs = LazyInputs(len(samples), make)
+    inputs[0 : min(len(samples), 64)]  # fail early on a bad source, before any heavy work
+    return CalibrationSet(inputs=inputs, source=recipe.source, skipped=list(samples.skipped))  # type: ignore[arg-type]
 
 
 def equal_batch_size(count: int, limit: int = _BATCH) -> int:
@@ -247,14 +256,21 @@ def amax_table(tensors_data: Any) -> Dict[str, float]:
 
 @dataclasses.dataclass
 class StageCalibration:
-    """One stage's calibration: ORT's statistics and the real input they were computed on."""
+    """One stage's calibration: its histograms (:mod:`~hisd_edge.convert.calib_stats`), the
+    method that turns them into ranges, and the first few real inputs the stage saw."""
 
-    statistics: Any  # onnxruntime.quantization.TensorsData
-    inputs: np.ndarray
+    statistics: Any  # calib_stats.StageStatistics
+    inputs: np.ndarray  # up to calib_stats.SAMPLE_ROWS real inputs of this stage
     batch_size: int = _BATCH
+    method: str = DEFAULT_METHOD
+    percentile: float = DEFAULT_PERCENTILE
 
     def amax(self) -> Dict[str, float]:
-        return amax_table(self.statistics)
+        """Per tensor, the symmetric range (computed once: entropy searches hundreds of thresholds)."""
+        cached = self.__dict__.get("_amax")
+        if cached is None:
+            cached = self.__dict__["_amax"] = self.statistics.amax(self.method, self.percentile)
+        return dict(cached)
 
 
 def calibrate_chain(
@@ -263,18 +279,27 @@ def calibrate_chain(
     calibration: CalibrationSet,
     recipe: CalibrationRecipe,
     scratch: Path,
-    batch_size: int = _BATCH,
+    batch_size: Optional[int] = None,
 ) -> List[StageCalibration]:
     """Statistics for every stage, each on the activations the fp32 stages before it produce.
 
-    ``chain`` is the fp32 chain of ``stage_paths`` (the one verification ran): stage k's input is
-    what it makes of the calibration images, stage by stage.
+    One pass over the images, batch by batch (:func:`~hisd_edge.convert.calib_stats.collect_chain`):
+    memory holds histograms, not activations, whatever ``--calib-count``. ``batch_size`` fixes
+    the batch (models with a fixed batch dim); by default it follows the activations' size.
     """
-    results = []
-    stage_input = calibration.inputs
-    for k, path in enumerate(stage_paths):
-        statistics = compute_stage_statistics(Path(path), stage_input, recipe, scratch, batch_size)
-        results.append(StageCalibration(statistics, stage_input, batch_size))
-        if k < len(stage_paths) - 1:
-            stage_input = chain.run_stage(k, stage_input)[f"feat{k}"]
-    return results
+    import onnx
+
+    from hisd_edge.convert import calib_stats
+    from hisd_edge.runtime.ort_session import open_session
+
+    models = [onnx.load(str(p)) for p in stage_paths]
+    outputs = [list(o) for o in chain.stage_outputs]
+    size = calib_stats.batch_size_for(models, fixed=batch_size)
+    threads = chain.threads
+    try:
+        stats = calib_stats.collect_chain(models, outputs, calibration.inputs, lambda m: open_session(m, threads), size)
+    except (InputError, ConversionError):
+        raise
+    except Exception as exc:
+        raise ConversionError(f"calibration failed ({first_line(exc)})") from None
+    return [StageCalibration(s, s.sample_inputs, size, recipe.method, float(recipe.percentile)) for s in stats]

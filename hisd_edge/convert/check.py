@@ -7,7 +7,8 @@ For every stage file of a bundle and every targeted TensorRT family it reports, 
   a DequantizeLinear of an INT32 constant (quantized bias), INT8 weight constants (TensorRT 8.x);
 * tensors without a shape after shape inference (TensorRT needs every rank);
 * INT64 weights (TensorRT 8.x casts INT64 to INT32, clamping out-of-range values);
-* dynamic input dims other than the batch (an optimization profile gives only the batch a range).
+* dynamic input dims other than the batch (an optimization profile gives only the batch a range);
+* (warning) Q/DQ between a Conv/Gemm/MatMul and its ReLU/Clip, which keeps TensorRT from fusing them.
 
 Errors make the command exit non-zero; warnings do not. Reading ONNX needs the ``onnx`` package
 (no torch): this runs on the workstation or on a target that has it.
@@ -193,6 +194,30 @@ def check_model(
                 "nonzero_zero_point",
                 f"{node.name}: zero point {node.input[2]} is not 0 "
                 "(TensorRT supports only symmetric quantization; quantize with ActivationSymmetric=True)",
+            )
+
+    # Q/DQ placement: a pair between a weighted op and its activation stops TensorRT fusing them.
+    producers = {o: n for n in graph.node for o in n.output if o}
+    readers: Dict[str, List[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in producers:
+            continue
+        source = producers[node.input[0]]
+        if source.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        dequantized = [d for d in readers.get(node.output[0], []) if d.op_type == "DequantizeLinear"]
+        activations = [a for d in dequantized for a in readers.get(d.output[0], []) if a.op_type in ("Relu", "Clip")]
+        if activations:
+            add(
+                "warning",
+                "all",
+                "qdq_breaks_fusion",
+                f"{node.name or node.op_type}: Q/DQ between {source.op_type} {source.name} and its "
+                f"{activations[0].op_type}; TensorRT cannot fuse them and the range is the pre-activation one "
+                "(quantize the inputs of weighted ops instead, as hisd-edge convert does)",
             )
 
     # Shapes: every tensor needs at least a known rank.

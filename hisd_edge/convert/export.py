@@ -5,7 +5,7 @@ shapes inferred):
 
 * :func:`export_module` exports a torch multi-exit model (anything following
   :mod:`hisd_edge.models.protocol`) with the TorchScript exporter (``dynamo=False``: it writes a
-  single self-contained file at the opset asked for). Optional split points (module names) are
+  single self-contained file at the opset asked for). Optional split points (torch.fx point names) are
   exported as extra outputs so their ONNX tensor names are known exactly, then dropped again.
 * :func:`load_onnx` takes a user's multi-exit ONNX and the names of its exit tensors, renames the
   input to ``input`` and the exits to ``exit{k}``.
@@ -33,7 +33,7 @@ LOG = logging.getLogger("hisd_edge.convert")
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"
 BATCH_DIM = "batch"
-_SPLIT_PREFIX = "split@"  # split points are exported as outputs named split@<module name>
+_SPLIT_PREFIX = "split@"  # split points are exported as outputs split@<point>, then renamed <point>
 
 
 def exit_name(k: int) -> str:
@@ -60,50 +60,43 @@ def infer_shapes(model: Any) -> Any:
 
 # -- torch -----------------------------------------------------------------------------------
 def list_split_points(model: Any, input_shape: Sequence[int]) -> List[Tuple[str, Tuple[int, ...]]]:
-    """Module names of ``model`` that can serve as split points, with their output shapes.
+    """Names of values in ``model`` that can serve as split points, with their shapes.
 
-    These are the names :func:`export_module` (and ``hisd-edge convert --split-at``) accept; a name
-    is a *valid* split only if it is also a clean cut, which the split step checks.
+    The torch.fx names of :mod:`hisd_edge.models.fx_points` (the same scheme as
+    :func:`~hisd_edge.models.list_exit_points`; for an ``ExitsOnBackbone`` the backbone's names,
+    no prefix). A name is a *valid* split only if it is also a clean cut, which the split step checks.
     """
     import torch
 
     from hisd_edge.models import list_exit_points
 
+    if hasattr(model, "list_points"):
+        return list(model.list_points())
     example = torch.zeros((1, *tuple(int(s) for s in input_shape)))
     return list_exit_points(model, example)
 
 
-class _WithSplitOutputs:
-    """Build (lazily, torch imported) a module returning exits + the outputs of named modules."""
+def _with_split_outputs(model: Any, points: Sequence[str], input_shape: Sequence[int]) -> Any:
+    """A module returning the model's exits followed by the values at ``points`` (torch imported lazily)."""
+    import torch
+    from torch import nn
 
-    @staticmethod
-    def wrap(model: Any, points: Sequence[str]) -> Any:
-        from torch import nn
+    from hisd_edge.models.fx_points import PointCapture
 
-        class Wrapped(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = model
-                self.captured: Dict[str, Any] = {}
-                modules = dict(model.named_modules())
-                self.handles = [modules[p].register_forward_hook(self._hook(p)) for p in points]
+    if hasattr(model, "with_split_outputs"):
+        return model.with_split_outputs(points)
+    capture = PointCapture(model, points, torch.zeros((1, *tuple(int(s) for s in input_shape))))
 
-            def _hook(self, name: str):
-                def hook(_m, _i, out):
-                    self.captured[name] = out
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
 
-                return hook
+        def forward(self, x):
+            outs, values = capture(x)
+            return list(outs) + list(values)
 
-            def forward(self, x):
-                self.captured = {}
-                outs = list(self.inner(x))
-                return outs + [self.captured[p] for p in points]
-
-            def remove(self) -> None:
-                for handle in self.handles:
-                    handle.remove()
-
-        return Wrapped()
+    return Wrapped()
 
 
 def export_module(
@@ -111,7 +104,7 @@ def export_module(
 ) -> Tuple[Any, List[str]]:
     """Export ``model`` to ONNX (exits as ``exit{k}``); returns (model proto, split tensor names).
 
-    ``split_points`` are module names (see :func:`list_split_points`); the returned list holds the
+    ``split_points`` are point names (see :func:`list_split_points`); the returned list holds the
     ONNX tensor names of their outputs, in the same order, for the split step.
     """
     import onnx
@@ -130,7 +123,7 @@ def export_module(
         valid = [name for name, _ in list_split_points(model, input_shape)]
         unknown = [p for p in points if p not in valid]
         if unknown:
-            raise InputError(f"unknown split point(s) {', '.join(unknown)}; valid module names: {', '.join(valid)}")
+            raise InputError(f"unknown split point(s) {', '.join(unknown)}; valid names: {', '.join(valid)}")
     model = model.eval()
     example = torch.zeros((2, *tuple(int(s) for s in input_shape)))
     with torch.no_grad():
@@ -144,7 +137,7 @@ def export_module(
         got = len(outs) if isinstance(outs, (list, tuple)) else 1
         raise ConversionError(f"the model declares {num_exits} exits (exit_info) but forward returned {got} output(s)")
 
-    target = _WithSplitOutputs.wrap(model, points) if points else model
+    target = _with_split_outputs(model, points, input_shape) if points else model
     exit_names = [exit_name(k) for k in range(num_exits)]
     split_names = [f"{_SPLIT_PREFIX}{name}" for name in points]
     output_names = exit_names + split_names
@@ -169,17 +162,26 @@ def export_module(
             f"torch.onnx.export failed at opset {opset} ({first_line(exc)}); if an operator is unsupported try "
             "another --opset, or export the model to ONNX yourself and convert that"
         ) from None
-    finally:
-        if points:
-            target.remove()
     proto = onnx.load_from_string(buffer.getvalue())
+    from hisd_edge.convert.normalize import normalize
+
+    # Static shape arithmetic ("same" padding) folded while the split tensors are still outputs,
+    # so no rewrite (a BatchNormalization folded into its Conv, say) can make them vanish.
+    proto, _ = normalize(proto, what="the exported model")
+    tensor_names_out = list(split_names)
     if points:
-        # The split tensors were only outputs so we learn their names: drop them as outputs again.
+        # The split tensors were only outputs so we learn their names: drop them as outputs again,
+        # and give them the point names the user wrote (no internal prefix in any message).
         keep = [o for o in proto.graph.output if o.name not in split_names]
         del proto.graph.output[:]
         proto.graph.output.extend(keep)
+        tensor_names_out = []
+        for internal, point in zip(split_names, points):
+            _free_name(proto, point, internal)
+            rename_tensor(proto, internal, point)
+            tensor_names_out.append(point)
     proto.producer_name = "hisd-edge"
-    return infer_shapes(proto), split_names
+    return infer_shapes(proto), tensor_names_out
 
 
 # -- user ONNX -------------------------------------------------------------------------------
@@ -219,8 +221,12 @@ def _free_name(model: Any, wanted: str, keep: str) -> None:
         rename_tensor(model, wanted, f"{wanted}_orig{suffix}")
 
 
-def load_onnx(path: Path, exits: Sequence[str]) -> Tuple[Any, Dict[str, str]]:
-    """A user's multi-exit ONNX with its exit tensors renamed ``exit{k}`` and its input ``input``.
+def load_onnx(
+    path: Path, exits: Sequence[str], input_shape: Optional[Sequence[Optional[int]]] = None
+) -> Tuple[Any, Dict[str, str]]:
+    """A user's multi-exit ONNX, normalised (:mod:`hisd_edge.convert.normalize`: IR/opset upgraded,
+    ``input_shape`` pinned, constants and BatchNormalization folded), with its exit tensors renamed
+    ``exit{k}`` and its input ``input``.
 
     Returns (model, {new name: original name}). Exit names may be graph outputs or any other
     tensor of the graph (they become outputs).
@@ -240,7 +246,7 @@ def load_onnx(path: Path, exits: Sequence[str]) -> Tuple[Any, Dict[str, str]]:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise InputError(f"{path}: the ONNX model is invalid ({first_line(exc)}); fix or re-export it") from None
-    model = infer_shapes(model)
+    model = read_normalized(model, path, exits, input_shape)
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
@@ -296,6 +302,36 @@ def load_onnx(path: Path, exits: Sequence[str]) -> Tuple[Any, Dict[str, str]]:
     del graph.output[:]
     graph.output.extend(copied)
     return model, original
+
+
+def read_normalized(
+    model: Any, path: Path, keep: Sequence[str], input_shape: Optional[Sequence[Optional[int]]] = None
+) -> Any:
+    """``model`` normalised, with the tensors named in ``keep`` made graph outputs during the
+    folding (so no rewrite can touch them) and the original outputs restored afterwards."""
+    import onnx
+
+    from hisd_edge.convert.normalize import normalize
+
+    model = infer_shapes(model)
+    outputs = [o.name for o in model.graph.output]
+    extra = [name for name in keep if name not in outputs and name in set(tensor_names(model))]
+    infos = {v.name: v for v in model.graph.value_info}
+    for name in extra:
+        info = onnx.ValueInfoProto()
+        if name in infos:
+            info.CopyFrom(infos[name])
+        else:
+            info.name = name
+        model.graph.output.append(info)
+    model, report = normalize(model, input_shape, what=str(path))
+    if extra:
+        kept = [o for o in model.graph.output if o.name not in extra]
+        del model.graph.output[:]
+        model.graph.output.extend(kept)
+        model = infer_shapes(model)
+    LOG.info("%s normalised: %s", path, report.to_dict())
+    return model
 
 
 # -- fused confidence ------------------------------------------------------------------------
@@ -358,6 +394,25 @@ def add_confidence_outputs(model: Any, kinds: Sequence[str]) -> List[Optional[st
         graph.output.append(out)
         names.append(conf_name(k))
     return names
+
+
+def check_exit_ranks(model: Any, exit_names: Sequence[str], kinds: Sequence[str]) -> None:
+    """Refuse exits that are not one vector per sample (feature maps crash the runtime's policies)."""
+    outputs = {o.name: o for o in model.graph.output}
+    for k, kind in enumerate(kinds):
+        info = outputs.get(exit_name(k))
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in info.type.tensor_type.shape.dim
+        ]
+        if len(dims) != 2:
+            label = exit_names[k] if k < len(exit_names) else exit_name(k)
+            raise InputError(
+                f"exit {k} ({label}) has shape {dims}, not one {kind} vector per sample [batch, N]; attach an exit "
+                "head that pools and classifies (ExitsOnBackbone adds one at a feature map), or name the tensor after "
+                "global pooling and the classifier"
+            )
 
 
 def model_opset(model: Any) -> int:

@@ -10,6 +10,11 @@ from typing import Any, Dict, List, Optional
 from hisd_edge.bundle import PRECISIONS, Bundle
 
 
+def _macs(value: Any, complete: Any) -> str:
+    """A MAC count, marked as a lower bound when some layers could not be counted."""
+    return _human(value) if complete or value is None else f">={_human(value)}"
+
+
 def _human(count: Optional[float], unit: str = "") -> str:
     if count is None:
         return "-"
@@ -52,12 +57,14 @@ def summarize_bundle(bundle: Bundle) -> Dict[str, Any]:
                 "outputs": stage.get("outputs", []),
                 "params": stage.get("params"),
                 "macs": stage.get("macs"),
+                "macs_complete": bool(stage.get("macs_complete", True)),
                 "file_bytes": {p: rec.get("bytes") for p, rec in stage.get("files", {}).items()},
                 "calibration_cache": bool(stage.get("files", {}).get("int8", {}).get("calibration_cache")),
             }
         )
     total_macs = [s.get("macs") or 0 for s in manifest.get("stages", [])]
     cumulative = [sum(total_macs[: k + 1]) for k in range(len(total_macs))]
+    complete = [bool(s.get("macs_complete", True)) for s in manifest.get("stages", [])]
     return {
         "name": bundle.name,
         "path": str(bundle.root),
@@ -69,6 +76,7 @@ def summarize_bundle(bundle: Bundle) -> Dict[str, Any]:
         "stages": stages,
         "exits": manifest.get("exits"),
         "macs_to_reach_exit": cumulative,
+        "macs_to_reach_exit_complete": [all(complete[: k + 1]) for k in range(len(complete))],
         "policy": manifest.get("policy"),
         "guard": _guard_summary(manifest.get("guard")),
         "validation": manifest.get("validation"),
@@ -121,7 +129,7 @@ def format_bundle(bundle: Bundle) -> str:
                 ", ".join(_shape(r) for r in stage["inputs"]),
                 ", ".join(_shape(r) for r in stage["outputs"]),
                 _human(stage.get("params")),
-                _human(stage.get("macs")),
+                _macs(stage.get("macs"), stage.get("macs_complete", True)),
             ]
             + [_kib(stage["file_bytes"].get(p)) for p in precisions]
         )
@@ -135,10 +143,16 @@ def format_bundle(bundle: Bundle) -> str:
             if exit_record["stage"] < len(info["macs_to_reach_exit"])
             else None
         )
+        reach_complete = (info.get("macs_to_reach_exit_complete") or [True] * (exit_record["stage"] + 1))[
+            min(exit_record["stage"], len(info.get("macs_to_reach_exit_complete") or [True]) - 1)
+        ]
         lines.append(
             f"{exit_record['index']:>4}  {exit_record['stage']:>5}  {exit_record['output']:6s}  "
-            f"{exit_record.get('confidence_output') or '-'!s:10s}  {exit_record.get('kind', 'logits'):7s}  {_human(reach)}"
+            f"{exit_record.get('confidence_output') or '-'!s:10s}  {exit_record.get('kind', 'logits'):7s}  "
+            f"{_macs(reach, reach_complete)}"
         )
+    if not all(s.get("macs_complete", True) for s in info["stages"]):
+        lines.append("MACs marked >= are lower bounds: shape inference left some layer shapes unknown")
     policy = info.get("policy") or {}
     thresholds = ", ".join("-" if t is None else f"{t:.6g}" for t in policy.get("thresholds") or [])
     lines.append("")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hisd_edge.bundle import PRECISIONS
 from hisd_edge.errors import InputError
@@ -26,7 +26,7 @@ class ConvertOptions:
     max_drop_pp: Optional[float] = None  # set: also choose a per-stage "mixed" plan within this drop
     calib: Optional[str] = None  # source string or calibration/*.json; None: the model's own default
     calib_count: Optional[int] = None  # None: the recipe's (256)
-    calib_method: Optional[str] = None  # None: the recipe's (entropy)
+    calib_method: Optional[str] = None  # None: the recipe's (percentile)
     val: Optional[str] = None  # held-out data; None: the checkpoint's validation split
     val_count: Optional[int] = None
     opset: int = 17
@@ -36,6 +36,8 @@ class ConvertOptions:
     verify_count: int = VERIFY_SAMPLES
     trt_version: str = "8.5.2"  # TensorRT version named in the calibration caches' header
     confidence: bool = True  # fuse softmax->max as conf{k} outputs
+    keep_fp16: int = 0  # keep this many of the most INT8-sensitive layers out of INT8
+    sensitivity: bool = False  # measure every layer's INT8 sensitivity (done anyway when keep_fp16 > 0)
     threshold: float = DEFAULT_THRESHOLD  # default max-prob threshold of every exit but the last
     name: Optional[str] = None  # bundle name; default: the output directory's name
     progress: bool = False
@@ -53,6 +55,8 @@ class ConvertOptions:
         self.precisions = tuple(p for p in PRECISIONS if p in precisions)
         if self.max_drop_pp is not None and self.max_drop_pp < 0:
             raise InputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop_pp}")
+        if int(self.keep_fp16) < 0:
+            raise InputError(f"--keep-fp16 must be >= 0 layers, got {self.keep_fp16}")
         if self.threads <= 0 or self.verify_count <= 0:
             raise InputError("threads and verify count must be positive")
         if not 0.0 < float(self.threshold) <= 1.0:
@@ -86,6 +90,7 @@ class ConvertResult:
     verification: Dict[str, Any]
     calibration: Dict[str, Any]
     timings_s: Dict[str, float]
+    sensitivity: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # INT8 cost per layer, worst first
 
     def table(self) -> str:
         from hisd_edge.convert.validate import format_validation_table

@@ -43,6 +43,7 @@ from hisd_edge.convert.options import (
 from hisd_edge.convert.source import (
     ModelSource,
     checkpoint_source,
+    list_onnx_points,
     list_points,
     module_source,
     onnx_source,
@@ -63,6 +64,7 @@ __all__ = [
     "convert_checkpoint",
     "convert_model",
     "convert_onnx",
+    "list_onnx_points",
     "list_points",
     "parse_precisions",
 ]
@@ -100,9 +102,13 @@ def convert_onnx(
     preprocessing: Any = None,
     class_names: Optional[Sequence[str]] = None,
     exit_kind: str = "logits",
+    input_shape: Optional[Sequence[Optional[int]]] = None,
     **options: Any,
 ) -> ConvertResult:
     """Convert a user's multi-exit ONNX: ``exits`` name its exit tensors, shallowest first.
+
+    The graph is normalised first (:mod:`~hisd_edge.convert.normalize`); ``input_shape`` (N,C,H,W,
+    None for a dynamic dim) pins dynamic input dims.
 
     ``split_at`` optionally names the boundary tensors (one fewer than exits); otherwise they are
     found structurally. ``preprocessing`` is a :class:`~hisd_edge.preprocess.Preprocessing` or its
@@ -113,7 +119,14 @@ def convert_onnx(
 
     check_output_dir(Path(out_dir), opts.force)
     source = onnx_source(
-        Path(onnx_path), list(exits), list(split_at) if split_at else None, preprocessing, class_names, exit_kind, opts
+        Path(onnx_path),
+        list(exits),
+        list(split_at) if split_at else None,
+        preprocessing,
+        class_names,
+        exit_kind,
+        opts,
+        input_shape,
     )
     return _convert(source, Path(out_dir), opts)
 
@@ -195,7 +208,7 @@ def _load_data(source: ModelSource, opts: ConvertOptions) -> _Data:
         verify_inputs = calibration.inputs[: opts.verify_count]
     elif opts.calib is not None or default_source is not None:
         verify_recipe = dataclasses.replace(recipe, count=min(recipe.count, opts.verify_count))
-        verify_inputs = calibrate.load_calibration_set(verify_recipe, source.spec, strict=opts.strict).inputs
+        verify_inputs = calibrate.load_calibration_set(verify_recipe, source.spec, strict=opts.strict).inputs[:]
     elif held_out is not None:
         verify_inputs = held_out.inputs[: opts.verify_count]
     else:
@@ -248,21 +261,23 @@ class _SplitModel:
     stages: List[Any]  # split.Stage
     confidence: List[Optional[str]]  # conf{k} output per exit, or None
     fixed_batch: int  # 0: dynamic batch axis
+    # Rows per ONNX Runtime run (a fixed-batch model takes exactly its batch). Otherwise chains run in
+    # batches whose activations fit a budget: 256 samples of a 28x28 model, a handful at 224x224
+    # (ONNX Runtime keeps its arena at the largest batch's size).
+    run_batch: int
 
     @property
-    def run_batch(self) -> int:
-        """Rows per ONNX Runtime run (a fixed-batch model takes exactly its batch)."""
-        return self.fixed_batch or 256
-
-    @property
-    def calib_batch(self) -> int:
-        return self.fixed_batch or 64
+    def calib_batch(self) -> Optional[int]:
+        """Calibration's batch: the fixed one, else None (it follows the activations' size)."""
+        return self.fixed_batch or None
 
 
 def _split(source: ModelSource, proto: Any, split_tensors: Optional[List[str]], opts: ConvertOptions) -> _SplitModel:
     from hisd_edge.convert import export, split
+    from hisd_edge.convert.calib_stats import batch_size_for
 
     num = source.num_exits
+    export.check_exit_ranks(proto, source.exit_names, source.kinds)
     confidence: List[Optional[str]] = (
         export.add_confidence_outputs(proto, source.kinds) if opts.confidence else [None] * num
     )
@@ -281,7 +296,10 @@ def _split(source: ModelSource, proto: Any, split_tensors: Optional[List[str]], 
     if not source.class_names and source.kinds[-1] == "logits":
         classes = export.num_classes(proto, num - 1)
         source.class_names = [str(i) for i in range(classes)] if classes else []
-    return _SplitModel(proto=proto, stages=stages, confidence=confidence, fixed_batch=int(fixed or 0))
+    run_batch = int(fixed or batch_size_for([s.model for s in stages], limit=256))
+    return _SplitModel(
+        proto=proto, stages=stages, confidence=confidence, fixed_batch=int(fixed or 0), run_batch=run_batch
+    )
 
 
 def _build_bundle(
@@ -310,13 +328,22 @@ def _build_bundle(
             with timer.step("fp16"):
                 paths["fp16"] = _write_fp16(model, tmp)
         caches: List[Dict[str, Any]] = []
+        sensitivity: List[Dict[str, Any]] = []
+        kept_float: Dict[int, List[str]] = {}
         if "int8" in opts.precisions:
             with timer.step("calibrate"):
                 statistics = calibrate.calibrate_chain(
                     paths["fp32"], chain, data.calibration, data.recipe, scratch, model.calib_batch
                 )
             with timer.step("int8"):
-                paths["int8"], caches = _write_int8(model, paths["fp32"], statistics, data.recipe, tmp, scratch, opts)
+                from hisd_edge.convert import sensitivity as sensitivity_mod
+
+                sensitivity, kept_float = sensitivity_mod.rank_layers(
+                    model.stages, statistics, opts.keep_fp16, opts.sensitivity, opts.threads
+                )
+                paths["int8"], caches = _write_int8(
+                    model, paths["fp32"], statistics, data.recipe, tmp, scratch, opts, kept_float
+                )
         with timer.step("validate"):
             validation: Dict[str, Any] = {"data": None, "count": 0, "labelled": False, "rows": []}
             if data.validation is not None:
@@ -337,6 +364,7 @@ def _build_bundle(
                 data.calibration,
                 report,
                 validation,
+                kept_float,
             )
             if data.validation is not None:  # the input guard, calibrated on the validation inputs
                 from hisd_edge.convert import export
@@ -360,6 +388,7 @@ def _build_bundle(
         verification=report.to_dict(),
         calibration=manifest.get("calibration") or {},
         timings_s=dict(timer.times),
+        sensitivity=sensitivity,
     )
 
 
@@ -401,8 +430,12 @@ def _write_int8(
     tmp: Path,
     scratch: Path,
     opts: ConvertOptions,
+    kept_float: Dict[int, List[str]],
 ) -> Tuple[List[Path], List[Dict[str, Any]]]:
-    """INT8 Q/DQ stage graphs and their TensorRT calibration caches (records for the manifest)."""
+    """INT8 Q/DQ stage graphs and their TensorRT calibration caches (records for the manifest).
+
+    ``kept_float`` names, per stage, the layers ``--keep-fp16`` keeps out of INT8.
+    """
     import onnx
 
     from hisd_edge.convert import calib_cache, quantize, split, writer
@@ -417,7 +450,7 @@ def _write_int8(
             stage_calibration,
             recipe.method,
             scratch,
-            quantize.confidence_nodes(stage.model),
+            quantize.confidence_nodes(stage.model) + kept_float.get(stage.index, []),
         )
         split.check_model(onnx.load(str(path)), f"stage {stage.index} (int8)")
         amax = stage_calibration.amax()

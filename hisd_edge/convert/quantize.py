@@ -1,11 +1,12 @@
 """Step 5: the reduced-precision variants of each stage.
 
-INT8 is explicit Q/DQ (what TensorRT 11 requires, and what 8.5–10.x accept): ONNX Runtime's
-``quantize_static`` in QDQ format with signed INT8 activations and weights, per-channel weights,
-per-tensor activations, and *symmetric* ranges for both (``ActivationSymmetric`` defaults to
-False, which TensorRT rejects: every zero point must be 0). The ranges come from the chained
-calibration (:mod:`hisd_edge.convert.calibrate`), handed to ORT as its calibration cache so the
-Q/DQ scales and the TensorRT cache are the same numbers. The fused confidence nodes stay float.
+INT8 is explicit Q/DQ (what TensorRT 11 requires, and what 8.5–10.x accept), placed by
+:mod:`hisd_edge.convert.qdq` the way TensorRT fuses: Conv/Gemm/MatMul inputs quantized (weights
+per output channel, activations per tensor, both symmetric with zero point 0), the residual input
+of an Add after a Conv quantized, nothing between a Conv and its ReLU/Clip. The ranges come from
+the chained calibration (:mod:`hisd_edge.convert.calibrate`), the same numbers that go into the
+TensorRT calibration cache. The fused confidence nodes stay float, and so do layers the caller
+excludes (the most sensitive ones, with ``--keep-fp16``).
 
 fp16 is ONNX Runtime's ``convert_float_to_float16`` with fp32 I/O (``keep_io_types``), so any
 precision of one stage chains with any precision of the next; the confidence head stays fp32.
@@ -14,8 +15,6 @@ precision of one stage chains with any precision of the next; the confidence hea
 from __future__ import annotations
 
 import contextlib
-import inspect
-import io
 import logging
 import re
 from pathlib import Path
@@ -25,9 +24,8 @@ from hisd_edge.errors import ConversionError, first_line
 
 LOG = logging.getLogger("hisd_edge.convert")
 
-# Operators whose inputs get Q/DQ: the MAC-heavy ones plus the residual Add (TensorRT fuses
-# conv+add in INT8 when the add's inputs are quantized). Everything else stays float between them.
-QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
+# Operators whose inputs get Q/DQ (plus the skip input of a residual Add after one of them).
+QUANTIZED_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 _CONFIDENCE_NODE = re.compile(r"^conf\d+/(Softmax|ReduceMax)$")
@@ -38,76 +36,31 @@ def confidence_nodes(model: Any) -> List[str]:
     return [node.name for node in model.graph.node if _CONFIDENCE_NODE.match(node.name)]
 
 
-def _accepts_cache() -> bool:
-    from onnxruntime.quantization import quantize_static
-
-    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
-
-
 def quantize_int8(
     fp32_path: Path, out_path: Path, calibration: Any, method: str, scratch: Path, exclude_nodes: Sequence[str] = ()
-) -> None:
+) -> List[str]:
     """Write the Q/DQ INT8 variant of the stage at ``fp32_path`` to ``out_path``.
 
-    ``calibration`` (a :class:`~hisd_edge.convert.calibrate.StageCalibration`) supplies ORT's
-    statistics, used as they are when this ONNX Runtime accepts a calibration cache; older ones
-    recalibrate on the same stage input (same data and method, same ranges).
+    ``calibration`` (a :class:`~hisd_edge.convert.calibrate.StageCalibration`) supplies the ranges
+    (``amax()``, from ``method``). Returns the labels of the layers that were quantized.
+    ``scratch`` is unused (kept for callers of the ONNX Runtime based version).
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    import onnx
 
-    from hisd_edge.convert.calibrate import ArrayReader, _as_reader, input_name, ort_method
+    from hisd_edge.convert.qdq import apply_qdq, plan_qdq
 
-    extra = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        # TensorRT 8.x accepts only float inputs to DequantizeLinear: weights stay float32 behind a
-        # Q/DQ pair (TensorRT folds it at build time) and biases stay float (an int32 bias DQ is
-        # rejected by every TensorRT version). The INT8 files are therefore not smaller than fp32.
-        "AddQDQPairToWeight": True,
-        "QuantizeBias": False,
-        # Keep each exit's logits (and the stage's boundary output) float: a Q/DQ on a graph
-        # output only costs precision at the one place the runtime reads values.
-        "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
-    }
-    kwargs = {
-        "quant_format": QuantFormat.QDQ,
-        "activation_type": QuantType.QInt8,
-        "weight_type": QuantType.QInt8,
-        "per_channel": True,
-        "reduce_range": False,
-        "op_types_to_quantize": list(QUANTIZED_OP_TYPES),
-        "nodes_to_exclude": list(exclude_nodes),
-        "calibrate_method": ort_method(method),
-        "extra_options": extra,
-    }
-    sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink), _quiet_ort_logging():
-            if _accepts_cache():
-                from onnxruntime.quantization.calibrate import save_tensors_data
-
-                cache = scratch / f"{Path(fp32_path).stem}.ranges.json"
-                save_tensors_data(calibration.statistics, cache)
-                quantize_static(str(fp32_path), str(out_path), None, calibration_cache_path=str(cache), **kwargs)
-            else:  # pragma: no cover - older onnxruntime
-                reader = ArrayReader(input_name(Path(fp32_path)), calibration.inputs, calibration.batch_size)
-                quantize_static(str(fp32_path), str(out_path), _as_reader(reader), **kwargs)
+        model = onnx.load(str(fp32_path))
+        plan = plan_qdq(model, exclude_nodes)
+        quantized, skipped = apply_qdq(model, plan, calibration.amax())
+        if skipped:
+            LOG.info("%s: left float (no non-zero range seen): %s", Path(fp32_path).name, ", ".join(skipped[:10]))
+        onnx.save(quantized, str(out_path))
     except ConversionError:
         raise
     except Exception as exc:
         raise ConversionError(f"{Path(fp32_path).name}: INT8 quantization failed ({first_line(exc)})") from None
-
-
-@contextlib.contextmanager
-def _quiet_ort_logging():
-    """ORT's quantizer logs a "please pre-process" warning per call on the root logger."""
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(max(previous, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(previous)
+    return list(plan.layers)
 
 
 def convert_fp16(model: Any, keep_fp32_nodes: Optional[Sequence[str]] = None) -> Any:

@@ -132,19 +132,29 @@ def onnx_source(
     class_names: Optional[Sequence[str]],
     exit_kind: str,
     opts: ConvertOptions,
+    input_shape: Optional[Sequence[Optional[int]]] = None,
 ) -> ModelSource:
-    """A user's multi-exit ONNX; ``exits`` name its exit tensors, shallowest first."""
+    """A user's multi-exit ONNX; ``exits`` name its exit tensors, shallowest first.
+
+    The graph is normalised first (:mod:`~hisd_edge.convert.normalize`); ``input_shape`` (N,C,H,W,
+    None for a dynamic dim) pins dynamic input dims.
+    """
     from hisd_edge.convert.export import load_onnx, model_opset, num_classes
     from hisd_edge.preprocess import Preprocessing
 
     if exit_kind not in ("logits", "embedding"):
         raise InputError(f"--exit-kind {exit_kind!r}: choose logits or embedding")
-    proto, original = load_onnx(path, exits)
+    proto, original = load_onnx(path, exits, input_shape)
     graph_input = next(i for i in proto.graph.input if i.name == "input")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
-    if len(dims) != 4 or any(d is None for d in dims[1:]):
+    if len(dims) != 4:
         raise InputError(
-            f"{path}: input shape {dims} is not N x C x H x W with fixed C, H, W; hisd-edge converts image models"
+            f"{path}: input shape {['N' if d is None else d for d in dims]} is not N x C x H x W; hisd-edge converts image models"
+        )
+    if any(d is None for d in dims[1:]):
+        raise InputError(
+            f"{path}: input dims {['N' if d is None else d for d in dims]} are dynamic beyond the batch; pin them with "
+            "--input-shape N,C,H,W (e.g. N,3,224,224)"
         )
     if preprocessing is None:
         channels = int(dims[1])  # type: ignore[arg-type]
@@ -240,9 +250,12 @@ def validation_data(source: ModelSource, opts: ConvertOptions) -> Optional[Any]:
 
 
 # -- split points ---------------------------------------------------------------------------
-def list_points(source: Union[PathLike, Any], model: Any = None) -> List[Tuple[str, Any]]:
-    """Valid names for ``--exits`` / ``--split-at``: module names with output shapes for a checkpoint
-    or module, tensor names with shapes for an ONNX file."""
+def list_points(
+    source: Union[PathLike, Any], model: Any = None, input_shape: Optional[Sequence[Optional[int]]] = None
+) -> List[Tuple[str, Any]]:
+    """Valid names for ``--exits`` / ``--split-at``: torch.fx point names with shapes for a checkpoint
+    or module, tensor names with shapes for an ONNX file (normalised first; see
+    :func:`list_onnx_points` for which of them are clean cuts)."""
     from hisd_edge.convert.export import list_split_points
 
     if not isinstance(source, (str, os.PathLike)):
@@ -250,7 +263,7 @@ def list_points(source: Union[PathLike, Any], model: Any = None) -> List[Tuple[s
         return [(n, s) for n, s in list_split_points(source, spec_shape)]
     path = Path(source)
     if path.suffix.lower() == ".onnx":
-        return _onnx_points(path)
+        return [(name, shape) for name, shape, _ in list_onnx_points(path, input_shape)]
     torch_model, meta = _load_checkpoint(path, model)
     from hisd_edge.preprocess import Preprocessing
 
@@ -259,6 +272,9 @@ def list_points(source: Union[PathLike, Any], model: Any = None) -> List[Tuple[s
 
 
 def _module_input_shape(model: Any) -> Tuple[int, ...]:
+    shape = getattr(model, "input_shape", None)  # ExitsOnBackbone records its example's shape
+    if shape is not None:
+        return tuple(int(v) for v in shape)
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "input_size"):
         return (int(config.in_channels), *tuple(int(v) for v in config.input_size))
@@ -268,15 +284,16 @@ def _module_input_shape(model: Any) -> Tuple[int, ...]:
     )
 
 
-def _onnx_points(path: Path) -> List[Tuple[str, Any]]:
+def list_onnx_points(path: Path, input_shape: Optional[Sequence[Optional[int]]] = None) -> List[Tuple[str, Any, bool]]:
+    """(tensor name, shape, clean cut?) for every tensor of the normalised ONNX that depends on the input."""
     import onnx
 
-    from hisd_edge.convert.export import infer_shapes
+    from hisd_edge.convert.export import read_normalized
     from hisd_edge.convert.split import GraphIndex
 
     try:
-        model = infer_shapes(onnx.load(str(path)))
-    except ConversionError:
+        model = read_normalized(onnx.load(str(path)), path, [], input_shape)
+    except (ConversionError, InputError):
         raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from None
@@ -293,5 +310,5 @@ def _onnx_points(path: Path) -> List[Tuple[str, Any]]:
                         d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                         for d in info.type.tensor_type.shape.dim
                     )
-                points.append((out, shape))
+                points.append((out, shape, index.is_clean_cut(out)))
     return points

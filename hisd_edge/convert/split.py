@@ -3,7 +3,10 @@
 With ``A_k`` the nodes that exit k's outputs (``exit{k}``, ``conf{k}``) depend on and
 ``U_k = A_0 ∪ ... ∪ A_k``, the boundary after stage k is the set of *dynamic* tensors (ones that
 depend on the input; constants may be duplicated freely) that are produced inside ``U_k`` (or are
-the graph input) and consumed by a node that later exits need but ``U_k`` does not hold. Exactly
+the graph input) and consumed by a node that later exits need but ``U_k`` does not hold. Values
+that depend on the input only through its batch size (``Shape -> Gather(0) -> Concat -> Reshape``,
+what ``x.view(x.size(0), -1)`` exports to) are not carried: each stage recomputes them from its
+own input, whose batch dim is the same. Exactly
 one tensor is a clean cut: it is renamed ``feat{k}`` and becomes stage k's extra output and stage
 k+1's only input. More than one means a later stage needs something from before the boundary (a
 skip connection across it, say): that is reported, naming the tensors, instead of producing a
@@ -59,6 +62,81 @@ def _subgraph_refs(node: Any) -> Set[str]:
     return refs
 
 
+def _constant_ints(model: Any) -> Dict[str, List[int]]:
+    """Small integer constants of the graph (initializers and Constant nodes), flattened."""
+    from onnx import TensorProto, numpy_helper
+
+    values: Dict[str, List[int]] = {}
+    ints = (TensorProto.INT64, TensorProto.INT32)
+    for init in model.graph.initializer:
+        if init.data_type in ints and len(init.dims) <= 1:
+            values[init.name] = [int(v) for v in numpy_helper.to_array(init).reshape(-1)]
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type in ints and len(attr.t.dims) <= 1:
+                    values[node.output[0]] = [int(v) for v in numpy_helper.to_array(attr.t).reshape(-1)]
+    return values
+
+
+def _batch_symbols(model: Any) -> Set[str]:
+    """Symbolic names of the input's leading (batch) dim."""
+    symbols: Set[str] = set()
+    inits = {i.name for i in model.graph.initializer}
+    for info in model.graph.input:
+        if info.name not in inits and info.type.tensor_type.HasField("shape"):
+            dims = info.type.tensor_type.shape.dim
+            if dims and dims[0].dim_param:
+                symbols.add(dims[0].dim_param)
+    return symbols
+
+
+def _batch_shape_nodes(model: Any, index: GraphIndex) -> Set[int]:
+    """Shape nodes whose value is used only for the batch size.
+
+    That is: the shaped tensor's dim 0 is the input's symbolic batch dim, and the Shape either
+    keeps only dim 0 (``start=0, end=1``) or every consumer takes element 0 (``Gather`` with
+    constant index 0 on axis 0, ``Slice`` [0:1]). Such a value is the same when computed from any
+    stage's own input, so it never has to cross a cut (``x.view(x.size(0), -1)``).
+    """
+    constants = _constant_ints(model)
+    symbols = _batch_symbols(model)
+    first_dims: Dict[str, str] = {}
+    for info in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = info.type.tensor_type.shape.dim if info.type.tensor_type.HasField("shape") else []
+        if dims and dims[0].dim_param:
+            first_dims[info.name] = dims[0].dim_param
+    found: Set[int] = set()
+    for idx, node in enumerate(index.nodes):
+        if node.op_type != "Shape" or not node.input or first_dims.get(node.input[0]) not in symbols:
+            continue
+        attrs = {a.name: int(a.i) for a in node.attribute}
+        if attrs.get("start", 0) == 0 and attrs.get("end") == 1:
+            found.add(idx)
+            continue
+        uses = index.consumers.get(node.output[0], [])
+        if uses and all(_takes_element_zero(index.nodes[u], node.output[0], constants) for u in uses):
+            found.add(idx)
+    return found
+
+
+def _takes_element_zero(node: Any, shape: str, constants: Dict[str, List[int]]) -> bool:
+    inputs = list(node.input)
+    if not inputs or inputs[0] != shape or shape in inputs[1:]:
+        return False
+    from onnx import AttributeProto
+
+    attrs = {a.name: int(a.i) for a in node.attribute if a.type == AttributeProto.INT}
+    if node.op_type == "Gather":
+        return attrs.get("axis", 0) == 0 and len(inputs) > 1 and constants.get(inputs[1]) == [0]
+    if node.op_type == "Slice" and len(inputs) >= 3:
+        starts, ends = constants.get(inputs[1]), constants.get(inputs[2])
+        axes = constants.get(inputs[3]) if len(inputs) > 3 and inputs[3] else [0]
+        steps = constants.get(inputs[4]) if len(inputs) > 4 and inputs[4] else [1]
+        return starts == [0] and ends == [1] and axes in ([0], [-1]) and steps == [1]
+    return False
+
+
 class GraphIndex:
     """Producer/consumer maps of an ONNX graph and which tensors depend on the input."""
 
@@ -79,10 +157,60 @@ class GraphIndex:
             self.node_inputs.append(inputs)
             for name in inputs:
                 self.consumers[name].append(idx)
+        self.batch_shapes: Set[int] = _batch_shape_nodes(model, self)
         self.dynamic: Set[str] = set(self.graph_inputs)
         for idx, node in enumerate(self.nodes):  # graph.node is topologically sorted (checker enforces it)
+            if idx in self.batch_shapes:
+                continue  # the batch size: every stage recomputes it from its own input
             if any(name in self.dynamic for name in self.node_inputs[idx]):
                 self.dynamic.update(o for o in node.output if o)
+
+    def data_inputs(self, idx: int) -> List[str]:
+        """The inputs of node ``idx`` whose values it needs (a batch-size Shape needs none)."""
+        return [] if idx in self.batch_shapes else self.node_inputs[idx]
+
+    def batch_shape_outputs(self) -> Set[str]:
+        """Output names of the Shape nodes that only yield the batch size."""
+        return {self.nodes[i].output[0] for i in self.batch_shapes}
+
+    def descendants(self, tensor: str) -> Set[int]:
+        """Indices of the nodes that depend on ``tensor``."""
+        seen: Set[int] = set()
+        stack = list(self.consumers.get(tensor, []))
+        while stack:
+            idx = stack.pop()
+            if idx in seen:
+                continue
+            seen.add(idx)
+            for out in self.nodes[idx].output:
+                stack.extend(self.consumers.get(out, []))
+        return seen
+
+    def is_clean_cut(self, tensor: str) -> bool:
+        """True when everything that depends on ``tensor`` reads nothing else computed before it
+        (apart from constants and the batch size), so the graph can be cut at ``tensor`` alone."""
+        if tensor not in self.dynamic:
+            return False
+        after = self.descendants(tensor)
+        if not after:
+            return False
+        produced_after = {o for i in after for o in self.nodes[i].output if o}
+        for idx in after:
+            for name in self.data_inputs(idx):
+                if name != tensor and name in self.dynamic and name not in produced_after:
+                    return False
+        return True
+
+    def reader(self, tensor: str, among: Set[int]) -> str:
+        """Why a tensor is needed: 'read by <op> <node name>' for the first reader among ``among``."""
+        for idx in sorted(among):
+            if tensor in self.node_inputs[idx]:
+                node = self.nodes[idx]
+                label = f"{node.op_type} {node.name}".strip()
+                if node.op_type == "Shape":
+                    return f"read by {label}, which uses its shape beyond the batch dim (fix the other dims: --input-shape)"
+                return f"read by {label}"
+        return "read later"
 
     def ancestors(self, tensors: Iterable[str]) -> Set[int]:
         """Indices of the nodes the given tensors depend on."""
@@ -93,14 +221,14 @@ class GraphIndex:
             if idx in seen:
                 continue
             seen.add(idx)
-            stack.extend(self.producer[name] for name in self.node_inputs[idx] if name in self.producer)
+            stack.extend(self.producer[name] for name in self.data_inputs(idx) if name in self.producer)
         return seen
 
     def crossing(self, inside: Set[int], needed: Set[int]) -> List[str]:
         """Dynamic tensors made inside ``inside`` (or graph inputs) that nodes in ``needed - inside`` read."""
         found: List[str] = []
         for idx in sorted(needed - inside):
-            for name in self.node_inputs[idx]:
+            for name in self.data_inputs(idx):
                 if name not in self.dynamic or name in found:
                     continue
                 if name in self.graph_inputs or self.producer.get(name) in inside:
@@ -167,9 +295,10 @@ def find_boundaries(
                     f"(they read {', '.join(crossing) or 'nothing'} from before it)"
                 )
             if extra:
+                why = "; ".join(f"{t} ({index.reader(t, needed - inside)})" for t in extra)
                 raise ConversionError(
-                    f"split at {wanted} is not a clean cut: the stages after it also need {', '.join(extra)} from before it; "
-                    "choose a split tensor that everything later depends on alone"
+                    f"split at {wanted} is not a clean cut: the stages after it also need {why} from before it; "
+                    "choose a split point that everything later depends on alone (--list-points marks clean cuts)"
                 )
             boundaries.append(Boundary(wanted, set(inside)))
             continue
@@ -182,9 +311,10 @@ def find_boundaries(
                 + order_hint
             )
         if len(crossing) > 1:
+            why = "; ".join(f"{t} ({index.reader(t, needed - inside)})" for t in crossing)
             raise ConversionError(
                 f"no clean cut after exit {k}: the later stages need {len(crossing)} tensors from before it "
-                f"({', '.join(crossing)}); move the exit or give --split-at explicitly{order_hint}"
+                f"({why}); move the exit or give --split-at at a clean cut (--list-points marks them){order_hint}"
             )
         boundaries.append(Boundary(crossing[0], set(inside)))
     return boundaries
@@ -260,6 +390,7 @@ def split_stages(model: Any, exit_outputs: Sequence[Sequence[str]]) -> List[Stag
 
     num = len(exit_outputs)
     opset = model_opset(model)
+    batch_shapes = GraphIndex(model).batch_shape_outputs()
     full = gs.import_onnx(model)
     stages: List[StageGraph] = []
     for k in range(num):
@@ -276,6 +407,10 @@ def split_stages(model: Any, exit_outputs: Sequence[Sequence[str]]) -> List[Stag
                 f"stage {k}: boundary tensor {in_name} has no inferred dtype/shape; cannot make it a stage input"
             )
         stage_input.inputs.clear()  # cut it loose from its producer in the previous stage
+        if k > 0:  # the batch size comes from this stage's own input, not from across the cut
+            for name in batch_shapes:
+                if name in tensors and tensors[name].inputs:
+                    tensors[name].inputs[0].inputs[0] = stage_input
         graph.inputs = [stage_input]
         graph.outputs = [tensors[name] for name in out_names]
         graph.cleanup(remove_unused_graph_inputs=True).toposort()

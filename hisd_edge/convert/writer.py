@@ -104,14 +104,17 @@ def build_manifest(
     calibration: Any,
     report: Any,
     validation: Dict[str, Any],
+    kept_float: Optional[Dict[int, List[str]]] = None,
 ) -> Dict[str, Any]:
     """The manifest of the bundle assembled in ``tmp`` (schema: :mod:`hisd_edge.bundle`), every file
-    recorded with its sha256; the policy starts uncalibrated at ``opts.threshold``."""
+    recorded with its sha256; the policy starts uncalibrated at ``opts.threshold``. ``kept_float``:
+    per stage, the layers ``--keep-fp16`` kept out of INT8."""
     import onnx
     import onnxruntime
 
     from hisd_edge.convert import export, stats
 
+    kept_float = kept_float or {}
     stage_records = []
     for stage in stages:
         graph_stats = stats.graph_stats(stage.model)
@@ -125,9 +128,11 @@ def build_manifest(
                 record["calibration_cache"] = {**file_record(tmp, cache.pop("path")), **cache}
                 record["quantization"] = {
                     "format": "QDQ",
+                    "placement": "tensorrt (inputs of Conv/Gemm/MatMul and residual Add skips)",
                     "activations": "int8 per-tensor symmetric",
                     "weights": "int8 per-channel symmetric",
                     "calibration": recipe.method,
+                    "kept_float": list(kept_float.get(stage.index, [])),
                 }
             files[precision] = record
         stage_records.append(

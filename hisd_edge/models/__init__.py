@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List
 
 from hisd_edge.errors import InputError
 from hisd_edge.models.cnn import CnnConfig, MultiExitCNN
+from hisd_edge.models.mobilenet import MobileNetConfig, MultiExitMobileNet
 from hisd_edge.models.protocol import ExitInfo, StagedMultiExit, is_multi_exit
 from hisd_edge.models.transformer import MultiExitTransformer, TransformerConfig
 from hisd_edge.models.wrap import ExitsOnBackbone, list_exit_points
@@ -17,6 +18,7 @@ from hisd_edge.models.wrap import ExitsOnBackbone, list_exit_points
 _FAMILIES: Dict[str, Callable[[Dict[str, Any]], StagedMultiExit]] = {
     "cnn": lambda cfg: MultiExitCNN(CnnConfig(**cfg)),
     "transformer": lambda cfg: MultiExitTransformer(TransformerConfig(**cfg)),
+    "mobilenet": lambda cfg: MultiExitMobileNet(MobileNetConfig(**cfg)),
 }
 
 # Registered configurations. Early stages are kept cheap relative to later ones so that exits
@@ -83,6 +85,50 @@ _REGISTRY: Dict[str, Dict[str, Any]] = {
             "block": "bottleneck",
             "exit_hidden": 256,
             "exit_kernel": 1,
+        },
+    },
+    "mnist_mobilenet": {
+        "family": "mobilenet",
+        "config": {  # MobileNetV2-style: inverted residuals, depthwise convs, ReLU6, BN
+            "in_channels": 1,
+            "num_classes": 10,
+            "input_size": (28, 28),
+            "stem_channels": 16,
+            "stem_stride": 1,
+            "stages": ((1, 16, 1, 2), (4, 24, 2, 2), (4, 48, 2, 2)),
+            "exit_hidden": 64,
+        },
+    },
+    "tiny_mobilenet": {
+        "family": "mobilenet",
+        "config": {  # for tests
+            "in_channels": 1,
+            "num_classes": 10,
+            "input_size": (28, 28),
+            "stem_channels": 8,
+            "stem_stride": 2,
+            "stages": ((1, 8, 1, 1), (2, 12, 2, 2), (2, 16, 1, 2)),
+            "exit_hidden": 16,
+        },
+    },
+    "mobilenet_v2_exits": {
+        "family": "mobilenet",
+        "config": {  # MobileNetV2 1.0 at 224x224 (ImageNet-sized; for latency and conversion benchmarks)
+            "in_channels": 3,
+            "num_classes": 1000,
+            "input_size": (224, 224),
+            "stem_channels": 32,
+            "stem_stride": 2,
+            "stages": (
+                (1, 16, 1, 1),
+                (6, 24, 2, 2),
+                (6, 32, 3, 2),
+                (6, 64, 4, 2),
+                (6, 96, 3, 1),
+                (6, 160, 3, 2),
+                (6, 320, 1, 1),
+            ),
+            "exit_hidden": 128,
         },
     },
     "mnist_vit": {
@@ -159,7 +205,9 @@ __all__ = [
     "CnnConfig",
     "ExitInfo",
     "ExitsOnBackbone",
+    "MobileNetConfig",
     "MultiExitCNN",
+    "MultiExitMobileNet",
     "MultiExitTransformer",
     "StagedMultiExit",
     "TransformerConfig",

@@ -147,6 +147,7 @@ class StageChain:
         precision: str = "fp32",
     ):
         self.precision = precision
+        self.threads = threads
         self.sessions = [open_session(model, threads, precision) for model in stage_models]
         if stage_outputs is None:
             stage_outputs = [[o.name for o in s.get_outputs()] for s in self.sessions]

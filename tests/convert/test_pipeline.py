@@ -144,12 +144,13 @@ def test_calibration_follows_the_chain(tiny_bundle, tmp_path):
     paths = [bundle.stage_path(k) for k in range(3)]
     chain = verify.Chain([str(p) for p in paths], [[o["name"] for o in s["outputs"]] for s in bundle.stages])
     stats = calibrate.calibrate_chain(paths, chain, calibration, recipe, tmp_path)
-    feat0 = chain.run(calibration.inputs, stop=1)["feat0"]
-    feat1 = chain.run(calibration.inputs, stop=2)["feat1"]
+    images = calibration.inputs[0:32]
+    feat0 = chain.run(images, stop=1)["feat0"]
+    feat1 = chain.run(images, stop=2)["feat1"]
     assert stats[1].amax()["feat0"] == pytest.approx(float(np.abs(feat0).max()), rel=1e-6)
     assert stats[2].amax()["feat1"] == pytest.approx(float(np.abs(feat1).max()), rel=1e-6)
-    assert stats[0].amax()["input"] == pytest.approx(float(np.abs(calibration.inputs).max()), rel=1e-6)
-    np.testing.assert_array_equal(stats[1].inputs, feat0)
+    assert stats[0].amax()["input"] == pytest.approx(float(np.abs(images).max()), rel=1e-6)
+    np.testing.assert_allclose(stats[1].inputs, feat0[: len(stats[1].inputs)], atol=1e-6)
 
 
 def test_validation_table(tiny_bundle):
@@ -216,8 +217,8 @@ def test_manifest_is_json_with_no_nan(tiny_bundle):
     json.loads(text)
 
 
-def test_older_onnxruntime_path_recalibrates_to_the_same_scales(tiny_bundle, tmp_path, monkeypatch):
-    """Without ORT's calibration-cache argument, quantize_static recalibrates on the same stage input: same ranges."""
+def test_qdq_scales_are_the_calibrated_ranges(tiny_bundle, tmp_path):
+    """quantize_int8 puts amax / 127 of the chained calibration on each activation it quantizes."""
     from hisd_edge.convert import quantize
 
     bundle = Bundle.open(tiny_bundle)
@@ -226,17 +227,12 @@ def test_older_onnxruntime_path_recalibrates_to_the_same_scales(tiny_bundle, tmp
     paths = [bundle.stage_path(k) for k in range(3)]
     chain = verify.Chain([str(p) for p in paths], [[o["name"] for o in s["outputs"]] for s in bundle.stages])
     stage1 = calibrate.calibrate_chain(paths, chain, calibration, recipe, tmp_path)[1]
-    scales = {}
-    for accepts in (True, False):
-        monkeypatch.setattr(quantize, "_accepts_cache", lambda accepts=accepts: accepts)
-        out = tmp_path / f"stage1.{accepts}.int8.onnx"
-        quantize.quantize_int8(paths[1], out, stage1, "minmax", tmp_path)
-        model = onnx.load(str(out))
-        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-        node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "feat0")
-        scales[accepts] = float(inits[node.input[1]])
-    assert scales[True] == pytest.approx(scales[False], rel=1e-6)
-    assert scales[True] == pytest.approx(stage1.amax()["feat0"] / 127, rel=1e-6)
+    out = tmp_path / "stage1.int8.onnx"
+    quantize.quantize_int8(paths[1], out, stage1, "minmax", tmp_path)
+    model = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "feat0")
+    assert float(inits[node.input[1]]) == pytest.approx(stage1.amax()["feat0"] / 127, rel=1e-6)
 
 
 def test_user_onnx_with_a_fixed_batch_of_one(tiny_model_and_meta, tmp_path):

@@ -1,0 +1,245 @@
+"""Where the Q/DQ pairs go: TensorRT's explicit-quantization placement rules.
+
+TensorRT runs a Q/DQ graph by fusing each DequantizeLinear into the op that reads it and each
+QuantizeLinear into the op that writes its input. It fuses Conv + bias + BatchNormalization +
+ReLU/Clip + residual Add into one INT8 kernel when, and only when, the Q/DQ sit at the *inputs*
+of the weighted op (and of the residual branch), never between the Conv and its activation. The
+rules followed here are those of TensorRT's Q/DQ placement guide and of TensorRT Model
+Optimizer's ONNX PTQ:
+
+* quantize the inputs of Conv, ConvTranspose, Gemm and MatMul: the activation per tensor
+  (symmetric, scale = amax / 127, zero point 0) and the weight per output channel (symmetric,
+  float32 weights behind a QuantizeLinear -> DequantizeLinear pair, which TensorRT 8.x needs and
+  folds at build time); biases stay float;
+* never quantize a weighted op's output: the next weighted op's input Q/DQ sits after the ReLU
+  or Clip, so it is calibrated with the post-activation range (amax 6 after a ReLU6, not the
+  pre-activation 82) and TensorRT fuses the activation and the requantization into the Conv;
+* of a residual ``Add(conv_out, skip)``, quantize only the skip input, so TensorRT fuses the Add
+  (and a following ReLU) into the Conv as an INT8 residual;
+* BatchNormalization is folded into the Conv before this runs (:mod:`~hisd_edge.convert.normalize`);
+* everything else (pooling, reshapes, softmax, the fused confidence) stays float, and a tensor
+  read by several quantized ops gets one shared Q/DQ pair.
+
+Layers can be left out (``exclude``): they then run in float (fp16 where the TensorRT build
+enables it). :func:`layer_sensitivity` measures what quantizing each layer alone costs, to pick them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+INT8_MAX = 127.0
+
+
+def node_label(node: Any, index: int) -> str:
+    """A node's name, or ``<op>_<index>`` for an unnamed one (foreign graphs leave names empty)."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+@dataclasses.dataclass
+class QdqPlan:
+    """Which inputs get Q/DQ: activations (shared per tensor) and weights (per node)."""
+
+    activations: Dict[str, List[Tuple[int, int]]]  # tensor -> [(node index, input slot)] reading its DQ
+    weights: List[Tuple[int, int, Optional[int]]]  # (node index, input slot, channel axis or None)
+    layers: Dict[str, List[str]]  # quantized layer label -> the activation tensors it reads quantized
+    layer_nodes: Dict[str, int]  # quantized layer label -> its node index
+
+    def only(self, label: str) -> QdqPlan:
+        """The part of this plan that belongs to one layer."""
+        index = self.layer_nodes[label]
+        tensors = self.layers[label]
+        return QdqPlan(
+            activations={t: [(i, s) for i, s in self.activations[t] if i == index] for t in tensors},
+            weights=[w for w in self.weights if w[0] == index],
+            layers={label: list(tensors)},
+            layer_nodes={label: index},
+        )
+
+
+def plan_qdq(model: Any, exclude: Sequence[str] = ()) -> QdqPlan:
+    """The TensorRT-fusable Q/DQ placement for ``model`` (see the module docstring)."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    nodes = list(graph.node)
+    excluded = set(exclude)
+    float_inits = {i.name: i for i in graph.initializer if i.data_type == TensorProto.FLOAT}
+    constants = {i.name for i in graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    consumers: Dict[str, List[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(i)
+
+    activations: Dict[str, List[Tuple[int, int]]] = {}
+    weights: List[Tuple[int, int, Optional[int]]] = []
+    layers: Dict[str, List[str]] = {}
+    layer_nodes: Dict[str, int] = {}
+    quantized: Set[int] = set()
+
+    def add_activation(label: str, tensor: str, index: int, slot: int) -> None:
+        activations.setdefault(tensor, []).append((index, slot))
+        layers.setdefault(label, [])
+        layer_nodes[label] = index
+        if tensor not in layers[label]:
+            layers[label].append(tensor)
+
+    for i, node in enumerate(nodes):
+        label = node_label(node, i)
+        if node.op_type not in WEIGHTED_OPS or label in excluded or label.startswith("conf"):
+            continue
+        data = [(slot, name) for slot, name in enumerate(node.input[:2]) if name and name not in constants]
+        if not data:
+            continue
+        for slot, name in data:
+            add_activation(label, name, i, slot)
+        if len(node.input) > 1 and node.input[1] in float_inits:
+            weights.append((i, 1, _weight_axis(node, float_inits[node.input[1]])))
+        quantized.add(i)
+
+    # Residual Adds: quantize the skip input, leave the weighted op's output float for the fusion.
+    for i, node in enumerate(nodes):
+        label = node_label(node, i)
+        if node.op_type != "Add" or len(node.input) != 2 or label in excluded:
+            continue
+        if any(name in constants or not name for name in node.input):
+            continue
+        from_weighted = [producer.get(name) in quantized and len(consumers.get(name, [])) == 1 for name in node.input]
+        if not any(from_weighted):
+            continue
+        skip_slot = 1 if from_weighted[0] else 0
+        add_activation(label, node.input[skip_slot], i, skip_slot)
+    return QdqPlan(activations=activations, weights=weights, layers=layers, layer_nodes=layer_nodes)
+
+
+def _weight_axis(node: Any, init: Any) -> Optional[int]:
+    """The output-channel axis of a weight, or None for per-tensor (grouped ConvTranspose, N-D MatMul)."""
+    rank = len(init.dims)
+    attrs = {a.name: a.i for a in node.attribute}
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if attrs.get("group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if attrs.get("transB", 0) else 1
+    return 1 if rank == 2 else None  # MatMul: [K, N], one scale per output column
+
+
+def apply_qdq(model: Any, plan: QdqPlan, amax: Dict[str, float]) -> Tuple[Any, List[str]]:
+    """A copy of ``model`` with the plan's Q/DQ pairs, scales from ``amax``; also the tensors left
+    float because they have no usable range (never seen non-zero during calibration)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from hisd_edge.convert.split import toposort
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    nodes = list(graph.node)
+    inits = {i.name: i for i in graph.initializer}
+    taken = {o for n in nodes for o in n.output} | set(inits) | {i.name for i in graph.input}
+    new_nodes: List[Any] = []
+    skipped: List[str] = []
+
+    def fresh(name: str) -> str:
+        candidate, suffix = name, 0
+        while candidate in taken:
+            suffix += 1
+            candidate = f"{name}_{suffix}"
+        taken.add(candidate)
+        return candidate
+
+    def qdq(tensor: str, scale: np.ndarray, axis: Optional[int]) -> str:
+        scale_name = fresh(f"{tensor}/qdq/scale")
+        zero_name = fresh(f"{tensor}/qdq/zero_point")
+        graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), scale_name))
+        graph.initializer.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), zero_name))
+        quantized, dequantized = fresh(f"{tensor}/qdq/int8"), fresh(f"{tensor}/qdq/dq")
+        extra: Dict[str, Any] = {"axis": axis} if axis is not None else {}
+        new_nodes.append(
+            helper.make_node(
+                "QuantizeLinear",
+                [tensor, scale_name, zero_name],
+                [quantized],
+                name=fresh(f"{tensor}/QuantizeLinear"),
+                **extra,
+            )
+        )
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [quantized, scale_name, zero_name],
+                [dequantized],
+                name=fresh(f"{tensor}/DequantizeLinear"),
+                **extra,
+            )
+        )
+        return dequantized
+
+    for tensor, readers in plan.activations.items():
+        value = amax.get(tensor)
+        if value is None or not np.isfinite(value) or value <= 0:
+            skipped.append(tensor)
+            continue
+        dq = qdq(tensor, np.array(value / INT8_MAX, dtype=np.float32), None)
+        for index, slot in readers:
+            nodes[index].input[slot] = dq
+    for index, slot, axis in plan.weights:
+        name = nodes[index].input[slot]
+        weight = numpy_helper.to_array(inits[name]).astype(np.float32)
+        if axis is None:
+            scale = np.array(max(float(np.abs(weight).max()), 1e-12) / INT8_MAX, dtype=np.float32)
+        else:
+            reduce = tuple(d for d in range(weight.ndim) if d != axis)
+            channel_max = np.abs(weight).max(axis=reduce) if reduce else np.abs(weight)
+            scale = np.where(channel_max > 0, channel_max / INT8_MAX, 1.0).astype(np.float32)
+        nodes[index].input[slot] = qdq(name, scale, axis)
+    graph.node.extend(new_nodes)
+    toposort(out)
+    return out, skipped
+
+
+def layer_sensitivity(
+    model: Any,
+    amax: Dict[str, float],
+    inputs: np.ndarray,
+    outputs: Sequence[str],
+    make_session: Callable[[bytes], Any],
+    exclude: Sequence[str] = (),
+) -> List[Dict[str, Any]]:
+    """What quantizing each layer *alone* costs, on real stage inputs, worst first.
+
+    Per layer: the relative L2 error of the stage's outputs against fp32 (``rel_error``) and, for
+    the exit logits, the share of samples whose top-1 class changes (``top1_flips``).
+    """
+    if len(inputs) == 0:
+        return []
+    plan = plan_qdq(model, exclude)
+    names = list(outputs)
+    feed_name = _input_name(model)
+    reference = dict(zip(names, make_session(model.SerializeToString()).run(names, {feed_name: inputs})))
+    rows: List[Dict[str, Any]] = []
+    for label in plan.layers:
+        single, _ = apply_qdq(model, plan.only(label), amax)
+        got = dict(zip(names, make_session(single.SerializeToString()).run(names, {feed_name: inputs})))
+        errors, flips = [], 0.0
+        for name in names:
+            ref, val = reference[name].astype(np.float64), got[name].astype(np.float64)
+            errors.append(float(np.linalg.norm(val - ref) / max(np.linalg.norm(ref), 1e-12)))
+            if name.startswith("exit") and ref.ndim == 2:
+                flips = max(flips, float(np.mean(ref.argmax(1) != val.argmax(1))))
+        rows.append({"layer": label, "rel_error": max(errors), "top1_flips": flips})
+    rows.sort(key=lambda r: (-float(r["top1_flips"]), -float(r["rel_error"])))
+    return rows
+
+
+def _input_name(model: Any) -> str:
+    inits = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
