@@ -225,10 +225,10 @@ def test_every_verb_that_takes_data_reads_fashion(fake_fashion, tmp_path):
     proc = _cli("convert", str(ckpt), "--out", str(tmp_path / "engines" / "g"), "--precision", "fp32",
                 "--calib", "fashion:train", "--val", "fashion:val", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = _cli("thresholds", str(bundle), "--data", "fashion:val", "--json", cwd=tmp_path)
+    proc = _cli("thresholds", str(bundle), "--data", "fashion:val", "--method", "empirical", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = _cli("bench", str(bundle), "--data", "fashion:test", "--calibrate-on", "fashion:val", "--seconds", "2",
-                "--batch", "4", "--no-progress", cwd=tmp_path)  # fmt: skip
+                "--batch", "4", "--method", "empirical", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = _cli("profile", str(bundle), "--data", "fashion:test", "--samples", "16", "--batch", "1",
                 "--power", "none", "--warmup", "1", "--repeats", "3", "--energy-seconds", "0.1",

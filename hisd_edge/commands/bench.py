@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.5,
         help="accuracy drop allowed when bench fits thresholds itself (default 0.5)",
     )
+    p.add_argument(
+        "--method",
+        default="certified",
+        choices=["certified", "empirical"],
+        help="how bench fits thresholds itself: certified (default; the bound holds at confidence 0.9) "
+        "or empirical (the drop on the fitting data only, no guarantee)",
+    )
     p.add_argument("--seconds", type=float, default=60.0, help="rough time budget for the measurements (default 60)")
     p.add_argument("--batch", type=int, default=32, help="batch size for the batched rows (default 32)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         backend_options=options,
         progress=not args.no_progress and not args.json,
         max_drop_points=args.max_drop,
+        threshold_method=args.method,
         guard=not args.no_guard,
     )
     if args.out:

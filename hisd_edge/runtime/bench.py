@@ -159,12 +159,14 @@ def run_bench(
     seed: int = 0,
     max_drop_points: float = 0.5,
     guard: bool = True,
+    threshold_method: str = "certified",
 ) -> Dict[str, Any]:
     """Measure everything in the module docstring; returns a JSON-ready report.
 
     ``data=None`` uses random inputs (latency rows only). ``calibrate_on`` fits thresholds on that
     data first (not written to the bundle); by default an uncalibrated bundle benchmarked on
-    ``default:test`` is fitted on ``default:val``. ``seconds`` is a rough total time budget.
+    ``default:test`` is fitted on ``default:val``, by ``threshold_method`` (certified or empirical).
+    ``seconds`` is a rough total time budget.
     """
     from hisd_edge.data import load_samples
 
@@ -197,11 +199,15 @@ def run_bench(
                 policy_kind=recorded.get("kind"),
                 write=False,
                 max_drop_points=max_drop_points,
+                method=threshold_method,
                 runner=runner,
                 guard_false_alarms=0,  # the bundle's guard is what run uses
             )
             policy: ExitPolicy = calibration.policy
-            policy_note = f"fitted on {calibrate_on} for this run (max drop {max_drop_points:g} points; not written)"
+            policy_note = (
+                f"fitted on {calibrate_on} for this run ({threshold_method}, max drop {max_drop_points:g} points; "
+                "not written)"
+            )
             certificate = {
                 **calibration.certificate,
                 "data": calibrate_on,

@@ -63,7 +63,7 @@ def _full_run_seconds(argv: List[str], cwd: Path) -> float:
 
 def test_sigint_during_thresholds(base_bundle, tmp_path):
     bundle = tmp_path / "b"
-    argv = ["thresholds", str(bundle), "--data", "default:val", "--count", "300", "--no-progress"]
+    argv = ["thresholds", str(bundle), "--data", "default:val", "--count", "300", "--max-drop", "1", "--no-progress"]
     shutil.copytree(base_bundle, bundle)
     total = _full_run_seconds(argv, tmp_path)
     for i in range(6):
@@ -98,7 +98,9 @@ def test_interrupt_right_after_the_manifest_is_replaced_says_so(base_bundle, tmp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(thresholds, "write_sweep_csv", interrupted)
-    code = main(["thresholds", str(bundle), "--data", "default:val", "--count", "100", "--no-progress"])
+    code = main(
+        ["thresholds", str(bundle), "--data", "default:val", "--count", "100", "--method", "empirical", "--no-progress"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 130
     assert err == f"hisd-edge thresholds: interrupted; wrote {bundle / 'manifest.json'} before that"
@@ -118,7 +120,22 @@ def test_interrupt_before_anything_is_written_says_nothing_changed(base_bundle, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(thresholds, "calibrate", interrupted)
-    assert main(["thresholds", str(bundle), "--data", "default:val", "--count", "100", "--no-progress"]) == 130
+    assert (
+        main(
+            [
+                "thresholds",
+                str(bundle),
+                "--data",
+                "default:val",
+                "--count",
+                "100",
+                "--method",
+                "empirical",
+                "--no-progress",
+            ]
+        )
+        == 130
+    )
     assert capsys.readouterr().err.strip().endswith("interrupted; nothing was written, everything is as it was")
     assert tree_snapshot(tmp_path) == before
 

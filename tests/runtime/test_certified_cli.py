@@ -113,7 +113,9 @@ def test_bad_inputs_are_one_line_and_leave_the_manifest_alone(cli, tiny_bundle, 
     labelled = tmp_path / "labelled.npz"
     images = np.zeros((40, 28, 28), np.uint8)
     np.savez(labelled, images=images, labels=np.r_[np.zeros(39, np.int64), [-1]])
-    one_line_error(cli("thresholds", str(root), "--data", str(labelled)), "labels range -1..0", "classes 0..9")
+    one_line_error(
+        cli("thresholds", str(root), "--data", str(labelled)), "label -1 is negative", "class indices from 0"
+    )
     np.savez(labelled, images=images, labels=np.r_[np.zeros(39, np.int64), [12]])
     one_line_error(cli("thresholds", str(root), "--data", str(labelled)), "labels go up to 12")
     floats = tmp_path / "floats.npy"
