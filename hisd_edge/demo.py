@@ -32,17 +32,10 @@ FULL_SIZES = {
     "val_count": None,
     "test_count": None,
     "profile_samples": 500,
-    "max_drop_points": DEMO_MAX_DROP_POINTS,
 }
+QUICK_SIZES = {"calib_count": 32, "convert_val_count": 100, "val_count": 200, "test_count": 200, "profile_samples": 100}
 # 200 validation digits certify at best ~1.1 points at 90 %, so the quick demo asks for 2.
-QUICK_SIZES = {
-    "calib_count": 32,
-    "convert_val_count": 100,
-    "val_count": 200,
-    "test_count": 200,
-    "profile_samples": 100,
-    "max_drop_points": 2.0,
-}
+QUICK_MAX_DROP_POINTS = 2.0
 
 
 def _section(title: str) -> None:
@@ -135,7 +128,7 @@ def run_demo(
         result.bundle,
         val="default:val",
         test="default:test",
-        max_drop_points=sizes["max_drop_points"],
+        max_drop_points=QUICK_MAX_DROP_POINTS if quick else DEMO_MAX_DROP_POINTS,
         val_count=sizes["val_count"],
         test_count=sizes["test_count"],
         confidence=DEMO_CONFIDENCE,
