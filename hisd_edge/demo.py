@@ -31,9 +31,9 @@ FULL_SIZES = {
     "convert_val_count": None,
     "val_count": None,
     "test_count": None,
-    "profile_samples": 500,
+    "profile_samples": None,  # the same samples as step 3: one set of figures, not two
 }
-QUICK_SIZES = {"calib_count": 32, "convert_val_count": 100, "val_count": 200, "test_count": 200, "profile_samples": 100}
+QUICK_SIZES = {"calib_count": 32, "convert_val_count": 100, "val_count": 200, "test_count": 200, "profile_samples": 200}
 
 
 def _section(title: str) -> None:
@@ -102,7 +102,7 @@ def run_demo(
     from hisd_edge.convert import convert_checkpoint
 
     bundle_dir = Path(out_root) / path.name.replace(".safetensors", "")
-    _section(f"2. Convert to a bundle: {bundle_dir}")
+    _section(f"2. Convert to a bundle: {bundle_dir} (replaced if it exists)")
     result = convert_checkpoint(
         path,
         bundle_dir,
@@ -137,10 +137,20 @@ def run_demo(
     from hisd_edge.profile import profile_default
 
     report_dir = Path(reports_root) / bundle_dir.name
-    _section(f"4. Profile per exit on this machine: {report_dir}")
+    _section(f"4. Profile per exit on this machine: {report_dir} (replaced if it exists)")
     profiled = profile_default(
         str(result.bundle), str(report_dir), data="default:test", samples=sizes["profile_samples"]
     )
     print(profiled["summary"])
+    head = profiled["profile"].get("headline") or {}
+    if head.get("available"):
+        from hisd_edge.runtime.bench import speedup_text
+
+        print(
+            f"report headline: speedup {speedup_text(head)}; step 3 measured {summary.speedup:.2f}x the same way "
+            "(they differ only by the method's spread)"
+        )
+        print(f"the same figure, alone: {head.get('bench_command')}")
     print(f"\nHTML report: {profiled['report']['html']}")
+    print(f"re-run this profile: {profiled['profile'].get('command')}")
     return 0

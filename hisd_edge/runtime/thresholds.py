@@ -452,6 +452,11 @@ def certify(
     )
 
 
+# The sweep's file name in a bundle's report directory (reports/NAME/): the one layout every verb
+# shares; the profile report keeps it when it replaces the directory.
+SWEEP_CSV_NAME = "thresholds_sweep.csv"
+
+
 def write_sweep_csv(path: Path, calibration: Calibration) -> None:
     """The whole sweep (every evaluated threshold set: accuracy vs expected cost), written atomically."""
     with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
