@@ -146,9 +146,18 @@ def run_demo(
     if head.get("available"):
         from hisd_edge.runtime.bench import speedup_text
 
+        low, high = head.get("speedup_range") or (head["speedup"], head["speedup"])
+        low3, high3 = summary.speedup_range or (summary.speedup, summary.speedup)
+        agree = low <= high3 and low3 <= high
         print(
-            f"report headline: speedup {speedup_text(head)}; step 3 measured {summary.speedup:.2f}x the same way "
-            "(they differ only by the method's spread)"
+            f"report headline: speedup {speedup_text(head)}; step 3 measured {summary.speedup:.2f}x "
+            f"(spread {low3:.2f}-{high3:.2f}x) the same way: "
+            + (
+                "their spreads overlap"
+                if agree
+                else "their spreads do not overlap: the machine's load changed between the two (other processes); "
+                "run the bench command below on a quiet machine"
+            )
         )
         print(f"the same figure, alone: {head.get('bench_command')}")
     print(f"\nHTML report: {profiled['report']['html']}")

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="benchmark early exit vs the monolithic model on this machine (chain overhead, speedup, oracle, throughput)",
         description="In one run, with the compared variants interleaved in shuffled order and medians reported: the "
         "monolithic full ONNX vs all stages chained (batch 1 and --batch-size); the cost of reaching each exit; early "
-        "exit at the bundle's thresholds vs monolithic (speedup per sample at batch 1 with its per-pass range, "
+        "exit at the bundle's thresholds vs monolithic (speedup per sample at batch 1 with its spread, "
         "accuracy); the oracle exit (each sample leaves at the first exit that is right); throughput with per-sample "
         "exits at --batch-size; the cost of the exit decision itself. The early-exit speedup is the same "
         "measurement demo, profile and the report use. Writes nothing unless --out is given.",

@@ -109,7 +109,7 @@ def per_exit_grid(scores: np.ndarray, points: int, max_settings: int = 4096) -> 
         values: List[Optional[float]] = []
         if finite.size:
             values = sorted(set(np.quantile(finite, np.linspace(0.0, 1.0, per_exit)).tolist()))
-        axes.append([*values, None])
+        axes.append([None, *values])  # "never leave here" first: of settings with one outcome, the simplest is kept
     settings: List[List[Optional[float]]] = [[]]
     for axis in axes:
         settings = [[*s, t] for s in settings for t in axis]
@@ -124,9 +124,18 @@ def sweep_settings(
     exit_energy_mj: Sequence[Optional[float]],
     exit_dynamic_energy_mj: Optional[Sequence[Optional[float]]] = None,
 ) -> List[Dict[str, Any]]:
-    """Evaluate each per-exit threshold setting (score space), Pareto-flagged on every cost."""
+    """Evaluate each per-exit threshold setting (score space), Pareto-flagged on every cost.
+
+    Settings that send every sample to the same exit as an earlier one are left out (a threshold
+    behind an exit every sample already leaves at changes nothing): one point per distinct outcome.
+    """
     points = []
+    seen = set()
     for thresholds in settings:
+        outcome = exit_indices(scores, list(thresholds)).tobytes()
+        if outcome in seen:
+            continue
+        seen.add(outcome)
         point = evaluate(scores, correct, list(thresholds), exit_latency_ms, exit_energy_mj, exit_dynamic_energy_mj)
         shared = set(thresholds[:-1])
         if len(shared) == 1:  # one value for every non-final exit (None: never leave early)

@@ -35,7 +35,7 @@ class EarlyExitSummary:
     certificate: Dict[str, Any] = dataclasses.field(default_factory=dict)  # policy.certificate (hisd_edge.bundle)
     guard: Optional[str] = None  # the input guard used on the test split (None: none)
     flagged: int = 0  # test samples the guard flagged as out of distribution
-    speedup_range: Optional[List[float]] = None  # per-pass speedups, lowest and highest (the method's spread)
+    speedup_range: Optional[List[float]] = None  # lowest and highest speedup leaving one pass out (the spread)
     passes: int = 1
     figure: str = ""  # what the latency figures are (hisd_edge.runtime.bench.METHOD_LABEL)
 
@@ -174,8 +174,8 @@ def format_early_exit(summary: EarlyExitSummary) -> str:
     )
     low, high = summary.speedup_range or (summary.speedup, summary.speedup)
     lines.append(
-        f"  speedup            {summary.speedup:.2f}x over the {summary.full_model} (per-pass range "
-        f"{low:.2f}-{high:.2f}x over {summary.passes} passes)"
+        f"  speedup            {summary.speedup:.2f}x over the {summary.full_model} (spread "
+        f"{low:.2f}-{high:.2f}x leaving one of {summary.passes} passes out)"
     )
     if summary.figure:
         lines.append(f"    measured {summary.figure}")

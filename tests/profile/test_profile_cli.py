@@ -469,7 +469,7 @@ def test_all_exit_pass_is_the_runtimes_collect_exit_outputs(tiny_bundle_dir, tmp
     )
     assert code == 0 and calls == [120, 500]  # the profiled data, then the sweep's (default:val)
     profile = json.loads((out / "profile.json").read_text())
-    assert profile["accuracy"]["samples"] == 120 and profile["accuracy"]["sweep"][-1]["threshold"] is None
+    assert profile["accuracy"]["samples"] == 120 and profile["accuracy"]["sweep"][0]["thresholds"] == [None] * 3
 
 
 def test_power_choices_match_the_library():

@@ -198,7 +198,13 @@ def _stages_table(block: Dict[str, Any]) -> str:
     return _collapse(["stage", "p50 ms", "p99 ms", "dynamic mJ [95% CI]", "total mJ [95% CI]", "model bytes"], rows)
 
 
-def _kv(pairs: Sequence[tuple]) -> str:
+def _kv(pairs: Sequence[tuple], collapse: bool = False) -> str:
+    """A two-column table; with ``collapse``, rows whose value is n/a become one line naming them."""
+    if collapse:
+        missing = [k for k, v in pairs if v == _NA]
+        shown = [(k, v) for k, v in pairs if v != _NA]
+        note = f"<p class='na'>not available on this device: {_e(', '.join(missing))}</p>" if missing else ""
+        return _kv(shown) + note
     return (
         '<table class="kv">'
         + "".join(f"<tr><th class='l'>{_e(k)}</th><td>{v}</td></tr>" for k, v in pairs)
@@ -301,11 +307,13 @@ def _conditions(profile: Dict[str, Any]) -> str:
         ("snapshots (before and after every window)", num(summary.get("snapshots"))),
         ("flags", _e("; ".join(cond.get("flags") or [])) or "none: one condition throughout"),
     ]
-    return _kv(rows)
+    return _kv(rows, collapse=True)
 
 
 def _power_section(profile: Dict[str, Any]) -> str:
     power = profile.get("power") or {}
+    if not power.get("available"):  # one line, not a table of n/a
+        return f"<p>Energy was not measured: {_e(power.get('reason') or 'no power source')}.</p>"
     sensor = profile.get("sensor") or {}
     settings = profile.get("settings") or {}
     design = profile.get("design") or {}
@@ -468,15 +476,17 @@ def _memory_section(memory: Dict[str, Any]) -> str:
             ]
         )
     parts.append(
-        "<p>Snapshots (MemAvailable is system-wide: any process moves it):</p>"
-        + _table(["when", "RSS MiB", "peak RSS MiB", "system MemAvailable MiB", "NvMapMemUsed MiB"], mem_rows)
+        "<p>Snapshots (RSS is this process's; MemAvailable is system-wide: any process moves it):</p>"
+        + _collapse(
+            ["when", "process RSS MiB", "peak process RSS MiB", "system MemAvailable MiB", "NvMapMemUsed MiB"], mem_rows
+        )
     )
     load = memory.get("load") or {}
     parts.append(
         _kv(
             [
                 ("model files (bytes)", num(memory.get("model_bytes"))),
-                ("RSS growth on load (MiB)", num(load.get("rss_delta_mib"), 4)),
+                ("process RSS growth on load (MiB)", num(load.get("rss_delta_mib"), 4)),
                 ("system-wide memory taken on load (MiB)", num(load.get("mem_available_taken_mib"), 4)),
                 ("NvMap growth on load (MiB)", num(load.get("nvmap_used_delta_mib"), 4)),
                 ("backend report", _e(memory.get("backend")) if memory.get("backend") else num(None)),
@@ -508,8 +518,7 @@ def _energy_saving(profile: Dict[str, Any]) -> str:
             + "; ".join(parts)
             + " (expected from the per-exit energies and the exit shares)"
         )
-    reason = (profile.get("power") or {}).get("reason") or "no power source"
-    return f"energy saving: not measured on this run ({reason})"
+    return "energy saving: not measured on this run (no power source here: see Power measurement)"
 
 
 def _headline_box(profile: Dict[str, Any]) -> str:
@@ -524,7 +533,7 @@ def _headline_box(profile: Dict[str, Any]) -> str:
             f"<p class='big'>{head['speedup']:.2f}&times; faster than the {_e(head.get('full_model', 'full model'))}"
             "</p>"
             f"<p>{num(head.get('mean_latency_ms'), 3)} ms vs {num(head.get('full_mean_latency_ms'), 3)} ms per sample "
-            f"at batch 1; per-pass range {low:.2f}&ndash;{high:.2f}&times; over {_e(head.get('passes'))} passes on "
+            f"at batch 1; spread {low:.2f}&ndash;{high:.2f}&times; leaving one of {_e(head.get('passes'))} passes out; "
             f"{_e(head.get('samples'))} samples of {_e(head.get('data'))} ({_e(head.get('figure', ''))}). "
             f"The same measurement as <code>{_e(head.get('bench_command', 'hisd-edge bench'))}</code>.</p>"
         )
