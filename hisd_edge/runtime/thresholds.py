@@ -530,9 +530,15 @@ def fit_thresholds(
     "disagreement", or "auto" (accuracy when the data has labels, else disagreement).
     ``guard_false_alarms``: also recalibrate the input guard on this data at that false-alarm rate
     (None: the rate the bundle's guard has, or the default; 0 leaves the guard as it is).
+    ``bundle`` is an opened :class:`~hisd_edge.bundle.Bundle` or its directory.
     Returns the calibration and the details recorded with it (data, costs and where they came from).
     """
     from hisd_edge.data import load_samples
+
+    if isinstance(bundle, (str, Path)):
+        from hisd_edge.bundle import Bundle
+
+        bundle = Bundle.open(bundle)
     from hisd_edge.runtime import guard as guard_mod
     from hisd_edge.runtime.backend import create_backend
     from hisd_edge.runtime.policies import bundle_exit_kind

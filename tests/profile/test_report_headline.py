@@ -76,7 +76,7 @@ def test_headline_is_the_bench_figure_with_its_certificate(shared_reports):
 def test_bench_reproduces_the_headline(shared_reports):
     """The report's headline and bench are one measurement: on this tiny model both land close
     (a loaded CI machine moves both; the bound is loose on purpose, the figures are in the note)."""
-    work, bundle, _ = shared_reports
+    work, _bundle, _ = shared_reports
     head = json.loads((work / "reports" / "tiny" / "profile.json").read_text())["headline"]
     proc = _cli(*head["bench_command"].split()[1:], "--seconds", "2", "--json", "--no-progress", cwd=work)
     assert proc.returncode == 0, proc.stderr
