@@ -579,7 +579,8 @@ def _batch_figures(
         if "additive model is off" in check["verdict"]:
             notes.append(
                 f"batch {batch}: the real early-exit pass did not cost what the per-exit figures predict ({check['verdict']}); "
-                "thresholds priced with per-exit costs mis-price this batch size (batch compaction or DVFS)"
+                "thresholds priced with per-exit costs mis-price this batch size (the exit decision's own cost, batch "
+                "compaction or DVFS)"
             )
     result["notes"] = notes
     return result
@@ -953,11 +954,28 @@ def format_summary(profile: Dict[str, Any]) -> str:
     if current.get("accuracy") is not None:
         lines.append(
             f"at the current thresholds: top-1 {100 * current['accuracy']:.2f}%, expected mean latency "
-            f"{current.get('mean_latency_ms') or float('nan'):.4g} ms per call"
+            f"{current.get('mean_latency_ms') or float('nan'):.4g} ms per call (exit shares x per-exit p50, "
+            "stages only: no exit decision)"
         )
     check = profile.get("model_check") or {}
     if check.get("verdict"):
         lines.append(f"model check (real early-exit pass vs per-exit prediction): {check['verdict']}")
+        if (check.get("latency_ms") or {}).get("ratio", 1.0) > 1.2:
+            lines.append(
+                "  the real calls cost more than the stages alone: each also scores the exits it passes (softmax, "
+                "policy, input guard) and pays the Python loop's per-call overhead, a large share when stages take "
+                "microseconds"
+            )
+    head = profile.get("headline") or {}
+    if head.get("available"):
+        from hisd_edge.runtime.bench import speedup_text
+
+        lines.append(
+            f"early exit vs the {head.get('full_model', 'full model')}: {head['mean_latency_ms']:.4g} vs "
+            f"{head['full_mean_latency_ms']:.4g} ms per sample, speedup {speedup_text(head)}; as {head['bench_command']}"
+        )
+    elif head:
+        lines.append(f"speedup vs the full model: not measured ({head.get('reason')})")
     flags = (profile.get("conditions") or {}).get("flags") or []
     if flags:
         lines.append("conditions flagged: " + "; ".join(flags))

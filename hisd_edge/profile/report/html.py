@@ -21,6 +21,7 @@ td.l,th.l{text-align:left}.notes{background:#fff4e6;border-left:4px solid #f08c0
 .flag{background:#fff5f5;border-left:4px solid #e03131;padding:.5rem 1rem;margin:1rem 0}
 .headline{background:#edf2ff;border:1px solid #bac8ff;border-radius:6px;padding:.6rem 1.2rem;margin:1rem 0}
 .headline .big{font-size:1.6rem;font-weight:600;color:#1c3d99;margin:.2rem 0}.headline p{margin:.3rem 0}
+.headline .method{color:#495057;font-size:.82rem}
 code{background:#f1f3f5;padding:.05rem .3rem;border-radius:3px;font-size:.85rem;word-break:break-all}
 """
 
@@ -48,12 +49,13 @@ def pct(value: Optional[float]) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     head = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
+
+    def cell(i: int, c: str) -> str:
+        if i < left or c.startswith("<code>"):  # names and command lines read from the left
+            return f'<td class="l">{c}</td>'
+        return f"<td>{c}</td>"
+
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -203,7 +205,7 @@ def _kv(pairs: Sequence[tuple], collapse: bool = False) -> str:
     if collapse:
         missing = [k for k, v in pairs if v == _NA]
         shown = [(k, v) for k, v in pairs if v != _NA]
-        note = f"<p class='na'>not available on this device: {_e(', '.join(missing))}</p>" if missing else ""
+        note = f"<p class='na'>not measured on this run: {_e(', '.join(missing))}</p>" if missing else ""
         return _kv(shown) + note
     return (
         '<table class="kv">'
@@ -527,35 +529,41 @@ def _headline_box(profile: Dict[str, Any]) -> str:
     if not head:
         return ""
     lines = []
+    certificate = _e(_certificate_line(head.get("certificate") or {}))
     if head.get("available"):
         low, high = head.get("speedup_range") or [head["speedup"], head["speedup"]]
         lines.append(
             f"<p class='big'>{head['speedup']:.2f}&times; faster than the {_e(head.get('full_model', 'full model'))}"
             "</p>"
-            f"<p>{num(head.get('mean_latency_ms'), 3)} ms vs {num(head.get('full_mean_latency_ms'), 3)} ms per sample "
-            f"at batch 1; spread {low:.2f}&ndash;{high:.2f}&times; leaving one of {_e(head.get('passes'))} passes out; "
-            f"{_e(head.get('samples'))} samples of {_e(head.get('data'))} ({_e(head.get('figure', ''))}). "
-            f"The same measurement as <code>{_e(head.get('bench_command', 'hisd-edge bench'))}</code>.</p>"
         )
+        accuracy = ""
         if head.get("accuracy") is not None:
-            lines.append(
-                f"<p>accuracy {pct(head.get('accuracy'))} vs {pct(head.get('full_accuracy'))} for the full model: "
-                f"drop <b>{head.get('accuracy_drop_points', 0.0):.2f} points</b> on these samples. Thresholds: "
-                f"{_e(_certificate_line(head.get('certificate') or {}))}</p>"
+            accuracy = (
+                f" &middot; accuracy {pct(head.get('accuracy'))} vs {pct(head.get('full_accuracy'))}: drop "
+                f"<b>{head.get('accuracy_drop_points', 0.0):.2f} points</b>"
             )
-        else:
-            lines.append(f"<p>Thresholds: {_e(_certificate_line(head.get('certificate') or {}))}</p>")
+        lines.append(
+            f"<p><b>{num(head.get('mean_latency_ms'), 3)} ms</b> vs {num(head.get('full_mean_latency_ms'), 3)} ms per "
+            f"sample at batch 1{accuracy} &middot; {_e(head.get('samples'))} samples of {_e(head.get('data'))}</p>"
+        )
         shares = head.get("exit_fractions") or []
         if shares:
             lines.append(
                 "<p>share leaving at each exit: "
-                + ", ".join(f"exit {k}: <b>{100.0 * f:.1f}%</b>" for k, f in enumerate(shares))
+                + " &middot; ".join(f"exit {k} <b>{100.0 * f:.1f}%</b>" for k, f in enumerate(shares))
                 + "</p>"
             )
+        lines.append(f"<p>thresholds: {certificate}</p>")
     else:
         lines.append(f"<p>speedup vs the full model: not measured ({_e(head.get('reason', ''))})</p>")
-        lines.append(f"<p>Thresholds: {_e(_certificate_line(head.get('certificate') or {}))}</p>")
+        lines.append(f"<p>thresholds: {certificate}</p>")
     lines.append(f"<p>{_e(_energy_saving(profile))}</p>")
+    if head.get("available"):
+        lines.append(
+            f"<p class='method'>Measured the way <code>{_e(head.get('bench_command', 'hisd-edge bench'))}</code> "
+            f"measures it: {_e(head.get('figure', ''))}; spread {low:.2f}&ndash;{high:.2f}&times; leaving one of "
+            f"{_e(head.get('passes'))} passes out.</p>"
+        )
     return "<div class='headline'>" + "".join(lines) + "</div>"
 
 
@@ -579,7 +587,7 @@ def _pareto_section(profile: Dict[str, Any]) -> str:
             num(p.get("mean_latency_ms")),
             num(p.get("mean_dynamic_energy_mj")),
             " / ".join(f"{100.0 * f:.1f}" for f in p.get("exit_fraction") or []),
-            f"<code>{_e(_run_line(profile, p.get('thresholds') or []))}</code>",
+            f"<code>{_e(_run_line(profile, p.get('thresholds') or []))}</code>",  # left-aligned: see _table
         ]
         for p in labelled
     ]
@@ -636,7 +644,8 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
                     ("expected mean latency per call (ms)", num(current.get("mean_latency_ms"))),
                     ("expected mean dynamic energy per sample (mJ)", num(current.get("mean_dynamic_energy_mj"))),
                     ("expected mean total energy per sample (mJ)", num(current.get("mean_energy_mj"))),
-                ]
+                ],
+                collapse=True,
             )
         )
     parts.append(
