@@ -157,10 +157,13 @@ def tradeoff(profile: Dict[str, Any], cost_key: str = "mean_latency_ms") -> Opti
     ax.set_xlabel(f"{unit}{', ' + quantity if quantity else ''}, batch {profile.get('batch', 1)}")
     ax.set_ylabel("top-1 accuracy (%)")
     _log_if_spread(ax, "x", xs + [c for c, _a, _k in _exit_points(profile, cost_key)])
-    ax.set_title(
-        f"{profile['bundle'].get('name', '')}: accuracy vs {'latency' if cost_key == 'mean_latency_ms' else 'energy'}",
-        fontsize=10,
+    title = (
+        f"{profile['bundle'].get('name', '')}: accuracy vs {'latency' if cost_key == 'mean_latency_ms' else 'energy'}"
     )
+    swept_on, measured_on = accuracy.get("sweep_data"), (profile.get("settings") or {}).get("data")
+    if swept_on and swept_on != measured_on:  # say which points come from which data
+        title += f"\nsweep on {swept_on}; current thresholds and single exits on {measured_on}"
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
