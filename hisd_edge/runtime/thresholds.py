@@ -700,7 +700,9 @@ def format_calibration(calibration: Calibration, details: Dict[str, Any]) -> str
     )
     lines.append(
         f"expected cost {calibration.expected_cost:.4g} {unit} per sample vs {calibration.full_cost:.4g} {unit} "
-        f"for all stages: speedup {calibration.speedup:.2f}x ({details.get('objective')}, costs {details.get('costs', {}).get('source')})"
+        f"for all stages: expected speedup {calibration.speedup:.2f}x ({details.get('objective')}, costs "
+        f"{details.get('costs', {}).get('source')}); a prediction from per-stage costs without the exit decision's "
+        "own cost (hisd-edge bench measures the real one)"
     )
     guard = details.get("guard")
     if guard:
