@@ -233,6 +233,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
         with signals_deferred():
             os.replace(tmp_path, target)
             _published.append(str(target))
+        LOG.debug("wrote %s", target)
     finally:
         os.close(fd)
         if tmp_path.exists():
@@ -285,6 +286,7 @@ def atomic_dir(target: PathLike, replace: bool = False) -> Iterator[Path]:
         with signals_deferred():
             old = _switch(tmp, target, replace)
             _published.append(str(target))
+        LOG.debug("wrote %s/", target)
     finally:
         os.close(lock)
         for leftover in (tmp, old):

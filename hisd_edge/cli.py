@@ -56,6 +56,13 @@ def _written() -> str:
     return "; already written: " + ", ".join(done) if done else ""
 
 
+LOG = logging.getLogger("hisd_edge.cli")
+
+
+def _options(args: argparse.Namespace) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(vars(args).items()) if k not in ("func", "verb"))
+
+
 # Order shown in --help: the data flow.
 VERBS = ["train", "convert", "inspect", "check", "build", "run", "thresholds", "bench", "profile", "report", "demo"]
 
@@ -82,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
+    from hisd_edge.commands import add_verbose_argument
+
     for verb in _available_verbs():
         importlib.import_module(f"hisd_edge.commands.{verb}").register(sub)
+    for verb_parser in sub.choices.values():  # `hisd-edge run -v ...` as well as `hisd-edge -v run ...`
+        add_verbose_argument(verb_parser)
     return parser
 
 
@@ -94,9 +105,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("hisd-edge: interrupted; nothing was written, everything is as it was", file=sys.stderr)
         return 130
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="hisd-edge: %(levelname)s: %(message)s"
-    )
+    # -v shows the toolkit's own debug log; other libraries stay at warnings (matplotlib, PIL and
+    # onnx log a lot at debug level, none of it about the user's job).
+    logging.basicConfig(level=logging.WARNING, format="hisd-edge: %(levelname)s: %(message)s")
+    logging.getLogger("hisd_edge").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    LOG.debug("hisd-edge %s %s: %s", __version__, args.verb, _options(args))
     atomic.reset_published()
     try:
         with warnings.catch_warnings():

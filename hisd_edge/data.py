@@ -21,7 +21,7 @@ count is read from its header before it is decoded (at most ``HISD_EDGE_MAX_IMAG
 2^25, an 8K frame), a video's frame size before its first frame, an array file's header (dtype,
 shape, byte count) before its data; pickled or non-numeric arrays are refused, never loaded. All
 decoded samples of one source together stay under ``HISD_EDGE_MAX_SAMPLES_MIB`` (default 4096;
-take fewer with ``--count``). Libraries' console warnings (OpenCV, libpng, FFmpeg) go to the debug
+take fewer with ``--samples``). Libraries' console warnings (OpenCV, libpng, FFmpeg) go to the debug
 log (``hisd-edge -v``) instead of the terminal, so a refusal is the one line the user sees.
 """
 
@@ -473,8 +473,8 @@ class _Budget:
         self.used += int(array.nbytes)
         if self.used > self.cap:
             raise InputError(
-                f"{self.source}: the decoded samples exceed {self.cap >> 20} MiB of memory; take fewer with --count "
-                "(or --calib-count / --val-count), or raise HISD_EDGE_MAX_SAMPLES_MIB"
+                f"{self.source}: the decoded samples exceed {self.cap >> 20} MiB of memory; take fewer with --samples "
+                "(or --calib-samples / --val-samples), or raise HISD_EDGE_MAX_SAMPLES_MIB"
             )
 
 
@@ -792,4 +792,11 @@ def load_samples(source: str, *, count: Optional[int] = None, strict: bool = Fal
     chosen = _choose(count, len(samples), seed)
     if chosen is not None:
         samples = samples.subset(chosen)
+    LOG.debug(
+        "%s: %d samples (%s, %s)",
+        source,
+        len(samples),
+        kind,
+        "labelled" if samples.labels is not None else "unlabelled",
+    )
     return samples

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from hisd_edge.commands import add_hidden_alias
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -38,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="calibration images: a folder, video, .npy/.npz, default[:split], or a calibration/*.json "
         "definition (default: the checkpoint's training data, default:train for the default model)",
     )
-    p.add_argument("--calib-count", type=int, default=None, metavar="N", help="calibration images to use (default 256)")
+    p.add_argument(
+        "--calib-samples", type=int, default=None, metavar="N", help="calibration images to use (default 256)"
+    )
+    add_hidden_alias(p, "--calib-count", "calib_samples", type=int)
     p.add_argument(
         "--calib-method",
         choices=["entropy", "minmax", "percentile"],
@@ -51,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SOURCE",
         help="held-out data for the validation table (default: the checkpoint's validation split)",
     )
-    p.add_argument("--val-count", type=int, default=None, metavar="N", help="use at most N validation samples")
+    p.add_argument("--val-samples", type=int, default=None, metavar="N", help="use at most N validation samples")
+    add_hidden_alias(p, "--val-count", "val_samples", type=int)
     p.add_argument("--opset", type=int, default=17, help="ONNX opset for the export (default 17)")
     p.add_argument("--exits", default=None, metavar="NAME,...", help="ONNX input: the exit tensors, shallowest first")
     p.add_argument(
@@ -192,10 +198,10 @@ def run(args: argparse.Namespace) -> int:
         "precisions": precisions,
         "max_drop_pp": (args.max_drop if args.max_drop is not None else DEFAULT_MAX_DROP_PP) if mixed else None,
         "calib": args.calib,
-        "calib_count": args.calib_count,
+        "calib_count": args.calib_samples,
         "calib_method": args.calib_method,
         "val": args.val,
-        "val_count": args.val_count,
+        "val_count": args.val_samples,
         "opset": args.opset,
         "strict": args.strict,
         "force": args.force,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+
+from hisd_edge.commands import add_hidden_alias
 
 # Kept here so --help imports nothing heavy (any hisd_edge.profile module loads the whole profiler);
 # tests/profile/test_profile_cli.py asserts it equals hisd_edge.profile.power.POWER_CHOICES.
@@ -39,10 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: the backend's)")
     p.add_argument(
-        "--batch",
+        "--batch-size",
         default="1",
+        metavar="B[,B...]",
         help="comma-separated batch sizes, e.g. 1,8,32 (default 1); the smallest is the headline that thresholds read",
     )
+    add_hidden_alias(p, "--batch", "batch_size")
     p.add_argument(
         "--power",
         default="auto",
@@ -121,7 +126,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="alternating (sampler paused, polling) block pairs per exit that measure the sampler's overhead "
         "(default 10; 0 skips)",
     )
-    p.add_argument("--sweep-points", type=int, default=41, help="threshold sweep points (default 41)")
+    p.add_argument(
+        "--sweep-points", type=int, default=41, help="threshold sweep: candidate thresholds per exit (default 41)"
+    )
+    p.add_argument(
+        "--sweep-data",
+        default=None,
+        metavar="SOURCE",
+        help="data for the threshold sweep (default: the data the bundle's thresholds were calibrated on, else "
+        "the validation split of --data default:test); never tune thresholds on the data you report",
+    )
     p.add_argument("--out", default=None, help="report directory (default reports/BUNDLE_NAME); replaced atomically")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -136,7 +150,7 @@ def _batches(text: str) -> list:
     except ValueError:
         values = []
     if not values or any(v <= 0 for v in values):
-        raise InputError(f"--batch {text!r}: give comma-separated positive batch sizes, e.g. 1,8,32")
+        raise InputError(f"--batch-size {text!r}: give comma-separated positive batch sizes, e.g. 1,8,32")
     return values
 
 
@@ -158,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from hisd_edge.errors import InputError
     from hisd_edge.profile.profiler import ProfileConfig, format_summary, run_profile, run_profile_modes
 
-    batches = _batches(args.batch)
+    batches = _batches(args.batch_size)
     if args.samples is not None and args.samples <= 0:
         raise InputError(f"--samples {args.samples}: must be positive")
     options = {}
@@ -197,9 +211,10 @@ def run(args: argparse.Namespace) -> int:
         idle_s=args.idle_seconds,
         model_check=not args.no_model_check,
         sweep_points=args.sweep_points,
+        sweep_data=args.sweep_data,
         overhead_blocks=args.overhead_pairs,
         progress=not args.no_progress and not args.json,
-        command=" ".join(["hisd-edge", *sys.argv[1:]]),
+        command=shlex.join(["hisd-edge", *sys.argv[1:]]),
     )
     if args.power_modes:
         modes = _ids(args.power_modes, "--power-modes")

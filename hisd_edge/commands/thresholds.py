@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hisd_edge.commands import add_threads_argument
+from hisd_edge.commands import add_samples_argument, add_threads_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "labels (a folder of frames, a video, camera captures) and bounds the drop too. --method empirical is the old "
         "fit: it meets --max-drop on the calibration samples only (no guarantee). Costs are stage latencies measured "
         "here (batch 1), or a profile report from the target (--costs). Also recalibrates the input guard on the same "
-        "data. Writes policy, certificate and guard into the bundle manifest atomically, and the sweep as CSV.",
+        "data. Writes policy, certificate and guard into the bundle manifest atomically, and the sweep as CSV into "
+        "reports/NAME/thresholds_sweep.csv (the bundle's report directory, which profile and demo also write and "
+        "keep it in). --dry-run writes nothing.",
     )
     p.add_argument("bundle", help="bundle directory (engines/NAME)")
     p.add_argument(
@@ -88,19 +90,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sweep-csv",
         default=None,
         metavar="PATH",
-        help="where to save the sweep (default reports/NAME/thresholds_sweep.csv)",
+        help="where to save the sweep (default reports/NAME/thresholds_sweep.csv; with --dry-run only when given)",
     )
     p.add_argument(
         "--grid", type=int, default=40, help="--method empirical: candidate thresholds per exit (default 40)"
     )
-    p.add_argument("--count", type=int, default=None, help="use a seeded subset of this many validation samples")
+    add_samples_argument(p, "calibration samples")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     add_threads_argument(p)
     p.add_argument(
         "--providers", default=None, help="ONNX Runtime providers, comma-separated (cpu, cuda, tensorrt, auto)"
     )
-    p.add_argument("--dry-run", action="store_true", help="print the result but leave the manifest unchanged")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the result; write nothing (neither the manifest nor the sweep)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -112,11 +116,16 @@ def run(args: argparse.Namespace) -> int:
 
     from hisd_edge import atomic
     from hisd_edge.bundle import Bundle
-    from hisd_edge.runtime.thresholds import fit_thresholds, format_calibration, write_sweep_csv
+    from hisd_edge.errors import InputError
+    from hisd_edge.runtime.thresholds import SWEEP_CSV_NAME, fit_thresholds, format_calibration, write_sweep_csv
 
+    if args.samples is not None and args.samples < 1:
+        raise InputError(f"--samples {args.samples}: must be >= 1")
     bundle = Bundle.open(args.bundle)
-    sweep = Path(args.sweep_csv) if args.sweep_csv else Path("reports") / bundle.name / "thresholds_sweep.csv"
-    atomic.check_writable(sweep, "--sweep-csv")  # before the long pass, and before the manifest changes
+    sweep = Path(args.sweep_csv) if args.sweep_csv else Path("reports") / bundle.name / SWEEP_CSV_NAME
+    save_sweep = not args.dry_run or args.sweep_csv is not None
+    if save_sweep:
+        atomic.check_writable(sweep, "--sweep-csv")  # before the long pass, and before the manifest changes
     options = {"intra_op_threads": args.threads}
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
@@ -134,13 +143,14 @@ def run(args: argparse.Namespace) -> int:
         objective=args.objective,
         backend=args.backend,
         precision=args.precision,
-        count=args.count,
+        count=args.samples,
         grid=args.grid,
         write=not args.dry_run,
         progress=not args.no_progress and not args.json,
         backend_options=options,
     )
-    write_sweep_csv(sweep, calibration)
+    if save_sweep:
+        write_sweep_csv(sweep, calibration)
     if args.json:
         print(
             json.dumps(
@@ -154,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                     "cost_unit": calibration.cost_unit,
                     "speedup": calibration.speedup,
                     "exit_fractions": calibration.exit_fractions,
-                    "sweep_csv": str(sweep),
+                    "sweep_csv": str(sweep) if save_sweep else None,
                     "written": not args.dry_run,
                     **details,
                 }
@@ -162,8 +172,11 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(format_calibration(calibration, details))
-        print(f"sweep ({len(calibration.sweep_rows)} threshold sets) saved to {sweep}")
+        if save_sweep:
+            print(f"sweep ({len(calibration.sweep_rows)} threshold sets) saved to {sweep}")
         print(
-            "manifest unchanged (--dry-run)" if args.dry_run else f"policy written to {bundle.root / 'manifest.json'}"
+            ("manifest unchanged (--dry-run)" if save_sweep else "nothing written (--dry-run)")
+            if args.dry_run
+            else f"policy written to {bundle.root / 'manifest.json'}"
         )
     return 0

@@ -16,7 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "multi-process (DDP) training: torchrun --nproc_per_node 2 -m hisd_edge train ...",
     )
     p.add_argument("--arch", default="mnist_cnn", help="registered architecture (see --list-archs); default: mnist_cnn")
-    p.add_argument("--list-archs", action="store_true", help="list registered architectures and exit")
+    p.add_argument(
+        "--list-archs",
+        action="store_true",
+        help="list registered architectures (input size, channels, exits, parameters, MACs per sample) and exit",
+    )
     p.add_argument(
         "--data",
         default="default",
@@ -68,6 +72,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def arch_row(name: str) -> dict:
+    """One registered architecture: input, classes, exits, parameters and MACs of a full pass (batch 1).
+
+    MACs are torch's own count (``torch.utils.flop_counter``: FLOPs / 2 over every matmul and
+    convolution, attention included) of one forward through every stage and exit.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hisd_edge.models import create_model, model_arch
+
+    config = model_arch(name)["config"]
+    model = create_model(name).eval()
+    channels = int(config.get("in_channels", 1))
+    height, width = (int(v) for v in config.get("input_size", (28, 28)))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, channels, height, width))
+    return {
+        "name": name,
+        "family": model_arch(name)["family"],
+        "input": f"{channels}x{height}x{width}",
+        "classes": int(config.get("num_classes", 0)),
+        "exits": len(model.exits),
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": counter.get_total_flops() // 2,
+    }
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f}"
+
+
+def archs_table(rows: list) -> str:
+    """The rows of :func:`arch_row` as a table for people."""
+    header = f"{'name':<16} {'family':<12} {'input CxHxW':>12} {'classes':>7} {'exits':>5} {'params':>9} {'MACs':>9}"
+    lines = [header]
+    for r in rows:
+        lines.append(
+            f"{r['name']:<16} {r['family']:<12} {r['input']:>12} {r['classes']:>7} {r['exits']:>5} "
+            f"{_si(r['params']):>9} {_si(r['macs']):>9}"
+        )
+    lines.append("MACs: one sample through every stage and exit (torch.utils.flop_counter, FLOPs / 2)")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -75,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from hisd_edge.models import list_models, model_arch
 
     if args.list_archs:
-        for name in list_models():
-            print(f"{name:16s} {model_arch(name)['family']}")
+        print(archs_table([arch_row(name) for name in list_models()]))
         return 0
     if args.epochs <= 0 or args.batch_size <= 0 or (args.train_count is not None and args.train_count <= 0):
         raise InputError("--epochs, --batch-size and --train-count must be positive")

@@ -101,9 +101,9 @@ class ConvertResult:
 def options_from(options: Dict[str, Any]) -> ConvertOptions:
     """:class:`ConvertOptions` from keyword arguments (``precisions`` may be a string like the CLI's)."""
     if options.get("calib_count") is not None and int(options["calib_count"]) <= 0:
-        raise InputError(f"--calib-count must be positive, got {options['calib_count']}")
+        raise InputError(f"--calib-samples must be positive, got {options['calib_count']}")
     if options.get("val_count") is not None and int(options["val_count"]) <= 0:
-        raise InputError(f"--val-count must be positive, got {options['val_count']}")
+        raise InputError(f"--val-samples must be positive, got {options['val_count']}")
     if isinstance(options.get("precisions"), str):
         precisions, mixed = parse_precisions(options["precisions"])
         options = {**options, "precisions": precisions}

@@ -14,8 +14,11 @@ The run, in order (one clock for latency, windows and power samples; see :mod:`.
    call, seeded random order), then the energy design of :mod:`.measure` (idle brackets, exits and
    the real early-exit loop in seeded random order, ``rounds`` times, each block settled for 5 tau);
 5. the sampler's overhead at every exit (alternating paused / polling block pairs);
-6. every sample through every exit once (accuracy, the policy's scores), the sweep priced with the
-   measured costs, one real early-exit pass over the data at the current thresholds;
+6. every sample through every exit once (accuracy, the policy's scores), the sweep (per-exit
+   thresholds, on the calibration data) priced with the measured costs, one real early-exit pass
+   over the data at the current thresholds;
+6b. the headline: early exit vs the monolithic model, per sample at batch 1, by the one method
+   ``bench`` and ``demo`` use (:func:`hisd_edge.runtime.bench.measure_early_exit`);
 7. the analysis (:mod:`.analysis`: per exit and stage, means and intervals over rounds, per rail;
    the model check), conditions over the run (clocks, temperatures, throttling, mode: a change is
    flagged), the report (atomic).
@@ -27,6 +30,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -34,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from hisd_edge import __version__
-from hisd_edge.errors import InputError
+from hisd_edge.errors import HisdError, InputError
 from hisd_edge.profile import analysis, tradeoff
 from hisd_edge.profile import conditions as conditions_mod
 from hisd_edge.profile import device as device_mod
@@ -88,6 +92,10 @@ class ProfileConfig:
     confidence: float = DEFAULT_CONFIDENCE
     model_check: bool = True
     sweep_points: int = 41
+    # The threshold sweep's data: None = the data the bundle's thresholds were calibrated on (their
+    # certificate's), else ``data``. Never the test split when a validation split is known.
+    sweep_data: Optional[str] = None
+    headline: bool = True  # early exit vs the monolithic model, by the bench's method (needs the full model)
     overhead_blocks: int = 10  # (paused, polling) block pairs per exit for the sampler overhead
     progress: bool = True
     command: str = ""
@@ -245,9 +253,10 @@ def profile_bundle(
         else:
             notes.append(f"energy not measured: {source.describe().get('reason', 'no power source')}")
         before = memory_mod.snapshot()
-        backend = (open_backend or runner.open_backend)(
-            bundle, config.backend, config.precision, config.backend_options
-        )
+        backend_options = dict(config.backend_options)
+        if config.headline and open_backend is None:
+            backend_options["load_full_model"] = True  # the headline compares with the monolithic model
+        backend = (open_backend or runner.open_backend)(bundle, config.backend, config.precision, backend_options)
         with backend:
             max_batch = backend.max_batch
             if max_batch > 0 and batches[-1] > max_batch:
@@ -308,6 +317,25 @@ def profile_bundle(
             step("all exits on the data")
             early, _call_ms = runner.early_exit_pass(backend, policy, tensors, batches[0], bundle.class_names)
             step("early-exit pass")
+            sweep_source = _sweep_source(config, bundle)
+            sweep_samples = samples
+            if sweep_source != config.data:
+                try:
+                    sweep_samples = load_samples(sweep_source)
+                except HisdError as exc:
+                    notes.append(f"the sweep's data {sweep_source} could not be read ({exc}); swept on {config.data}")
+                    sweep_source = config.data
+            if sweep_source == config.data:
+                notes.append(
+                    f"the threshold sweep ran on {config.data}, the data the other figures are measured on: thresholds "
+                    "picked from it are tuned on their own test; give --sweep-data with validation data"
+                )
+            sweep_exit = (
+                every_exit
+                if sweep_samples is samples
+                else collect_exit_outputs(backend, sweep_samples.tensors(bundle.preprocessing))
+            )
+            headline = _headline(config, bundle, backend, policy, tensors, samples)
             after_run = memory_mod.snapshot()
             memory["after_run"] = after_run.to_dict()
             memory["run"] = memory_mod.difference(after_load, after_run)
@@ -333,14 +361,25 @@ def profile_bundle(
             )
         )
 
-    headline = per_batch[0]
+    first = per_batch[0]
     accuracy = _accuracy(
-        policy, every_exit.outputs, every_exit.confidences, samples.labels, headline, config.sweep_points
+        policy,
+        every_exit.outputs,
+        every_exit.confidences,
+        samples.labels_for(bundle.class_names, config.data),
+        first,
+        config.sweep_points,
+        sweep=(
+            sweep_exit.outputs,
+            sweep_exit.confidences,
+            sweep_samples.labels_for(bundle.class_names, sweep_source),
+            sweep_source,
+        ),
     )
     measured_fraction = np.bincount(early, minlength=n) / max(len(early), 1)
     accuracy["current"]["measured_exit_fraction"] = measured_fraction.tolist()
     accuracy["current"]["measured_mean_latency_ms"] = (
-        (headline.get("model_check") or {}).get("latency_ms", {}).get("measured")
+        (first.get("model_check") or {}).get("latency_ms", {}).get("measured")
     )
     if samples.labels is None:
         notes.append("the data has no labels: accuracy is not reported, only exit distributions")
@@ -399,12 +438,13 @@ def profile_bundle(
             else [],
             "warmup": warmup_record,
         },
-        "batch": headline["batch"],
-        "stages": headline["stages"],
-        "exits": headline["exits"],
-        "model_check": headline.get("model_check"),
+        "batch": first["batch"],
+        "stages": first["stages"],
+        "exits": first["exits"],
+        "model_check": first.get("model_check"),
         "batches": per_batch,
-        "idle": headline.get("idle"),
+        "idle": first.get("idle"),
+        "headline": headline,
         "blocks": [x.to_dict(origin=power.get("trace_origin_s") or 0.0) for x in blocks],
         "memory": memory,
         "accuracy": accuracy,
@@ -539,7 +579,8 @@ def _batch_figures(
         if "additive model is off" in check["verdict"]:
             notes.append(
                 f"batch {batch}: the real early-exit pass did not cost what the per-exit figures predict ({check['verdict']}); "
-                "thresholds priced with per-exit costs mis-price this batch size (batch compaction or DVFS)"
+                "thresholds priced with per-exit costs mis-price this batch size (the exit decision's own cost, batch "
+                "compaction or DVFS)"
             )
     result["notes"] = notes
     return result
@@ -689,6 +730,16 @@ def _power_notes(
         )
 
 
+def _correct(policy: Any, outputs: List[np.ndarray], labels: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    if labels is None or policy.exit_kind == "embedding":
+        return None
+    predictions = np.stack([np.argmax(o, axis=1) for o in outputs], axis=1)
+    return np.asarray(predictions == np.asarray(labels).reshape(-1, 1))
+
+
+MAX_LABELLED_POINTS = 8  # Pareto points the report names (P1..), each with a line to deploy it
+
+
 def _accuracy(
     policy: Any,
     outputs: List[np.ndarray],
@@ -696,16 +747,14 @@ def _accuracy(
     labels: Optional[np.ndarray],
     headline: Dict[str, Any],
     sweep_points: int,
+    sweep: Optional[Any] = None,
 ) -> Dict[str, Any]:
-    """Per-exit accuracy, the current thresholds and a sweep, from one pass through every exit."""
+    """Per-exit accuracy and the current thresholds on the profiled data, and a per-exit threshold
+    sweep on ``sweep`` = (outputs, confidences, labels, source name); default: the profiled data."""
     n_exits = len(outputs)
     scores = policy.all_scores(confidences, outputs)
-    correct = None
-    per_exit = None
-    if labels is not None and policy.exit_kind != "embedding":
-        predictions = np.stack([np.argmax(o, axis=1) for o in outputs], axis=1)
-        correct = predictions == np.asarray(labels).reshape(-1, 1)
-        per_exit = correct.mean(axis=0).tolist()
+    correct = _correct(policy, outputs, labels)
+    per_exit = None if correct is None else correct.mean(axis=0).tolist()
     latency = [(e["latency_ms"] or {}).get("p50") for e in headline["exits"]]
     energy = [(e.get("energy_mj") or {}).get("total") for e in headline["exits"]]
     dynamic = [(e.get("energy_mj") or {}).get("dynamic") for e in headline["exits"]]
@@ -713,22 +762,91 @@ def _accuracy(
     current_t = [None if math.isinf(t) and t > 0 else t for t in score_thresholds[:-1]] + [None]
     current = tradeoff.evaluate(scores, correct, current_t, latency, energy, dynamic)
     current["thresholds"] = list(policy.thresholds)
-    finite = scores[:, :-1][np.isfinite(scores[:, :-1])]
-    grid: List[float] = []
-    if finite.size:
-        grid = sorted(set(np.quantile(finite, np.linspace(0.0, 1.0, max(2, sweep_points))).tolist()))
-    sweep = tradeoff.sweep(scores, correct, latency, energy, [*grid, None], dynamic)  # None: never leave early
-    for point in sweep:  # report thresholds as the policy stores them (Pareto flags do not depend on them)
-        stored = policy.to_stored(point["threshold"]) if point["threshold"] is not None else None
-        point["threshold"] = stored
-        point["thresholds"] = [stored] * (n_exits - 1) + [None]
+    sweep_outputs, sweep_confidences, sweep_labels, sweep_source = sweep or (outputs, confidences, labels, None)
+    sweep_scores = policy.all_scores(sweep_confidences, sweep_outputs)
+    settings = tradeoff.per_exit_grid(sweep_scores, max(2, sweep_points))
+    points = tradeoff.sweep_settings(
+        sweep_scores, _correct(policy, sweep_outputs, sweep_labels), settings, latency, energy, dynamic
+    )
+    for point in points:  # report thresholds as the policy stores them (Pareto flags do not depend on them)
+        point["thresholds"] = [None if t is None else policy.to_stored(t) for t in point["thresholds"][:-1]] + [None]
+        if point.get("threshold") is not None:
+            point["threshold"] = policy.to_stored(point["threshold"])
+    front = sorted(
+        (p for p in points if p.get("pareto_latency")), key=lambda p: (p["mean_latency_ms"], -(p["accuracy"] or 0))
+    )
+    if len(front) > MAX_LABELLED_POINTS:  # evenly along the front, both ends kept
+        keep = np.unique(np.linspace(0, len(front) - 1, MAX_LABELLED_POINTS).round().astype(int))
+        front = [front[int(i)] for i in keep]
+    for i, point in enumerate(front):
+        point["label"] = f"P{i + 1}"
     return {
         "samples": len(outputs[0]),
         "labelled": correct is not None,
         "policy": policy.kind,
         "per_exit_top1": per_exit,
         "current": current,
-        "sweep": sweep,
+        "sweep": points,
+        "sweep_data": sweep_source,
+        "sweep_samples": len(sweep_outputs[0]),
+    }
+
+
+def _sweep_source(config: ProfileConfig, bundle: Any) -> str:
+    """Where the threshold sweep runs: never the test split when a validation split is known."""
+    from hisd_edge.runtime.risk import certificate_of
+
+    if config.sweep_data:
+        return config.sweep_data
+    calibrated_on = certificate_of(bundle.policy).get("data")
+    if calibrated_on:
+        return str(calibrated_on)
+    name, _, split = config.data.partition(":")
+    if name in ("default", "fashion") and split in ("", "test"):
+        return f"{name}:val"
+    return config.data
+
+
+def _headline(
+    config: ProfileConfig, bundle: Any, backend: Any, policy: Any, tensors: np.ndarray, samples: Any
+) -> Dict[str, Any]:
+    """Early exit vs the monolithic model on the profiled data, by the bench's method (same figure)."""
+    from hisd_edge.runtime.bench import DEFAULT_PASSES, measure_early_exit
+    from hisd_edge.runtime.guard import guard_from_bundle
+    from hisd_edge.runtime.policies import bundle_exit_kind
+    from hisd_edge.runtime.risk import certificate_of
+
+    certificate = certificate_of(bundle.policy)
+    bench = f"hisd-edge bench {bundle.root} --data {config.data}" + (
+        f" --samples {config.samples}" if config.samples else ""
+    )
+    base: Dict[str, Any] = {"certificate": certificate, "data": config.data, "bench_command": bench}
+    if not config.headline:
+        return {**base, "available": False, "reason": "not measured (headline turned off)"}
+    if not getattr(backend, "supports_full_model", False):
+        return {
+            **base,
+            "available": False,
+            "reason": f"the {config.backend} backend has no monolithic model to compare with",
+        }
+    exit_kind = bundle_exit_kind(bundle.exits)
+    guard = guard_from_bundle(bundle) if exit_kind == "logits" else None
+    early = measure_early_exit(
+        backend,
+        policy,
+        tensors,
+        samples.labels_for(bundle.class_names, config.data),
+        passes=DEFAULT_PASSES,
+        exit_kind=exit_kind,
+        guard=guard,
+        seed=config.seed,
+    )
+    return {
+        **base,
+        **early,
+        "available": True,
+        "full_model": backend.full_model_label,
+        "guard": None if guard is None else guard.describe(),
     }
 
 
@@ -836,11 +954,28 @@ def format_summary(profile: Dict[str, Any]) -> str:
     if current.get("accuracy") is not None:
         lines.append(
             f"at the current thresholds: top-1 {100 * current['accuracy']:.2f}%, expected mean latency "
-            f"{current.get('mean_latency_ms') or float('nan'):.4g} ms per call"
+            f"{current.get('mean_latency_ms') or float('nan'):.4g} ms per call (exit shares x per-exit p50, "
+            "stages only: no exit decision)"
         )
     check = profile.get("model_check") or {}
     if check.get("verdict"):
         lines.append(f"model check (real early-exit pass vs per-exit prediction): {check['verdict']}")
+        if (check.get("latency_ms") or {}).get("ratio", 1.0) > 1.2:
+            lines.append(
+                "  the real calls cost more than the stages alone: each also scores the exits it passes (softmax, "
+                "policy, input guard) and pays the Python loop's per-call overhead, a large share when stages take "
+                "microseconds"
+            )
+    head = profile.get("headline") or {}
+    if head.get("available"):
+        from hisd_edge.runtime.bench import speedup_text
+
+        lines.append(
+            f"early exit vs the {head.get('full_model', 'full model')}: {head['mean_latency_ms']:.4g} vs "
+            f"{head['full_mean_latency_ms']:.4g} ms per sample, speedup {speedup_text(head)}; as {head['bench_command']}"
+        )
+    elif head:
+        lines.append(f"speedup vs the full model: not measured ({head.get('reason')})")
     flags = (profile.get("conditions") or {}).get("flags") or []
     if flags:
         lines.append("conditions flagged: " + "; ".join(flags))
@@ -852,7 +987,7 @@ def profile_default(
     out_dir: str,
     *,
     data: str = "default:test",
-    samples: Optional[int] = 500,
+    samples: Optional[int] = None,
     power: str = "auto",
     progress: bool = False,
 ) -> Dict[str, Any]:
@@ -875,7 +1010,13 @@ def profile_default(
         sweep_points=41,
         overhead_blocks=4,
         progress=progress,
-        command=f"hisd_edge.profile.profile_default({bundle!r})",
+    )
+    # The command line that takes this same profile again (re-runnable, unlike a Python call).
+    config.command = shlex.join(
+        ["hisd-edge", "profile", str(bundle), "--data", data]
+        + (["--samples", str(samples)] if samples else [])
+        + ["--batch-size", "1", "--power", power, "--warmup", "5", "--repeats", "50", "--rounds", "2"]
+        + ["--energy-inferences", "20", "--sweep-points", "41", "--overhead-pairs", "4", "--out", str(out_dir)]
     )
     result = run_profile(config, Path(out_dir))
     result["summary"] = format_summary(result["profile"])

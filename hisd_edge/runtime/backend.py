@@ -33,6 +33,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -47,6 +48,8 @@ BACKENDS: Dict[str, str] = {
     "onnxruntime": "hisd_edge.runtime.ort_backend:OnnxRuntimeBackend",
     "tensorrt": "hisd_edge.runtime.tensorrt_backend:TensorRTBackend",
 }
+
+LOG = logging.getLogger("hisd_edge.runtime.backend")
 
 
 def softmax_max(logits: np.ndarray) -> np.ndarray:
@@ -368,4 +371,5 @@ def create_backend(name: str, bundle: Bundle, precision: str = "fp32", **options
                 f"the {name} backend is not part of this hisd-edge version; use --backend onnxruntime"
             ) from None
         raise
+    LOG.debug("%s backend, %s, options %s", name, precision, options)
     return getattr(module, cls_name)(bundle, precision=precision, **options)

@@ -462,19 +462,29 @@ class EarlyExitRuntime:
             self.audit.record(final == result.class_index, result.index)
 
     def infer(
-        self, images: Sequence[Optional[np.ndarray]], names: Optional[Sequence[str]] = None, first_index: int = 0
+        self,
+        images: Sequence[Union[np.ndarray, str, Path, None]],
+        names: Optional[Sequence[str]] = None,
+        first_index: int = 0,
     ) -> List[ExitResult]:
         """Raw images (OpenCV convention; None for an image that could not be read) -> one result each.
 
-        An image that cannot be preprocessed (unreadable, unsupported channel count) gets an error
-        result; the others still run.
+        Image file paths (str or Path) are read here (``hisd_edge.data.read_image``) and named by
+        their path. An image that cannot be read or preprocessed (unreadable, unsupported channel
+        count) gets an error result; the others still run.
         """
+        from hisd_edge.data import read_image
         from hisd_edge.runtime.sources import InputItem
 
-        names = list(names) if names is not None else [f"#{first_index + i}" for i in range(len(images))]
+        if isinstance(images, (str, Path)):
+            images = [images]  # one path, not a sequence of characters
+        if names is None:
+            names = [str(x) if isinstance(x, (str, Path)) else f"#{first_index + i}" for i, x in enumerate(images)]
+        decoded: List[Optional[np.ndarray]] = [read_image(Path(x)) if isinstance(x, (str, Path)) else x for x in images]
+        names = list(names)
         items = [
             InputItem(name=names[i], image=image, error=None if image is not None else "cannot be decoded as an image")
-            for i, image in enumerate(images)
+            for i, image in enumerate(decoded)
         ]
         return self.infer_items(items, first_index=first_index)[0]
 

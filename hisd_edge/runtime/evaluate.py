@@ -35,6 +35,9 @@ class EarlyExitSummary:
     certificate: Dict[str, Any] = dataclasses.field(default_factory=dict)  # policy.certificate (hisd_edge.bundle)
     guard: Optional[str] = None  # the input guard used on the test split (None: none)
     flagged: int = 0  # test samples the guard flagged as out of distribution
+    speedup_range: Optional[List[float]] = None  # lowest and highest speedup leaving one pass out (the spread)
+    passes: int = 1
+    figure: str = ""  # what the latency figures are (hisd_edge.runtime.bench.METHOD_LABEL)
 
     @property
     def speedup(self) -> float:
@@ -59,7 +62,7 @@ def evaluate_early_exit(
     policy_kind: Optional[str] = None,
     backend: str = "onnxruntime",
     write: bool = True,
-    passes: int = 1,
+    passes: Optional[int] = None,
     progress: bool = False,
     backend_options: Optional[Dict[str, Any]] = None,
     val_count: Optional[int] = None,
@@ -68,10 +71,12 @@ def evaluate_early_exit(
     """Calibrate on ``val`` (written to the manifest when ``write``), then measure on ``test``.
 
     ``val_count`` / ``test_count`` take a seeded subset of that many samples (default: all).
+    Latency and speedup come from :func:`hisd_edge.runtime.bench.measure_early_exit` (the method
+    every verb uses; ``passes`` defaults to its ``DEFAULT_PASSES``).
     """
     from hisd_edge.data import load_samples
     from hisd_edge.runtime.backend import create_backend
-    from hisd_edge.runtime.bench import compare_per_sample
+    from hisd_edge.runtime.bench import DEFAULT_PASSES, measure_early_exit
     from hisd_edge.runtime.early_exit import run_early_exit
     from hisd_edge.runtime.guard import FLAG_OUT_OF_DISTRIBUTION, guard_from_bundle
     from hisd_edge.runtime.policies import bundle_exit_kind
@@ -99,20 +104,17 @@ def evaluate_early_exit(
         if guard is not None:
             results, _ = run_early_exit(runner, calibration.policy, tensors, guard=guard)
             flagged = sum(FLAG_OUT_OF_DISTRIBUTION in r.flags for r in results)
-        for _ in range(3):  # warm-up
-            runner.run_full(tensors[:1])
-        compared = compare_per_sample(
+        early = measure_early_exit(
             runner,
             calibration.policy,
             tensors,
             samples.labels_for(opened.class_names, test),
-            passes=passes,
+            passes=DEFAULT_PASSES if passes is None else passes,
             exit_kind=exit_kind,
             progress=progress,
             guard=guard,
         )
         full_model = runner.full_model_label
-    early = compared["early_exit"]
     accuracy = early.get("accuracy", float("nan"))
     full_accuracy = early.get("full_accuracy", float("nan"))
     return EarlyExitSummary(
@@ -131,6 +133,9 @@ def evaluate_early_exit(
         certificate={**calibration.certificate, "data": val, "data_fingerprint": details["data_fingerprint"]},
         guard=None if guard is None else guard.describe(),
         flagged=flagged,
+        speedup_range=early.get("speedup_range"),
+        passes=int(early.get("passes", 1)),
+        figure=str(early.get("figure", "")),
     )
 
 
@@ -164,11 +169,18 @@ def format_early_exit(summary: EarlyExitSummary) -> str:
             f"drop {summary.accuracy_drop_points:.2f} points)"
         )
     lines.append(
-        f"  mean latency       {summary.mean_latency_ms:.3f} ms (full model {summary.full_mean_latency_ms:.3f} ms)"
+        f"  mean latency       {summary.mean_latency_ms:.3f} ms per sample (full model "
+        f"{summary.full_mean_latency_ms:.3f} ms per sample)"
     )
+    low, high = summary.speedup_range or (summary.speedup, summary.speedup)
     lines.append(
-        f"  speedup            {summary.speedup:.2f}x over the {summary.full_model} "
-        f"(calibration predicted {summary.expected_speedup_val:.2f}x on the validation split, "
-        f"relative to running every stage, without the guard)"
+        f"  speedup            {summary.speedup:.2f}x over the {summary.full_model} (spread "
+        f"{low:.2f}-{high:.2f}x leaving one of {summary.passes} passes out)"
+    )
+    if summary.figure:
+        lines.append(f"    measured {summary.figure}")
+    lines.append(
+        f"    calibration predicted {summary.expected_speedup_val:.2f}x on the validation split from per-stage costs "
+        "(relative to running every stage, without the guard and the per-call overhead of the exit decision)"
     )
     return "\n".join(lines)

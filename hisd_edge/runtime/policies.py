@@ -53,16 +53,19 @@ class ExitPolicy:
 
     def __init__(self, thresholds: Sequence[Optional[float]], num_exits: Optional[int] = None):
         thresholds = list(thresholds)
+        if num_exits is not None and len(thresholds) == num_exits - 1 and num_exits > 1:
+            thresholds.append(None)  # K-1 values: the last exit always accepts, so its threshold is implied
         if num_exits is not None and len(thresholds) != num_exits:
             raise InputError(
                 f"policy {self.kind} has {len(thresholds)} thresholds but the bundle has {num_exits} exits; "
-                "give one per exit (null for 'never exit here'), or run hisd-edge thresholds"
+                f"give {num_exits - 1} (the last exit always accepts) or {num_exits}, 'none' for 'never leave here', "
+                "or run hisd-edge thresholds"
             )
         if not thresholds:
             raise InputError("a policy needs one threshold per exit")
         for t in thresholds:
             if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(float(t))):
-                raise InputError(f"policy threshold {t!r} is not a number or null")
+                raise InputError(f"policy threshold {t!r} is not a number or none")
         # The score range of each kind lives in the manifest schema (one place for manifests and --thresholds).
         check_policy_thresholds(self.kind, [None if t is None else float(t) for t in thresholds], f"{self.kind} policy")
         self.thresholds: List[Optional[float]] = [None if t is None else float(t) for t in thresholds]

@@ -121,13 +121,26 @@ def _capture_items(capture: Any, label: str, max_frames: Optional[int], every: i
         capture.release()
 
 
-def _file_items(paths: Sequence[Path]) -> Iterator[InputItem]:
-    for path in paths:
+def _file_items(paths: Sequence[Path], labels: Optional[Sequence[Optional[int]]] = None) -> Iterator[InputItem]:
+    for i, path in enumerate(paths):
+        label = labels[i] if labels is not None else None
         image = data.read_image(path)
         if image is None:
-            yield InputItem(name=str(path), error="cannot be decoded as an image")
+            yield InputItem(name=str(path), error="cannot be decoded as an image", label=label)
         else:
-            yield InputItem(name=str(path), image=image)
+            yield InputItem(name=str(path), image=image, label=label)
+
+
+def _folder_labels(folder: Path, files: Sequence[Path], class_names: Sequence[str]) -> Optional[List[Optional[int]]]:
+    """Class index per file when the folder is labelled as ``thresholds`` reads it (one sub-folder per
+    class, named as the model's classes); None when its sub-folders are not the model's classes."""
+    firsts = [f.relative_to(folder).parts for f in files]
+    if not class_names or any(len(parts) < 2 for parts in firsts):
+        return None
+    names = {parts[0] for parts in firsts}
+    if not names <= set(class_names):
+        return None
+    return [list(class_names).index(parts[0]) for parts in firsts]
 
 
 def _folder_files(folder: Path) -> List[Path]:
@@ -156,11 +169,17 @@ def _samples_items(samples: data.Samples) -> Iterator[InputItem]:
 RUN_SOURCES = "images, a folder, a video, a camera index, a GStreamer pipeline (with '!'), a .npy/.npz, 'default[:split]' or 'fashion[:split]'"
 
 
-def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: int = 1) -> Iterator[InputItem]:
+def open_inputs(
+    specs: Sequence[str],
+    max_frames: Optional[int] = None,
+    every: int = 1,
+    class_names: Optional[Sequence[str]] = None,
+) -> Iterator[InputItem]:
     """Check and open every input now; return one stream of items over all of them, in order.
 
     ``max_frames`` caps the frames taken from each video/camera/stream; ``every`` keeps every
-    n-th frame.
+    n-th frame. With the model's ``class_names``, a folder whose sub-folders are named after them
+    labels its images (as ``hisd-edge thresholds`` reads it), so a run can report its accuracy.
     """
     if not specs:
         raise InputError("give at least one input: image files, folders, a video, a camera index, a pipeline or a .npy")
@@ -177,7 +196,8 @@ def open_inputs(specs: Sequence[str], max_frames: Optional[int] = None, every: i
         if kind in data.NAMED_DATASETS:  # default[:split], fashion[:split]
             makers.append(functools.partial(_samples_items, data.load_samples(spec)))
         elif kind == "folder":  # every image under it, decoded one at a time as the run reaches it
-            makers.append(functools.partial(_file_items, _folder_files(path)))
+            files = _folder_files(path)
+            makers.append(functools.partial(_file_items, files, _folder_labels(path, files, class_names or [])))
         elif kind == "numpy":
             makers.append(functools.partial(_samples_items, data.numpy_file(path)))
         elif kind == "video":  # frame by frame, not all frames in memory as data.video_frames does

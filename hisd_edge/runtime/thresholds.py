@@ -452,6 +452,11 @@ def certify(
     )
 
 
+# The sweep's file name in a bundle's report directory (reports/NAME/): the one layout every verb
+# shares; the profile report keeps it when it replaces the directory.
+SWEEP_CSV_NAME = "thresholds_sweep.csv"
+
+
 def write_sweep_csv(path: Path, calibration: Calibration) -> None:
     """The whole sweep (every evaluated threshold set: accuracy vs expected cost), written atomically."""
     with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
@@ -525,9 +530,15 @@ def fit_thresholds(
     "disagreement", or "auto" (accuracy when the data has labels, else disagreement).
     ``guard_false_alarms``: also recalibrate the input guard on this data at that false-alarm rate
     (None: the rate the bundle's guard has, or the default; 0 leaves the guard as it is).
+    ``bundle`` is an opened :class:`~hisd_edge.bundle.Bundle` or its directory.
     Returns the calibration and the details recorded with it (data, costs and where they came from).
     """
     from hisd_edge.data import load_samples
+
+    if isinstance(bundle, (str, Path)):
+        from hisd_edge.bundle import Bundle
+
+        bundle = Bundle.open(bundle)
     from hisd_edge.runtime import guard as guard_mod
     from hisd_edge.runtime.backend import create_backend
     from hisd_edge.runtime.policies import bundle_exit_kind
@@ -689,7 +700,9 @@ def format_calibration(calibration: Calibration, details: Dict[str, Any]) -> str
     )
     lines.append(
         f"expected cost {calibration.expected_cost:.4g} {unit} per sample vs {calibration.full_cost:.4g} {unit} "
-        f"for all stages: speedup {calibration.speedup:.2f}x ({details.get('objective')}, costs {details.get('costs', {}).get('source')})"
+        f"for all stages: expected speedup {calibration.speedup:.2f}x ({details.get('objective')}, costs "
+        f"{details.get('costs', {}).get('source')}); a prediction from per-stage costs without the exit decision's "
+        "own cost (hisd-edge bench measures the real one)"
     )
     guard = details.get("guard")
     if guard:

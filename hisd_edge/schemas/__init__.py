@@ -176,7 +176,7 @@ def check_policy_thresholds(kind: str, thresholds: Sequence[Any], what: str = "p
         MANIFEST,
         fragment="/$defs/policy",
         what=what,
-        fix="give each exit a threshold in the policy's range, or null for 'never leave here'",
+        fix="give each exit a threshold in the policy's range, or none for 'never leave here'",
     )
 
 

@@ -106,7 +106,9 @@ def _preprocessing_for(arch: Dict[str, Any], train: Samples, data: str) -> Prepr
     probe = Preprocessing(
         input_size=input_size, channels=channels, color_order=color, mean=(0.0,) * channels, std=(1.0,) * channels
     )
-    x = train.subset(range(min(len(train), 512))).tensors(probe) / 255.0
+    # mean 0 / std 1 on the 0..1 scale: the probe's tensors are the pixels on the 0..1 scale already
+    # (preprocessing divides by 255 * std), which is the scale the manifest stores mean/std on.
+    x = train.subset(range(min(len(train), 512))).tensors(probe)
     mean = tuple(float(v) for v in x.mean(axis=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in x.std(axis=(0, 2, 3)))
     return Preprocessing(input_size=input_size, channels=channels, color_order=color, mean=mean, std=std)

@@ -427,7 +427,7 @@ def test_bad_options(tiny_checkpoint, tmp_path, capsys):
     assert "mixed" in _one_line_error(
         capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--max-drop", "1"
     )
-    assert "--calib-count" in _one_line_error(
+    assert "--calib-samples" in _one_line_error(  # the old spelling still works; the message names the new one
         capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--calib-count", "0"
     )
     assert "ONNX" in _one_line_error(

@@ -121,8 +121,14 @@ def test_accuracy_sweep_and_current_thresholds_match_the_runtime(none_profile, t
     assert sum(current["exit_fraction"]) == pytest.approx(1.0)
     assert current["thresholds"] == profile["policy"]["thresholds"] == [0.9, 0.9, None]
     sweep = accuracy["sweep"]
-    never = next(p for p in sweep if p["threshold"] is None)
-    assert never["exit_fraction"][-1] == 1.0 and never["accuracy"] == pytest.approx(accuracy["per_exit_top1"][-1])
+    # the sweep runs on the validation split (the bundle is not calibrated, the data is default:test), with
+    # one threshold per non-final exit, and names its Pareto points
+    assert accuracy["sweep_data"] == "default:val" and accuracy["sweep_samples"] == 500
+    assert any(p["thresholds"][0] != p["thresholds"][1] for p in sweep if p["pareto_latency"])
+    labelled = [p for p in sweep if p.get("label")]
+    assert labelled[0]["label"] == "P1" and all(p["pareto_latency"] for p in labelled)
+    never = next(p for p in sweep if p["thresholds"] == [None, None, None])
+    assert never["threshold"] is None and never["exit_fraction"][-1] == 1.0
     assert any(p["pareto_latency"] for p in sweep)
     # expected latency = fractions x per-exit p50
     p50 = [e["latency_ms"]["p50"] for e in profile["exits"]]
@@ -142,6 +148,10 @@ def test_accuracy_sweep_and_current_thresholds_match_the_runtime(none_profile, t
     )
     top1 = [float((np.argmax(o, axis=1) == samples.labels).mean()) for o in outputs]
     assert accuracy["per_exit_top1"] == pytest.approx(top1)
+    # "never leave early" on the sweep's data is the last exit's accuracy there, recomputed the same way
+    val = load_samples("default:val")
+    last = session.run([bundle.exits[-1]["output"]], {session.get_inputs()[0].name: val.tensors(bundle.preprocessing)})
+    assert never["accuracy"] == pytest.approx(float((np.argmax(last[0], axis=1) == val.labels).mean()))
 
 
 def test_uncalibrated_policy_is_said(none_profile):
@@ -457,9 +467,9 @@ def test_all_exit_pass_is_the_runtimes_collect_exit_outputs(tiny_bundle_dir, tmp
     code, _, _ = _run(
         ["profile", str(tiny_bundle_dir), "--power", "none", "--batch", "1,4", "--out", str(out), *fast_args], capsys
     )
-    assert code == 0 and calls == [120]
+    assert code == 0 and calls == [120, 500]  # the profiled data, then the sweep's (default:val)
     profile = json.loads((out / "profile.json").read_text())
-    assert profile["accuracy"]["samples"] == 120 and profile["accuracy"]["sweep"][-1]["threshold"] is None
+    assert profile["accuracy"]["samples"] == 120 and profile["accuracy"]["sweep"][0]["thresholds"] == [None] * 3
 
 
 def test_power_choices_match_the_library():

@@ -89,8 +89,10 @@ def test_policy_validation():
     assert set(POLICY_KINDS) == {"max_prob", "entropy", "margin", "patience", "stability"}
     with pytest.raises(InputError, match="unknown exit policy"):
         make_policy("greedy", [None])
-    with pytest.raises(InputError, match="3 exits"):
-        make_policy("max_prob", [0.5, None], num_exits=3)
+    with pytest.raises(InputError, match="3 exits; give 2 \\(the last exit always accepts\\) or 3"):
+        make_policy("max_prob", [0.5], num_exits=3)
+    # K-1 thresholds: the last exit always accepts, so its threshold is implied
+    assert make_policy("max_prob", [0.5, None], num_exits=3).thresholds == [0.5, None, None]
     with pytest.raises(InputError, match="use --policy stability"):
         make_policy("entropy", [0.5, None], exit_kind="embedding")
     with pytest.raises(InputError, match="needs embedding exits"):

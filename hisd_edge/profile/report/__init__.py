@@ -16,6 +16,7 @@ from hisd_edge import atomic
 from hisd_edge.errors import InputError
 from hisd_edge.profile.report import html, plots, tables
 from hisd_edge.profile.schema import FILENAME
+from hisd_edge.runtime.thresholds import SWEEP_CSV_NAME
 
 HTML_NAME = "report.html"
 COMPARE_HTML_NAME = "compare.html"
@@ -53,6 +54,7 @@ WRITTEN_NAMES = frozenset(
         COMPARE_HTML_NAME,
         COMPARE_CSV_NAME,
         SOURCES_NAME,
+        SWEEP_CSV_NAME,  # written by hisd-edge thresholds into the same directory; kept across reports
         *tables.TABLE_NAMES,
         *tuple(REPORT_PLOTS),
         *tuple(COMPARE_PLOTS),
@@ -102,7 +104,7 @@ def check_replaceable(out_dir: Path) -> None:
             f"--out {out_dir}: not a hisd-edge report (it holds {shown}, which the report would delete); "
             "choose another --out or remove them"
         )
-    if FILENAME not in names and COMPARE_HTML_NAME not in names:
+    if FILENAME not in names and COMPARE_HTML_NAME not in names and SWEEP_CSV_NAME not in names:
         raise InputError(
             f"--out {out_dir}: not a hisd-edge report (no {FILENAME} or {COMPARE_HTML_NAME}); "
             "choose a new or empty directory"
@@ -117,7 +119,10 @@ def write_report(profile: Dict[str, Any], out_dir: Path) -> Dict[str, Any]:
     notes = _render_notes(profile, images)
     page = html.render_html(profile, images, notes)
     written: List[str] = []
+    kept = out_dir / SWEEP_CSV_NAME  # hisd-edge thresholds' sweep lives here too: carried into the new report
     with atomic.atomic_dir(out_dir, replace=True) as tmp:
+        if kept.is_file() and not kept.is_symlink():
+            (tmp / SWEEP_CSV_NAME).write_bytes(kept.read_bytes())
         (tmp / FILENAME).write_text(atomic.json_text(profile), encoding="utf-8")  # strict JSON: no NaN
         written.append(FILENAME)
         for name, text in tables.all_tables(profile).items():

@@ -19,6 +19,10 @@ td.l,th.l{text-align:left}.notes{background:#fff4e6;border-left:4px solid #f08c0
 .notes li{margin:.2rem 0}.na{color:#868e96}img{max-width:100%;border:1px solid #e9ecef;margin:.4rem 0}
 .grid{display:flex;flex-wrap:wrap;gap:1rem}.kv td{text-align:left}.ci{color:#495057;font-size:.8rem}
 .flag{background:#fff5f5;border-left:4px solid #e03131;padding:.5rem 1rem;margin:1rem 0}
+.headline{background:#edf2ff;border:1px solid #bac8ff;border-radius:6px;padding:.6rem 1.2rem;margin:1rem 0}
+.headline .big{font-size:1.6rem;font-weight:600;color:#1c3d99;margin:.2rem 0}.headline p{margin:.3rem 0}
+.headline .method{color:#495057;font-size:.82rem}
+code{background:#f1f3f5;padding:.05rem .3rem;border-radius:3px;font-size:.85rem;word-break:break-all}
 """
 
 
@@ -45,13 +49,27 @@ def pct(value: Optional[float]) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     head = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
+
+    def cell(i: int, c: str) -> str:
+        if i < left or c.startswith("<code>"):  # names and command lines read from the left
+            return f'<td class="l">{c}</td>'
+        return f"<td>{c}</td>"
+
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+_NA = '<span class="na">n/a</span>'
+
+
+def _collapse(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A table without its all-n/a columns, and one line naming them (instead of columns of n/a)."""
+    keep = [i for i in range(len(header)) if i < left or any(row[i] not in (_NA, "") for row in rows)]
+    dropped = [header[i] for i in range(len(header)) if i not in keep]
+    table = _table([header[i] for i in keep], [[row[i] for i in keep] for row in rows], left)
+    if dropped and rows:
+        table += f"<p class='na'>not measured on this run: {_e(', '.join(dropped))}</p>"
+    return table
 
 
 def _img(png: Optional[bytes], alt: str) -> str:
@@ -125,7 +143,7 @@ def _exits_table(profile: Dict[str, Any], block: Dict[str, Any]) -> str:
         )
     power = profile.get("power") or {}
     total = f" ({power.get('total')})" if power.get("total") else ""
-    return _table(
+    return _collapse(
         [
             "exit",
             "p50 ms",
@@ -179,10 +197,16 @@ def _stages_table(block: Dict[str, Any]) -> str:
                 num(s.get("model_bytes")),
             ]
         )
-    return _table(["stage", "p50 ms", "p99 ms", "dynamic mJ [95% CI]", "total mJ [95% CI]", "model bytes"], rows)
+    return _collapse(["stage", "p50 ms", "p99 ms", "dynamic mJ [95% CI]", "total mJ [95% CI]", "model bytes"], rows)
 
 
-def _kv(pairs: Sequence[tuple]) -> str:
+def _kv(pairs: Sequence[tuple], collapse: bool = False) -> str:
+    """A two-column table; with ``collapse``, rows whose value is n/a become one line naming them."""
+    if collapse:
+        missing = [k for k, v in pairs if v == _NA]
+        shown = [(k, v) for k, v in pairs if v != _NA]
+        note = f"<p class='na'>not measured on this run: {_e(', '.join(missing))}</p>" if missing else ""
+        return _kv(shown) + note
     return (
         '<table class="kv">'
         + "".join(f"<tr><th class='l'>{_e(k)}</th><td>{v}</td></tr>" for k, v in pairs)
@@ -224,6 +248,11 @@ def _model_check_block(check: Dict[str, Any]) -> str:
         "real loop took"
         + (f" ({' / '.join(f'{100 * f:.1f}%' for f in fractions)})" if fractions else "")
         + f". Batch {_e(check.get('batch'))}.</p>"
+        "<p class='sub'>Why they differ: the per-exit costs are stages forced to run with no exit decision; a real "
+        "call also scores every exit it passes (softmax, the policy, the input guard), builds its results and "
+        "pays the per-call overhead of the Python loop. When a stage takes microseconds (a small model on a CPU) "
+        "that overhead is a large share of the call and &quot;measured&quot; sits well above &quot;predicted&quot;; "
+        "on a Jetson GPU the stages dominate and the two agree. The headline above times the real call.</p>"
     )
     return (
         head
@@ -280,11 +309,13 @@ def _conditions(profile: Dict[str, Any]) -> str:
         ("snapshots (before and after every window)", num(summary.get("snapshots"))),
         ("flags", _e("; ".join(cond.get("flags") or [])) or "none: one condition throughout"),
     ]
-    return _kv(rows)
+    return _kv(rows, collapse=True)
 
 
 def _power_section(profile: Dict[str, Any]) -> str:
     power = profile.get("power") or {}
+    if not power.get("available"):  # one line, not a table of n/a
+        return f"<p>Energy was not measured: {_e(power.get('reason') or 'no power source')}.</p>"
     sensor = profile.get("sensor") or {}
     settings = profile.get("settings") or {}
     design = profile.get("design") or {}
@@ -415,7 +446,10 @@ def _memory_section(memory: Dict[str, Any]) -> str:
                 ]
             )
         parts.append(
-            _table(
+            "<p>Per exit, what running stages 0..k first took. These are <b>process</b> figures (the whole Python "
+            "process's resident set, NvMap and system memory), not the backend's own arena: other allocations in "
+            "the process move them too, and ONNX Runtime's CPU arena is not reported separately.</p>"
+            + _collapse(
                 [
                     "exit",
                     "stage files 0..k (bytes)",
@@ -423,7 +457,7 @@ def _memory_section(memory: Dict[str, Any]) -> str:
                     "weights 0..k",
                     "context memory 0..k",
                     "device memory taken (MiB)",
-                    "RSS growth (MiB)",
+                    "process RSS growth (MiB)",
                     "NvMap growth (MiB)",
                     "system-wide MemAvailable taken (MiB)",
                 ],
@@ -444,15 +478,17 @@ def _memory_section(memory: Dict[str, Any]) -> str:
             ]
         )
     parts.append(
-        "<p>Snapshots (MemAvailable is system-wide: any process moves it):</p>"
-        + _table(["when", "RSS MiB", "peak RSS MiB", "system MemAvailable MiB", "NvMapMemUsed MiB"], mem_rows)
+        "<p>Snapshots (RSS is this process's; MemAvailable is system-wide: any process moves it):</p>"
+        + _collapse(
+            ["when", "process RSS MiB", "peak process RSS MiB", "system MemAvailable MiB", "NvMapMemUsed MiB"], mem_rows
+        )
     )
     load = memory.get("load") or {}
     parts.append(
         _kv(
             [
                 ("model files (bytes)", num(memory.get("model_bytes"))),
-                ("RSS growth on load (MiB)", num(load.get("rss_delta_mib"), 4)),
+                ("process RSS growth on load (MiB)", num(load.get("rss_delta_mib"), 4)),
                 ("system-wide memory taken on load (MiB)", num(load.get("mem_available_taken_mib"), 4)),
                 ("NvMap growth on load (MiB)", num(load.get("nvmap_used_delta_mib"), 4)),
                 ("backend report", _e(memory.get("backend")) if memory.get("backend") else num(None)),
@@ -460,6 +496,111 @@ def _memory_section(memory: Dict[str, Any]) -> str:
         )
     )
     return "".join(parts)
+
+
+def _certificate_line(certificate: Dict[str, Any]) -> str:
+    from hisd_edge.runtime.risk import certificate_text
+
+    return certificate_text(certificate or {})
+
+
+def _energy_saving(profile: Dict[str, Any]) -> str:
+    """Expected energy per sample at the current thresholds against running every stage."""
+    current = (profile.get("accuracy") or {}).get("current") or {}
+    exits = profile.get("exits") or []
+    last = (exits[-1].get("energy_mj") or {}) if exits else {}
+    parts = []
+    for kind, key in (("dynamic", "mean_dynamic_energy_mj"), ("total", "mean_energy_mj")):
+        now, full = current.get(key), last.get(kind)
+        if now is not None and full:
+            parts.append(f"{100.0 * (1.0 - now / full):.1f}% {kind} ({now:.3g} vs {full:.3g} mJ per sample)")
+    if parts:
+        return (
+            "energy saving vs running every stage: "
+            + "; ".join(parts)
+            + " (expected from the per-exit energies and the exit shares)"
+        )
+    return "energy saving: not measured on this run (no power source here: see Power measurement)"
+
+
+def _headline_box(profile: Dict[str, Any]) -> str:
+    """What to deploy and what it saves: speedup, energy, accuracy drop with its certificate, exit shares."""
+    head = profile.get("headline") or {}
+    if not head:
+        return ""
+    lines = []
+    certificate = _e(_certificate_line(head.get("certificate") or {}))
+    if head.get("available"):
+        low, high = head.get("speedup_range") or [head["speedup"], head["speedup"]]
+        lines.append(
+            f"<p class='big'>{head['speedup']:.2f}&times; faster than the {_e(head.get('full_model', 'full model'))}"
+            "</p>"
+        )
+        accuracy = ""
+        if head.get("accuracy") is not None:
+            accuracy = (
+                f" &middot; accuracy {pct(head.get('accuracy'))} vs {pct(head.get('full_accuracy'))}: drop "
+                f"<b>{head.get('accuracy_drop_points', 0.0):.2f} points</b>"
+            )
+        lines.append(
+            f"<p><b>{num(head.get('mean_latency_ms'), 3)} ms</b> vs {num(head.get('full_mean_latency_ms'), 3)} ms per "
+            f"sample at batch 1{accuracy} &middot; {_e(head.get('samples'))} samples of {_e(head.get('data'))}</p>"
+        )
+        shares = head.get("exit_fractions") or []
+        if shares:
+            lines.append(
+                "<p>share leaving at each exit: "
+                + " &middot; ".join(f"exit {k} <b>{100.0 * f:.1f}%</b>" for k, f in enumerate(shares))
+                + "</p>"
+            )
+        lines.append(f"<p>thresholds: {certificate}</p>")
+    else:
+        lines.append(f"<p>speedup vs the full model: not measured ({_e(head.get('reason', ''))})</p>")
+        lines.append(f"<p>thresholds: {certificate}</p>")
+    lines.append(f"<p>{_e(_energy_saving(profile))}</p>")
+    if head.get("available"):
+        lines.append(
+            f"<p class='method'>Measured the way <code>{_e(head.get('bench_command', 'hisd-edge bench'))}</code> "
+            f"measures it: {_e(head.get('figure', ''))}; spread {low:.2f}&ndash;{high:.2f}&times; leaving one of "
+            f"{_e(head.get('passes'))} passes out.</p>"
+        )
+    return "<div class='headline'>" + "".join(lines) + "</div>"
+
+
+def _run_line(profile: Dict[str, Any], thresholds: Sequence[Any]) -> str:
+    from hisd_edge.profile.report.tables import thresholds_arg
+
+    bundle = (profile.get("bundle") or {}).get("path") or "engines/NAME"
+    return f"hisd-edge run {bundle} INPUT --thresholds {thresholds_arg(list(thresholds))}"
+
+
+def _pareto_section(profile: Dict[str, Any]) -> str:
+    """The labelled Pareto points of the sweep, each with the line that deploys it."""
+    accuracy = profile.get("accuracy") or {}
+    labelled = [p for p in accuracy.get("sweep") or [] if p.get("label")]
+    if not labelled:
+        return ""
+    rows = [
+        [
+            f"<b>{_e(p['label'])}</b>",
+            pct(p.get("accuracy")),
+            num(p.get("mean_latency_ms")),
+            num(p.get("mean_dynamic_energy_mj")),
+            " / ".join(f"{100.0 * f:.1f}" for f in p.get("exit_fraction") or []),
+            f"<code>{_e(_run_line(profile, p.get('thresholds') or []))}</code>",  # left-aligned: see _table
+        ]
+        for p in labelled
+    ]
+    data = accuracy.get("sweep_data") or "the profiled data"
+    return (
+        f"<p>Each non-final exit has its own threshold; accuracy and exit shares on <b>{_e(data)}</b> "
+        f"({_e(accuracy.get('sweep_samples', '?'))} samples), costs from the per-exit latencies above (expected, "
+        "per call at the profiled batch). Thresholds chosen here carry no certificate: "
+        "<code>hisd-edge thresholds BUNDLE --data VAL --max-drop P</code> certifies a bound.</p>"
+        + _collapse(
+            ["point", "accuracy", "mean latency ms", "mean dynamic mJ", "exit shares %", "deploy it"], rows, left=1
+        )
+    )
 
 
 def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], notes: Sequence[str] = ()) -> str:
@@ -473,6 +614,7 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
         f"<p class='sub'>{_e(summary_line(profile))}<br>created {_e(profile.get('created', '?'))} · hisd-edge "
         f"{_e(profile.get('toolkit_version', '?'))}</p>",
     ]
+    parts.append(_headline_box(profile))
     flags = (profile.get("conditions") or {}).get("flags") or []
     if flags:
         parts.append("<div class='flag'><b>This run is flagged:</b> " + _e("; ".join(flags)) + "</div>")
@@ -502,7 +644,8 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
                     ("expected mean latency per call (ms)", num(current.get("mean_latency_ms"))),
                     ("expected mean dynamic energy per sample (mJ)", num(current.get("mean_dynamic_energy_mj"))),
                     ("expected mean total energy per sample (mJ)", num(current.get("mean_energy_mj"))),
-                ]
+                ],
+                collapse=True,
             )
         )
     parts.append(
@@ -512,11 +655,15 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
     if rails:
         parts.append("<h2>Per rail</h2>" + rails)
     parts.append("<h2>Per stage (exit k minus exit k-1, paired within rounds)</h2>" + _stages_table(profile))
+    pareto = _pareto_section(profile)
+    if pareto:
+        parts.append("<h2>Trade-off: Pareto points and how to deploy each</h2>" + pareto)
+        parts.append(_img(images.get("accuracy_vs_latency.png"), "accuracy vs latency"))
     parts.append("<h2>Plots</h2><div class='grid'>")
     for name, alt in (
+        ("" if pareto else "accuracy_vs_latency.png", "accuracy vs latency"),
         ("exit_costs.png", "latency and energy per exit with intervals"),
         ("model_check.png", "model check"),
-        ("accuracy_vs_latency.png", "accuracy vs latency"),
         ("accuracy_vs_energy.png", "accuracy vs energy"),
         ("exit_distribution.png", "exit distribution"),
         ("stage_breakdown.png", "per-stage breakdown"),
@@ -526,9 +673,12 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
     parts.append("</div>")
     sweep = accuracy.get("sweep") or []
     if sweep:
+        from hisd_edge.profile.report.tables import thresholds_arg
+
         rows = [
             [
-                num(p.get("threshold"), 4) if p.get("threshold") is not None else "never early",
+                _e(p.get("label") or ""),
+                _e(thresholds_arg(p.get("thresholds") or [None])) or "-",
                 pct(p.get("accuracy")),
                 num(p.get("mean_latency_ms")),
                 num(p.get("mean_dynamic_energy_mj")),
@@ -538,14 +688,18 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
                 + ("energy" if p.get("pareto_dynamic_energy") or p.get("pareto_energy") else ""),
             ]
             for p in sweep
+            if p.get("pareto_latency") or p.get("pareto_energy") or p.get("pareto_dynamic_energy")
         ]
         parts.append(
-            "<details><summary>Threshold sweep ("
+            "<details><summary>Threshold sweep: the "
+            + str(len(rows))
+            + " Pareto settings of "
             + str(len(sweep))
-            + " points)</summary>"
-            + _table(
+            + " per-exit settings (all of them in sweep.csv)</summary>"
+            + _collapse(
                 [
-                    "threshold",
+                    "point",
+                    "thresholds (exit 0..K-2)",
                     "accuracy",
                     "mean latency ms",
                     "mean dynamic mJ",
@@ -554,6 +708,7 @@ def render_html(profile: Dict[str, Any], images: Dict[str, Optional[bytes]], not
                     "Pareto",
                 ],
                 rows,
+                left=2,
             )
             + "</details>"
         )

@@ -33,6 +33,20 @@ def _pyplot() -> Any:
     return plt
 
 
+def _log_if_spread(ax: Any, axis: str, values: Sequence[Optional[float]], decades: float = 1.0) -> None:
+    """A log axis when the positive values span more than ``decades`` decades (one outlier would
+    flatten everything else on a linear axis); says so in the axis label."""
+    positive = [float(v) for v in values if v is not None and v > 0]
+    if len(positive) < 2 or max(positive) / min(positive) < 10**decades:
+        return
+    if axis == "x":
+        ax.set_xscale("log")
+        ax.set_xlabel(ax.get_xlabel() + " (log scale)")
+    else:
+        ax.set_yscale("log")
+        ax.set_ylabel(ax.get_ylabel() + " (log scale)")
+
+
 def matplotlib_available() -> bool:
     import importlib.util
 
@@ -126,14 +140,30 @@ def tradeoff(profile: Dict[str, Any], cost_key: str = "mean_latency_ms") -> Opti
     for cost, acc, k in _exit_points(profile, cost_key):
         ax.scatter([cost], [100.0 * acc], marker="s", s=26, color="#2b8a3e", zorder=3)
         ax.annotate(f"exit {k} only", (cost, 100.0 * acc), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    if cost_key == "mean_latency_ms":  # the report's table names these points and how to deploy each
+        for p in sweep:
+            if p.get("label"):
+                ax.annotate(
+                    p["label"],
+                    (p[cost_key], 100.0 * p["accuracy"]),
+                    textcoords="offset points",
+                    xytext=(-4, 6),
+                    fontsize=8,
+                    color="#d9480f",
+                    fontweight="bold",
+                )
     unit = _UNITS[cost_key]
     quantity = ((profile.get("power") or {}).get("total") or "") if cost_key != "mean_latency_ms" else ""
     ax.set_xlabel(f"{unit}{', ' + quantity if quantity else ''}, batch {profile.get('batch', 1)}")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(
-        f"{profile['bundle'].get('name', '')}: accuracy vs {'latency' if cost_key == 'mean_latency_ms' else 'energy'}",
-        fontsize=10,
+    _log_if_spread(ax, "x", xs + [c for c, _a, _k in _exit_points(profile, cost_key)])
+    title = (
+        f"{profile['bundle'].get('name', '')}: accuracy vs {'latency' if cost_key == 'mean_latency_ms' else 'energy'}"
     )
+    swept_on, measured_on = accuracy.get("sweep_data"), (profile.get("settings") or {}).get("data")
+    if swept_on and swept_on != measured_on:  # say which points come from which data
+        title += f"\nsweep on {swept_on}; current thresholds and single exits on {measured_on}"
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
@@ -292,6 +322,7 @@ def stage_breakdown(profile: Dict[str, Any]) -> Optional[bytes]:
     axes[0].set_xticks(ks)
     axes[0].set_xlabel("stage")
     axes[0].set_ylabel(f"latency per call (ms), batch {profile.get('batch', 1)}")
+    _log_if_spread(axes[0], "y", [v for v in p50 + p99 if v])
     axes[0].set_title("per-stage latency", fontsize=10)
     axes[0].legend(fontsize=8)
     if has_energy:

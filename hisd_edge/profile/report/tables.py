@@ -259,11 +259,18 @@ def stages_csv(profile: Dict[str, Any]) -> str:
     return _csv(header, rows)
 
 
+def thresholds_arg(thresholds: List[Any]) -> str:
+    """A threshold setting as ``--thresholds`` takes it: the K-1 non-final exits, 'none' for never."""
+    return ",".join("none" if t is None else f"{float(t):.6g}" for t in list(thresholds)[:-1])
+
+
 def sweep_csv(profile: Dict[str, Any]) -> str:
     sweep = _get(profile, "accuracy", "sweep") or []
     n = len(profile.get("exits") or [])
     header = [
         "threshold",
+        "thresholds",
+        "label",
         "accuracy",
         "mean_latency_ms",
         "mean_energy_mj",
@@ -277,7 +284,9 @@ def sweep_csv(profile: Dict[str, Any]) -> str:
         fractions = list(point.get("exit_fraction") or [])
         rows.append(
             [
-                point.get("threshold"),
+                point.get("threshold"),  # blank: per-exit thresholds, or never leave early
+                thresholds_arg(point.get("thresholds") or []),
+                point.get("label"),
                 point.get("accuracy"),
                 point.get("mean_latency_ms"),
                 point.get("mean_energy_mj"),
