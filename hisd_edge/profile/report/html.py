@@ -242,11 +242,18 @@ def _model_check_block(check: Dict[str, Any]) -> str:
     fractions = (check.get("energy_mj") or {}).get("exit_fraction") or (check.get("latency_ms") or {}).get(
         "exit_fraction"
     )
+    calls = (check.get("latency_ms") or {}).get("calls")
     head = (
         "<p>The real early-exit loop at the current thresholds, measured, against the prediction the thresholds "
         "search makes: the sum over exits of (fraction leaving there) x (cost of reaching it), with the fractions the "
         "real loop took"
-        + (f" ({' / '.join(f'{100 * f:.1f}%' for f in fractions)})" if fractions else "")
+        + (
+            f" ({' / '.join(f'{100 * f:.1f}%' for f in fractions)}"
+            + (f" over its {calls} calls; the headline's shares come from its own passes" if calls else "")
+            + ")"
+            if fractions
+            else ""
+        )
         + f". Batch {_e(check.get('batch'))}.</p>"
         "<p class='sub'>Why they differ: the per-exit costs are stages forced to run with no exit decision; a real "
         "call also scores every exit it passes (softmax, the policy, the input guard), builds its results and "
