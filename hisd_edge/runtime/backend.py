@@ -34,7 +34,7 @@ import abc
 import dataclasses
 import importlib
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -303,6 +303,26 @@ class Backend(abc.ABC):
         if result.latency_ms != result.latency_ms:
             result.latency_ms = (time.perf_counter() - begin) * 1e3
         return result
+
+    # -- the in-graph early exit (batch 1, one call; see hisd_edge.runtime.ingraph) -----------------
+    def ingraph_unavailable(self, policy: Any) -> Optional[str]:
+        """None when :meth:`run_ingraph` can run ``policy`` on this backend, else why not (one line)."""
+        return f"the {self.name} backend has no in-graph early-exit path"
+
+    def run_ingraph(self, policy: Any) -> Tuple[np.ndarray, int, float, float]:
+        """Run the started single-row batch through the in-graph artifact with ``policy``'s thresholds:
+        (logits (1, classes) float32 host copy, exit index, score, latency ms). Exit decisions equal the
+        chain's (verified at convert, per policy); check :meth:`ingraph_unavailable` first."""
+        if self._next_stage != 0 or self._held_rows != 1:
+            raise RuntimeError("run_ingraph() needs a freshly started batch of one row")
+        begin = time.perf_counter()
+        logits, exit_index, score = self.run_ingraph_impl(policy)
+        latency_ms = (time.perf_counter() - begin) * 1e3
+        self._next_stage = None  # the stages' held features are not produced on this path
+        return logits, exit_index, score, latency_ms
+
+    def run_ingraph_impl(self, policy: Any) -> Tuple[np.ndarray, int, float]:  # pragma: no cover - optional
+        raise NotImplementedError
 
     # -- to implement ----------------------------------------------------------------------------
     @abc.abstractmethod

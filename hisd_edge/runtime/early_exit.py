@@ -19,6 +19,7 @@ the converter used) or on already-preprocessed tensors.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -29,9 +30,11 @@ import numpy as np
 from hisd_edge.bundle import Bundle
 from hisd_edge.errors import HisdError, InputError
 from hisd_edge.preprocess import InputScaleError, check_input_scale, prepare_tensors, preprocess_image
-from hisd_edge.runtime.backend import Backend, create_backend
+from hisd_edge.runtime.backend import Backend, create_backend, softmax_max
 from hisd_edge.runtime.guard import FLAG_ABSTAINED, FLAG_OUT_OF_DISTRIBUTION, InputGuard, guard_from_bundle
 from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, make_policy, policy_from_manifest
+
+LOG = logging.getLogger("hisd_edge.runtime")
 
 FLAG_NONFINITE_INPUT = "nonfinite_input"  # NaN or inf in the (preprocessed) input
 FLAG_NONFINITE_OUTPUT = "nonfinite_output"  # NaN or inf in the exit output
@@ -136,6 +139,21 @@ def run_early_exit(
         raise InputError(f"--exit-at {exit_at}: the bundle has exits 0..{num - 1}")
     backend.start(batch)
     n = len(batch)
+    if n == 1 and exit_at is None and guard is None:
+        why_not = backend.ingraph_unavailable(policy)
+        if why_not is None:
+            name = names[0] if names else f"#{first_index}"
+            return _run_ingraph(backend, policy, batch, begin, class_names, name, first_index)
+        _log_once(f"batch 1 runs the chain: {why_not}")
+    elif n == 1 and LOG.isEnabledFor(logging.DEBUG):
+        _log_once(
+            "batch 1 runs the chain: "
+            + (
+                "a forced exit (--exit-at)"
+                if exit_at is not None
+                else "the input guard scores stage 0's features between stages"
+            )
+        )
     if n == 1:
         return _run_one(
             backend,
@@ -240,6 +258,49 @@ def run_early_exit(
             state = policy.compact(state, keep)
     total_ms = (time.perf_counter() - begin) * 1e3
     return [r for r in results if r is not None], BatchTrace(stage_ms, stage_rows, total_ms)
+
+
+_LOGGED: set = set()
+
+
+def _log_once(message: str) -> None:
+    """Why a path was (not) taken, under -v, once per process and reason (this runs per frame)."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        LOG.debug("early exit: %s", message)
+
+
+def _run_ingraph(
+    backend: Backend,
+    policy: ExitPolicy,
+    batch: np.ndarray,
+    begin: float,
+    class_names: Sequence[str],
+    name: str,
+    index: int,
+) -> Tuple[List[ExitResult], BatchTrace]:
+    """One sample through the in-graph artifact: one call, the decision made inside the graph.
+
+    The result has one latency entry (the whole graph; the stages are not timed apart)."""
+    logits, k, score, latency_ms = backend.run_ingraph(policy)
+    flags = []
+    if _nonfinite_rows(batch) is not None:
+        flags.append(FLAG_NONFINITE_INPUT)
+    if _nonfinite_rows(logits) is not None:
+        flags.append(FLAG_NONFINITE_OUTPUT)
+    cls = int(logits[0].argmax())
+    item = ExitResult(
+        index=index,
+        name=name,
+        exit=k,
+        class_index=cls,
+        class_name=class_names[cls] if cls < len(class_names) else str(cls),
+        confidence=float(softmax_max(logits)[0]) if policy.kind != "max_prob" else score,
+        score=score,
+        stage_latency_ms=[latency_ms],
+        flags=flags,
+    )
+    return [item], BatchTrace([latency_ms], [1], (time.perf_counter() - begin) * 1e3)
 
 
 def _run_one(

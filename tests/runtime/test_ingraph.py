@@ -1,0 +1,158 @@
+"""The in-graph early-exit path (hisd_edge.runtime.ingraph): the chain's decisions, where it is used, fallbacks."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from hisd_edge.bundle import Bundle
+from hisd_edge.errors import InputError
+from hisd_edge.runtime import ingraph
+from hisd_edge.runtime.backend import create_backend
+from hisd_edge.runtime.early_exit import EarlyExitRuntime, run_early_exit
+from hisd_edge.runtime.guard import InputGuard, guard_record_for_convert
+from hisd_edge.runtime.policies import make_policy
+
+
+@pytest.fixture(scope="module")
+def val_inputs(converted_bundle, val_samples) -> np.ndarray:
+    return val_samples.tensors(Bundle.open(converted_bundle).preprocessing)[:150]
+
+
+def _spy(backend):  # type: ignore[no-untyped-def]
+    """Count the in-graph calls of ``backend`` (the real method still runs)."""
+    calls = []
+    real = backend.run_ingraph
+
+    def counting(policy):  # type: ignore[no-untyped-def]
+        calls.append(policy.kind)
+        return real(policy)
+
+    backend.run_ingraph = counting
+    return calls
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_ingraph_decisions_equal_the_chain(converted_bundle, val_inputs, precision):
+    """Same exits, classes, scores and confidences as the chain, at thresholds that use every exit;
+    and the in-graph path is what ran."""
+    bundle = Bundle.open(converted_bundle)
+    entry = bundle.manifest["ingraph"]["files"].get(precision)
+    if entry is None:
+        pytest.fail(f"the converter wrote no {precision} in-graph artifact: {bundle.manifest.get('ingraph')}")
+    num = bundle.num_stages
+    chain = create_backend("onnxruntime", bundle, precision, ingraph=False).activate()
+    fast = create_backend("onnxruntime", bundle, precision).activate()
+    calls = _spy(fast)
+    confs = []
+    for x in val_inputs[:40]:
+        chain.start(x[None])
+        results = [chain.run_stage(k) for k in range(num)]
+        confs.append([float(r.confidence[0]) for r in results[:-1]])
+    medians = np.median(np.array(confs), axis=0)
+    exits_seen = set()
+    for thresholds in ([*medians, None], [0.999, 0.5, None], [None, None, None], [0.0, 0.0, None]):
+        policy = make_policy("max_prob", thresholds, num)
+        for i, x in enumerate(val_inputs):
+            ref, _ = run_early_exit(chain, policy, x[None])
+            got, _ = run_early_exit(fast, policy, x[None])
+            a, b = ref[0], got[0]
+            assert (a.exit, a.class_index, a.score, a.confidence, a.flags) == (
+                b.exit,
+                b.class_index,
+                b.score,
+                b.confidence,
+                b.flags,
+            ), (i, thresholds)
+            exits_seen.add(b.exit)
+    assert exits_seen == set(range(num))
+    assert len(calls) == 4 * len(val_inputs)
+
+
+def test_ingraph_logits_bit_identical(converted_bundle, val_inputs):
+    bundle = Bundle.open(converted_bundle)
+    num = bundle.num_stages
+    chain = create_backend("onnxruntime", bundle, ingraph=False).activate()
+    fast = create_backend("onnxruntime", bundle).activate()
+    for k in range(num):  # force exit k: -inf there, +inf before it
+        thresholds = [None] * k + [0.0] + [None] * (num - 1 - k)
+        policy = make_policy("max_prob", thresholds[:num], num)
+        for x in val_inputs[:30]:
+            chain.start(x[None])
+            expected = [chain.run_stage(j) for j in range(k + 1)][-1].exit_output()
+            fast.start(x[None])
+            logits, taken, _, _ = fast.run_ingraph(policy)
+            assert taken == k
+            assert logits.tobytes() == expected.tobytes()
+
+
+def test_runtime_falls_back_where_the_graph_cannot_decide(converted_bundle, val_inputs, val_samples, caplog):
+    """The input guard, a forced exit, a batch, a policy with state or whose scores were not
+    bit-identical at convert: the chain, said once under -v."""
+    caplog.set_level(logging.DEBUG, logger="hisd_edge.runtime")
+    bundle = Bundle.open(converted_bundle)
+    fit_inputs = val_samples.tensors(bundle.preprocessing)[:400]
+    record = guard_record_for_convert(bundle.stage_path(0), fit_inputs, "default:val")
+    assert record is not None
+    with EarlyExitRuntime(bundle, guard=InputGuard.from_manifest(record)) as runtime:
+        calls = _spy(runtime.backend)
+        runtime.infer_tensors(val_inputs[:1])
+        runtime.infer_tensors(val_inputs[:1], exit_at=1)
+        runtime.infer_tensors(val_inputs[:8])
+        assert calls == []
+    assert "input guard" in caplog.text
+    with EarlyExitRuntime(bundle, guard=False) as runtime:
+        calls = _spy(runtime.backend)
+        runtime.infer_tensors(val_inputs[:1])
+        assert calls == ["max_prob"]
+    verified = bundle.manifest["ingraph"]["files"]["fp32"]["policies"]
+    for kind in ("entropy", "margin", "patience"):
+        if kind in verified:
+            continue
+        policy = make_policy(kind, [0.5 if kind != "patience" else 2, 0.5 if kind != "patience" else 2, None], 3)
+        with EarlyExitRuntime(bundle, policy=policy, guard=False) as runtime:
+            calls = _spy(runtime.backend)
+            results = runtime.infer_tensors(val_inputs[:2])[0] + runtime.infer_tensors(val_inputs[2:3])[0]
+            assert calls == [] and all(r.ok for r in results)
+        assert f"policy {kind}" in caplog.text
+
+
+def test_bundle_without_the_artifact_runs_the_chain(tiny_bundle, val_samples, caplog):
+    """Bundles made before the artifact existed: the chain, no error, the reason under -v."""
+    caplog.set_level(logging.DEBUG, logger="hisd_edge.runtime")
+    bundle = Bundle.open(tiny_bundle)
+    assert "ingraph" not in bundle.manifest
+    x = val_samples.tensors(bundle.preprocessing)[:3]
+    with EarlyExitRuntime(bundle, guard=False) as runtime:
+        results = [runtime.infer_tensors(x[i : i + 1])[0][0] for i in range(3)]
+        assert all(r.ok and r.exit is not None for r in results)
+        assert "converted before it existed" in runtime.backend.describe()["ingraph"]
+    assert "converted before it existed" in caplog.text
+
+
+def test_thresholds_of_wrong_count_or_range_are_refused():
+    policy = make_policy("max_prob", [0.5, 0.5, None], 3)
+    code, thresholds = ingraph.feed(policy, 3)
+    assert int(code) == 0 and thresholds.dtype == np.float64 and thresholds.tolist() == [0.5, 0.5]
+    with pytest.raises(InputError, match="takes 3 thresholds") as info:
+        ingraph.feed(policy, 4)
+    assert "\n" not in str(info.value)
+    policy._score_thresholds = [1.5, 0.5, -np.inf]  # what a tampered policy would feed the graph
+    with pytest.raises(InputError, match="out of range"):
+        ingraph.feed(policy, 3)
+    policy._score_thresholds = [float("nan"), 0.5, -np.inf]
+    with pytest.raises(InputError, match="out of range"):
+        ingraph.feed(policy, 3)
+    with pytest.raises(InputError, match="cannot run in the in-graph"):
+        ingraph.feed(make_policy("patience", [2, 2, None], 3), 3)
+
+
+def test_usable_policy_reasons():
+    manifest = {"ingraph": {"files": {"fp32": {"policies": ["max_prob"]}}}}
+    assert ingraph.usable_policy(manifest, "fp32", "max_prob")[0] is not None
+    assert "not bit-identical" in ingraph.usable_policy(manifest, "fp32", "entropy")[1]
+    assert "per-exit state" in ingraph.usable_policy(manifest, "fp32", "patience")[1]
+    assert "no fp16 in-graph" in ingraph.usable_policy(manifest, "fp16", "max_prob")[1]
+    assert "converted before" in ingraph.usable_policy({}, "fp32", "max_prob")[1]
