@@ -9,10 +9,14 @@ This step builds, from the bundle's stage graphs of one precision, a single grap
 
 The contract (input and output names, the policy codes) is :mod:`hisd_edge.runtime.ingraph`.
 Each stage's nodes and weights are copied unchanged into the branch where they run (names
-prefixed ``s{k}/``), so the graph computes the stage graphs' own arithmetic. The scores mirror
-the runtime's host computations (:mod:`hisd_edge.runtime.policies`, float64 from the float32
-exit outputs; max_prob reads the fused ``conf{k}`` like the runtime does) and are compared with
-float64 thresholds, as the chain compares them.
+prefixed ``s{k}/``), so the graph computes the stage graphs' own arithmetic. Everything is float32
+and int32, so TensorRT can take the graph as it is (no float64 or int64 graph inputs or outputs).
+max_prob reads the fused ``conf{k}``, as the runtime does, and the runtime feeds each threshold
+rounded up to float32 (:func:`hisd_edge.runtime.ingraph.thresholds_f32`), which makes the
+float32 comparison decide exactly like the chain's float64 one. Entropy and margin are computed
+in float32 here and in float64 on the host, so their scores cannot match bit for bit (with a
+float64 graph they were still 1-2 ulp apart on half the samples: numpy's and ONNX Runtime's exp
+and sums differ); verification records that and the runtime runs them on the chain.
 
 :func:`verify_ingraph` then runs the graph and the stage sessions (real ONNX Runtime sessions,
 batch 1, as the runtime runs them) on validation samples: for every policy and every exit, the
@@ -98,34 +102,32 @@ def _axes_node(op: str, data: str, out: str, opset: int, keepdims: int, name: An
 def _score_nodes(
     kind: str, k: int, logits: str, conf: Optional[str], classes: int, opset: int, name: Any
 ) -> Tuple[List[Any], List[Any], str]:
-    """Nodes computing exit k's policy score (float64, shape (1,)) the way the runtime does on the host."""
-    from onnx import TensorProto, helper, numpy_helper
+    """Nodes computing exit k's policy score (float32, shape (1,)) as the runtime does on the host."""
+    from onnx import helper, numpy_helper
 
     nodes: List[Any] = []
     inits: List[Any] = []
     p = f"score{k}/{kind}/"
     if kind == "max_prob" and conf is not None:  # the fused conf{k}, as the runtime reads it
-        nodes.append(helper.make_node("Cast", [conf], [p + "score"], name=name("Cast"), to=TensorProto.DOUBLE))
+        nodes.append(helper.make_node("Identity", [conf], [p + "score"], name=name("Identity")))
         return nodes, inits, p + "score"
     if kind == "max_prob":  # runtime.backend.softmax_max: float32 1 / sum(exp(z - max z))
         nodes.append(_axes_node("ReduceMax", logits, p + "max", opset, 1, name, inits))
         nodes.append(helper.make_node("Sub", [logits, p + "max"], [p + "z"], name=name("Sub")))
         nodes.append(helper.make_node("Exp", [p + "z"], [p + "e"], name=name("Exp")))
         nodes.append(_axes_node("ReduceSum", p + "e", p + "sum", opset, 0, name, inits))
-        nodes.append(helper.make_node("Reciprocal", [p + "sum"], [p + "conf"], name=name("Reciprocal")))
-        nodes.append(helper.make_node("Cast", [p + "conf"], [p + "score"], name=name("Cast"), to=TensorProto.DOUBLE))
+        nodes.append(helper.make_node("Reciprocal", [p + "sum"], [p + "score"], name=name("Reciprocal")))
         return nodes, inits, p + "score"
-    # policies.softmax: float64, z - max, exp, divided by the sum
-    nodes.append(helper.make_node("Cast", [logits], [p + "x"], name=name("Cast"), to=TensorProto.DOUBLE))
-    nodes.append(_axes_node("ReduceMax", p + "x", p + "max", opset, 1, name, inits))
-    nodes.append(helper.make_node("Sub", [p + "x", p + "max"], [p + "z"], name=name("Sub")))
+    # policies.softmax (z - max, exp, divided by the sum), in float32: what TensorRT can run
+    nodes.append(_axes_node("ReduceMax", logits, p + "max", opset, 1, name, inits))
+    nodes.append(helper.make_node("Sub", [logits, p + "max"], [p + "z"], name=name("Sub")))
     nodes.append(helper.make_node("Exp", [p + "z"], [p + "e"], name=name("Exp")))
     nodes.append(_axes_node("ReduceSum", p + "e", p + "sum", opset, 1, name, inits))
     nodes.append(helper.make_node("Div", [p + "e", p + "sum"], [p + "p"], name=name("Div")))
     if kind == "entropy":  # -(h / log C) with h = -sum(p log p, p > 0): the same value as sum(p log p) / log C
         zero, log_c = name("zero"), name("log_classes")
-        inits.append(numpy_helper.from_array(np.array(0.0, dtype=np.float64), zero))
-        inits.append(numpy_helper.from_array(np.array(math.log(max(classes, 2)), dtype=np.float64), log_c))
+        inits.append(numpy_helper.from_array(np.array(0.0, dtype=np.float32), zero))
+        inits.append(numpy_helper.from_array(np.array(math.log(max(classes, 2)), dtype=np.float32), log_c))
         nodes.append(helper.make_node("Log", [p + "p"], [p + "logp"], name=name("Log")))
         nodes.append(helper.make_node("Mul", [p + "p", p + "logp"], [p + "plogp"], name=name("Mul")))
         nodes.append(helper.make_node("Greater", [p + "p", zero], [p + "pos"], name=name("Greater")))
@@ -162,14 +164,14 @@ def _policy_score(
             return nodes, inits
         other_nodes, other_inits = chain(i + 1, f"{target}/not_{kinds[i]}")
         then_graph = helper.make_graph(
-            nodes, f"{target}_{kinds[i]}", [], [helper.make_tensor_value_info(target, TensorProto.DOUBLE, [1])], inits
+            nodes, f"{target}_{kinds[i]}", [], [helper.make_tensor_value_info(target, TensorProto.FLOAT, [1])], inits
         )
         else_out = f"{target}/not_{kinds[i]}"
         else_graph = helper.make_graph(
             other_nodes,
             f"{target}_not_{kinds[i]}",
             [],
-            [helper.make_tensor_value_info(else_out, TensorProto.DOUBLE, [1])],
+            [helper.make_tensor_value_info(else_out, TensorProto.FLOAT, [1])],
             other_inits,
         )
         node = helper.make_node(
@@ -203,8 +205,8 @@ def build_ingraph(stage_models: Sequence[Any], confidence: Sequence[Optional[str
     name = _Names()
     graph_out = [
         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, num_classes]),
-        helper.make_tensor_value_info("exit_index", TensorProto.INT64, [1]),
-        helper.make_tensor_value_info("score", TensorProto.DOUBLE, [1]),
+        helper.make_tensor_value_info("exit_index", TensorProto.INT32, [1]),
+        helper.make_tensor_value_info("score", TensorProto.FLOAT, [1]),
     ]
 
     def level(k: int, outer_input: str) -> Tuple[List[Any], List[Any], List[str]]:
@@ -218,7 +220,7 @@ def build_ingraph(stage_models: Sequence[Any], confidence: Sequence[Optional[str
         inits += score_inits
         if k == num - 1:
             index = name("exit_index")
-            inits.append(numpy_helper.from_array(np.array([k], dtype=np.int64), index))
+            inits.append(numpy_helper.from_array(np.array([k], dtype=np.int32), index))
             return nodes, inits, [logits, index, score]
         # leave = score_k >= score_thresholds[k], as a scalar bool (If wants one element; TensorRT a 0-D one)
         pos, scalar = name("k"), name("scalar_shape")
@@ -237,7 +239,7 @@ def build_ingraph(stage_models: Sequence[Any], confidence: Sequence[Optional[str
                 [],
                 [then_outs[1]],
                 name=name("Constant"),
-                value=numpy_helper.from_array(np.array([k], dtype=np.int64), index),
+                value=numpy_helper.from_array(np.array([k], dtype=np.int32), index),
             ),
             helper.make_node("Identity", [score], [then_outs[2]], name=name("Identity")),
         ]
@@ -251,8 +253,8 @@ def build_ingraph(stage_models: Sequence[Any], confidence: Sequence[Optional[str
         def outs(names: Sequence[str]) -> List[Any]:
             return [
                 helper.make_tensor_value_info(names[0], TensorProto.FLOAT, [1, num_classes]),
-                helper.make_tensor_value_info(names[1], TensorProto.INT64, [1]),
-                helper.make_tensor_value_info(names[2], TensorProto.DOUBLE, [1]),
+                helper.make_tensor_value_info(names[1], TensorProto.INT32, [1]),
+                helper.make_tensor_value_info(names[2], TensorProto.FLOAT, [1]),
             ]
 
         then_graph = helper.make_graph(then_nodes, f"leave_at_exit{k}", [], outs(then_outs))
@@ -267,7 +269,7 @@ def build_ingraph(stage_models: Sequence[Any], confidence: Sequence[Optional[str
     codes = []
     for code, kind in enumerate(contract.INGRAPH_POLICIES[:-1]):  # the last kind is the final else
         value = name(f"code_{kind}")
-        inits.append(numpy_helper.from_array(np.array(code, dtype=np.int64), value))
+        inits.append(numpy_helper.from_array(np.array(code, dtype=np.int32), value))
         codes.append(helper.make_node("Equal", [contract.POLICY_KIND, value], [f"is_{kind}"], name=name("Equal")))
     nodes = codes + nodes
     nodes += [
@@ -276,8 +278,8 @@ def build_ingraph(stage_models: Sequence[Any], confidence: Sequence[Optional[str
     shape = [d.dim_value for d in first.graph.input[0].type.tensor_type.shape.dim[1:]]
     graph_in = [
         helper.make_tensor_value_info(contract.INPUT, TensorProto.FLOAT, [1, *shape]),
-        helper.make_tensor_value_info(contract.POLICY_KIND, TensorProto.INT64, []),
-        helper.make_tensor_value_info(contract.SCORE_THRESHOLDS, TensorProto.DOUBLE, [num - 1]),
+        helper.make_tensor_value_info(contract.POLICY_KIND, TensorProto.INT32, []),
+        helper.make_tensor_value_info(contract.SCORE_THRESHOLDS, TensorProto.FLOAT, [num - 1]),
     ]
     graph = helper.make_graph(nodes, "hisd_ingraph_early_exit", graph_in, graph_out, inits)
     model = helper.make_model(graph, opset_imports=list(first.opset_import), producer_name="hisd-edge")
@@ -366,8 +368,8 @@ def verify_ingraph(
                     list(contract.OUTPUTS),
                     {
                         contract.INPUT: x,
-                        contract.POLICY_KIND: np.array(code, dtype=np.int64),
-                        contract.SCORE_THRESHOLDS: np.array(thresholds, dtype=np.float64),
+                        contract.POLICY_KIND: np.array(code, dtype=np.int32),
+                        contract.SCORE_THRESHOLDS: contract.thresholds_f32(thresholds),
                     },
                 )
                 runs += 1

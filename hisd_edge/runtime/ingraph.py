@@ -8,14 +8,16 @@ so on: one session call per frame instead of one per stage plus Python between t
 Inputs (names fixed here, used by the converter and the backends):
 
 * ``input``: (1, C, H, W) float32, the preprocessed sample;
-* ``policy_kind``: int64 scalar, the index of the policy in :data:`INGRAPH_POLICIES`;
-* ``score_thresholds``: float64 (K-1,), exit k's threshold **in score space** (see
+* ``policy_kind``: int32 scalar, the index of the policy in :data:`INGRAPH_POLICIES`;
+* ``score_thresholds``: float32 (K-1,), exit k's threshold **in score space** (see
   :meth:`~hisd_edge.runtime.policies.ExitPolicy.score_thresholds`): leave at exit k when
-  ``score_k >= score_thresholds[k]`` (+inf: never leave there). float64 because the chain compares
-  the float64 score with the float64 threshold; a float32 threshold would move the boundary.
+  ``score_k >= score_thresholds[k]`` (+inf: never leave there), each rounded *up* to float32
+  (:func:`thresholds_f32`): for a float32 score s, ``s >= up(t)`` exactly when ``s >= t`` in float64,
+  so the graph decides as the chain does (a float32 threshold rounded to nearest would not).
 
-Outputs: ``logits`` (1, classes) float32 of the exit taken, ``exit_index`` (1,) int64 and
-``score`` (1,) float64, the policy's score there.
+Outputs: ``logits`` (1, classes) float32 of the exit taken, ``exit_index`` (1,) int32 and
+``score`` (1,) float32, the policy's score there. Only float32 and int32 cross the graph's edge, so
+TensorRT (which has no float64, and before 10 no int64 I/O) builds it as it is.
 
 Thresholds are inputs, so ``hisd-edge thresholds`` never re-exports anything. The converter
 records, per precision, the policies whose in-graph scores were bit-identical to the runtime's
@@ -83,5 +85,14 @@ def feed(policy: Any, num_exits: int) -> Tuple[np.ndarray, np.ndarray]:
                 f"{policy.kind} threshold {shown!r} at exit {k} is out of range for the in-graph artifact; "
                 "run hisd-edge thresholds again"
             )
-    code = np.array(INGRAPH_POLICIES.index(policy.kind), dtype=np.int64)
-    return code, np.array(scores[:-1], dtype=np.float64)
+    code = np.array(INGRAPH_POLICIES.index(policy.kind), dtype=np.int32)
+    return code, thresholds_f32(scores[:-1])
+
+
+def thresholds_f32(score_thresholds: Any) -> np.ndarray:
+    """float64 thresholds -> the smallest float32 at or above each (infinities stay)."""
+    wide = np.asarray(score_thresholds, dtype=np.float64)
+    narrow = wide.astype(np.float32)
+    below = narrow.astype(np.float64) < wide
+    narrow[below] = np.nextafter(narrow[below], np.float32(np.inf))
+    return narrow

@@ -172,8 +172,8 @@ class _IngraphSession:
             raise BundleError(f"{label}: inputs/outputs are not the in-graph contract's; convert the model again")
         classes = session.get_outputs()[0].shape[1]
         self.logits = np.empty((1, int(classes)), dtype=np.float32)
-        self.exit_index = np.empty(1, dtype=np.int64)
-        self.score = np.empty(1, dtype=np.float64)
+        self.exit_index = np.empty(1, dtype=np.int32)
+        self.score = np.empty(1, dtype=np.float32)
         self.io = session.io_binding()
         buffers: List[np.ndarray] = [self.logits, self.exit_index, self.score]
         for name, buf in zip(ingraph.OUTPUTS, buffers):

@@ -37,8 +37,8 @@ def test_the_artifact_is_one_graph_with_if_nodes_and_threshold_inputs(tiny_bundl
     inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     assert inputs == {
         "input": onnx.TensorProto.FLOAT,
-        "policy_kind": onnx.TensorProto.INT64,
-        "score_thresholds": onnx.TensorProto.DOUBLE,
+        "policy_kind": onnx.TensorProto.INT32,
+        "score_thresholds": onnx.TensorProto.FLOAT,
     }
     assert [o.name for o in model.graph.output] == list(contract.OUTPUTS)
     top = [n.op_type for n in model.graph.node]

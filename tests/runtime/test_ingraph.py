@@ -71,6 +71,23 @@ def test_ingraph_decisions_equal_the_chain(converted_bundle, val_inputs, precisi
     assert len(calls) == 4 * len(val_inputs)
 
 
+def test_knife_edge_thresholds_decide_like_the_chain(converted_bundle, val_inputs):
+    """A threshold exactly at a sample's exit-0 confidence leaves; one 1e-12 above it does not, in both
+    paths (float32 thresholds rounded to nearest would let the second one leave)."""
+    bundle = Bundle.open(converted_bundle)
+    chain = create_backend("onnxruntime", bundle, ingraph=False).activate()
+    fast = create_backend("onnxruntime", bundle).activate()
+    for x in val_inputs[:20]:
+        chain.start(x[None])
+        conf = float(chain.run_stage(0).confidence[0])
+        for threshold, leaves in ((conf, True), (conf + 1e-12, False)):
+            policy = make_policy("max_prob", [threshold, None, None], 3)
+            ref, _ = run_early_exit(chain, policy, x[None])
+            got, _ = run_early_exit(fast, policy, x[None])
+            assert (ref[0].exit == 0) is leaves
+            assert got[0].exit == ref[0].exit
+
+
 def test_ingraph_logits_bit_identical(converted_bundle, val_inputs):
     bundle = Bundle.open(converted_bundle)
     num = bundle.num_stages
@@ -135,7 +152,10 @@ def test_bundle_without_the_artifact_runs_the_chain(tiny_bundle, val_samples, ca
 def test_thresholds_of_wrong_count_or_range_are_refused():
     policy = make_policy("max_prob", [0.5, 0.5, None], 3)
     code, thresholds = ingraph.feed(policy, 3)
-    assert int(code) == 0 and thresholds.dtype == np.float64 and thresholds.tolist() == [0.5, 0.5]
+    assert int(code) == 0 and thresholds.dtype == np.float32 and thresholds.tolist() == [0.5, 0.5]
+    up = ingraph.thresholds_f32([0.9, 0.5, np.inf, -np.inf])  # rounded up: float32 s >= up(t) iff s >= t
+    assert float(up[0]) >= 0.9 and float(np.nextafter(up[0], np.float32(0))) < 0.9 and float(up[1]) == 0.5
+    assert up[2] == np.inf and up[3] == -np.inf
     with pytest.raises(InputError, match="takes 3 thresholds") as info:
         ingraph.feed(policy, 4)
     assert "\n" not in str(info.value)
