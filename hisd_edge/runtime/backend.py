@@ -292,6 +292,15 @@ class Backend(abc.ABC):
         self._next_stage = k + 1
         return result
 
+    def run_stage_lean(self, k: int) -> Tuple[float, float, np.ndarray]:
+        """Stage ``k`` on a started single-row batch, for the batch-1 loop: (latency ms, max softmax
+        probability as a float (NaN for embedding exits), the exit output (1, D) as a view that the
+        next run overwrites). No per-stage object; stages must still come in order. This default
+        goes through :meth:`run_stage`; a backend may override it with a direct path."""
+        result = self.run_stage(k)
+        conf = result.confidence
+        return result.latency_ms, float("nan") if conf is None else float(conf[0]), result.exit_output()
+
     def run_full(self, batch: np.ndarray) -> FullResult:
         """Run the monolithic full model (all exits as outputs) on a batch, for benchmarks."""
         self._check_active()

@@ -317,6 +317,8 @@ def _run_one(
 ) -> Tuple[List[ExitResult], BatchTrace]:
     """:func:`run_early_exit` for a single input (a camera stream's case), with Python scalars for
     the bookkeeping: the same scores and the same comparison, a third of the overhead."""
+    if guard is None:
+        return _run_one_lean(backend, policy, batch, begin, class_names, name, index, exit_at)
     last = backend.num_stages - 1 if exit_at is None else exit_at
     state = policy.init_state(1)
     thresholds = policy.score_thresholds()
@@ -361,6 +363,59 @@ def _run_one(
         item.class_index = cls
         item.class_name = class_names[cls] if cls < len(class_names) else str(cls)
         item.confidence = None if res.confidence is None else float(res.confidence[0])
+    total_ms = (time.perf_counter() - begin) * 1e3
+    return [item], BatchTrace(stage_ms, [1] * len(stage_ms), total_ms)
+
+
+def _run_one_lean(
+    backend: Backend,
+    policy: ExitPolicy,
+    batch: np.ndarray,
+    begin: float,
+    class_names: Sequence[str],
+    name: str,
+    index: int,
+    exit_at: Optional[int],
+) -> Tuple[List[ExitResult], BatchTrace]:
+    """The batch-1 chain with nothing per stage but the run and the comparison (no guard).
+
+    The same scores as :meth:`ExitPolicy.step` (max_prob reads the confidence float directly: the
+    float64 value of the float32 ``conf{k}``, as ``step`` makes it), one non-finite check over
+    input and output together, and one result built at the end."""
+    last = backend.num_stages - 1 if exit_at is None else exit_at
+    thresholds = policy.score_thresholds()
+    direct = not policy.needs_outputs and policy.kind == "max_prob"
+    state = None if direct else policy.init_state(1)
+    run = backend.run_stage_lean
+    stage_ms = []
+    for k in range(last + 1):
+        ms, conf, out = run(k)
+        stage_ms.append(ms)
+        if direct:
+            score = conf
+        else:
+            assert state is not None
+            confidence = None if conf != conf and policy.exit_kind == "embedding" else np.array([conf], np.float32)
+            score = float(policy.step(k, confidence, out, state)[0])
+        if k == last or (exit_at is None and score >= thresholds[k]):  # NaN never leaves early
+            break
+    flags = []
+    flat_in = batch.reshape(-1)
+    row = out[0]
+    # one check for both: finite sums of squares and of the outputs mean no NaN or inf on either side
+    if not math.isfinite(float(np.dot(flat_in, flat_in)) + float(np.dot(row, row))):
+        if _nonfinite_rows(batch) is not None:
+            flags.append(FLAG_NONFINITE_INPUT)
+        if _nonfinite_rows(out) is not None:
+            flags.append(FLAG_NONFINITE_OUTPUT)
+    item = ExitResult(index=index, name=name, exit=k, score=score, stage_latency_ms=stage_ms, flags=flags)
+    if policy.exit_kind == "embedding":
+        item.embedding = row.astype(np.float32).tolist()
+    else:
+        cls = int(row.argmax())
+        item.class_index = cls
+        item.class_name = class_names[cls] if cls < len(class_names) else str(cls)
+        item.confidence = conf
     total_ms = (time.perf_counter() - begin) * 1e3
     return [item], BatchTrace(stage_ms, [1] * len(stage_ms), total_ms)
 

@@ -19,6 +19,7 @@ backend does.
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -436,6 +437,30 @@ class OnnxRuntimeBackend(Backend):
             feat = self._held
             result.fetch_pooled_features = lambda: pool_features(feat)
         return result
+
+    def run_stage_lean(self, k: int) -> Tuple[float, float, np.ndarray]:
+        """:meth:`Backend.run_stage_lean` without the per-stage object, closures or re-checks: one
+        IOBinding run, the fused confidence read as a float."""
+        if k != self._next_stage or self._held_rows != 1:
+            return super().run_stage_lean(k)  # the checks and their messages
+        stage = self._stages[k]
+        held = self._held
+        assert held is not None
+        if held.dtype != stage.input_dtype:
+            held = held.astype(stage.input_dtype)
+        begin = perf_counter()
+        outs = stage.run(held)
+        end = perf_counter()
+        self._held = outs[stage.feat_index] if stage.feat_index >= 0 else None
+        self._next_stage = k + 1
+        exit_out = outs[stage.exit_index]
+        if stage.conf_index >= 0:
+            conf = float(outs[stage.conf_index].reshape(-1)[0])
+        elif self._exit_meta[k].get("kind", "logits") == "logits":
+            conf = float(softmax_max(exit_out)[0])
+        else:
+            conf = float("nan")
+        return (end - begin) * 1e3, conf, exit_out
 
     def run_full_impl(self, batch: np.ndarray) -> FullResult:
         full = self._load_full()

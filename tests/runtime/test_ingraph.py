@@ -21,6 +21,14 @@ def val_inputs(converted_bundle, val_samples) -> np.ndarray:
     return val_samples.tensors(Bundle.open(converted_bundle).preprocessing)[:150]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_log_once():
+    """The runtime says each fallback reason once per process; every test here wants to hear it."""
+    from hisd_edge.runtime import early_exit
+
+    early_exit._LOGGED.clear()
+
+
 def _spy(backend):  # type: ignore[no-untyped-def]
     """Count the in-graph calls of ``backend`` (the real method still runs)."""
     calls = []
@@ -176,3 +184,24 @@ def test_usable_policy_reasons():
     assert "per-exit state" in ingraph.usable_policy(manifest, "fp32", "patience")[1]
     assert "no fp16 in-graph" in ingraph.usable_policy(manifest, "fp16", "max_prob")[1]
     assert "converted before" in ingraph.usable_policy({}, "fp32", "max_prob")[1]
+
+
+@pytest.mark.parametrize("use_ingraph", [False, True])
+def test_batch1_paths_flag_nonfinite_input_and_output(converted_bundle, val_inputs, use_ingraph):
+    """The lean chain's fused non-finite check and the in-graph path both flag NaN in and NaN out,
+    and a clean sample gets no flag."""
+    bundle = Bundle.open(converted_bundle)
+    backend = create_backend("onnxruntime", bundle, ingraph=use_ingraph).activate()
+    calls = _spy(backend)
+    policy = make_policy("max_prob", [0.5, 0.5, None], 3)
+    bad = val_inputs[:1].copy()
+    bad[0, 0, :, :] = np.nan
+    got, _ = run_early_exit(backend, policy, bad)
+    assert {"nonfinite_input", "nonfinite_output"} <= set(got[0].flags)
+    assert got[0].exit == 2  # NaN never leaves early
+    big = val_inputs[:1] * np.float32(1e30)  # finite, but its sum of squares overflows: the exact check decides
+    got, _ = run_early_exit(backend, policy, np.ascontiguousarray(big))
+    assert "nonfinite_input" not in got[0].flags
+    clean, _ = run_early_exit(backend, policy, val_inputs[:1])
+    assert clean[0].flags == []
+    assert len(calls) == (3 if use_ingraph else 0)
