@@ -57,6 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-guard", action="store_true", help="early-exit rows without the bundle's input guard (run uses it)"
     )
+    p.add_argument(
+        "--designs",
+        default=None,
+        metavar="THREADS",
+        help="instead: the batch-1 designs side by side (in-graph artifact, chain, monolithic, oracle; batch 1 and "
+        "--batch) for each intra-op thread count in THREADS, e.g. 1,2 (ONNX Runtime, no guard)",
+    )
     p.add_argument("--out", default=None, metavar="PATH", help="also save the JSON report here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,6 +90,14 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
+    if args.designs:
+        from hisd_edge.runtime.bench import designs_from_args
+
+        report, text = designs_from_args(bundle, args, options)
+        if args.out:
+            atomic.write_json(args.out, report)
+        print(json.dumps(report) if args.json else text)
+        return 0
     report = run_bench(
         bundle,
         data=None if args.data == "random" else args.data,

@@ -221,7 +221,11 @@ class OnnxRuntimeBackend(Backend):
     sample, else ONNX Runtime's own choice, one per physical core), ``graph_optimization`` ("all" default, "extended",
     "basic", "disable"), ``allow_spinning`` (default False; see the module docstring),
     ``provider_options`` (list of dicts, one per provider), ``load_full_model`` (load the
-    monolithic model at activation instead of on first use).
+    monolithic model at activation instead of on first use), ``ingraph`` (default True: batch-1
+    frames run through the bundle's in-graph artifact where it can decide, see
+    :mod:`hisd_edge.runtime.ingraph`), ``thread_pool`` ("per_session" default, or "shared": every
+    session of the process on one ONNX Runtime pool, see
+    :func:`~hisd_edge.runtime.ort_session.shared_thread_pool`).
 
     For int8 the default level is "basic" (Q/DQ executed as written, as the converter validates
     them; see :func:`~hisd_edge.runtime.ort_session.graph_optimization_for`); pass
@@ -276,6 +280,7 @@ class OnnxRuntimeBackend(Backend):
                 allow_spinning=bool(self.options.get("allow_spinning")),
                 providers=self._providers,
                 provider_options=self.options.get("provider_options"),
+                shared_pool=self.options.get("thread_pool", "per_session") == "shared",
             )
         except HisdError:
             raise
@@ -392,6 +397,7 @@ class OnnxRuntimeBackend(Backend):
             "graph_optimization": self._graph_optimization(),
             "allow_spinning": bool(self.options.get("allow_spinning", False)),
             "ingraph": self._ingraph.label if self._ingraph is not None else self._ingraph_missing or None,
+            "thread_pool": self.options.get("thread_pool", "per_session"),
         }
 
     @property

@@ -205,3 +205,51 @@ def test_batch1_paths_flag_nonfinite_input_and_output(converted_bundle, val_inpu
     clean, _ = run_early_exit(backend, policy, val_inputs[:1])
     assert clean[0].flags == []
     assert len(calls) == (3 if use_ingraph else 0)
+
+
+def test_bench_designs_rows(converted_bundle, tmp_path):
+    """bench --designs: every design measured per thread count at batch 1 and --batch, targets printed."""
+    import json
+
+    from hisd_edge.cli import main
+
+    out = tmp_path / "designs.json"
+    code = main(
+        [
+            "bench",
+            str(converted_bundle),
+            "--designs",
+            "1,2",
+            "--count",
+            "12",
+            "--batch",
+            "4",
+            "--seconds",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [(r["threads"], r["batch"]) for r in report["rows"]] == [(1, 1), (1, 4), (2, 1), (2, 4)]
+    one = report["rows"][0]
+    assert set(one["us_per_sample"]) == {
+        "in_graph",
+        "chain",
+        "monolithic",
+        "oracle",
+        "chain_all_stages",
+        "bare_all_stages",
+    }
+    assert one["in_graph"] == "used" and all(v > 0 for v in one["us_per_sample"].values())
+    assert abs(sum(one["exit_fractions"]) - 1) < 1e-9
+    assert set(report["rows"][1]["us_per_sample"]) == {"chain", "monolithic", "oracle"}
+    assert {t["name"].split(": ", 1)[1] for t in report["targets"]} == {
+        "chain / oracle, batch 1",
+        "chain, every stage / monolithic",
+        "Python us per stage",
+        "chain / in-graph",
+    }
+    assert main(["bench", str(converted_bundle), "--designs", "0"]) == 2  # one line, exit status 2
