@@ -73,8 +73,10 @@ def shared_thread_pool(threads: int) -> None:
     """Make ONNX Runtime's process-wide intra-op pool (once per process) with ``threads`` threads.
 
     The Python API can size it (``set_global_thread_pool_sizes``, in ``onnxruntime.capi``) but not
-    turn its spinning off or pin it: its idle threads spin, like the C API's default. A second
-    request for another size is refused: the pool is the process's, not a session's.
+    turn its spinning off or pin it: its idle threads spin, like the C API's default. Once it
+    exists, ONNX Runtime refuses sessions with their own pools in that process, so every session
+    this module opens afterwards runs on it; a request for another size is refused (the pool is the
+    process's, not a session's).
     """
     if _SHARED_POOL_THREADS:
         if _SHARED_POOL_THREADS[0] != threads:
@@ -108,6 +110,7 @@ def session_options(
     options = ort.SessionOptions()
     if shared_pool:
         shared_thread_pool(threads)
+    if _SHARED_POOL_THREADS:  # made in this process: ONNX Runtime allows no per-session pool any more
         options.use_per_session_threads = False
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

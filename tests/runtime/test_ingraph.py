@@ -253,3 +253,47 @@ def test_bench_designs_rows(converted_bundle, tmp_path):
         "chain / in-graph",
     }
     assert main(["bench", str(converted_bundle), "--designs", "0"]) == 2  # one line, exit status 2
+
+
+def test_shared_thread_pool_runs_every_stage_session_on_one_pool(converted_bundle, val_inputs, tmp_path):
+    """thread_pool='shared': every session on the process-wide pool, the same results as per-session
+    pools (computed here); a second size in that process is refused in one line. In a subprocess:
+    ONNX Runtime allows no per-session pool in a process once the shared one exists."""
+    import json
+    import subprocess
+    import sys
+
+    policy = make_policy("max_prob", [0.6, 0.6, None], 3)
+    own = create_backend("onnxruntime", Bundle.open(converted_bundle), intra_op_threads=2).activate()
+    want = [list(_decided(run_early_exit(own, policy, val_inputs[i : i + 1])[0][0])) for i in range(5)]
+    x = tmp_path / "x.npy"
+    np.save(x, val_inputs[:5])
+    script = f"""
+import json
+import numpy as np
+from hisd_edge.bundle import Bundle
+from hisd_edge.errors import InputError
+from hisd_edge.runtime.backend import create_backend
+from hisd_edge.runtime.early_exit import run_early_exit
+from hisd_edge.runtime.policies import make_policy
+bundle = Bundle.open({str(converted_bundle)!r})
+x = np.load({str(x)!r})
+policy = make_policy("max_prob", [0.6, 0.6, None], 3)
+shared = create_backend("onnxruntime", bundle, thread_pool="shared", intra_op_threads=2).activate()
+assert all(not s.session.get_session_options().use_per_session_threads for s in shared._stages)
+got = [run_early_exit(shared, policy, x[i : i + 1])[0][0] for i in range(len(x))]
+try:
+    create_backend("onnxruntime", bundle, thread_pool="shared", intra_op_threads=1).activate()
+except InputError as exc:
+    assert "already runs ONNX Runtime's shared thread pool with 2 threads" in str(exc), str(exc)
+else:
+    raise SystemExit("a second pool size was accepted")
+print(json.dumps([[r.exit, r.class_index, r.score] for r in got]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == want
+
+
+def _decided(result):  # type: ignore[no-untyped-def]
+    return result.exit, result.class_index, result.score
