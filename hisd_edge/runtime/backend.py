@@ -320,8 +320,9 @@ class Backend(abc.ABC):
 
     def run_ingraph(self, policy: Any) -> Tuple[np.ndarray, int, float, float]:
         """Run the started single-row batch through the in-graph artifact with ``policy``'s thresholds:
-        (logits (1, classes) float32 host copy, exit index, score, latency ms). Exit decisions equal the
-        chain's (verified at convert, per policy); check :meth:`ingraph_unavailable` first."""
+        (logits (1, classes) float32 on the host, valid until the next frame: copy to keep them; exit
+        index, score, latency ms). Exit decisions equal the chain's (verified at convert, per policy);
+        check :meth:`ingraph_unavailable` first."""
         if self._next_stage != 0 or self._held_rows != 1:
             raise RuntimeError("run_ingraph() needs a freshly started batch of one row")
         begin = time.perf_counter()

@@ -206,6 +206,12 @@ class _IngraphSession:
             self.session.run_with_iobinding(self.io)
 
 
+# Batch-1 frames through the in-graph artifact only when asked. Measured with ``bench --designs``
+# on the default MNIST bundle (2 shared x86 cores, ONNX Runtime 1.31, 1 thread): the lean chain
+# beat the If graph (results/BATCH1_DESIGNS.md); ONNX Runtime's If runs each branch as a subgraph
+# with its own execution frame, which costs more than the session calls it saves at this size.
+INGRAPH_DEFAULT = False
+
 # A whole model below this many multiply-accumulates per sample runs each stage in tens of
 # microseconds on one CPU core; waking a second intra-op thread in every stage session then costs
 # more than it saves. Measured on the default MNIST bundle (10.8 M MACs, 2-core x86): early exit
@@ -221,9 +227,9 @@ class OnnxRuntimeBackend(Backend):
     sample, else ONNX Runtime's own choice, one per physical core), ``graph_optimization`` ("all" default, "extended",
     "basic", "disable"), ``allow_spinning`` (default False; see the module docstring),
     ``provider_options`` (list of dicts, one per provider), ``load_full_model`` (load the
-    monolithic model at activation instead of on first use), ``ingraph`` (default True: batch-1
-    frames run through the bundle's in-graph artifact where it can decide, see
-    :mod:`hisd_edge.runtime.ingraph`), ``thread_pool`` ("per_session" default, or "shared": every
+    monolithic model at activation instead of on first use), ``ingraph`` (default False, see
+    ``INGRAPH_DEFAULT``; True: batch-1 frames run through the bundle's in-graph artifact where it
+    can decide, see :mod:`hisd_edge.runtime.ingraph`), ``thread_pool`` ("per_session" default, or "shared": every
     session of the process on one ONNX Runtime pool, see
     :func:`~hisd_edge.runtime.ort_session.shared_thread_pool`).
 
@@ -328,8 +334,10 @@ class OnnxRuntimeBackend(Backend):
     def _open_ingraph(self) -> None:
         """Open the bundle's in-graph artifact for this precision, when it has one and ``ingraph`` is
         not False; old bundles without it simply run the chain."""
-        if self.options.get("ingraph", True) is False:
-            self._ingraph_missing = "in-graph early exit turned off (ingraph=False)"
+        if not self.options.get("ingraph", INGRAPH_DEFAULT):
+            self._ingraph_missing = (
+                "the in-graph artifact runs only when asked (ingraph=True): slower than the chain here"
+            )
             return
         if self.precision == "mixed":
             self._ingraph_missing = "a mixed-precision plan runs as a chain"
@@ -386,7 +394,11 @@ class OnnxRuntimeBackend(Backend):
         assert session is not None and self._held is not None
         session.bind_policy(policy)
         session.run(self._held)
-        return session.logits.copy(), int(session.exit_index[0]), float(session.score[0])
+        return (
+            session.logits,
+            int(session.exit_index[0]),
+            float(session.score[0]),
+        )  # a view: read it before the next frame
 
     def describe_impl(self) -> Dict[str, Any]:
         ort = import_onnxruntime()

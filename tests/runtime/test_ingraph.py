@@ -51,8 +51,8 @@ def test_ingraph_decisions_equal_the_chain(converted_bundle, val_inputs, precisi
     if entry is None:
         pytest.fail(f"the converter wrote no {precision} in-graph artifact: {bundle.manifest.get('ingraph')}")
     num = bundle.num_stages
-    chain = create_backend("onnxruntime", bundle, precision, ingraph=False).activate()
-    fast = create_backend("onnxruntime", bundle, precision).activate()
+    chain = create_backend("onnxruntime", bundle, precision).activate()  # the default: the chain
+    fast = create_backend("onnxruntime", bundle, precision, ingraph=True).activate()
     calls = _spy(fast)
     confs = []
     for x in val_inputs[:40]:
@@ -84,7 +84,7 @@ def test_knife_edge_thresholds_decide_like_the_chain(converted_bundle, val_input
     paths (float32 thresholds rounded to nearest would let the second one leave)."""
     bundle = Bundle.open(converted_bundle)
     chain = create_backend("onnxruntime", bundle, ingraph=False).activate()
-    fast = create_backend("onnxruntime", bundle).activate()
+    fast = create_backend("onnxruntime", bundle, ingraph=True).activate()
     for x in val_inputs[:20]:
         chain.start(x[None])
         conf = float(chain.run_stage(0).confidence[0])
@@ -100,7 +100,7 @@ def test_ingraph_logits_bit_identical(converted_bundle, val_inputs):
     bundle = Bundle.open(converted_bundle)
     num = bundle.num_stages
     chain = create_backend("onnxruntime", bundle, ingraph=False).activate()
-    fast = create_backend("onnxruntime", bundle).activate()
+    fast = create_backend("onnxruntime", bundle, ingraph=True).activate()
     for k in range(num):  # force exit k: -inf there, +inf before it
         thresholds = [None] * k + [0.0] + [None] * (num - 1 - k)
         policy = make_policy("max_prob", thresholds[:num], num)
@@ -121,23 +121,27 @@ def test_runtime_falls_back_where_the_graph_cannot_decide(converted_bundle, val_
     fit_inputs = val_samples.tensors(bundle.preprocessing)[:400]
     record = guard_record_for_convert(bundle.stage_path(0), fit_inputs, "default:val")
     assert record is not None
-    with EarlyExitRuntime(bundle, guard=InputGuard.from_manifest(record)) as runtime:
+    with EarlyExitRuntime(bundle, guard=InputGuard.from_manifest(record), ingraph=True) as runtime:
         calls = _spy(runtime.backend)
         runtime.infer_tensors(val_inputs[:1])
         runtime.infer_tensors(val_inputs[:1], exit_at=1)
         runtime.infer_tensors(val_inputs[:8])
         assert calls == []
     assert "input guard" in caplog.text
-    with EarlyExitRuntime(bundle, guard=False) as runtime:
+    with EarlyExitRuntime(bundle, guard=False, ingraph=True) as runtime:
         calls = _spy(runtime.backend)
         runtime.infer_tensors(val_inputs[:1])
         assert calls == ["max_prob"]
+    with EarlyExitRuntime(bundle, guard=False) as runtime:  # the default: the chain (measured faster on CPU)
+        calls = _spy(runtime.backend)
+        runtime.infer_tensors(val_inputs[:1])
+        assert calls == [] and "only when asked" in runtime.backend.describe()["ingraph"]
     verified = bundle.manifest["ingraph"]["files"]["fp32"]["policies"]
     for kind in ("entropy", "margin", "patience"):
         if kind in verified:
             continue
         policy = make_policy(kind, [0.5 if kind != "patience" else 2, 0.5 if kind != "patience" else 2, None], 3)
-        with EarlyExitRuntime(bundle, policy=policy, guard=False) as runtime:
+        with EarlyExitRuntime(bundle, policy=policy, guard=False, ingraph=True) as runtime:
             calls = _spy(runtime.backend)
             results = runtime.infer_tensors(val_inputs[:2])[0] + runtime.infer_tensors(val_inputs[2:3])[0]
             assert calls == [] and all(r.ok for r in results)
@@ -150,7 +154,7 @@ def test_bundle_without_the_artifact_runs_the_chain(tiny_bundle, val_samples, ca
     bundle = Bundle.open(tiny_bundle)
     assert "ingraph" not in bundle.manifest
     x = val_samples.tensors(bundle.preprocessing)[:3]
-    with EarlyExitRuntime(bundle, guard=False) as runtime:
+    with EarlyExitRuntime(bundle, guard=False, ingraph=True) as runtime:
         results = [runtime.infer_tensors(x[i : i + 1])[0][0] for i in range(3)]
         assert all(r.ok and r.exit is not None for r in results)
         assert "converted before it existed" in runtime.backend.describe()["ingraph"]
