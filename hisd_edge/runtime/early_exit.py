@@ -140,7 +140,8 @@ def run_early_exit(
     backend.start(batch)
     n = len(batch)
     if n == 1 and exit_at is None and guard is None:
-        why_not = backend.ingraph_unavailable(policy)
+        check = getattr(backend, "ingraph_unavailable", None)  # duck-typed backends may lack it
+        why_not = check(policy) if check is not None else "the backend has no in-graph path"
         if why_not is None:
             name = names[0] if names else f"#{first_index}"
             return _run_ingraph(backend, policy, batch, begin, class_names, name, first_index)
@@ -319,7 +320,7 @@ def _run_one(
 ) -> Tuple[List[ExitResult], BatchTrace]:
     """:func:`run_early_exit` for a single input (a camera stream's case), with Python scalars for
     the bookkeeping: the same scores and the same comparison, a third of the overhead."""
-    if guard is None:
+    if guard is None and hasattr(backend, "run_stage_lean"):
         return _run_one_lean(backend, policy, batch, begin, class_names, name, index, exit_at)
     last = backend.num_stages - 1 if exit_at is None else exit_at
     state = policy.init_state(1)
