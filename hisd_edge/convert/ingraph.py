@@ -21,8 +21,8 @@ and sums differ); verification records that and the runtime runs them on the cha
 :func:`verify_ingraph` then runs the graph and the stage sessions (real ONNX Runtime sessions,
 batch 1, as the runtime runs them) on validation samples: for every policy and every exit, the
 graph's logits must equal the chain's bit for bit and its score must equal the host score bit
-for bit (thresholds forcing each exit in turn, plus thresholds at each exit's median score), and
-the exit taken must be the chain's. Bit-identical scores at every exit mean identical decisions
+for bit (thresholds forcing each exit in turn, at each exit's median score, and exactly at the
+sample's own scores), and the exit taken must be the chain's. Bit-identical scores at every exit mean identical decisions
 for *any* thresholds. Policies that pass are recorded; the runtime uses the graph only for them.
 """
 
@@ -40,7 +40,7 @@ from hisd_edge.runtime import ingraph as contract
 
 LOG = logging.getLogger("hisd_edge.convert")
 
-VERIFY_SAMPLES = 500  # at most this many validation samples through both paths (each: (K + 1) x 3 graph runs)
+VERIFY_SAMPLES = 500  # at most this many validation samples through both paths (each: (K + 2) x 3 graph runs)
 VERIFY_MACS = 20_000_000_000  # ... and about this many multiply-accumulates of graph runs in all (min 16 samples)
 
 
@@ -363,7 +363,9 @@ def verify_ingraph(
         runs = 0
         for i, ((logits_k, _), scores) in enumerate(zip(per_sample, host)):
             x = inputs[i][None].astype(np.float32)
-            for thresholds in settings:
+            # + a knife edge: each threshold exactly at this sample's own score (it must leave at
+            # exit 0: >=, not >; and the float32 threshold must round up, not to nearest)
+            for thresholds in [*settings, [v if v == v else math.inf for v in scores[: num - 1]]]:
                 expected = next((k for k in range(num - 1) if scores[k] >= thresholds[k]), num - 1)
                 got_logits, got_index, got_score = graph.run(
                     list(contract.OUTPUTS),
@@ -428,7 +430,7 @@ def write_ingraph(
     for precision, paths in stage_paths.items():
         stage_models = [onnx.load(str(p)) for p in paths]
         macs = sum(graph_stats(m).macs for m in stage_models)  # per sample through every stage
-        runs = 3 * (len(paths) + 1)
+        runs = 3 * (len(paths) + 2)
         samples = inputs[: int(min(VERIFY_SAMPLES, max(16, VERIFY_MACS // max(macs * runs, 1))))]
         try:
             model = build_ingraph(stage_models, confidence, num_classes)

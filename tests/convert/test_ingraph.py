@@ -20,12 +20,14 @@ def test_converted_bundle_records_a_verified_artifact(tiny_bundle):
     assert fp32["path"] == contract.INGRAPH_FILE["fp32"]
     assert "max_prob" in fp32["policies"]
     check = fp32["verification"]["by_policy"]["max_prob"]
-    runs = fp32["verification"]["samples"] * (bundle.num_stages + 1)
+    runs = fp32["verification"]["samples"] * (bundle.num_stages + 2)
     assert check["runs"] == runs > 0
     assert check["decisions_equal"] == check["logits_bit_identical"] == check["scores_bit_identical"] == runs
     for kind, result in fp32["verification"]["by_policy"].items():
         assert (kind in fp32["policies"]) == result["exact"]
-        assert result["decisions_equal"] == result["runs"], kind  # ulps apart at most: same decisions here
+        # float32 in the graph, float64 on the host: the knife-edge thresholds (each sample's own
+        # score) tell them apart, so entropy and margin are never listed
+        assert result["exact"] is (kind == "max_prob"), kind
     assert bundle.ingraph_path("fp32").is_file()
     assert bundle.ingraph_path("mixed") is None
 
