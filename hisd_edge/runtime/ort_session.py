@@ -111,9 +111,10 @@ def session_options(
     if shared_pool:
         shared_thread_pool(threads)
     if _SHARED_POOL_THREADS:  # made in this process: ONNX Runtime allows no per-session pool any more
-        options.use_per_session_threads = False
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+        options.use_per_session_threads = False  # (and warns about pool sizes set per session)
+    else:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     spinning = "1" if allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
