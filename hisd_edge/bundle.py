@@ -21,6 +21,9 @@ Manifest, schema version 1 (keys in order of appearance)::
     }, ...]
     exits            [{"index": k, "stage": k, "output": "exit{k}", "confidence_output": "conf{k}" | null, "kind": "logits" | "embedding"}]
     full_model       {"path", "sha256", "bytes"}: the monolithic fp32 ONNX (all exits as outputs), for verification and benchmarks
+    ingraph          optional: {"batch": 1, "inputs", "outputs", "policy_codes", "files": {precision: {"path", "sha256",
+                      "bytes", "policies": [kinds verified bit-identical], "verification"}}}: batch-1 early exit as one
+                      ONNX graph (hisd_edge.runtime.ingraph, hisd_edge.convert.ingraph); absent in older bundles
     policy           {"kind": "max_prob" | "entropy" | "margin" | "patience" | "stability",
                       "thresholds": [float | null per exit; the last exit always accepts],
                       "calibrated": bool (false: convert's defaults, no guarantee),
@@ -140,6 +143,8 @@ def _file_entries(manifest: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
                 yield record["calibration_cache"]
     if isinstance(manifest.get("full_model"), dict):
         yield manifest["full_model"]
+    if isinstance(manifest.get("ingraph"), dict):
+        yield from (r for r in (manifest["ingraph"].get("files") or {}).values() if isinstance(r, dict))
     for engine in manifest.get("engines", []):
         for record in engine.get("files", []):
             yield record
@@ -455,6 +460,12 @@ class Bundle:
         """The monolithic ONNX (checked on first use), or None when the manifest names none."""
         record = self.manifest.get("full_model")
         return self.checked_path(record) if record else None
+
+    def ingraph_path(self, precision: str = "fp32") -> Optional[Path]:
+        """The in-graph early-exit ONNX of ``precision`` (checked on first use), or None when the bundle has
+        none (bundles converted before it existed; see :mod:`hisd_edge.runtime.ingraph`)."""
+        record = ((self.manifest.get("ingraph") or {}).get("files") or {}).get(precision)
+        return self.checked_path(record) if isinstance(record, dict) else None
 
     # -- updating --------------------------------------------------------------------------
     def update(self, change: Callable[[Dict[str, Any]], None]) -> None:

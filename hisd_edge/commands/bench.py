@@ -73,6 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also check the project's goals for the default model (chain overhead <= 1.03x, speedup >= 3x, "
         "drop <= 0.5 points, <= 1.2x the oracle's latency): met or MISSED",
     )
+    p.add_argument(
+        "--designs",
+        default=None,
+        metavar="THREADS",
+        help="instead: the batch-1 designs side by side (in-graph artifact, chain, monolithic, oracle; batch 1 and "
+        "--batch-size) for each intra-op thread count in THREADS, e.g. 1,2 (ONNX Runtime, no guard)",
+    )
     p.add_argument("--out", default=None, metavar="PATH", help="also save the JSON report here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -103,6 +110,14 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
+    if args.designs:
+        from hisd_edge.runtime.bench import designs_from_args
+
+        report, text = designs_from_args(bundle, args, options)
+        if args.out:
+            atomic.write_json(args.out, report)
+        print(json.dumps(report) if args.json else text)
+        return 0
     report = run_bench(
         bundle,
         data=None if args.data == "random" else args.data,

@@ -379,6 +379,14 @@ def _build_bundle(
                     threads=opts.threads,
                     batch_size=model.run_batch,
                 )
+            if data.validation is not None and all(kind == "logits" for kind in source.kinds):  # batch-1 If graph
+                from hisd_edge.convert import export, ingraph
+
+                names = [export.exit_name(k) for k in range(source.num_exits)]
+                record = ingraph.write_ingraph(
+                    paths, names, model.confidence, len(source.class_names), data.validation.inputs, tmp
+                )
+                manifest.update({"ingraph": record} if record else {})
             write_manifest(tmp, manifest)
     timer.times["total"] = round(time.perf_counter() - timer.started, 3)
     return ConvertResult(

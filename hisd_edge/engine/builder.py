@@ -87,6 +87,7 @@ class BuildOptions:
     legacy_int8: bool = False
     optimization_level: Optional[int] = None  # builder_optimization_level 0-5 (TensorRT 8.6+)
     full_model: bool = True  # also build the monolithic model where it can match the stages' precision
+    ingraph: bool = True  # also build the bundle's in-graph early exit (one engine, IIfConditional) where it can
     progress: bool = True
 
     def validate(self) -> None:
@@ -246,10 +247,11 @@ class _ParsedStage:
     parser: Any
     inputs: Dict[str, Tuple[int, ...]]  # name -> network shape (-1 for dynamic)
     outputs: List[str]
+    what: str = ""  # a label for a model that is neither a stage nor the full model
 
     @property
     def label(self) -> str:
-        return "the full model" if self.index is None else f"stage {self.index}"
+        return self.what or ("the full model" if self.index is None else f"stage {self.index}")
 
 
 def _parse_stage(
@@ -533,6 +535,31 @@ def _full_model_plan(bundle: Bundle, options: BuildOptions, recipes: List[BuildR
     return True, ""
 
 
+def _ingraph_plan(bundle: Bundle, options: BuildOptions, recipes: List[BuildRecipe]) -> Tuple[Optional[Path], str]:
+    """The in-graph early-exit ONNX to build as one engine (hisd_edge.runtime.ingraph), or why not.
+
+    TensorRT's ONNX parser turns its ``If`` nodes into ``IIfConditional`` layers (TensorRT 8.0 and
+    later: 8.5 and 8.6 on JetPack 5/6, 10.x, 11.x); only the branch the condition picks runs, and
+    the whole frame is one enqueue. Not for DLA builds: conditional layers cannot run on a DLA,
+    and the DLA's gain is running the heavy stages there. One recipe for every stage, reading an
+    ONNX precision the bundle has an in-graph artifact for (fp32 for fp32 and weakly typed fp16
+    builds); legacy INT8 builds from calibration caches have no cache for it.
+    """
+    first = recipes[0]
+    if not options.ingraph:
+        return None, "not asked for (BuildOptions.ingraph=False)"
+    if any(r != first for r in recipes):
+        return None, "stages are built at different precisions or devices"
+    if first.dla_core is not None:
+        return None, "IIfConditional layers cannot run on the DLA; DLA builds run the chain"
+    if first.calibration_cache:
+        return None, "a calibration-cache INT8 build has no cache for the in-graph model"
+    path = bundle.ingraph_path(first.onnx_precision)
+    if path is None:
+        return None, f"the bundle has no {first.onnx_precision} in-graph artifact (converted before it existed)"
+    return path, ""
+
+
 # -- the whole build ----------------------------------------------------------------------------------
 def build_engines(bundle: Bundle, options: BuildOptions, cuda: Optional[CudaBackend] = None) -> BuildResult:
     """Build and store the engines of every stage of ``bundle`` for this device (see module docstring)."""
@@ -594,6 +621,14 @@ def _build_all(
         if errors:  # the stages are what runs; without the full engine bench compares against the chain
             full, why_not = None, f"TensorRT's parser rejected it ({' | '.join(errors)[:200]})"
 
+    graph: Optional[_ParsedStage] = None
+    graph_path, why_not_graph = _ingraph_plan(bundle, options, recipes)
+    if graph_path is not None:
+        graph, errors = _parse_stage(builder, recipes[0], None, graph_path, logger)
+        graph.what = "the in-graph early exit"
+        if errors:  # the chain still runs; say why there is no one-enqueue engine
+            graph, why_not_graph = None, f"TensorRT's parser rejected it ({' | '.join(errors)[:200]})"
+
     # 2. timing cache: tied to device + TensorRT version, persisted across builds
     cache_path = (
         Path(options.timing_cache)
@@ -613,6 +648,7 @@ def _build_all(
             parsed,
             full,
             why_not,
+            (graph, why_not_graph),
             cache_path,
             timing_blob,
             begin,
@@ -694,6 +730,7 @@ def _build_and_publish(
     parsed: List[_ParsedStage],
     full: Optional[_ParsedStage],
     why_not_full: str,
+    ingraph: Tuple[Optional[_ParsedStage], str],
     cache_path: Path,
     timing_blob: bytes,
     begin: float,
@@ -709,7 +746,10 @@ def _build_and_publish(
     caches = _calibration_caches(bundle, trt_version, [k for k, r in enumerate(recipes) if r.calibration_cache])
     stage_records: List[Dict[str, Any]] = []
     builds: List[_StageBuild] = []
-    progress = _progress(n + (full is not None), options.progress, f"building {precision} engines")
+    graph, why_not_graph = ingraph
+    progress = _progress(
+        n + (full is not None) + (graph is not None), options.progress, f"building {precision} engines"
+    )
     try:
         for stage in parsed:
             k = int(stage.index or 0)
@@ -761,6 +801,25 @@ def _build_and_publish(
             if built.fp32_layers:
                 full_record["fp32_layers"] = built.fp32_layers
             progress.update(1)
+        graph_plan: Optional[bytes] = None
+        graph_record: Dict[str, Any] = {"built": False, "reason": why_not_graph}
+        if graph is not None:
+            started = time.perf_counter()
+            built, timing_blob = _build_stage(
+                builder, features, graph, recipes[0], (1, 1, 1), options, timing_blob, None, logger, cuda, exits
+            )
+            graph_plan = built.plan
+            onnx_record = bundle.manifest["ingraph"]["files"][recipes[0].onnx_precision]
+            graph_record = {
+                "built": True,
+                "onnx": onnx_record["path"],
+                "onnx_precision": recipes[0].onnx_precision,
+                "onnx_sha256": onnx_record["sha256"],
+                "plan_sha256": hashlib.sha256(graph_plan).hexdigest(),
+                "build_seconds": round(time.perf_counter() - started, 3),
+                **_inspect_plan(graph_plan, features, logger, None),
+            }
+            progress.update(1)
     finally:
         progress.close()
 
@@ -777,11 +836,12 @@ def _build_and_publish(
         features=features.to_dict(),
         stages=stage_records,
         full_model=full_record,
+        ingraph=graph_record,
         timing_cache=_relative_if_inside(cache_path, bundle.root),
     )
     if record["precision"] != precision:
         record["precision"] = precision
-    stored = publish(bundle, record, plans, caches, full_plan=full_plan)
+    stored = publish(bundle, record, plans, caches, full_plan=full_plan, ingraph_plan=graph_plan)
     try:  # the engines are in: a cache that cannot be saved only costs the next build time
         atomic.write_bytes(cache_path, timing_blob)
     except OSError as exc:

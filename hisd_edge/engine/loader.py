@@ -28,10 +28,15 @@ class LoadedEngines:
     logger: Any
     full_engine: Optional[Any] = None  # the monolithic model's engine, when asked for and built
     full_model_note: str = ""  # why there is none
+    ingraph_engine: Optional[Any] = None  # the in-graph early-exit engine, when asked for and built
+    ingraph_note: str = ""  # why there is none
 
 
-def load_engines(bundle: Bundle, precision: str, device: DeviceInfo, full_model: bool = False) -> LoadedEngines:
-    """The stage engines of the ``precision`` build for ``device`` (and the full model's with ``full_model``)."""
+def load_engines(
+    bundle: Bundle, precision: str, device: DeviceInfo, full_model: bool = False, ingraph: bool = False
+) -> LoadedEngines:
+    """The stage engines of the ``precision`` build for ``device`` (and the full model's with ``full_model``,
+    the in-graph early-exit engine with ``ingraph`` when the build made one)."""
     import_tensorrt()
     import tensorrt as trt
 
@@ -42,12 +47,12 @@ def load_engines(bundle: Bundle, precision: str, device: DeviceInfo, full_model:
     if record.get("dla_core") is not None:  # DLA engines run on the core the runtime is set to
         runtime.DLA_core = int(record["dla_core"])
 
-    def load(stage: Optional[int]) -> Any:
-        data = read_plan(bundle, record, stage)
+    def load(stage: Optional[int], kind: str = "full_plan") -> Any:
+        data = read_plan(bundle, record, stage, kind)
         logger.clear()
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
-            entry = plan_entry(record, stage)
+            entry = plan_entry(record, stage, kind)
             path = bundle.root / (entry or {}).get("path", "?")
             reason = "; ".join(logger.errors()[-2:]) or "no reason given"
             raise BundleError(
@@ -68,4 +73,13 @@ def load_engines(bundle: Bundle, precision: str, device: DeviceInfo, full_model:
             loaded.full_model_note = "its full-model engine was built from an older full model (converted again)"
         else:
             loaded.full_engine = load(None)
+    if ingraph:
+        info = record.get("ingraph") or {}
+        artifact = ((bundle.manifest.get("ingraph") or {}).get("files") or {}).get(info.get("onnx_precision", ""), {})
+        if plan_entry(record, None, "ingraph_plan") is None:
+            loaded.ingraph_note = info.get("reason") or "this build has no in-graph engine (built before it existed)"
+        elif info.get("onnx_sha256") != artifact.get("sha256"):
+            loaded.ingraph_note = "its in-graph engine was built from an older in-graph ONNX (converted again)"
+        else:
+            loaded.ingraph_engine = load(None, "ingraph_plan")
     return loaded

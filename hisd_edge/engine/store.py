@@ -124,23 +124,33 @@ def require_record(bundle: Bundle, device: DeviceInfo, trt_version: str, precisi
     return record
 
 
-def plan_entry(record: Dict[str, Any], stage: Optional[int]) -> Optional[Dict[str, Any]]:
-    """The record's file entry of stage ``stage``'s plan, or of the full model's (None)."""
+INGRAPH_PLAN = "ingraph.plan"  # the in-graph early-exit engine (hisd_edge.runtime.ingraph), one per build
+
+
+def plan_entry(
+    record: Dict[str, Any], stage: Optional[int], kind_wanted: str = "full_plan"
+) -> Optional[Dict[str, Any]]:
+    """The record's file entry of stage ``stage``'s plan, or (None) of the full model's, or with
+    ``kind_wanted="ingraph_plan"`` of the in-graph early-exit engine's."""
     for entry in record.get("files", []):
         kind = entry.get("kind", "plan")
-        if stage is None and kind == "full_plan":
+        if stage is None and kind == kind_wanted:
             return entry
         if stage is not None and kind == "plan" and int(entry.get("stage", -1)) == stage:
             return entry
     return None
 
 
-def read_plan(bundle: Bundle, record: Dict[str, Any], stage: Optional[int]) -> bytes:
-    """Stage ``stage``'s plan bytes (None: the full model's), checked against the record (missing,
-    truncated, replaced)."""
-    entry = plan_entry(record, stage)
+def read_plan(bundle: Bundle, record: Dict[str, Any], stage: Optional[int], kind: str = "full_plan") -> bytes:
+    """Stage ``stage``'s plan bytes (None: the full model's, or the in-graph engine's with
+    ``kind="ingraph_plan"``), checked against the record (missing, truncated, replaced)."""
+    entry = plan_entry(record, stage, kind)
     if entry is None:
-        what = "the full model" if stage is None else f"stage {stage}"
+        what = (
+            ("the in-graph early exit" if kind == "ingraph_plan" else "the full model")
+            if stage is None
+            else f"stage {stage}"
+        )
         raise BundleError(
             f"{bundle.root}: the {_describe(record)} build record has no engine for {what}; "
             f"run hisd-edge build {bundle.root} again"
@@ -169,11 +179,13 @@ def publish(
     plans: List[bytes],
     calibration_caches: Optional[Dict[int, bytes]] = None,
     full_plan: Optional[bytes] = None,
+    ingraph_plan: Optional[bytes] = None,
 ) -> Dict[str, Any]:
     """Write ``plans`` (and the calibration caches a legacy INT8 build used, by stage, and the full
     model's plan) under the record's key, then add the record to the manifest, atomically enough.
 
-    Returns the record as stored (with its ``files``: ``kind`` "plan", "calibration_cache" or "full_plan").
+    Returns the record as stored (with its ``files``: ``kind`` "plan", "calibration_cache", "full_plan" or
+    "ingraph_plan").
     """
     calibration_caches = calibration_caches or {}
     device_key, trt_version, precision = record["device"]["key"], record["tensorrt_version"], record["precision"]
@@ -191,6 +203,8 @@ def publish(
             atomic.write_bytes(tmp / f"stage{k}.calib", cache)
         if full_plan is not None:
             atomic.write_bytes(tmp / "full.plan", full_plan)
+        if ingraph_plan is not None:
+            atomic.write_bytes(tmp / INGRAPH_PLAN, ingraph_plan)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{precision}.", suffix=".old", dir=target.parent))
             os.rmdir(old)
@@ -210,6 +224,8 @@ def publish(
             stored["files"].append(
                 file_record(bundle.root, engine_path(device_key, trt_version, precision, None), kind="full_plan")
             )
+        if ingraph_plan is not None:
+            stored["files"].append(file_record(bundle.root, f"{rel_dir}/{INGRAPH_PLAN}", kind="ingraph_plan"))
 
         def change(manifest: Dict[str, Any]) -> None:
             kept = [r for r in manifest.get("engines", []) if not _matches(r, device_key, trt_version, precision)]

@@ -35,7 +35,7 @@ import dataclasses
 import importlib
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -295,6 +295,15 @@ class Backend(abc.ABC):
         self._next_stage = k + 1
         return result
 
+    def run_stage_lean(self, k: int) -> Tuple[float, float, np.ndarray]:
+        """Stage ``k`` on a started single-row batch, for the batch-1 loop: (latency ms, max softmax
+        probability as a float (NaN for embedding exits), the exit output (1, D) as a view that the
+        next run overwrites). No per-stage object; stages must still come in order. This default
+        goes through :meth:`run_stage`; a backend may override it with a direct path."""
+        result = self.run_stage(k)
+        conf = result.confidence
+        return result.latency_ms, float("nan") if conf is None else float(conf[0]), result.exit_output()
+
     def run_full(self, batch: np.ndarray) -> FullResult:
         """Run the monolithic full model (all exits as outputs) on a batch, for benchmarks."""
         self._check_active()
@@ -306,6 +315,27 @@ class Backend(abc.ABC):
         if result.latency_ms != result.latency_ms:
             result.latency_ms = (time.perf_counter() - begin) * 1e3
         return result
+
+    # -- the in-graph early exit (batch 1, one call; see hisd_edge.runtime.ingraph) -----------------
+    def ingraph_unavailable(self, policy: Any) -> Optional[str]:
+        """None when :meth:`run_ingraph` can run ``policy`` on this backend, else why not (one line)."""
+        return f"the {self.name} backend has no in-graph early-exit path"
+
+    def run_ingraph(self, policy: Any) -> Tuple[np.ndarray, int, float, float]:
+        """Run the started single-row batch through the in-graph artifact with ``policy``'s thresholds:
+        (logits (1, classes) float32 on the host, valid until the next frame: copy to keep them; exit
+        index, score, latency ms). Exit decisions equal the chain's (verified at convert, per policy);
+        check :meth:`ingraph_unavailable` first."""
+        if self._next_stage != 0 or self._held_rows != 1:
+            raise RuntimeError("run_ingraph() needs a freshly started batch of one row")
+        begin = time.perf_counter()
+        logits, exit_index, score = self.run_ingraph_impl(policy)
+        latency_ms = (time.perf_counter() - begin) * 1e3
+        self._next_stage = None  # the stages' held features are not produced on this path
+        return logits, exit_index, score, latency_ms
+
+    def run_ingraph_impl(self, policy: Any) -> Tuple[np.ndarray, int, float]:  # pragma: no cover - optional
+        raise NotImplementedError
 
     # -- to implement ----------------------------------------------------------------------------
     @abc.abstractmethod

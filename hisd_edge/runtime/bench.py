@@ -27,7 +27,7 @@ import functools
 import os
 import platform
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -572,3 +572,302 @@ def format_bench(report: Dict[str, Any]) -> str:
     for row in report["targets"]:
         lines.append(f"  {row['name']:<28} {row['value']:8.3f}  {row['target']:<8} {'met' if row['met'] else 'MISSED'}")
     return "\n".join(lines)
+
+
+# -- batch-1 designs side by side (issue 17) ---------------------------------------------------------
+DESIGN_BLOCK = 20  # consecutive samples one design runs before the next (batch-1 designs)
+DESIGN_TARGETS = {
+    "chain_vs_oracle": 1.02,
+    "chain_vs_ingraph": 1.0,
+    "all_stages_vs_full": 1.02,
+    "python_us_per_stage": 2.0,
+}
+
+
+def _bare_chain(backend: Any, x: np.ndarray, last: int) -> None:
+    """Stages 0..last on ``x`` through the ONNX Runtime backend's bound sessions and nothing else:
+    the floor any loop around the same sessions can reach (the oracle knows where to stop)."""
+    stages = backend._stages
+    value = x
+    for k in range(last + 1):
+        stage = stages[k]
+        outs = stage.run(value)
+        if stage.feat_index >= 0:
+            value = outs[stage.feat_index]
+
+
+def _bare_chain_rows(backend: Any, x: np.ndarray, exits: np.ndarray) -> None:
+    """A batch where every row's exit is known: each stage runs on the rows that need it (the
+    compaction a per-row early exit needs, without deciding anything)."""
+    stages = backend._stages
+    value, active = x, exits
+    for k in range(int(exits.max()) + 1):
+        stage = stages[k]
+        outs = stage.run(value)
+        if stage.feat_index < 0:
+            break
+        keep = np.flatnonzero(active > k)
+        if len(keep) == 0:
+            break
+        feat = outs[stage.feat_index]
+        value = feat if len(keep) == len(active) else stage.gather(feat, keep)
+        active = active[keep]
+
+
+def _design_rows(
+    bundle: Any,
+    tensors: np.ndarray,
+    policy: ExitPolicy,
+    never: ExitPolicy,
+    count: int,
+    batch: int,
+    budget: float,
+    precision: str,
+    backend_options: Optional[Dict[str, Any]],
+    rng: np.random.Generator,
+    progress: bool,
+) -> List[Dict[str, Any]]:
+    """:func:`run_designs`'s two rows (batch 1, batch ``batch``) for one intra-op thread count."""
+    num = bundle.num_stages
+    n = len(tensors)
+    out: List[Dict[str, Any]] = []
+    options = {**(backend_options or {}), "intra_op_threads": count}
+    with create_backend(
+        "onnxruntime", bundle, precision=precision, load_full_model=True, ingraph=False, **options
+    ) as chain, create_backend("onnxruntime", bundle, precision=precision, ingraph=True, **options) as graph:
+        ort_chain: Any = chain  # the ONNX Runtime backend: its monolithic session, bare
+        full = ort_chain._load_full()
+        why_not = graph.ingraph_unavailable(policy)
+        rows = [np.ascontiguousarray(tensors[i : i + 1]) for i in range(n)]
+        exits = np.array([run_early_exit(chain, policy, x)[0][0].exit for x in rows], dtype=np.int64)
+        for x in rows[:3]:  # warm-up
+            full.run(x)
+            run_early_exit(graph, policy, x)
+            _bare_chain(chain, x, num - 1)
+        variants: Dict[str, Callable[[int], Any]] = {
+            "chain": lambda i: run_early_exit(chain, policy, rows[i]),
+            "monolithic": lambda i: full.run(rows[i]),
+            "oracle": lambda i: _bare_chain(chain, rows[i], int(exits[i])),
+            "chain_all_stages": lambda i: run_early_exit(chain, never, rows[i]),
+            "bare_all_stages": lambda i: _bare_chain(chain, rows[i], num - 1),
+        }
+        if why_not is None:
+            variants["in_graph"] = lambda i: run_early_exit(graph, policy, rows[i])
+        probe = time.perf_counter()
+        for name in variants:
+            variants[name](0)
+        one_ms = (time.perf_counter() - probe) * 1e3
+        passes = max(3, min(25, int(budget * 0.6 * 1e3 / max(one_ms * n, 1e-3))))
+        # Interleaved by blocks of consecutive samples, not sample by sample: a stream runs one
+        # design, so each design gets its caches warm for a block, as it would in use (per-sample
+        # interleaving penalised whichever design shares no weights with the others).
+        blocks = [list(range(s, min(s + DESIGN_BLOCK, n))) for s in range(0, n, DESIGN_BLOCK)]
+        per = {name: np.zeros((passes, n)) for name in variants}
+        names = list(variants)
+        steps: Any = range(passes * len(blocks))
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"designs, batch 1, {count} thread(s)", unit="block", leave=False)
+        for step in steps:
+            p, b = divmod(step, len(blocks))
+            rng.shuffle(names)
+            for name in names:
+                run = variants[name]
+                for i in blocks[b]:
+                    begin = time.perf_counter()
+                    run(i)
+                    per[name][p, i] = (time.perf_counter() - begin) * 1e6
+        us = {name: float(np.median(per[name], axis=0).mean()) for name in variants}
+        row1: Dict[str, Any] = {
+            "threads": count,
+            "batch": 1,
+            "us_per_sample": us,
+            "passes": passes,
+            "exit_fractions": (np.bincount(exits, minlength=num) / n).tolist(),
+            "in_graph": why_not or "used",
+            "python_us_per_stage": (us["chain_all_stages"] - us["bare_all_stages"]) / num,
+            "chain_vs_oracle": us["chain"] / us["oracle"],
+            "all_stages_vs_full": us["chain_all_stages"] / us["monolithic"],
+            "chain_vs_in_graph": us["chain"] / us["in_graph"] if "in_graph" in us else None,
+        }
+        out.append(row1)
+        # batch `batch`: per-row exits vs monolithic vs oracle
+        starts = list(range(0, n - batch + 1, batch)) or [0]
+        batches = [np.ascontiguousarray(_tile(tensors[s : s + batch], batch)) for s in starts]
+        batch_exits = [_tile(exits[s : s + batch, None], batch)[:, 0] for s in starts]
+        bvariants: Dict[str, Callable[[int], Any]] = {
+            "chain": lambda j: run_early_exit(chain, policy, batches[j]),
+            "monolithic": lambda j: full.run(batches[j]),
+            "oracle": lambda j: _bare_chain_rows(chain, batches[j], batch_exits[j]),
+        }
+        for name in bvariants:
+            bvariants[name](0)
+        probe = time.perf_counter()
+        for name in bvariants:
+            bvariants[name](0)
+        one_ms = (time.perf_counter() - probe) * 1e3
+        reps = max(2, min(25, int(budget * 0.4 * 1e3 / max(one_ms * len(batches), 1e-3))))
+        bper: Dict[str, List[float]] = {name: [] for name in bvariants}
+        bnames = list(bvariants)
+        for _ in range(reps):
+            for j in range(len(batches)):
+                rng.shuffle(bnames)
+                for name in bnames:
+                    begin = time.perf_counter()
+                    bvariants[name](j)
+                    bper[name].append((time.perf_counter() - begin) * 1e6 / batch)
+        bus = {name: float(np.median(values)) for name, values in bper.items()}
+        out.append(
+            {
+                "threads": count,
+                "batch": batch,
+                "us_per_sample": bus,
+                "reps": reps,
+                "batches": len(batches),
+                "in_graph": "not applicable: one graph cannot let rows of a batch leave at different exits",
+                "chain_vs_oracle": bus["chain"] / bus["oracle"],
+                "throughput_vs_monolithic": bus["monolithic"] / bus["chain"],
+            }
+        )
+    return out
+
+
+def run_designs(
+    bundle: Any,
+    tensors: np.ndarray,
+    policy: ExitPolicy,
+    *,
+    threads: Sequence[int] = (1, 2),
+    batch: int = 32,
+    seconds: float = 60.0,
+    precision: str = "fp32",
+    backend_options: Optional[Dict[str, Any]] = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """The ways to run one bundle's early exit, side by side per thread count (ONNX Runtime, no guard):
+
+    * batch 1, per sample (mean over samples of the median over passes, in microseconds): the
+      **in-graph** artifact (one call, the decision inside the graph), the **chain** (the runtime's
+      batch-1 loop), the **monolithic** model, the **oracle** (bare sessions run exactly to the exit
+      the policy takes, known in advance, nothing decided), and every stage through the chain vs
+      through a bare loop (the Python the loop adds per stage); interleaved by blocks of
+      ``DESIGN_BLOCK`` samples;
+    * batch ``batch``: the chain with per-row exits, the monolithic model and the oracle (bare
+      sessions, each stage on the rows that need it), per sample.
+
+    The variants take turns in a fresh random order per block (batch 1) or batch, every pass.
+    """
+    from hisd_edge.runtime.policies import make_policy
+
+    rng = np.random.default_rng(seed)
+    num = bundle.num_stages
+    never = make_policy(policy.kind, [None] * num, num, policy.exit_kind)  # every stage, same loop
+    n = len(tensors)
+    report: Dict[str, Any] = {
+        "bundle": str(bundle.root),
+        "name": bundle.name,
+        "samples": n,
+        "policy": policy.to_manifest(),
+        "precision": precision,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "rows": [],
+    }
+    budget = max(seconds, 1.0) / max(len(threads), 1)
+    for count in threads:
+        report["rows"] += _design_rows(
+            bundle, tensors, policy, never, count, batch, budget, precision, backend_options, rng, progress
+        )
+    targets = []
+    for row in report["rows"]:
+        if row["batch"] != 1:
+            continue
+        t = row["threads"]
+        checks = [
+            (f"{t} thread(s): chain / oracle, batch 1", row["chain_vs_oracle"], DESIGN_TARGETS["chain_vs_oracle"]),
+            (
+                f"{t} thread(s): chain, every stage / monolithic",
+                row["all_stages_vs_full"],
+                DESIGN_TARGETS["all_stages_vs_full"],
+            ),
+            (f"{t} thread(s): Python us per stage", row["python_us_per_stage"], DESIGN_TARGETS["python_us_per_stage"]),
+        ]
+        if row["chain_vs_in_graph"] is not None:
+            checks.append(
+                (f"{t} thread(s): chain / in-graph", row["chain_vs_in_graph"], DESIGN_TARGETS["chain_vs_ingraph"])
+            )
+        targets += [{"name": a, "value": v, "target": f"<= {b:g}", "met": v <= b} for a, v, b in checks]
+    report["targets"] = targets
+    return report
+
+
+def format_designs(report: Dict[str, Any]) -> str:
+    """The designs report as a table (microseconds per sample)."""
+    order = ["in_graph", "chain", "monolithic", "oracle", "chain_all_stages", "bare_all_stages"]
+    lines = [
+        f"designs {report['name']} ({report['bundle']}), {report['precision']}, {report['samples']} samples, "
+        f"{report['machine']['cpu_count']} CPUs; policy {report['policy']['kind']} "
+        + ",".join("never" if v is None else f"{v:.4g}" for v in report["policy"]["thresholds"][:-1]),
+        "us per sample (batch 1: mean over samples of the median over passes; batched: median per batch / rows)",
+        f"  {'threads':>7} {'batch':>5} " + " ".join(f"{name:>16}" for name in order),
+    ]
+    for row in report["rows"]:
+        cells = [
+            f"{row['us_per_sample'][name]:16.1f}" if name in row["us_per_sample"] else f"{'-':>16}" for name in order
+        ]
+        lines.append(f"  {row['threads']:>7} {row['batch']:>5} " + " ".join(cells))
+    for row in report["rows"]:
+        if row["batch"] == 1:
+            lines.append(
+                f"  {row['threads']} thread(s), batch 1: chain/oracle {row['chain_vs_oracle']:.3f}x, every stage chain/"
+                f"monolithic {row['all_stages_vs_full']:.3f}x, Python {row['python_us_per_stage']:.2f} us/stage, "
+                + (
+                    f"chain/in-graph {row['chain_vs_in_graph']:.3f}x"
+                    if row["chain_vs_in_graph"] is not None
+                    else f"in-graph: {row['in_graph']}"
+                )
+                + "; exits "
+                + ", ".join(f"{k}: {100 * f:.1f}%" for k, f in enumerate(row["exit_fractions"]))
+            )
+        else:
+            lines.append(
+                f"  {row['threads']} thread(s), batch {row['batch']}: chain/oracle {row['chain_vs_oracle']:.3f}x, "
+                f"throughput {row['throughput_vs_monolithic']:.2f}x the monolithic model ({row['reps']} reps)"
+            )
+    lines.append("targets (printed, not asserted)")
+    for row in report["targets"]:
+        lines.append(f"  {row['name']:<46} {row['value']:8.3f}  {row['target']:<7} {'met' if row['met'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def designs_from_args(bundle: Any, args: Any, options: Dict[str, Any]) -> Any:
+    """``bench --designs THREADS``: its data, policy (the manifest's) and thread counts; (report, text)."""
+    from hisd_edge.data import load_samples
+
+    try:
+        threads = [int(v) for v in str(args.designs).split(",") if v.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise InputError(f"--designs {args.designs!r}: give intra-op thread counts >= 1, e.g. --designs 1,2")
+    if args.backend != "onnxruntime" or args.precision == "mixed":
+        raise InputError("--designs compares ONNX Runtime designs of one precision; use --backend onnxruntime")
+    if args.data == "random":
+        tensors = synthetic_inputs(bundle.preprocessing.input_shape, args.samples or 64)
+    else:
+        tensors = load_samples(args.data, count=args.samples).tensors(bundle.preprocessing)
+    policy = policy_from_manifest(bundle.policy, bundle.num_stages, bundle_exit_kind(bundle.exits))
+    options = {k: v for k, v in options.items() if k != "intra_op_threads"}
+    report = run_designs(
+        bundle,
+        tensors,
+        policy,
+        threads=threads,
+        batch=args.batch_size,
+        seconds=args.seconds,
+        precision=args.precision,
+        backend_options=options,
+        progress=not args.no_progress and not args.json,
+    )
+    return report, format_designs(report)

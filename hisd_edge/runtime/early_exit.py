@@ -19,6 +19,7 @@ the converter used) or on already-preprocessed tensors.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
@@ -29,9 +30,11 @@ import numpy as np
 from hisd_edge.bundle import Bundle
 from hisd_edge.errors import HisdError, InputError
 from hisd_edge.preprocess import InputScaleError, check_input_scale, prepare_tensors, preprocess_image
-from hisd_edge.runtime.backend import Backend, create_backend
+from hisd_edge.runtime.backend import Backend, create_backend, softmax_max
 from hisd_edge.runtime.guard import FLAG_ABSTAINED, FLAG_OUT_OF_DISTRIBUTION, InputGuard, guard_from_bundle
 from hisd_edge.runtime.policies import ExitPolicy, bundle_exit_kind, make_policy, policy_from_manifest
+
+LOG = logging.getLogger("hisd_edge.runtime")
 
 FLAG_NONFINITE_INPUT = "nonfinite_input"  # NaN or inf in the (preprocessed) input
 FLAG_NONFINITE_OUTPUT = "nonfinite_output"  # NaN or inf in the exit output
@@ -136,6 +139,22 @@ def run_early_exit(
         raise InputError(f"--exit-at {exit_at}: the bundle has exits 0..{num - 1}")
     backend.start(batch)
     n = len(batch)
+    if n == 1 and exit_at is None and guard is None:
+        check = getattr(backend, "ingraph_unavailable", None)  # duck-typed backends may lack it
+        why_not = check(policy) if check is not None else "the backend has no in-graph path"
+        if why_not is None:
+            name = names[0] if names else f"#{first_index}"
+            return _run_ingraph(backend, policy, batch, begin, class_names, name, first_index)
+        _log_once(f"batch 1 runs the chain: {why_not}")
+    elif n == 1 and LOG.isEnabledFor(logging.DEBUG):
+        _log_once(
+            "batch 1 runs the chain: "
+            + (
+                "a forced exit (--exit-at)"
+                if exit_at is not None
+                else "the input guard scores stage 0's features between stages"
+            )
+        )
     if n == 1:
         return _run_one(
             backend,
@@ -242,6 +261,51 @@ def run_early_exit(
     return [r for r in results if r is not None], BatchTrace(stage_ms, stage_rows, total_ms)
 
 
+_LOGGED: set = set()
+
+
+def _log_once(message: str) -> None:
+    """Why a path was (not) taken, under -v, once per process and reason (this runs per frame)."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        LOG.debug("early exit: %s", message)
+
+
+def _run_ingraph(
+    backend: Backend,
+    policy: ExitPolicy,
+    batch: np.ndarray,
+    begin: float,
+    class_names: Sequence[str],
+    name: str,
+    index: int,
+) -> Tuple[List[ExitResult], BatchTrace]:
+    """One sample through the in-graph artifact: one call, the decision made inside the graph.
+
+    The result has one latency entry (the whole graph; the stages are not timed apart)."""
+    logits, k, score, latency_ms = backend.run_ingraph(policy)
+    flags = []
+    flat_in, row = batch.reshape(-1), logits[0]
+    if not math.isfinite(float(np.dot(flat_in, flat_in)) + float(np.dot(row, row))):  # one check for both
+        if _nonfinite_rows(batch) is not None:
+            flags.append(FLAG_NONFINITE_INPUT)
+        if _nonfinite_rows(logits) is not None:
+            flags.append(FLAG_NONFINITE_OUTPUT)
+    cls = int(row.argmax())
+    item = ExitResult(
+        index=index,
+        name=name,
+        exit=k,
+        class_index=cls,
+        class_name=class_names[cls] if cls < len(class_names) else str(cls),
+        confidence=float(softmax_max(logits)[0]) if policy.kind != "max_prob" else score,
+        score=score,
+        stage_latency_ms=[latency_ms],
+        flags=flags,
+    )
+    return [item], BatchTrace([latency_ms], [1], (time.perf_counter() - begin) * 1e3)
+
+
 def _run_one(
     backend: Backend,
     policy: ExitPolicy,
@@ -256,6 +320,8 @@ def _run_one(
 ) -> Tuple[List[ExitResult], BatchTrace]:
     """:func:`run_early_exit` for a single input (a camera stream's case), with Python scalars for
     the bookkeeping: the same scores and the same comparison, a third of the overhead."""
+    if guard is None and hasattr(backend, "run_stage_lean"):
+        return _run_one_lean(backend, policy, batch, begin, class_names, name, index, exit_at)
     last = backend.num_stages - 1 if exit_at is None else exit_at
     state = policy.init_state(1)
     thresholds = policy.score_thresholds()
@@ -300,6 +366,59 @@ def _run_one(
         item.class_index = cls
         item.class_name = class_names[cls] if cls < len(class_names) else str(cls)
         item.confidence = None if res.confidence is None else float(res.confidence[0])
+    total_ms = (time.perf_counter() - begin) * 1e3
+    return [item], BatchTrace(stage_ms, [1] * len(stage_ms), total_ms)
+
+
+def _run_one_lean(
+    backend: Backend,
+    policy: ExitPolicy,
+    batch: np.ndarray,
+    begin: float,
+    class_names: Sequence[str],
+    name: str,
+    index: int,
+    exit_at: Optional[int],
+) -> Tuple[List[ExitResult], BatchTrace]:
+    """The batch-1 chain with nothing per stage but the run and the comparison (no guard).
+
+    The same scores as :meth:`ExitPolicy.step` (max_prob reads the confidence float directly: the
+    float64 value of the float32 ``conf{k}``, as ``step`` makes it), one non-finite check over
+    input and output together, and one result built at the end."""
+    last = backend.num_stages - 1 if exit_at is None else exit_at
+    thresholds = policy.score_thresholds()
+    direct = not policy.needs_outputs and policy.kind == "max_prob"
+    state = None if direct else policy.init_state(1)
+    run = backend.run_stage_lean
+    stage_ms = []
+    for k in range(last + 1):
+        ms, conf, out = run(k)
+        stage_ms.append(ms)
+        if direct:
+            score = conf
+        else:
+            assert state is not None
+            confidence = None if conf != conf and policy.exit_kind == "embedding" else np.array([conf], np.float32)
+            score = float(policy.step(k, confidence, out, state)[0])
+        if k == last or (exit_at is None and score >= thresholds[k]):  # NaN never leaves early
+            break
+    flags = []
+    flat_in = batch.reshape(-1)
+    row = out[0]
+    # one check for both: finite sums of squares and of the outputs mean no NaN or inf on either side
+    if not math.isfinite(float(np.dot(flat_in, flat_in)) + float(np.dot(row, row))):
+        if _nonfinite_rows(batch) is not None:
+            flags.append(FLAG_NONFINITE_INPUT)
+        if _nonfinite_rows(out) is not None:
+            flags.append(FLAG_NONFINITE_OUTPUT)
+    item = ExitResult(index=index, name=name, exit=k, score=score, stage_latency_ms=stage_ms, flags=flags)
+    if policy.exit_kind == "embedding":
+        item.embedding = row.astype(np.float32).tolist()
+    else:
+        cls = int(row.argmax())
+        item.class_index = cls
+        item.class_name = class_names[cls] if cls < len(class_names) else str(cls)
+        item.confidence = conf
     total_ms = (time.perf_counter() - begin) * 1e3
     return [item], BatchTrace(stage_ms, [1] * len(stage_ms), total_ms)
 

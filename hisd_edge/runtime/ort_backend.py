@@ -19,11 +19,13 @@ backend does.
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from hisd_edge.errors import BundleError, DependencyError, HisdError, InputError, first_line
+from hisd_edge.runtime import ingraph
 from hisd_edge.runtime.backend import Backend, FullResult, StageResult, pool_features, softmax_max, stage_precisions
 from hisd_edge.runtime.ort_session import graph_optimization_for, import_onnxruntime, open_session
 
@@ -157,6 +159,59 @@ class _Session:
         return out
 
 
+class _IngraphSession:
+    """The in-graph early-exit session (:mod:`hisd_edge.runtime.ingraph`) with a cached IOBinding:
+    outputs bound to our own buffers, the policy inputs re-bound only when the policy changes."""
+
+    def __init__(self, session: Any, label: str, num_exits: int):
+        self.session = session
+        self.label = label
+        self.num_exits = num_exits
+        names = {i.name for i in session.get_inputs()}
+        wanted = {ingraph.INPUT, ingraph.POLICY_KIND, ingraph.SCORE_THRESHOLDS}
+        if names != wanted or [o.name for o in session.get_outputs()] != list(ingraph.OUTPUTS):
+            raise BundleError(f"{label}: inputs/outputs are not the in-graph contract's; convert the model again")
+        classes = session.get_outputs()[0].shape[1]
+        self.logits = np.empty((1, int(classes)), dtype=np.float32)
+        self.exit_index = np.empty(1, dtype=np.int32)
+        self.score = np.empty(1, dtype=np.float32)
+        self.io = session.io_binding()
+        buffers: List[np.ndarray] = [self.logits, self.exit_index, self.score]
+        for name, buf in zip(ingraph.OUTPUTS, buffers):
+            self.io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+        raw = getattr(self.io, "_iobinding", None)
+        inner = getattr(session, "_sess", None)
+        self._raw = (inner.run_with_iobinding, raw) if raw is not None and inner is not None else None
+        self.bound_input: Any = None
+        self.bound_policy: Any = None  # (policy object, its score thresholds) the policy inputs were bound for
+        self.feeds: Any = None
+
+    def bind_policy(self, policy: Any) -> None:
+        key = (policy, policy.score_thresholds())
+        if self.bound_policy is not None and self.bound_policy[0] is key[0] and self.bound_policy[1] == key[1]:
+            return
+        code, thresholds = ingraph.feed(policy, self.num_exits)
+        self.io.bind_cpu_input(ingraph.POLICY_KIND, code)
+        self.io.bind_cpu_input(ingraph.SCORE_THRESHOLDS, thresholds)
+        self.feeds = (code, thresholds)  # the binding reads these arrays: keep them alive
+        self.bound_policy = key
+
+    def run(self, sample: np.ndarray) -> None:
+        if sample is not self.bound_input:
+            self.io.bind_cpu_input(ingraph.INPUT, sample)
+            self.bound_input = sample
+        if self._raw is not None:
+            self._raw[0](self._raw[1], None)
+        else:  # pragma: no cover - other ORT versions
+            self.session.run_with_iobinding(self.io)
+
+
+# Batch-1 frames through the in-graph artifact only when asked. Measured with ``bench --designs``
+# on the default MNIST bundle (2 shared x86 cores, ONNX Runtime 1.31, 1 thread): the lean chain
+# beat the If graph (results/BATCH1_DESIGNS.md); ONNX Runtime's If runs each branch as a subgraph
+# with its own execution frame, which costs more than the session calls it saves at this size.
+INGRAPH_DEFAULT = False
+
 # A whole model below this many multiply-accumulates per sample runs each stage in tens of
 # microseconds on one CPU core; waking a second intra-op thread in every stage session then costs
 # more than it saves. Measured on the default MNIST bundle (10.8 M MACs, 2-core x86): early exit
@@ -172,7 +227,11 @@ class OnnxRuntimeBackend(Backend):
     sample, else ONNX Runtime's own choice, one per physical core), ``graph_optimization`` ("all" default, "extended",
     "basic", "disable"), ``allow_spinning`` (default False; see the module docstring),
     ``provider_options`` (list of dicts, one per provider), ``load_full_model`` (load the
-    monolithic model at activation instead of on first use).
+    monolithic model at activation instead of on first use), ``ingraph`` (default False, see
+    ``INGRAPH_DEFAULT``; True: batch-1 frames run through the bundle's in-graph artifact where it
+    can decide, see :mod:`hisd_edge.runtime.ingraph`), ``thread_pool`` ("per_session" default, or "shared": every
+    session of the process on one ONNX Runtime pool, see
+    :func:`~hisd_edge.runtime.ort_session.shared_thread_pool`).
 
     For int8 the default level is "basic" (Q/DQ executed as written, as the converter validates
     them; see :func:`~hisd_edge.runtime.ort_session.graph_optimization_for`); pass
@@ -188,6 +247,9 @@ class OnnxRuntimeBackend(Backend):
         self._held: Optional[np.ndarray] = None
         self._providers: List[str] = []
         self._exit_meta: List[Dict[str, Any]] = []
+        self._ingraph: Optional[_IngraphSession] = None
+        self._ingraph_missing = ""  # why there is no in-graph session ("" while there is one)
+        self._ingraph_reasons: Dict[str, Optional[str]] = {}  # policy kind -> why not (None: usable)
 
     # -- sessions ------------------------------------------------------------------------------
     @property
@@ -210,6 +272,9 @@ class OnnxRuntimeBackend(Backend):
         return graph_optimization_for("int8" if "int8" in plan else plan[0], self.options.get("graph_optimization"))
 
     def _open(self, path, label: str) -> _Session:
+        return _Session(self._new_session(path), label)
+
+    def _new_session(self, path) -> Any:
         threads = self.intra_op_threads
         level = self._graph_optimization()
         try:
@@ -221,13 +286,14 @@ class OnnxRuntimeBackend(Backend):
                 allow_spinning=bool(self.options.get("allow_spinning")),
                 providers=self._providers,
                 provider_options=self.options.get("provider_options"),
+                shared_pool=self.options.get("thread_pool", "per_session") == "shared",
             )
         except HisdError:
             raise
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             first = first_line(exc)
             raise BundleError(f"{path}: ONNX Runtime cannot load it ({first}); convert the model again") from None
-        return _Session(session, label)
+        return session
 
     def activate_impl(self) -> None:
         first_dim = self.bundle.stages[0]["inputs"][0]["shape"][0]
@@ -263,6 +329,27 @@ class OnnxRuntimeBackend(Backend):
             self._stages.append(stage)
         if self.options.get("load_full_model"):
             self._load_full()
+        self._open_ingraph()
+
+    def _open_ingraph(self) -> None:
+        """Open the bundle's in-graph artifact for this precision, when it has one and ``ingraph`` is
+        not False; old bundles without it simply run the chain."""
+        if not self.options.get("ingraph", INGRAPH_DEFAULT):
+            self._ingraph_missing = (
+                "the in-graph artifact runs only when asked (ingraph=True): slower than the chain here"
+            )
+            return
+        if self.precision == "mixed":
+            self._ingraph_missing = "a mixed-precision plan runs as a chain"
+            return
+        record = (self.bundle.manifest.get("ingraph") or {}).get("files", {}).get(self.precision)
+        if not isinstance(record, dict):
+            self._ingraph_missing = ingraph.usable_policy(self.bundle.manifest, self.precision, "max_prob")[1]
+            return
+        path = self.bundle.ingraph_path(self.precision)
+        assert path is not None
+        self._ingraph = _IngraphSession(self._new_session(path), path.name, self.num_stages)
+        self._ingraph_missing = ""
 
     def _load_full(self) -> _Session:
         if self._full is None:
@@ -289,6 +376,29 @@ class OnnxRuntimeBackend(Backend):
         self._stages = []
         self._full = None
         self._held = None
+        self._ingraph = None
+
+    # -- the in-graph path -------------------------------------------------------------------------
+    def ingraph_unavailable(self, policy: Any) -> Optional[str]:
+        if self._ingraph is None:
+            return self._ingraph_missing or "no in-graph session"
+        reason = self._ingraph_reasons.get(policy.kind, "?")
+        if reason == "?":  # once per policy kind: this runs before every single-sample frame
+            reason = self._ingraph_reasons[policy.kind] = (
+                ingraph.usable_policy(self.bundle.manifest, self.precision, policy.kind)[1] or None
+            )
+        return reason
+
+    def run_ingraph_impl(self, policy: Any) -> Tuple[np.ndarray, int, float]:
+        session = self._ingraph
+        assert session is not None and self._held is not None
+        session.bind_policy(policy)
+        session.run(self._held)
+        return (
+            session.logits,
+            int(session.exit_index[0]),
+            float(session.score[0]),
+        )  # a view: read it before the next frame
 
     def describe_impl(self) -> Dict[str, Any]:
         ort = import_onnxruntime()
@@ -298,6 +408,8 @@ class OnnxRuntimeBackend(Backend):
             "intra_op_threads": self.intra_op_threads,
             "graph_optimization": self._graph_optimization(),
             "allow_spinning": bool(self.options.get("allow_spinning", False)),
+            "ingraph": self._ingraph.label if self._ingraph is not None else self._ingraph_missing or None,
+            "thread_pool": self.options.get("thread_pool", "per_session"),
         }
 
     @property
@@ -343,6 +455,30 @@ class OnnxRuntimeBackend(Backend):
             feat = self._held
             result.fetch_pooled_features = lambda: pool_features(feat)
         return result
+
+    def run_stage_lean(self, k: int) -> Tuple[float, float, np.ndarray]:
+        """:meth:`Backend.run_stage_lean` without the per-stage object, closures or re-checks: one
+        IOBinding run, the fused confidence read as a float."""
+        if k != self._next_stage or self._held_rows != 1:
+            return super().run_stage_lean(k)  # the checks and their messages
+        stage = self._stages[k]
+        held = self._held
+        assert held is not None
+        if held.dtype != stage.input_dtype:
+            held = held.astype(stage.input_dtype)
+        begin = perf_counter()
+        outs = stage.run(held)
+        end = perf_counter()
+        self._held = outs[stage.feat_index] if stage.feat_index >= 0 else None
+        self._next_stage = k + 1
+        exit_out = outs[stage.exit_index]
+        if stage.conf_index >= 0:
+            conf = float(outs[stage.conf_index].reshape(-1)[0])
+        elif self._exit_meta[k].get("kind", "logits") == "logits":
+            conf = float(softmax_max(exit_out)[0])
+        else:
+            conf = float("nan")
+        return (end - begin) * 1e3, conf, exit_out
 
     def run_full_impl(self, batch: np.ndarray) -> FullResult:
         full = self._load_full()

@@ -66,17 +66,55 @@ def graph_optimization_for(precision: str, requested: Optional[str] = None) -> s
     return level
 
 
+_SHARED_POOL_THREADS: List[int] = []  # the process-wide pool's size, once made
+
+
+def shared_thread_pool(threads: int) -> None:
+    """Make ONNX Runtime's process-wide intra-op pool (once per process) with ``threads`` threads.
+
+    The Python API can size it (``set_global_thread_pool_sizes``, in ``onnxruntime.capi``) but not
+    turn its spinning off or pin it: its idle threads spin, like the C API's default. Once it
+    exists, ONNX Runtime refuses sessions with their own pools in that process, so every session
+    this module opens afterwards runs on it; a request for another size is refused (the pool is the
+    process's, not a session's).
+    """
+    if _SHARED_POOL_THREADS:
+        if _SHARED_POOL_THREADS[0] != threads:
+            raise InputError(
+                f"this process already runs ONNX Runtime's shared thread pool with {_SHARED_POOL_THREADS[0]} threads, "
+                f"not {threads}; use one thread count per process, or per-session pools"
+            )
+        return
+    import_onnxruntime()
+    from onnxruntime.capi import _pybind_state
+
+    if not hasattr(_pybind_state, "set_global_thread_pool_sizes"):
+        raise DependencyError("this ONNX Runtime cannot make a shared thread pool from Python; use per-session pools")
+    _pybind_state.set_global_thread_pool_sizes(int(threads), 1)
+    _SHARED_POOL_THREADS.append(int(threads))
+
+
 def session_options(
-    threads: int = 0, precision: str = "fp32", graph_optimization: Optional[str] = None, allow_spinning: bool = False
+    threads: int = 0,
+    precision: str = "fp32",
+    graph_optimization: Optional[str] = None,
+    allow_spinning: bool = False,
+    shared_pool: bool = False,
 ) -> Any:
-    """``onnxruntime.SessionOptions`` by the rules in the module docstring."""
+    """``onnxruntime.SessionOptions`` by the rules in the module docstring; ``shared_pool``: run on the
+    process-wide pool of :func:`shared_thread_pool` (made here with ``threads`` if not yet made)."""
     ort = import_onnxruntime()
     threads = int(threads)
     if threads < 0:
         raise InputError(f"intra-op threads must be >= 0 (0 = ONNX Runtime's default), got {threads}")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    if shared_pool:
+        shared_thread_pool(threads)
+    if _SHARED_POOL_THREADS:  # made in this process: ONNX Runtime allows no per-session pool any more
+        options.use_per_session_threads = False  # (and warns about pool sizes set per session)
+    else:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     spinning = "1" if allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
@@ -100,6 +138,7 @@ def open_session(
     allow_spinning: bool = False,
     providers: Optional[Sequence[str]] = None,
     provider_options: Optional[Sequence[Dict[str, Any]]] = None,
+    shared_pool: bool = False,
 ) -> Any:
     """An ONNX Runtime session for one model (a path, or serialized bytes), CPU unless ``providers``.
 
@@ -108,7 +147,7 @@ def open_session(
     names one. ONNX Runtime's own errors for unreadable models propagate; callers say what to do.
     """
     ort = import_onnxruntime()
-    options = session_options(threads, precision, graph_optimization, allow_spinning)
+    options = session_options(threads, precision, graph_optimization, allow_spinning, shared_pool)
     return ort.InferenceSession(
         model,
         sess_options=options,

@@ -39,7 +39,10 @@ What happens per batch (see :mod:`hisd_edge.runtime.backend` for the stage-by-st
 Options: ``cuda`` ("auto", "pycuda", "cuda-python" or a :class:`~hisd_edge.cuda.CudaBackend`),
 ``device`` (CUDA device index), ``zero_copy`` ("auto", True, False), ``cuda_graphs`` (False),
 ``graph_slots`` (3), ``spin_wait`` (False: lowest wake-up latency at the cost of a busy CPU),
-``max_batch`` (default: the engines' profile maximum), ``load_full_model`` (False).
+``max_batch`` (default: the engines' profile maximum), ``load_full_model`` (False), ``ingraph``
+(False: opt in to run batch-1 frames through the build's in-graph early-exit engine, one enqueue
+and one synchronisation per frame instead of one per stage; see :class:`_Ingraph` for why it is
+opt-in here).
 Precision ``mixed`` runs the per-stage plan of ``convert --precision mixed`` (``build --precision mixed``).
 
 I/O buffers are allocated once, at the maximum batch; running out of memory there is a one-line
@@ -133,6 +136,29 @@ class _Full:
     max_rows: int
 
 
+@dataclasses.dataclass
+class _Ingraph:
+    """The in-graph early-exit engine (hisd_edge.runtime.ingraph): a whole frame in one enqueue.
+
+    Opt-in (``ingraph=True``): the converter verified the in-graph ONNX bit for bit against the
+    stage ONNX in ONNX Runtime, but TensorRT picks kernels per engine, so this engine's logits can
+    differ in the last bits from the stage engines', and a confidence within that distance of a
+    threshold can then leave at another exit than the chain would. Nothing here has run on real
+    TensorRT yet (tested against the TensorRT test double only).
+    """
+
+    engine: Any
+    context: Any
+    input_host: HostBuffer  # (1, C, H, W)
+    input_ptr: int
+    policy_host: HostBuffer  # int32 scalar, then float32 thresholds: one staging buffer each
+    policy_ptr: int
+    thresholds_host: HostBuffer
+    thresholds_ptr: int
+    outputs: List[_Output]  # logits, exit_index, score
+    bound_policy: Any = None
+
+
 _MIB = float(1 << 20)
 
 
@@ -203,6 +229,7 @@ class TensorRTBackend(Backend):
         self._loaded: Optional[LoadedEngines] = None
         self._stages: List[_Stage] = []
         self._full: Optional[_Full] = None
+        self._ingraph: Optional[_Ingraph] = None
         self._allocations: List[Any] = []
         self._uncapturable: collections.OrderedDict = collections.OrderedDict()  # (stage, rows, src) -> None
         self._clock = 0  # bumps on every graph-slot use (least recently used = smallest)
@@ -266,7 +293,11 @@ class TensorRTBackend(Backend):
         if self.cuda_graphs and cuda.graphs_unavailable is not None:
             raise DependencyError(f"cuda_graphs: {cuda.graphs_unavailable}")
         self._loaded = loaded = load_engines(
-            self.bundle, self.precision, cuda.device, full_model=bool(self.options.get("load_full_model"))
+            self.bundle,
+            self.precision,
+            cuda.device,
+            full_model=bool(self.options.get("load_full_model")),
+            ingraph=bool(self.options.get("ingraph", False)),
         )
         import tensorrt as trt
 
@@ -365,6 +396,91 @@ class TensorRTBackend(Backend):
             self._stages.append(stage)
         if loaded.full_engine is not None:
             self._full = self._setup_full(trt, loaded.full_engine, where, fix)
+        if loaded.ingraph_engine is not None:
+            self._ingraph = self._setup_ingraph(trt, loaded.ingraph_engine, where, fix)
+
+    def _setup_ingraph(self, trt: Any, engine: Any, where: str, fix: str) -> _Ingraph:
+        """Buffers and addresses for the in-graph engine, set once (its shapes are fixed: batch 1)."""
+        from hisd_edge.runtime import ingraph
+
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        wanted = [ingraph.INPUT, ingraph.POLICY_KIND, ingraph.SCORE_THRESHOLDS, *ingraph.OUTPUTS]
+        if sorted(names) != sorted(wanted):
+            raise BundleError(f"{where}: the in-graph engine has tensors {names}, not {wanted}; {fix}")
+        shapes = {n: tuple(int(d) for d in engine.get_tensor_shape(n)) for n in names}
+        dtypes = {n: engine_tensor(trt, engine, n, f"{where} (in-graph)", fix).dtype for n in names}
+        context = self._context(engine, "the in-graph early exit")
+        mapped = self.zero_copy
+
+        def staged(name: str) -> Tuple[HostBuffer, int]:
+            host = self._host(shapes[name], dtypes[name], mapped=mapped)
+            nbytes = int(np.prod(shapes[name], dtype=np.int64)) * np.dtype(dtypes[name]).itemsize
+            return host, int(host.device_ptr or 0) if mapped else self._device(max(nbytes, 1)).ptr
+
+        input_host, input_ptr = staged(ingraph.INPUT)
+        policy_host, policy_ptr = staged(ingraph.POLICY_KIND)
+        thresholds_host, thresholds_ptr = staged(ingraph.SCORE_THRESHOLDS)
+        outputs = []
+        for name in ingraph.OUTPUTS:
+            host, ptr = staged(name)
+            outputs.append(_Output(_Tensor(name, dtypes[name], shapes[name][1:]), ptr, host, mapped))
+        for name, ptr in [
+            (ingraph.INPUT, input_ptr),
+            (ingraph.POLICY_KIND, policy_ptr),
+            (ingraph.SCORE_THRESHOLDS, thresholds_ptr),
+            *((o.tensor.name, o.ptr) for o in outputs),
+        ]:
+            is_input = name in (ingraph.INPUT, ingraph.POLICY_KIND, ingraph.SCORE_THRESHOLDS)
+            if is_input and not context.set_input_shape(name, shapes[name]):
+                raise DeviceError(f"TensorRT refused shape {shapes[name]} of {name} for the in-graph engine")
+            if not context.set_tensor_address(name, ptr):
+                raise DeviceError(f"TensorRT refused the address of {name} for the in-graph engine")
+        return _Ingraph(
+            engine, context, input_host, input_ptr, policy_host, policy_ptr, thresholds_host, thresholds_ptr, outputs
+        )
+
+    def ingraph_unavailable(self, policy: Any) -> Optional[str]:
+        from hisd_edge.runtime import ingraph
+
+        if self._ingraph is None:
+            if not self.options.get("ingraph", False):
+                return "the TensorRT backend runs the in-graph engine only when asked (ingraph=True)"
+            return (self._loaded.ingraph_note if self._loaded is not None else "") or "no in-graph engine"
+        precision = (
+            str((self._loaded.record.get("ingraph") or {}).get("onnx_precision", "fp32")) if self._loaded else ""
+        )
+        return ingraph.usable_policy(self.bundle.manifest, precision, policy.kind)[1] or None
+
+    def run_ingraph_impl(self, policy: Any) -> Tuple[np.ndarray, int, float]:
+        """One frame: the input (and the policy when it changed) to the device, one enqueue, the three
+        small outputs back, one synchronisation."""
+        from hisd_edge.runtime import ingraph
+
+        graph = self._ingraph
+        assert graph is not None and self._cuda is not None and self._stream is not None
+        assert self._input_host is not None and self._fetch_event is not None
+        cuda, stream = self._cuda, self._stream
+        np.copyto(graph.input_host.array, self._input_host.array[:1])
+        if not self.zero_copy:
+            cuda.copy_htod_async(graph.input_ptr, graph.input_host.array, stream)
+        key = (policy, policy.score_thresholds())
+        if graph.bound_policy is None or graph.bound_policy[0] is not key[0] or graph.bound_policy[1] != key[1]:
+            code, thresholds = ingraph.feed(policy, self.num_stages)
+            np.copyto(graph.policy_host.array, code.reshape(graph.policy_host.array.shape))
+            np.copyto(graph.thresholds_host.array, thresholds.reshape(graph.thresholds_host.array.shape))
+            if not self.zero_copy:
+                cuda.copy_htod_async(graph.policy_ptr, graph.policy_host.array, stream)
+                cuda.copy_htod_async(graph.thresholds_ptr, graph.thresholds_host.array, stream)
+            graph.bound_policy = key
+        if not graph.context.execute_async_v3(stream.handle):
+            raise DeviceError("TensorRT could not run the in-graph early-exit engine")
+        for out in graph.outputs:
+            if not out.mapped:
+                cuda.copy_dtoh_async(out.host.array, out.ptr, stream)
+        self._fetch_event.record(stream)
+        self._fetch_event.synchronize()
+        logits, index, score = (o.host.array for o in graph.outputs)
+        return np.array(logits, dtype=np.float32), int(index.reshape(-1)[0]), float(score.reshape(-1)[0])
 
     def _context(self, engine: Any, what: str) -> Any:
         context = engine.create_execution_context()
@@ -466,6 +582,7 @@ class TensorRTBackend(Backend):
         self._feat_hosts = {}
         self._stages = []  # contexts before engines before the runtime
         self._full = None
+        self._ingraph = None
         self._loaded = None
         while self._allocations:
             try:
@@ -494,6 +611,7 @@ class TensorRTBackend(Backend):
             "typing": record.get("recipe", {}).get("typing"),
             "external": bool(record.get("external", False)),
             "full_model": self.full_model_label,
+            "ingraph": "loaded" if self._ingraph is not None else (self._loaded.ingraph_note if self._loaded else None),
         }
 
     def memory_info(self) -> Dict[str, int]:
