@@ -2,7 +2,8 @@
 
 TensorRT's own calibrators keep histograms, not activations; so does this module. For every
 tensor of every stage it keeps a running absolute maximum and a 2048-bin histogram of ``|x|``
-(symmetric INT8 needs only magnitudes). When a batch exceeds the histogram's range the range
+(symmetric INT8 needs only magnitudes), and a running per-channel mean (for bias correction,
+:func:`~hisd_edge.convert.qdq.apply_qdq`). When a batch exceeds the histogram's range the range
 doubles and neighbouring bins merge, so one pass suffices and no batch is ever kept. The chain
 runs once per batch: the images go through stage 0, its ``feat0`` through stage 1, and so on,
 each stage's session returning the tensors to calibrate as extra outputs. The batch size is set
@@ -185,8 +186,9 @@ class ChannelMean:
         values = np.asarray(values)
         if values.ndim < 2 or values.size == 0:
             return
-        if self.total is not None and self.total.shape != (values.shape[1],):
-            return  # a tensor whose channel count varies has no per-channel mean
+        if self.count < 0 or (self.total is not None and self.total.shape != (values.shape[1],)):
+            self.count = -1  # a tensor whose channel count varies has no per-channel mean
+            return
         others = tuple(d for d in range(values.ndim) if d != 1)
         total = values.sum(axis=others, dtype=np.float64)  # buffered cast: no float64 copy of the tensor
         self.total = total if self.total is None else self.total + total
@@ -194,7 +196,7 @@ class ChannelMean:
 
     @property
     def mean(self) -> Optional[np.ndarray]:
-        return None if self.total is None or self.count == 0 else self.total / self.count
+        return None if self.total is None or self.count <= 0 else self.total / self.count
 
 
 @dataclasses.dataclass
