@@ -98,3 +98,17 @@ def test_mse_range_minimises_the_quantization_error():
     best = min(error(a) for a in np.linspace(1, hist.amax, 400))
     assert chosen < 0.8 * hist.amax
     assert error(chosen) < error(hist.amax) and error(chosen) <= 1.02 * best
+
+
+def test_mse_is_a_calibration_method_of_json_definitions(tmp_path):
+    import json
+
+    from hisd_edge.convert import calibrate
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"source": "default:train", "count": 8, "method": "mse"}))
+    assert calibrate.load_recipe(path).method == "mse"
+    hist = calib_stats.AbsHistogram()
+    hist.update(np.random.default_rng(4).laplace(0, 1, 10_000))
+    stats = calib_stats.StageStatistics(histograms={"t": hist}, sample_inputs=np.zeros((0,)), batch_size=1)
+    assert calibrate.StageCalibration(stats, stats.sample_inputs, 1, "mse").amax()["t"] == hist.mse_amax()
