@@ -20,10 +20,13 @@ What it does (all seeded; nothing is downloaded):
    fp32 per exit on the evaluation crops.
 4. The MobileNet-style zoo model: ``hisd-edge train --arch mnist_mobilenet``, ``hisd-edge convert``,
    INT8 agreement with fp32 on default:test.
-5. Convert time and peak RSS (the convert process's own ``ru_maxrss``) with 64 and 512
-   calibration images at 224x224 (conversion B's command).
+5. Convert time and peak RSS (GNU time's maximum resident set of the convert process) with 64
+   and 512 calibration images at 224x224 (conversion B's command).
 
-    .venv/bin/python tools/bench_real_models.py --out results/real_models  [--quick]
+For the final exit it also reports, as extra views (not the target), INT8 agreement restricted
+to inputs where fp32 is confident (top-1 probability >= 0.5) and top-5 containment.
+
+    .venv/bin/python tools/bench_real_models.py --out results/real_models  [--quick] [--keep-fp16-run]
 """
 
 from __future__ import annotations
@@ -149,8 +152,26 @@ def efficientnet_with_exits(calib_dir: Path, epochs: int):
     return model.eval()
 
 
-def agreement(bundle_dir: Path, x: np.ndarray) -> dict:
-    """Per exit: top-1 agreement of fp16 and INT8 with fp32 on ``x``."""
+def extra_views(fp32_logits: np.ndarray, logits: np.ndarray, confident: float = 0.5) -> dict:
+    """Extra views of one exit's agreement (not the target): top-1 agreement restricted to the
+    inputs where fp32 is confident (top-1 probability >= ``confident``), and how often the reduced
+    precision's top-1 class is among fp32's top 5."""
+    shifted = fp32_logits - fp32_logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    sure = probs.max(axis=1) >= confident
+    same = logits.argmax(1) == fp32_logits.argmax(1)
+    top5 = np.argsort(-fp32_logits, axis=1)[:, :5]
+    return {
+        "confident_share": float(np.mean(sure)),
+        "agreement_when_fp32_confident": float(np.mean(same[sure])) if sure.any() else None,
+        "top5_containment": float(np.mean([c in row for c, row in zip(logits.argmax(1), top5)])),
+        "median_fp32_top1_prob": float(np.median(probs.max(axis=1))),
+    }
+
+
+def agreement(bundle_dir: Path, x: np.ndarray, views: bool = False) -> dict:
+    """Per exit: top-1 agreement of fp16 and INT8 with fp32 on ``x`` (with ``views``, also the
+    final exit's :func:`extra_views` per precision, under ``"<precision>_final_views"``)."""
     from hisd_edge.bundle import Bundle
     from hisd_edge.convert.validate import PrecisionChains
 
@@ -159,7 +180,7 @@ def agreement(bundle_dir: Path, x: np.ndarray) -> dict:
     files = {p: [str(bundle.stage_path(k, p)) for k in range(bundle.num_stages)] for p in bundle.precisions()}
     chains = PrecisionChains(files, outputs, threads=2)
     runs = {p: chains.run([p] * bundle.num_stages, x) for p in files}
-    return {
+    result: dict = {
         p: [
             float(np.mean(runs[p][f"exit{k}"].argmax(1) == runs["fp32"][f"exit{k}"].argmax(1)))
             for k in range(bundle.num_stages)
@@ -167,6 +188,12 @@ def agreement(bundle_dir: Path, x: np.ndarray) -> dict:
         for p in files
         if p != "fp32"
     }
+    if views:
+        final = f"exit{bundle.num_stages - 1}"
+        for p in files:
+            if p != "fp32":
+                result[f"{p}_final_views"] = extra_views(runs["fp32"][final], runs[p][final])
+    return result
 
 
 def run_command(argv: list, log: Path) -> dict:
@@ -195,6 +222,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/real_models")
     parser.add_argument("--quick", action="store_true", help="small counts (a smoke run, not the committed figures)")
+    parser.add_argument("--keep-fp16-run", action="store_true", help="also convert with --keep-fp16 8 (64 images)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the MobileNet-style zoo model")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     work = out / "work"
@@ -217,7 +246,7 @@ def main() -> int:
                 "--arch",
                 "mnist_mobilenet",
                 "--epochs",
-                "2" if args.quick else "8",
+                "2" if args.quick else str(args.epochs),
                 "--out",
                 str(ckpt),
                 "--no-progress",
@@ -260,14 +289,14 @@ def main() -> int:
         work / "effnet_wrapper",
         preprocessing=PREPROCESSING,
         calib=str(calib_dir),
-        calib_count=min(n_calib, 256),  # the wrapper path: 256 images (the 64/512 memory runs are B)
+        calib_count=min(n_calib, 128),  # the wrapper path: 128 images (the 64/512 memory runs are B)
         force=True,
     )
     results["effnet_wrapper"] = {
         "convert_s": round(time.perf_counter() - started, 1),
         "chain_vs_full_onnx": max(result.verification["chain_max_abs_diff"]),
         "onnx_vs_torch": max(result.verification["torch_max_abs_diff"]),
-        "agreement": agreement(work / "effnet_wrapper", x_eval),
+        "agreement": agreement(work / "effnet_wrapper", x_eval, views=True),
     }
     print(json.dumps({"effnet_wrapper": results["effnet_wrapper"]}), flush=True)
     save(out, results)
@@ -288,7 +317,8 @@ def main() -> int:
     x_torch = torch.from_numpy(x_eval[:16])
     with torch.no_grad():
         reference = [t.numpy() for t in model(x_torch)]
-    runs = [(64, 0)] if args.quick else [(64, 0), (512, 0), (64, 8)]
+    # The --keep-fp16 run is optional (--keep-fp16-run): one full run must fit a working session.
+    runs = [(64, 0)] if args.quick else [(64, 0), (512, 0)] + ([(64, 8)] if args.keep_fp16_run else [])
     for count, keep in runs:  # keep: --keep-fp16 N (the N most INT8-sensitive layers stay fp16)
         key = f"effnet_onnx_{count}" + (f"_keep{keep}" if keep else "")
         bundle = work / key
@@ -328,7 +358,7 @@ def main() -> int:
             "command": "hisd-edge " + " ".join(shlex.quote(a) for a in argv[3:]),
             "chain_vs_full_onnx": max(report["verification"]["chain_max_abs_diff"]),
             "chain_vs_torch": max(float(np.abs(got[f"exit{k}"] - reference[k]).max()) for k in range(3)),
-            "agreement": agreement(bundle, x_eval),
+            "agreement": agreement(bundle, x_eval, views=True),
             "timings_s": report["timings_s"],
             "kept_fp16": [
                 f"stage {r['stage']}: {r['layer']}" for r in report.get("sensitivity", []) if r.get("kept_float")

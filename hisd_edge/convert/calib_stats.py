@@ -2,7 +2,8 @@
 
 TensorRT's own calibrators keep histograms, not activations; so does this module. For every
 tensor of every stage it keeps a running absolute maximum and a 2048-bin histogram of ``|x|``
-(symmetric INT8 needs only magnitudes). When a batch exceeds the histogram's range the range
+(symmetric INT8 needs only magnitudes), and a running per-channel mean (for bias correction,
+:func:`~hisd_edge.convert.qdq.apply_qdq`). When a batch exceeds the histogram's range the range
 doubles and neighbouring bins merge, so one pass suffices and no batch is ever kept. The chain
 runs once per batch: the images go through stage 0, its ``feat0`` through stage 1, and so on,
 each stage's session returning the tensors to calibrate as extra outputs. The batch size is set
@@ -105,6 +106,31 @@ class AbsHistogram:
                 best_kl, best_i = kl, i
         return min(self.amax, best_i * self.width)
 
+    def mse_amax(self, levels: int = QUANT_LEVELS, candidates: int = ENTROPY_CANDIDATES) -> float:
+        """The range whose symmetric INT8 quantization of this histogram has the least mean squared
+        error, rounding inside the range plus clipping beyond it (the ``mse`` calibrators of
+        TensorRT's pytorch-quantization and Model Optimizer). Values are taken as uniform within
+        each bin and both errors integrated exactly, so a bin narrower or wider than a
+        quantization step is counted right; candidates are bin edges."""
+        used = int(np.max(np.nonzero(self.counts)[0])) + 1 if self.counts.any() else 0
+        if used == 0 or self.edge == 0:
+            return self.amax
+        width = self.width
+        lower = np.arange(used) * width
+        upper = lower + width
+        counts = self.counts[:used]
+        step = max(1, used // candidates)
+        best_amax, best_error = self.amax, math.inf
+        for i in range(max(1, used // levels), used + 1, step):
+            amax = i * width
+            scale = amax / (levels - 1)
+            inside = _rounding_error_integral(upper[:i], scale) - _rounding_error_integral(lower[:i], scale)
+            outside = ((upper[i:] - amax) ** 3 - (lower[i:] - amax) ** 3) / 3.0
+            error = float(np.dot(counts[:i], inside) + np.dot(counts[i:], outside)) / width
+            if error < best_error:
+                best_error, best_amax = error, amax
+        return min(self.amax, best_amax)
+
     def amax_for(self, method: str, percentile: float = 99.999) -> float:
         if method == "minmax":
             return self.amax
@@ -112,7 +138,20 @@ class AbsHistogram:
             return self.percentile_amax(percentile)
         if method == "entropy":
             return self.entropy_amax()
+        if method == "mse":
+            return self.mse_amax()
         raise ValueError(f"unknown calibration method {method!r}")
+
+
+def _rounding_error_integral(x: np.ndarray, scale: float) -> np.ndarray:
+    """The integral from 0 to ``x`` of the squared error of rounding to multiples of ``scale``.
+
+    The error t - scale * round(t / scale) is periodic; each whole period contributes scale^3 / 12.
+    """
+    shifted = x + scale / 2
+    periods = np.floor(shifted / scale)
+    phase = shifted - periods * scale - scale / 2  # the error at x, in [-scale/2, scale/2)
+    return periods * scale**3 / 12 + (phase**3 + (scale / 2) ** 3) / 3 - scale**3 / 24
 
 
 def _kl_after_quantization(reference: np.ndarray, clipped: np.ndarray, levels: int) -> float:
@@ -135,13 +174,40 @@ def _kl_after_quantization(reference: np.ndarray, clipped: np.ndarray, levels: i
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
+class ChannelMean:
+    """Running mean of a tensor per channel (axis 1, for tensors of rank 2 and more): what bias
+    correction needs to know of a quantized layer's input (:func:`~hisd_edge.convert.qdq.apply_qdq`)."""
+
+    def __init__(self) -> None:
+        self.total: Optional[np.ndarray] = None
+        self.count = 0
+
+    def update(self, values: np.ndarray) -> None:
+        values = np.asarray(values)
+        if values.ndim < 2 or values.size == 0:
+            return
+        if self.count < 0 or (self.total is not None and self.total.shape != (values.shape[1],)):
+            self.count = -1  # a tensor whose channel count varies has no per-channel mean
+            return
+        others = tuple(d for d in range(values.ndim) if d != 1)
+        total = values.sum(axis=others, dtype=np.float64)  # buffered cast: no float64 copy of the tensor
+        self.total = total if self.total is None else self.total + total
+        self.count += values.size // values.shape[1]
+
+    @property
+    def mean(self) -> Optional[np.ndarray]:
+        return None if self.total is None or self.count <= 0 else self.total / self.count
+
+
 @dataclasses.dataclass
 class StageStatistics:
-    """One stage's histograms, the ranges derived from them, and a few of its real inputs."""
+    """One stage's histograms, the ranges derived from them, its tensors' per-channel means and a
+    few of its real inputs."""
 
     histograms: Dict[str, AbsHistogram]
     sample_inputs: np.ndarray  # the first SAMPLE_ROWS inputs this stage saw (for sensitivity)
     batch_size: int
+    channel_means: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def amax(self, method: str, percentile: float = 99.999) -> Dict[str, float]:
         return {name: float(h.amax_for(method, percentile)) for name, h in self.histograms.items()}
@@ -269,6 +335,7 @@ def collect_chain(
     for model, stage_names in zip(stage_models, names):
         sessions.append(make_session(_augmented(model, stage_names[1:]).SerializeToString()))
     histograms: List[Dict[str, AbsHistogram]] = [{n: AbsHistogram() for n in stage_names} for stage_names in names]
+    means: List[Dict[str, ChannelMean]] = [{n: ChannelMean() for n in stage_names} for stage_names in names]
     samples: List[List[np.ndarray]] = [[] for _ in stage_models]
     kept = [0] * len(stage_models)
     for batch in batches_of(inputs, batch_size):
@@ -281,14 +348,21 @@ def collect_chain(
             wanted = list(dict.fromkeys(list(stage_outputs[k]) + fetch))
             values = dict(zip(wanted, session.run(wanted, {names[k][0]: x})))
             histograms[k][names[k][0]].update(x)
+            means[k][names[k][0]].update(x)
             for name in fetch:
                 histograms[k][name].update(values[name])
+                means[k][name].update(values[name])
             if k < len(sessions) - 1:
                 x = values[f"feat{k}"]
             del values
         if progress is not None:
             progress(len(batch))
     return [
-        StageStatistics(histograms=h, sample_inputs=np.concatenate(s) if s else np.zeros((0,)), batch_size=batch_size)
-        for h, s in zip(histograms, samples)
+        StageStatistics(
+            histograms=h,
+            sample_inputs=np.concatenate(s) if s else np.zeros((0,)),
+            batch_size=batch_size,
+            channel_means={name: mean.mean for name, mean in m.items() if mean.mean is not None},
+        )
+        for h, s, m in zip(histograms, samples, means)
     ]

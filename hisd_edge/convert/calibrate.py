@@ -30,7 +30,8 @@ from hisd_edge.runtime.ort_session import StageChain
 
 LOG = logging.getLogger("hisd_edge.convert")
 
-METHODS = ("entropy", "minmax", "percentile")
+# "mse" (the least-squared-error range) is reachable from calibration/*.json definitions.
+METHODS = ("entropy", "minmax", "percentile", "mse")
 DEFAULT_SOURCE = "default:train"
 DEFAULT_COUNT = 256
 DEFAULT_METHOD = "percentile"  # measured best on EfficientNet-Lite0 and the default model (results/real_models)
@@ -271,6 +272,10 @@ class StageCalibration:
         if cached is None:
             cached = self.__dict__["_amax"] = self.statistics.amax(self.method, self.percentile)
         return dict(cached)
+
+    def input_means(self) -> Dict[str, np.ndarray]:
+        """Per tensor, its per-channel mean on the calibration data (for INT8 bias correction)."""
+        return dict(getattr(self.statistics, "channel_means", {}) or {})
 
 
 def calibrate_chain(

@@ -31,6 +31,7 @@ def rank_layers(
             stage.outputs,
             lambda m: open_session(m, threads, "int8"),  # basic level: Q/DQ as the float math it defines
             exclude=confidence_nodes(stage.model),
+            input_means=calibration.input_means(),
         )
         rows.extend({"stage": stage.index, **row} for row in found)
     rows.sort(key=lambda r: (-r["top1_flips"], -r["rel_error"]))
