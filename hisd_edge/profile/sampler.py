@@ -112,6 +112,20 @@ class _Recorder:
         with self.lock:
             return list(self.samples), [dataclasses.replace(g) for g in self.gaps]
 
+    def trace(self, source: Any, period_s: float, started_s: Optional[float], stopped_s: Optional[float]) -> PowerTrace:
+        """A copy of everything recorded so far, with what the source says of itself."""
+        description = dict(source.describe())
+        description["min_period_s"] = float(getattr(source, "min_period_s", 0.0) or 0.0)
+        samples, gaps = self.copy()
+        return PowerTrace(
+            samples=samples,
+            gaps=gaps,
+            period_s=period_s,
+            source=description,
+            started_s=started_s,
+            stopped_s=stopped_s,
+        )
+
 
 class PowerSampler:
     """Polls ``source`` every ``period_s`` seconds: in a daemon thread, or as a virtual-clock job."""
@@ -217,17 +231,7 @@ class PowerSampler:
 
     def trace(self) -> PowerTrace:
         """A copy of everything recorded so far (safe while running)."""
-        description = dict(self.source.describe())
-        description["min_period_s"] = float(getattr(self.source, "min_period_s", 0.0) or 0.0)
-        samples, gaps = self._record.copy()
-        return PowerTrace(
-            samples=samples,
-            gaps=gaps,
-            period_s=self.period_s,
-            source=description,
-            started_s=self._started_s,
-            stopped_s=self._stopped_s,
-        )
+        return self._record.trace(self.source, self.period_s, self._started_s, self._stopped_s)
 
     def __enter__(self) -> PowerSampler:
         return self.start()
@@ -388,17 +392,7 @@ class ProcessSampler:
 
     def trace(self) -> PowerTrace:
         self._poll()
-        description = dict(self.source.describe())
-        description["min_period_s"] = float(getattr(self.source, "min_period_s", 0.0) or 0.0)
-        samples, gaps = self._record.copy()
-        return PowerTrace(
-            samples=samples,
-            gaps=gaps,
-            period_s=self.period_s,
-            source=description,
-            started_s=self._started_s,
-            stopped_s=self._stopped_s,
-        )
+        return self._record.trace(self.source, self.period_s, self._started_s, self._stopped_s)
 
 
 def make_sampler(source: PowerSource, period_s: float, clock: Any, prefer: str = "auto") -> Any:

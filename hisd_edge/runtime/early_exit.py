@@ -271,6 +271,20 @@ def _log_once(message: str) -> None:
         LOG.debug("early exit: %s", message)
 
 
+def _one_sample_flags(batch: np.ndarray, out: np.ndarray) -> List[str]:
+    """Non-finite flags of one sample's input and output, with one fused check on the fast path:
+    finite sums of squares of both mean no NaN or inf on either side."""
+    flat_in, row = batch.reshape(-1), out.reshape(-1)
+    if math.isfinite(float(np.dot(flat_in, flat_in)) + float(np.dot(row, row))):
+        return []
+    flags = []
+    if _nonfinite_rows(batch) is not None:
+        flags.append(FLAG_NONFINITE_INPUT)
+    if _nonfinite_rows(out) is not None:
+        flags.append(FLAG_NONFINITE_OUTPUT)
+    return flags
+
+
 def _run_ingraph(
     backend: Backend,
     policy: ExitPolicy,
@@ -284,14 +298,8 @@ def _run_ingraph(
 
     The result has one latency entry (the whole graph; the stages are not timed apart)."""
     logits, k, score, latency_ms = backend.run_ingraph(policy)
-    flags = []
-    flat_in, row = batch.reshape(-1), logits[0]
-    if not math.isfinite(float(np.dot(flat_in, flat_in)) + float(np.dot(row, row))):  # one check for both
-        if _nonfinite_rows(batch) is not None:
-            flags.append(FLAG_NONFINITE_INPUT)
-        if _nonfinite_rows(logits) is not None:
-            flags.append(FLAG_NONFINITE_OUTPUT)
-    cls = int(row.argmax())
+    flags = _one_sample_flags(batch, logits)
+    cls = int(logits[0].argmax())
     item = ExitResult(
         index=index,
         name=name,
@@ -402,15 +410,8 @@ def _run_one_lean(
             score = float(policy.step(k, confidence, out, state)[0])
         if k == last or (exit_at is None and score >= thresholds[k]):  # NaN never leaves early
             break
-    flags = []
-    flat_in = batch.reshape(-1)
+    flags = _one_sample_flags(batch, out)
     row = out[0]
-    # one check for both: finite sums of squares and of the outputs mean no NaN or inf on either side
-    if not math.isfinite(float(np.dot(flat_in, flat_in)) + float(np.dot(row, row))):
-        if _nonfinite_rows(batch) is not None:
-            flags.append(FLAG_NONFINITE_INPUT)
-        if _nonfinite_rows(out) is not None:
-            flags.append(FLAG_NONFINITE_OUTPUT)
     item = ExitResult(index=index, name=name, exit=k, score=score, stage_latency_ms=stage_ms, flags=flags)
     if policy.exit_kind == "embedding":
         item.embedding = row.astype(np.float32).tolist()
