@@ -125,3 +125,20 @@ def test_a_converted_manifest_is_valid_against_the_published_schema(base_bundle)
     manifest = json.loads((Path(base_bundle) / "manifest.json").read_text())
     errors = list(Draft202012Validator(schemas.load_schema(schemas.MANIFEST), registry=registry).iter_errors(manifest))
     assert errors == []
+
+
+def test_the_in_graph_artifact_is_confined_like_every_other_file(base_bundle, tmp_path):
+    """The in-graph record (issue 17) goes through the same path check as the stage files."""
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(base_bundle, bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest.get("ingraph", {}).get("files"), "the converted fixture bundle has an in-graph artifact"
+    (tmp_path / "outside.onnx").write_bytes(b"not a model")
+    (bundle_dir / "linked.onnx").symlink_to(tmp_path / "outside.onnx")
+    # refused by the schema's path pattern (naming the field), and by confine() (naming the link)
+    for relpath, says in (("../outside.onnx", "ingraph"), ("linked.onnx", "linked.onnx: is a symbolic link")):
+        for record in manifest["ingraph"]["files"].values():
+            record["path"] = relpath
+        (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=says):
+            Bundle.open(bundle_dir)
