@@ -26,7 +26,7 @@ What it does (all seeded; nothing is downloaded):
 For the final exit it also reports, as extra views (not the target), INT8 agreement restricted
 to inputs where fp32 is confident (top-1 probability >= 0.5) and top-5 containment.
 
-    .venv/bin/python tools/bench_real_models.py --out results/real_models  [--quick] [--keep-fp16-run]
+    .venv/bin/python tools/bench_real_models.py --out results/real_models  [--quick]
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def agreement(bundle_dir: Path, x: np.ndarray, views: bool = False) -> dict:
     bundle = Bundle.open(bundle_dir)
     outputs = [[o["name"] for o in s["outputs"]] for s in bundle.stages]
     files = {p: [str(bundle.stage_path(k, p)) for k in range(bundle.num_stages)] for p in bundle.precisions()}
-    chains = PrecisionChains(files, outputs, threads=2)
+    chains = PrecisionChains(files, outputs, threads=2, batch_size=32)  # 224x224: bounded arenas
     runs = {p: chains.run([p] * bundle.num_stages, x) for p in files}
     result: dict = {
         p: [
@@ -222,14 +222,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="results/real_models")
     parser.add_argument("--quick", action="store_true", help="small counts (a smoke run, not the committed figures)")
-    parser.add_argument("--keep-fp16-run", action="store_true", help="also convert with --keep-fp16 8 (64 images)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of the MobileNet-style zoo model")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    n_calib, n_eval, epochs = (64, 32, 1) if args.quick else (512, 300, 4)
+    n_calib, n_eval, epochs = (64, 32, 1) if args.quick else (512, 1000, 4)
     calib_dir = write_crops(work / "calib", n_calib, seed=1)
     eval_dir = write_crops(work / "eval", n_eval, seed=2)
     x_eval = load_folder(eval_dir)
@@ -297,6 +296,7 @@ def main() -> int:
         "chain_vs_full_onnx": max(result.verification["chain_max_abs_diff"]),
         "onnx_vs_torch": max(result.verification["torch_max_abs_diff"]),
         "agreement": agreement(work / "effnet_wrapper", x_eval, views=True),
+        "keep_fp16": result.calibration.get("keep_fp16"),
     }
     print(json.dumps({"effnet_wrapper": results["effnet_wrapper"]}), flush=True)
     save(out, results)
@@ -317,10 +317,10 @@ def main() -> int:
     x_torch = torch.from_numpy(x_eval[:16])
     with torch.no_grad():
         reference = [t.numpy() for t in model(x_torch)]
-    # The --keep-fp16 run is optional (--keep-fp16-run): one full run must fit a working session.
-    runs = [(64, 0)] if args.quick else [(64, 0), (512, 0)] + ([(64, 8)] if args.keep_fp16_run else [])
-    for count, keep in runs:  # keep: --keep-fp16 N (the N most INT8-sensitive layers stay fp16)
-        key = f"effnet_onnx_{count}" + (f"_keep{keep}" if keep else "")
+    # The README command as it is (--keep-fp16 auto, the default), and with --keep-fp16 0 (INT8 everywhere).
+    runs = [(64, None)] if args.quick else [(64, None), (512, None), (64, "0")]
+    for count, keep in runs:
+        key = f"effnet_onnx_{count}" + ("_int8_everywhere" if keep == "0" else "")
         bundle = work / key
         argv = [
             *hisd,
@@ -339,7 +339,7 @@ def main() -> int:
             json.dumps(PREPROCESSING),
             "--json",
             "--no-progress",
-            *(["--keep-fp16", str(keep)] if keep else []),
+            *(["--keep-fp16", keep] if keep is not None else []),
         ]
         run = run_command(argv, work / f"{key}.log")
         report = json.loads(run.pop("stdout"))
@@ -363,6 +363,7 @@ def main() -> int:
             "kept_fp16": [
                 f"stage {r['stage']}: {r['layer']}" for r in report.get("sensitivity", []) if r.get("kept_float")
             ],
+            "keep_fp16": report["calibration"].get("keep_fp16"),
         }
         print(json.dumps({key: results[key]}), flush=True)
         save(out, results)

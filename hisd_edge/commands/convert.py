@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any, Dict
 
 from hisd_edge.commands import add_hidden_alias
 
@@ -80,11 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--keep-fp16",
-        type=int,
-        default=0,
-        metavar="N",
+        default="auto",
+        metavar="N|auto",
         help="keep the N layers whose INT8 quantization costs the most out of INT8 (no Q/DQ; TensorRT runs them "
-        "in fp16); implies --sensitivity",
+        "in fp16). auto (default): none when every exit's INT8 top-1 agrees with fp32 on >= 98%% of the "
+        "calibration sample inputs, else the worst layers one by one until it does (at most 10%% of them); "
+        "0: INT8 everywhere",
     )
     p.add_argument(
         "--sensitivity",
@@ -253,6 +255,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(result.table())
+    keep_line = _keep_fp16_line(result.calibration.get("keep_fp16") or {})
+    if keep_line:
+        print(keep_line)
     if result.sensitivity:
         from hisd_edge.convert.sensitivity import format_sensitivity
 
@@ -295,3 +300,21 @@ def _list_points(source, is_onnx, input_shape, as_json) -> int:
     for name, shape in points:
         print(f"  {name}  {list(shape) if shape is not None else '?'}")
     return 0
+
+
+def _keep_fp16_line(record: Dict[str, Any]) -> str:
+    """One line on what ``--keep-fp16 auto`` measured and kept out of INT8 (empty when nothing to say)."""
+    if record.get("mode") != "auto" or "all_int8_agreement" not in record:
+        return ""
+    before = " / ".join(f"{100 * a:.1f}" for a in record["all_int8_agreement"])
+    target = f"{100 * record['target_agreement']:.0f} %"
+    samples = record["samples"]
+    if not record.get("kept_layers"):
+        return f"INT8 everywhere: exit agreement with fp32 {before} % on {samples} calibration inputs (target {target})"
+    after = " / ".join(f"{100 * a:.1f}" for a in record["agreement"])
+    verdict = "" if record.get("met") else f"; target not reached with the limit of {record['max_layers']} layers"
+    return (
+        f"INT8 with {record['kept_layers']} of {record['quantized_layers']} layers kept fp16 (--keep-fp16 auto): "
+        f"exit agreement with fp32 on {samples} calibration inputs {before} -> {after} % (target {target}){verdict}; "
+        "--keep-fp16 0 quantizes every layer"
+    )

@@ -2,8 +2,9 @@
 
 TensorRT's own calibrators keep histograms, not activations; so does this module. For every
 tensor of every stage it keeps a running absolute maximum and a 2048-bin histogram of ``|x|``
-(symmetric INT8 needs only magnitudes), and a running per-channel mean (for bias correction,
-:func:`~hisd_edge.convert.qdq.apply_qdq`). When a batch exceeds the histogram's range the range
+(symmetric INT8 needs only magnitudes), a running per-channel mean (for bias correction,
+:func:`~hisd_edge.convert.qdq.apply_qdq`) and, per Conv/Gemm, the second moment of its input
+patches (for GPTQ weight rounding, :mod:`~hisd_edge.convert.rounding`). When a batch exceeds the histogram's range the range
 doubles and neighbouring bins merge, so one pass suffices and no batch is ever kept. The chain
 runs once per batch: the images go through stage 0, its ``feat0`` through stage 1, and so on,
 each stage's session returning the tensors to calibrate as extra outputs. The batch size is set
@@ -36,7 +37,7 @@ QUANT_LEVELS = 128  # |x| maps to 0..127 in symmetric INT8
 ENTROPY_CANDIDATES = 256  # thresholds tried between 128 bins and all bins
 BATCH_BUDGET_BYTES = 256 * 2**20  # outputs of one calibration batch, all stages together at most
 MAX_BATCH = 64
-SAMPLE_ROWS = 32  # per stage, inputs kept for the sensitivity analysis
+SAMPLE_ROWS = 128  # per stage, inputs kept for the sensitivity analysis and --keep-fp16 auto
 
 
 class AbsHistogram:
@@ -208,6 +209,7 @@ class StageStatistics:
     sample_inputs: np.ndarray  # the first SAMPLE_ROWS inputs this stage saw (for sensitivity)
     batch_size: int
     channel_means: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    input_moments: Dict[str, Any] = dataclasses.field(default_factory=dict)  # layer -> rounding.InputMoments
 
     def amax(self, method: str, percentile: float = 99.999) -> Dict[str, float]:
         return {name: float(h.amax_for(method, percentile)) for name, h in self.histograms.items()}
@@ -327,10 +329,15 @@ def collect_chain(
     """Run the fp32 chain over ``inputs`` once, batch by batch, and keep histograms per stage.
 
     Stage k+1 is fed the ``feat{k}`` that stage k just produced for the same batch, so every
-    stage is calibrated on what it meets at inference time; nothing but the histograms (and
-    :data:`SAMPLE_ROWS` inputs per stage) outlives a batch.
+    stage is calibrated on what it meets at inference time; nothing but the histograms, the
+    per-channel means, each Conv/Gemm's input moments for GPTQ weight rounding
+    (:mod:`~hisd_edge.convert.rounding`; sized by the layer, not the image count) and
+    :data:`SAMPLE_ROWS` inputs per stage outlives a batch.
     """
+    from hisd_edge.convert.rounding import layer_moments
+
     names = [calibration_tensors(m) for m in stage_models]
+    moments = [layer_moments(m) for m in stage_models]
     sessions = []
     for model, stage_names in zip(stage_models, names):
         sessions.append(make_session(_augmented(model, stage_names[1:]).SerializeToString()))
@@ -352,6 +359,10 @@ def collect_chain(
             for name in fetch:
                 histograms[k][name].update(values[name])
                 means[k][name].update(values[name])
+            for tensor, accumulator in moments[k].values():
+                value = x if tensor == names[k][0] else values.get(tensor)
+                if value is not None:
+                    accumulator.update(value)
             if k < len(sessions) - 1:
                 x = values[f"feat{k}"]
             del values
@@ -363,6 +374,7 @@ def collect_chain(
             sample_inputs=np.concatenate(s) if s else np.zeros((0,)),
             batch_size=batch_size,
             channel_means={name: mean.mean for name, mean in m.items() if mean.mean is not None},
+            input_moments={label: accumulator for label, (_, accumulator) in layer.items()},
         )
-        for h, s, m in zip(histograms, samples, means)
+        for h, s, m, layer in zip(histograms, samples, means, moments)
     ]

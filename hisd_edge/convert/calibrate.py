@@ -36,6 +36,10 @@ DEFAULT_SOURCE = "default:train"
 DEFAULT_COUNT = 256
 DEFAULT_METHOD = "percentile"  # measured best on EfficientNet-Lite0 and the default model (results/real_models)
 DEFAULT_PERCENTILE = 99.999
+# How INT8 weights are rounded: "gptq" (error-compensating, from the calibration data's input
+# statistics; see hisd_edge.convert.rounding) or "nearest" (plain round-to-nearest).
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
+DEFAULT_WEIGHT_ROUNDING = "gptq"
 _BATCH = 64
 
 
@@ -49,10 +53,13 @@ class CalibrationRecipe:
     seed: int = 0
     percentile: float = DEFAULT_PERCENTILE
     name: str = "default"
+    weight_rounding: str = DEFAULT_WEIGHT_ROUNDING
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"calibration method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise InputError(f"weight rounding {self.weight_rounding!r} is not one of {', '.join(WEIGHT_ROUNDINGS)}")
         if int(self.count) <= 0:
             raise InputError(f"calibration count must be positive, got {self.count}")
         if not 50.0 < float(self.percentile) <= 100.0:
@@ -265,6 +272,7 @@ class StageCalibration:
     batch_size: int = _BATCH
     method: str = DEFAULT_METHOD
     percentile: float = DEFAULT_PERCENTILE
+    weight_rounding: str = DEFAULT_WEIGHT_ROUNDING
 
     def amax(self) -> Dict[str, float]:
         """Per tensor, the symmetric range (computed once: entropy searches hundreds of thresholds)."""
@@ -276,6 +284,36 @@ class StageCalibration:
     def input_means(self) -> Dict[str, np.ndarray]:
         """Per tensor, its per-channel mean on the calibration data (for INT8 bias correction)."""
         return dict(getattr(self.statistics, "channel_means", {}) or {})
+
+    def rounded_weights(self, model: Any) -> Dict[str, np.ndarray]:
+        """Per layer label of ``model`` (this stage's fp32 graph), its INT8 weight as GPTQ rounds it
+        (:func:`~hisd_edge.convert.rounding.round_layer`); empty with ``weight_rounding`` "nearest".
+        Computed once per stage: the sensitivity analysis and the INT8 file share it."""
+        if self.weight_rounding != "gptq":
+            return {}
+        cached = self.__dict__.get("_rounded")
+        if cached is None:
+            cached = self.__dict__["_rounded"] = _round_stage(model, getattr(self.statistics, "input_moments", {}))
+        return dict(cached)
+
+
+def _round_stage(model: Any, moments: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    from hisd_edge.convert.qdq import node_label, weight_axis
+    from hisd_edge.convert.rounding import round_layer
+
+    inits = {i.name: i for i in model.graph.initializer}
+    rounded: Dict[str, np.ndarray] = {}
+    for index, node in enumerate(model.graph.node):
+        label = node_label(node, index)
+        if label not in moments or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        result = round_layer(node, weight, weight_axis(node, inits[node.input[1]]), moments[label])
+        if result is not None:
+            rounded[label] = result
+    return rounded
 
 
 def calibrate_chain(
@@ -307,4 +345,7 @@ def calibrate_chain(
         raise
     except Exception as exc:
         raise ConversionError(f"calibration failed ({first_line(exc)})") from None
-    return [StageCalibration(s, s.sample_inputs, size, recipe.method, float(recipe.percentile)) for s in stats]
+    return [
+        StageCalibration(s, s.sample_inputs, size, recipe.method, float(recipe.percentile), recipe.weight_rounding)
+        for s in stats
+    ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from hisd_edge.bundle import PRECISIONS
 from hisd_edge.errors import InputError
@@ -36,7 +36,9 @@ class ConvertOptions:
     verify_count: int = VERIFY_SAMPLES
     trt_version: str = "8.5.2"  # TensorRT version named in the calibration caches' header
     confidence: bool = True  # fuse softmax->max as conf{k} outputs
-    keep_fp16: int = 0  # keep this many of the most INT8-sensitive layers out of INT8
+    # keep this many of the most INT8-sensitive layers out of INT8; "auto": as many as the measured
+    # INT8 agreement needs (hisd_edge.convert.sensitivity.auto_keep)
+    keep_fp16: Union[int, str] = "auto"
     sensitivity: bool = False  # measure every layer's INT8 sensitivity (done anyway when keep_fp16 > 0)
     threshold: float = DEFAULT_THRESHOLD  # default max-prob threshold of every exit but the last
     name: Optional[str] = None  # bundle name; default: the output directory's name
@@ -55,14 +57,26 @@ class ConvertOptions:
         self.precisions = tuple(p for p in PRECISIONS if p in precisions)
         if self.max_drop_pp is not None and self.max_drop_pp < 0:
             raise InputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop_pp}")
-        if int(self.keep_fp16) < 0:
-            raise InputError(f"--keep-fp16 must be >= 0 layers, got {self.keep_fp16}")
+        self.keep_fp16 = parse_keep_fp16(self.keep_fp16)
         if self.threads <= 0 or self.verify_count <= 0:
             raise InputError("threads and verify count must be positive")
         if not 0.0 < float(self.threshold) <= 1.0:
             raise InputError(f"threshold must be in (0, 1], got {self.threshold}")
         if int(self.opset) < 13:
             raise InputError(f"--opset {self.opset}: needs 13 or newer (per-channel Q/DQ)")
+
+
+def parse_keep_fp16(value: Union[int, str]) -> Union[int, str]:
+    """``--keep-fp16``: ``"auto"`` or a number of layers >= 0."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--keep-fp16 takes a number of layers or 'auto', got {value!r}") from None
+    if count < 0:
+        raise InputError(f"--keep-fp16 must be >= 0 layers (or 'auto'), got {value}")
+    return count
 
 
 def parse_precisions(text: str) -> Tuple[Tuple[str, ...], bool]:

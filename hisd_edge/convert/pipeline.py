@@ -330,6 +330,7 @@ def _build_bundle(
         caches: List[Dict[str, Any]] = []
         sensitivity: List[Dict[str, Any]] = []
         kept_float: Dict[int, List[str]] = {}
+        keep_record: Dict[str, Any] = {}
         if "int8" in opts.precisions:
             with timer.step("calibrate"):
                 statistics = calibrate.calibrate_chain(
@@ -338,8 +339,14 @@ def _build_bundle(
             with timer.step("int8"):
                 from hisd_edge.convert import sensitivity as sensitivity_mod
 
-                sensitivity, kept_float = sensitivity_mod.rank_layers(
-                    model.stages, statistics, opts.keep_fp16, opts.sensitivity, opts.threads
+                sensitivity, kept_float, keep_record = sensitivity_mod.choose_float_layers(
+                    model.stages,
+                    statistics,
+                    opts.keep_fp16,
+                    opts.sensitivity,
+                    source.kinds,
+                    opts.threads,
+                    model.calib_batch,
                 )
                 paths["int8"], caches = _write_int8(
                     model, paths["fp32"], statistics, data.recipe, tmp, scratch, opts, kept_float
@@ -365,6 +372,7 @@ def _build_bundle(
                 report,
                 validation,
                 kept_float,
+                keep_record,
             )
             if data.validation is not None:  # the input guard, calibrated on the validation inputs
                 from hisd_edge.convert import export

@@ -23,6 +23,10 @@ Optimizer's ONNX PTQ:
 * everything else (pooling, reshapes, softmax, the fused confidence) stays float, and a tensor
   read by several quantized ops gets one shared Q/DQ pair.
 
+The weights behind the Q/DQ pairs can be ones already rounded to their scale's grid by GPTQ
+(``rounded_weights``, :mod:`~hisd_edge.convert.rounding`) instead of the fp32 weights that
+QuantizeLinear would round to nearest.
+
 Layers can be left out (``exclude``): they then run in float (fp16 where the TensorRT build
 enables it). :func:`layer_sensitivity` measures what quantizing each layer alone costs, to pick them.
 """
@@ -103,7 +107,7 @@ def plan_qdq(model: Any, exclude: Sequence[str] = ()) -> QdqPlan:
         for slot, name in data:
             add_activation(label, name, i, slot)
         if len(node.input) > 1 and node.input[1] in float_inits:
-            weights.append((i, 1, _weight_axis(node, float_inits[node.input[1]])))
+            weights.append((i, 1, weight_axis(node, float_inits[node.input[1]])))
         quantized.add(i)
 
     # Residual Adds: quantize the skip input, leave the weighted op's output float for the fusion.
@@ -121,7 +125,7 @@ def plan_qdq(model: Any, exclude: Sequence[str] = ()) -> QdqPlan:
     return QdqPlan(activations=activations, weights=weights, layers=layers, layer_nodes=layer_nodes)
 
 
-def _weight_axis(node: Any, init: Any) -> Optional[int]:
+def weight_axis(node: Any, init: Any) -> Optional[int]:
     """The output-channel axis of a weight, or None for per-tensor (grouped ConvTranspose, N-D MatMul)."""
     rank = len(init.dims)
     attrs = {a.name: a.i for a in node.attribute}
@@ -154,12 +158,16 @@ def fake_quantize_weight(weight: np.ndarray, axis: Optional[int]) -> np.ndarray:
     return (np.clip(np.rint(weight / scale), -INT8_MAX - 1, INT8_MAX) * scale).astype(np.float32)
 
 
-def bias_shift(node: Any, weight: np.ndarray, axis: Optional[int], input_mean: np.ndarray) -> Optional[np.ndarray]:
+def bias_shift(
+    node: Any, weight: np.ndarray, axis: Optional[int], input_mean: np.ndarray, rounded: Optional[np.ndarray] = None
+) -> Optional[np.ndarray]:
     """How much quantizing ``node``'s weight moves its output's mean, per output channel, given
     the per-channel mean of its input: ``(Wq - W) E[x]`` (Nagel et al., "Data-Free Quantization",
-    2019: bias correction). None where the layer's form is not one this handles."""
+    2019: bias correction). ``rounded`` is ``Wq`` when it is not plain rounding (GPTQ). None where
+    the layer's form is not one this handles."""
     attrs = {a.name: a for a in node.attribute}
-    delta = fake_quantize_weight(weight, axis).astype(np.float64) - np.asarray(weight, dtype=np.float64)
+    quantized = fake_quantize_weight(weight, axis) if rounded is None else rounded
+    delta = np.asarray(quantized, dtype=np.float64) - np.asarray(weight, dtype=np.float64)
     mean = np.asarray(input_mean, dtype=np.float64)
     if node.op_type == "Conv" and delta.ndim >= 3:
         group = attrs["group"].i if "group" in attrs else 1
@@ -178,7 +186,11 @@ def bias_shift(node: Any, weight: np.ndarray, axis: Optional[int], input_mean: n
 
 
 def apply_qdq(
-    model: Any, plan: QdqPlan, amax: Dict[str, float], input_means: Optional[Dict[str, np.ndarray]] = None
+    model: Any,
+    plan: QdqPlan,
+    amax: Dict[str, float],
+    input_means: Optional[Dict[str, np.ndarray]] = None,
+    rounded_weights: Optional[Dict[str, np.ndarray]] = None,
 ) -> Tuple[Any, List[str]]:
     """A copy of ``model`` with the plan's Q/DQ pairs, scales from ``amax``; also the tensors left
     float because they have no usable range (never seen non-zero during calibration).
@@ -188,7 +200,11 @@ def apply_qdq(
     (:func:`bias_shift`): rounding a weight per channel to 127 levels moves the mean of every
     output, and on layers with large, nearly cancelling weights (the high-gain depthwise filters
     that BatchNormalization folding makes in MobileNet/EfficientNet stems) that shift is most of
-    the error. The bias stays float, so TensorRT fuses it as before."""
+    the error. The bias stays float, so TensorRT fuses it as before.
+
+    ``rounded_weights`` (per layer label, the weight already rounded to ``scale * q`` by
+    :func:`~hisd_edge.convert.rounding.gptq_round`) replaces that layer's weight in this copy; its
+    Q/DQ scale is the original weight's, so QuantizeLinear reproduces the chosen integers."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -251,22 +267,54 @@ def apply_qdq(
     for index, slot, axis in plan.weights:
         name = nodes[index].input[slot]
         weight = numpy_helper.to_array(inits[name]).astype(np.float32)
+        rounded = (rounded_weights or {}).get(node_label(nodes[index], index))
+        if rounded is not None:
+            rounded = np.asarray(rounded, dtype=np.float32).reshape(weight.shape)
         mean = (input_means or {}).get(data_inputs[index])
         if mean is not None:
-            _correct_bias(graph, nodes[index], inits, weight, axis, mean, fresh)
-        nodes[index].input[slot] = qdq(name, weight_scale(weight, axis), axis)
+            _correct_bias(graph, nodes[index], inits, weight, axis, mean, fresh, rounded)
+        scale = weight_scale(weight, axis)
+        if rounded is not None:
+            name = fresh(f"{name}/gptq")
+            graph.initializer.append(numpy_helper.from_array(rounded, name))
+        nodes[index].input[slot] = qdq(name, scale, axis)
     graph.node.extend(new_nodes)
+    _drop_unused_initializers(graph)  # the fp32 weights and biases replaced above
     toposort(out)
     return out, skipped
 
 
+def _drop_unused_initializers(graph: Any) -> None:
+    """Remove initializers no node reads (subgraphs of If/Loop/Scan included)."""
+    used = {o.name for o in graph.output}
+    pending = list(graph.node)
+    while pending:
+        node = pending.pop()
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                pending.extend(sub.node)
+                used.update(o.name for o in sub.output)
+    kept = [init for init in graph.initializer if init.name in used]
+    if len(kept) < len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+
+
 def _correct_bias(
-    graph: Any, node: Any, inits: Dict[str, Any], weight: np.ndarray, axis: Optional[int], mean: np.ndarray, fresh: Any
+    graph: Any,
+    node: Any,
+    inits: Dict[str, Any],
+    weight: np.ndarray,
+    axis: Optional[int],
+    mean: np.ndarray,
+    fresh: Any,
+    rounded: Optional[np.ndarray] = None,
 ) -> None:
     """Subtract :func:`bias_shift` from ``node``'s bias (a new initializer; a shared one is not changed)."""
     from onnx import numpy_helper
 
-    shift = bias_shift(node, weight, axis, mean)
+    shift = bias_shift(node, weight, axis, mean, rounded)
     if shift is None or not np.all(np.isfinite(shift)):
         return
     bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -290,6 +338,7 @@ def layer_sensitivity(
     make_session: Callable[[bytes], Any],
     exclude: Sequence[str] = (),
     input_means: Optional[Dict[str, np.ndarray]] = None,
+    rounded_weights: Optional[Dict[str, np.ndarray]] = None,
 ) -> List[Dict[str, Any]]:
     """What quantizing each layer *alone* costs, on real stage inputs, worst first.
 
@@ -304,7 +353,7 @@ def layer_sensitivity(
     reference = dict(zip(names, make_session(model.SerializeToString()).run(names, {feed_name: inputs})))
     rows: List[Dict[str, Any]] = []
     for label in plan.layers:
-        single, _ = apply_qdq(model, plan.only(label), amax, input_means)
+        single, _ = apply_qdq(model, plan.only(label), amax, input_means, rounded_weights)
         got = dict(zip(names, make_session(single.SerializeToString()).run(names, {feed_name: inputs})))
         errors, flips = [], 0.0
         for name in names:

@@ -6,8 +6,10 @@ per output channel, activations per tensor, both symmetric with zero point 0), t
 of an Add after a Conv quantized, nothing between a Conv and its ReLU/Clip. The ranges come from
 the chained calibration (:mod:`hisd_edge.convert.calibrate`), the same numbers that go into the
 TensorRT calibration cache; the Conv/Gemm biases are corrected for the mean shift that weight
-quantization causes (bias correction, from the calibration data's per-channel means; the Q/DQ
-ONNX carries it, the legacy calibration-cache path cannot). The fused confidence nodes stay float, and so do layers the caller
+quantization causes (bias correction, from the calibration data's per-channel means), and the
+weights are rounded by GPTQ (:mod:`hisd_edge.convert.rounding`, unless the calibration recipe says
+``"weight_rounding": "nearest"``); the Q/DQ ONNX carries both, the legacy calibration-cache path
+cannot. The fused confidence nodes stay float, and so do layers the caller
 excludes (the most sensitive ones, with ``--keep-fp16``).
 
 fp16 is ONNX Runtime's ``convert_float_to_float16`` with fp32 I/O (``keep_io_types``), so any
@@ -54,7 +56,8 @@ def quantize_int8(
     try:
         model = onnx.load(str(fp32_path))
         plan = plan_qdq(model, exclude_nodes)
-        quantized, skipped = apply_qdq(model, plan, calibration.amax(), calibration.input_means())
+        rounded = calibration.rounded_weights(model) if hasattr(calibration, "rounded_weights") else {}
+        quantized, skipped = apply_qdq(model, plan, calibration.amax(), calibration.input_means(), rounded)
         if skipped:
             LOG.info("%s: left float (no non-zero range seen): %s", Path(fp32_path).name, ", ".join(skipped[:10]))
         onnx.save(quantized, str(out_path))

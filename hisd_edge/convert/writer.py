@@ -105,10 +105,11 @@ def build_manifest(
     report: Any,
     validation: Dict[str, Any],
     kept_float: Optional[Dict[int, List[str]]] = None,
+    keep_record: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The manifest of the bundle assembled in ``tmp`` (schema: :mod:`hisd_edge.bundle`), every file
     recorded with its sha256; the policy starts uncalibrated at ``opts.threshold``. ``kept_float``:
-    per stage, the layers ``--keep-fp16`` kept out of INT8."""
+    per stage, the layers ``--keep-fp16`` kept out of INT8; ``keep_record``: how they were chosen."""
     import onnx
     import onnxruntime
 
@@ -131,6 +132,7 @@ def build_manifest(
                     "placement": "tensorrt (inputs of Conv/Gemm/MatMul and residual Add skips)",
                     "activations": "int8 per-tensor symmetric",
                     "weights": "int8 per-channel symmetric",
+                    "weight_rounding": recipe.weight_rounding,
                     "calibration": recipe.method,
                     "kept_float": list(kept_float.get(stage.index, [])),
                 }
@@ -194,7 +196,10 @@ def build_manifest(
             "trt_cache_version": opts.trt_version,
             "skipped": len(calibration.skipped),
             "skipped_files": [name for name, _ in calibration.skipped[:20]],
+            "weight_rounding": recipe.weight_rounding,
         }
+        if keep_record:
+            manifest["calibration"]["keep_fp16"] = keep_record
     if validation.get("mixed_plan"):
         manifest["mixed_precision"] = {"stages": list(validation["mixed_plan"]), "max_drop_pp": opts.max_drop_pp}
     return manifest

@@ -502,6 +502,7 @@ def choose_recipes(features: TrtFeatures, bundle: Bundle, options: BuildOptions)
                     has_calibration_cache="calibration_cache" in files.get("int8", {}),
                     dla_core=options.dla_core if options.on_dla(k) else None,
                     legacy_int8=options.legacy_int8,
+                    int8_float_layers=bool(files.get("int8", {}).get("quantization", {}).get("kept_float")),
                 )
             )
         except InputError as exc:

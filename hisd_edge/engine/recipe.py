@@ -62,8 +62,13 @@ def choose_recipe(
     has_calibration_cache: bool = False,
     dla_core: Optional[int] = None,
     legacy_int8: bool = False,
+    int8_float_layers: bool = False,
 ) -> BuildRecipe:
-    """The recipe for ``requested`` given what TensorRT offers and which ONNX files the bundle has."""
+    """The recipe for ``requested`` given what TensorRT offers and which ONNX files the bundle has.
+
+    ``int8_float_layers``: the stage's Q/DQ ONNX leaves some layers without Q/DQ (``--keep-fp16``);
+    a weakly typed int8 build then also sets ``FP16`` so TensorRT runs them in fp16, not fp32
+    (strongly typed builds take the ONNX's float32 for them)."""
     if requested not in REQUESTABLE:
         raise InputError(f"--precision {requested!r} is not one of {', '.join(REQUESTABLE)}")
     available = set(onnx_precisions)
@@ -163,7 +168,14 @@ def choose_recipe(
 
     if requested == "int8":
         need("int8")
-        return strong("int8") if use_strong else weak("int8", ("INT8",), "int8")
+        if use_strong:
+            if int8_float_layers:
+                notes.append("layers kept out of INT8 run in fp32 (strong typing follows the Q/DQ ONNX's float32)")
+            return strong("int8")
+        if int8_float_layers:
+            notes.append("layers kept out of INT8 (--keep-fp16) run in fp16: FP16 flag with INT8")
+            return weak("int8", ("INT8", "FP16"), "int8")
+        return weak("int8", ("INT8",), "int8")
 
     # best: the lowest precision the bundle and this TensorRT allow
     if use_strong:

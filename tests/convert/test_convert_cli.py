@@ -87,6 +87,11 @@ def test_convert_cli_writes_bundle_and_inspect_check_read_it(tiny_checkpoint, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["stages"][0]["files"]) == ["fp32", "int8"]
     assert manifest["calibration"]["method"] == "percentile"
+    assert manifest["calibration"]["weight_rounding"] == "gptq"
+    assert manifest["stages"][0]["files"]["int8"]["quantization"]["weight_rounding"] == "gptq"
+    keep = manifest["calibration"]["keep_fp16"]  # the default, --keep-fp16 auto: what it measured
+    assert keep["mode"] == "auto" and keep["samples"] == 32 and len(keep["all_int8_agreement"]) == 3
+    assert ("INT8 everywhere" in stdout) == (keep["kept_layers"] == 0)
     assert manifest["provenance"]["command"].startswith("hisd-edge convert")
 
     rc, stdout, _ = _run(capsys, "inspect", str(out))
@@ -432,6 +437,9 @@ def test_bad_options(tiny_checkpoint, tmp_path, capsys):
     )
     assert "ONNX" in _one_line_error(
         capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--exits", "a,b"
+    )
+    assert "--keep-fp16 takes a number of layers or 'auto'" in _one_line_error(
+        capsys, "convert", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--keep-fp16", "most"
     )
 
 

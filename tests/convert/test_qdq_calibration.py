@@ -9,6 +9,9 @@ from hisd_edge.models import create_model
 
 @pytest.fixture(scope="module")
 def mobilenet_stages():
+    import torch
+
+    torch.manual_seed(0)
     model = create_model("tiny_mobilenet").eval()
     proto, _ = export.export_module(model, (1, 28, 28))
     outputs = split.stage_output_names(3, [None] * 3)
@@ -167,3 +170,62 @@ def test_check_warns_about_qdq_between_conv_and_activation(mobilenet_stages):
     split.toposort(bad)
     findings = check_model(bad, [family("10")])
     assert [f for f in findings if f.code == "qdq_breaks_fusion"], [(f.code, f.message[:90]) for f in findings]
+
+
+def _calibrated(stages, count=48):
+    x = np.random.default_rng(5).normal(0, 1, (count, 1, 28, 28)).astype(np.float32)
+    stats = calib_stats.collect_chain(
+        [s.model for s in stages], [s.outputs for s in stages], x, verify.make_session, batch_size=16
+    )
+    return [calibrate.StageCalibration(s, s.sample_inputs, 16, "minmax") for s in stats]
+
+
+def test_auto_keep_quantizes_everything_when_int8_agrees(mobilenet_stages, monkeypatch):
+    _, _, stages = mobilenet_stages
+    calibrations = _calibrated(stages)
+    monkeypatch.setattr(sensitivity, "rank_layers", lambda *a, **k: pytest.fail("no ranking is needed"))
+    rows, kept, record = sensitivity.auto_keep(stages, calibrations, ["logits"] * 3)
+    assert rows == [] and kept == {}
+    assert record["met"] and record["kept_layers"] == 0 and record["samples"] == 48
+    assert min(record["all_int8_agreement"]) >= sensitivity.AUTO_TARGET_AGREEMENT
+
+
+def test_auto_keep_keeps_the_layer_that_ruins_int8_and_only_layers_that_help(mobilenet_stages, monkeypatch):
+    _, _, stages = mobilenet_stages
+    calibrations = _calibrated(stages)
+    # Sabotage one layer: its input's range shrunk 50x, so INT8 clips nearly everything it reads.
+    plan = qdq.plan_qdq(stages[0].model)
+    image = stages[0].model.graph.input[0].name
+    victim = next(label for label, tensors in plan.layers.items() if image in tensors)  # the stem
+    amax = calibrations[0].amax()
+    amax[image] /= 50.0
+    calibrations[0].__dict__["_amax"] = amax
+    real_rank = sensitivity.rank_layers
+
+    def rank_with_a_useless_layer_first(*args, **kwargs):
+        rows, kept = real_rank(*args, **kwargs)
+        useless = {"stage": 2, "layer": "not_a_layer", "rel_error": 1.0, "top1_flips": 1.0}
+        return [useless, *rows], kept
+
+    monkeypatch.setattr(sensitivity, "rank_layers", rank_with_a_useless_layer_first)
+    rows, kept, record = sensitivity.auto_keep(stages, calibrations, ["logits"] * 3)
+    assert min(record["all_int8_agreement"]) < sensitivity.AUTO_TARGET_AGREEMENT
+    assert victim in kept.get(0, [])
+    assert "not_a_layer" not in kept.get(2, [])  # keeping it float lowered no error: not kept
+    assert record["kept_layers"] <= record["max_layers"]
+    assert record["logit_error"] < 0.5 * record["all_int8_logit_error"]
+    assert min(record["agreement"]) > min(record["all_int8_agreement"])
+    flagged = {(r["stage"], r["layer"]) for r in rows if r["kept_float"]}
+    assert flagged == {(k, label) for k, labels in kept.items() for label in labels}
+
+
+def test_keep_fp16_option_values():
+    from hisd_edge.convert.options import parse_keep_fp16
+    from hisd_edge.errors import InputError
+
+    assert parse_keep_fp16("auto") == "auto" and parse_keep_fp16("AUTO") == "auto"
+    assert parse_keep_fp16("3") == 3 and parse_keep_fp16(0) == 0
+    with pytest.raises(InputError, match="--keep-fp16 takes a number of layers or 'auto', got 'most'"):
+        parse_keep_fp16("most")
+    with pytest.raises(InputError, match="must be >= 0 layers"):
+        parse_keep_fp16("-1")

@@ -129,6 +129,17 @@ def test_fp16_without_fp16_onnx(trt_double):
         choose_recipe(detect_features(trt_double.make_tensorrt("11.4")), "fp16", ("fp32",))
 
 
+def test_int8_with_layers_kept_float_runs_them_in_fp16_where_flags_exist(trt_double):
+    weak = detect_features(trt_double.make_tensorrt("8.5"))
+    plain = choose_recipe(weak, "int8", ALL)
+    mixed = choose_recipe(weak, "int8", ALL, int8_float_layers=True)
+    assert "FP16" not in plain.builder_flags
+    assert {"INT8", "FP16"} <= set(mixed.builder_flags) and mixed.fp32_head and mixed.precision == "int8"
+    strong = choose_recipe(detect_features(trt_double.make_tensorrt("11.4")), "int8", ALL, int8_float_layers=True)
+    assert strong.typing == "strong" and "FP16" not in strong.builder_flags
+    assert any("fp32" in note for note in strong.notes)
+
+
 def test_int8_needs_the_qdq_onnx(trt_double):
     with pytest.raises(InputError, match="no int8 stage ONNX"):
         choose_recipe(detect_features(trt_double.make_tensorrt("10.3")), "int8", ("fp32", "fp16"))

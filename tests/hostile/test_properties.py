@@ -224,6 +224,22 @@ def test_damaged_profiles_render_or_refuse(profile_document, peak_guard, data):
             pass
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("flags", 5), ("flags", [1]), ("nvpmodel_start", 3), ("jetson_clocks_end", "on"), ("trusted", "yes")],
+)
+def test_profile_conditions_of_the_wrong_type_are_refused(profile_document, tmp_path, field, value):
+    """Found by the property above: a report crashed on conditions fields of the wrong type."""
+    from hisd_edge.profile.schema import load_profile
+
+    document = copy.deepcopy(profile_document)
+    document.setdefault("conditions", {})
+    document["conditions"] = {**(document["conditions"] or {}), field: value}
+    (tmp_path / "profile.json").write_text(json.dumps(document))
+    with pytest.raises(HisdError, match="conditions"):
+        load_profile(tmp_path)
+
+
 # -- array headers ---------------------------------------------------------------------------------
 DESCRS = [
     "|u1", "<u2", "<f4", "<f8", ">f4", "<i8", "|i1", "<f2", "|b1", "<c8", "|O", "<U5", "|S3", "|V8", "<M8[s]",
