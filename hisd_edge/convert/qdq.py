@@ -339,6 +339,7 @@ def layer_sensitivity(
     exclude: Sequence[str] = (),
     input_means: Optional[Dict[str, np.ndarray]] = None,
     rounded_weights: Optional[Dict[str, np.ndarray]] = None,
+    batch: int = 16,
 ) -> List[Dict[str, Any]]:
     """What quantizing each layer *alone* costs, on real stage inputs, worst first.
 
@@ -350,11 +351,16 @@ def layer_sensitivity(
     plan = plan_qdq(model, exclude)
     names = list(outputs)
     feed_name = _input_name(model)
-    reference = dict(zip(names, make_session(model.SerializeToString()).run(names, {feed_name: inputs})))
+
+    def run(session: Any) -> Dict[str, np.ndarray]:
+        parts = [session.run(names, {feed_name: inputs[i : i + batch]}) for i in range(0, len(inputs), batch)]
+        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
+
+    reference = run(make_session(model.SerializeToString()))
     rows: List[Dict[str, Any]] = []
     for label in plan.layers:
         single, _ = apply_qdq(model, plan.only(label), amax, input_means, rounded_weights)
-        got = dict(zip(names, make_session(single.SerializeToString()).run(names, {feed_name: inputs})))
+        got = run(make_session(single.SerializeToString()))
         errors, flips = [], 0.0
         for name in names:
             ref, val = reference[name].astype(np.float64), got[name].astype(np.float64)

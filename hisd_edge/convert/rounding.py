@@ -31,6 +31,7 @@ import numpy as np
 INT8_MAX = 127.0
 DAMPING = 0.01  # fraction of the mean diagonal added to H (GPTQ's default): keeps H invertible
 MAX_ROWS_PER_BATCH = 16384  # input patches per layer per batch that enter H (an even subsample)
+MAX_PATCH_VALUES = 2**23  # and at most this many patch values per batch (32 MiB of float32)
 MAX_DIM = 2304  # a layer whose patch has more entries keeps plain rounding (H is D^2 float64: 42 MiB at most)
 
 
@@ -84,8 +85,9 @@ class InputMoments:
 
     def _patches(self, x: np.ndarray) -> Optional[np.ndarray]:
         """The batch's input patches, [G, M, D] in the weight's flattening order ([C/G, kh, kw]),
-        at most about :data:`MAX_ROWS_PER_BATCH` of them: output positions are taken on an even
-        grid (every f-th output row, then every f-th sample) before any copy is made."""
+        at most about :data:`MAX_ROWS_PER_BATCH` of them and :data:`MAX_PATCH_VALUES` values:
+        output positions are taken on an even grid (every f-th output row, then every f-th
+        sample) before any copy is made."""
         if self.op == "Gemm":
             if x.ndim != 2 or x.shape[1] != self.dim:
                 return None
@@ -101,9 +103,10 @@ class InputMoments:
         if height < span_h or width < span_w:
             return None
         out_h, out_w = (height - span_h) // sh + 1, (width - span_w) // sw + 1
-        factor = max(1, -(-x.shape[0] * out_h * out_w // MAX_ROWS_PER_BATCH))
+        cap = max(1, min(MAX_ROWS_PER_BATCH, MAX_PATCH_VALUES // (self.group * self.dim)))
+        factor = max(1, -(-x.shape[0] * out_h * out_w // cap))
         row_step = min(factor, out_h)
-        sample_step = max(1, -(-x.shape[0] * -(-out_h // row_step) * out_w // MAX_ROWS_PER_BATCH))
+        sample_step = max(1, -(-x.shape[0] * -(-out_h // row_step) * out_w // cap))
         x = x[::sample_step]
         if any(self.pads):
             x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))

@@ -30,12 +30,19 @@ AUTO_TARGET_AGREEMENT = 0.98  # per classifier exit, INT8 top-1 == fp32 top-1 on
 AUTO_MAX_SHARE = 0.10  # of the quantized layers, at most this share is kept float by "auto"
 AUTO_MIN_GAIN = 0.02  # a layer is kept float by "auto" only if that lowers the logit error by 2 %
 SENSITIVITY_ROWS = 32  # inputs per stage for the per-layer measurement
+RUN_BATCH = 16  # rows per ONNX Runtime run here: a 224x224 network's arenas stay small
 
 
 def rank_layers(
-    stages: Sequence[Any], calibrations: Sequence[Any], keep: int, measure: bool, threads: int = 2
+    stages: Sequence[Any],
+    calibrations: Sequence[Any],
+    keep: int,
+    measure: bool,
+    threads: int = 2,
+    batch: Optional[int] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[int, List[str]]]:
-    """(sensitivity rows over all stages, worst first; per stage, the layers to keep float)."""
+    """(sensitivity rows over all stages, worst first; per stage, the layers to keep float).
+    ``batch``: the model's fixed batch size, if it has one."""
     if keep <= 0 and not measure:
         return [], {}
     from hisd_edge.convert.qdq import layer_sensitivity
@@ -47,9 +54,10 @@ def rank_layers(
         found = layer_sensitivity(
             stage.model,
             calibration.amax(),
-            calibration.inputs[:SENSITIVITY_ROWS],
+            _rows(calibration.inputs, SENSITIVITY_ROWS, batch),
             stage.outputs,
             lambda m: open_session(m, threads, "int8"),  # basic level: Q/DQ as the float math it defines
+            batch=batch or RUN_BATCH,
             exclude=confidence_nodes(stage.model),
             input_means=calibration.input_means(),
             rounded_weights=calibration.rounded_weights(stage.model),
@@ -76,6 +84,13 @@ def format_sensitivity(rows: Sequence[Dict[str, Any]], limit: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _rows(inputs: Any, count: int, batch: Optional[int]) -> np.ndarray:
+    """The first ``count`` rows of ``inputs``, a whole number of ``batch``-row runs when the model's
+    batch is fixed (at least one run)."""
+    rows = np.asarray(inputs[: max(count, batch or 0)])
+    return rows[: len(rows) - len(rows) % batch] if batch else rows
+
+
 def choose_float_layers(
     stages: Sequence[Any],
     calibrations: Sequence[Any],
@@ -91,9 +106,9 @@ def choose_float_layers(
     if keep == "auto":
         rows, kept, record = auto_keep(stages, calibrations, kinds, threads, batch or 0)
         if measure and not rows:
-            rows, _ = rank_layers(stages, calibrations, 0, True, threads)
+            rows, _ = rank_layers(stages, calibrations, 0, True, threads, batch)
         return rows, kept, record
-    rows, kept = rank_layers(stages, calibrations, int(keep), measure, threads)
+    rows, kept = rank_layers(stages, calibrations, int(keep), measure, threads, batch)
     return rows, kept, {"mode": "fixed", "kept_layers": sum(len(v) for v in kept.values())}
 
 
@@ -115,14 +130,14 @@ def auto_keep(
     if len(inputs) == 0 or not exits:
         record.update(kept_layers=0, reason="no classifier exit to measure" if not exits else "no sample inputs")
         return [], {}, record
-    chains = _ChainAgreement(stages, calibrations, inputs, exits, threads, batch or len(inputs))
+    chains = _ChainAgreement(stages, calibrations, inputs, exits, threads, batch or RUN_BATCH)
     kept: Dict[int, List[str]] = {}
     start, error = chains.measure(kept, range(len(stages)))
     record.update(all_int8_agreement=start, all_int8_logit_error=error)
     if min(start) >= AUTO_TARGET_AGREEMENT:
         record.update(kept_layers=0, agreement=start, logit_error=error, met=True)
         return [], {}, record
-    rows, _ = rank_layers(stages, calibrations, 0, True, threads)
+    rows, _ = rank_layers(stages, calibrations, 0, True, threads, batch or None)
     limit = max(1, math.ceil(AUTO_MAX_SHARE * len(rows)))
     current = start
     # Worst first; a layer stays float only if that measurably lowers the exits' logit error on

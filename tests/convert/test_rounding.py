@@ -75,6 +75,10 @@ def test_input_moments_subsample_large_batches_evenly(monkeypatch):
     moments.update(np.ones((4, 2, 10, 10), dtype=np.float32))  # 400 positions
     assert 25 <= moments.rows <= 50
     assert moments.hessian() == pytest.approx(np.ones((1, 2, 2)))
+    monkeypatch.setattr(rounding, "MAX_PATCH_VALUES", 40)  # a wide layer: fewer rows, same memory
+    wide = rounding.InputMoments(node, (2, 2, 1, 1))
+    wide.update(np.ones((4, 2, 10, 10), dtype=np.float32))
+    assert 10 <= wide.rows <= 20
 
 
 def test_unsupported_geometry_keeps_plain_rounding():
