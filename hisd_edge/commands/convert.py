@@ -312,7 +312,10 @@ def _keep_fp16_line(record: Dict[str, Any]) -> str:
     if not record.get("kept_layers"):
         return f"INT8 everywhere: exit agreement with fp32 {before} % on {samples} calibration inputs (target {target})"
     after = " / ".join(f"{100 * a:.1f}" for a in record["agreement"])
-    verdict = "" if record.get("met") else f"; target not reached with the limit of {record['max_layers']} layers"
+    verdict = ""
+    if not record.get("met"):
+        tried = record.get("tried_layers", record["kept_layers"])
+        verdict = f"; target not reached ({tried} worst layers tried, at most {record['max_layers']} kept)"
     return (
         f"INT8 with {record['kept_layers']} of {record['quantized_layers']} layers kept fp16 (--keep-fp16 auto): "
         f"exit agreement with fp32 on {samples} calibration inputs {before} -> {after} % (target {target}){verdict}; "

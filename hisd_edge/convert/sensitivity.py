@@ -139,13 +139,14 @@ def auto_keep(
         return [], {}, record
     rows, _ = rank_layers(stages, calibrations, 0, True, threads, batch or None)
     limit = max(1, math.ceil(AUTO_MAX_SHARE * len(rows)))
-    current = start
+    current, tried = start, 0
     # Worst first; a layer stays float only if that measurably lowers the exits' logit error on
     # the sample (top-1 agreement on a few dozen inputs moves in steps too coarse to judge one layer).
     for row in rows[: 2 * limit]:
         if min(current) >= AUTO_TARGET_AGREEMENT or sum(len(v) for v in kept.values()) >= limit:
             break
         stage = int(row["stage"])
+        tried += 1
         kept.setdefault(stage, []).append(str(row["layer"]))
         agreement, trial_error = chains.measure(kept, [stage])
         if trial_error < (1.0 - AUTO_MIN_GAIN) * error:
@@ -159,6 +160,7 @@ def auto_keep(
     record.update(
         kept_layers=sum(len(v) for v in kept.values()),
         max_layers=limit,
+        tried_layers=tried,
         quantized_layers=len(rows),
         agreement=current,
         logit_error=error,

@@ -534,3 +534,19 @@ def test_no_confidence_outputs_on_request(tiny_checkpoint, tmp_path, capsys):
     assert all(e["confidence_output"] is None for e in manifest["exits"])
     assert [o["name"] for o in manifest["stages"][2]["outputs"]] == ["exit2"]
     assert manifest["policy"]["thresholds"] == [0.8, 0.8, None]
+
+
+def test_keep_fp16_auto_line_says_what_was_measured_and_kept():
+    from hisd_edge.commands.convert import _keep_fp16_line
+
+    base = {"mode": "auto", "target_agreement": 0.98, "samples": 64, "all_int8_agreement": [0.95, 1.0]}
+    assert _keep_fp16_line({**base, "kept_layers": 0}).startswith(
+        "INT8 everywhere: exit agreement with fp32 95.0 / 100.0"
+    )
+    met = _keep_fp16_line({**base, "kept_layers": 2, "quantized_layers": 40, "agreement": [0.99, 1.0], "met": True})
+    assert "2 of 40 layers kept fp16" in met and "95.0 / 100.0 -> 99.0 / 100.0 %" in met and "not reached" not in met
+    missed = {**base, "kept_layers": 3, "quantized_layers": 40, "agreement": [0.97, 1.0], "met": False}
+    assert "target not reached (9 worst layers tried, at most 4 kept)" in _keep_fp16_line(
+        {**missed, "tried_layers": 9, "max_layers": 4}
+    )
+    assert _keep_fp16_line({"mode": "fixed", "kept_layers": 3}) == ""
