@@ -153,7 +153,7 @@ def auto_keep(
             current, error = agreement, trial_error
         else:
             kept[stage].remove(str(row["layer"]))
-            chains.measure(kept, [stage])
+            chains.undo()
     kept = {k: v for k, v in kept.items() if v}
     for row in rows:
         row["kept_float"] = row["layer"] in kept.get(int(row["stage"]), [])
@@ -190,14 +190,15 @@ class _ChainAgreement:
         outputs = fp32.run(inputs)
         self.reference = {k: outputs[f"exit{k}"].astype(np.float64) for k in self.exits}
         self.int8: List[Optional[bytes]] = [None] * len(stages)
+        self._previous: Dict[int, Optional[bytes]] = {}
 
-    def measure(self, kept: Dict[int, List[str]], changed: Sequence[int]) -> Tuple[List[float], float]:
-        """(per exit, INT8 top-1 agreement with fp32; the mean over exits of the INT8 logits'
-        relative L2 error) with the layers ``kept`` float; ``changed``: stages to re-quantize."""
+    def quantize(self, kept: Dict[int, List[str]], changed: Sequence[int]) -> None:
+        """Set the INT8 graphs of the ``changed`` stages for the layers ``kept`` float (the graphs
+        they replace are kept for :meth:`undo`)."""
         from hisd_edge.convert.qdq import apply_qdq, plan_qdq
         from hisd_edge.convert.quantize import confidence_nodes
-        from hisd_edge.runtime.ort_session import StageChain
 
+        self._previous = {k: self.int8[k] for k in changed}
         for k in changed:
             stage, calibration = self.stages[k], self.calibrations[k]
             plan = plan_qdq(stage.model, confidence_nodes(stage.model) + kept.get(k, []))
@@ -209,6 +210,19 @@ class _ChainAgreement:
                 calibration.rounded_weights(stage.model),
             )
             self.int8[k] = model.SerializeToString()
+
+    def undo(self) -> None:
+        """Back to the graphs before the last :meth:`quantize` (no re-quantization, no run)."""
+        for k, graph in self._previous.items():
+            self.int8[k] = graph
+        self._previous = {}
+
+    def measure(self, kept: Dict[int, List[str]], changed: Sequence[int]) -> Tuple[List[float], float]:
+        """(per exit, INT8 top-1 agreement with fp32; the mean over exits of the INT8 logits'
+        relative L2 error) with the layers ``kept`` float; ``changed``: stages to re-quantize."""
+        from hisd_edge.runtime.ort_session import StageChain
+
+        self.quantize(kept, changed)
         chain = StageChain(
             [m for m in self.int8 if m is not None], threads=self.threads, batch_size=self.batch, precision="int8"
         )

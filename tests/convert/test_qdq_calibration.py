@@ -229,3 +229,17 @@ def test_keep_fp16_option_values():
         parse_keep_fp16("most")
     with pytest.raises(InputError, match="must be >= 0 layers"):
         parse_keep_fp16("-1")
+
+
+def test_auto_keep_undoes_a_rejected_layer_without_requantizing(mobilenet_stages):
+    _, _, stages = mobilenet_stages
+    calibrations = _calibrated(stages)
+    chains = sensitivity._ChainAgreement(stages, calibrations, calibrations[0].inputs, [0, 1, 2], 2, 16)
+    before = chains.measure({}, range(3))
+    graphs = list(chains.int8)
+    layer = next(iter(qdq.plan_qdq(stages[1].model).layers))
+    chains.quantize({1: [layer]}, [1])
+    assert chains.int8[1] != graphs[1] and chains.int8[0] == graphs[0]
+    chains.undo()
+    assert chains.int8 == graphs
+    assert chains.measure({}, []) == before
