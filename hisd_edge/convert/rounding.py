@@ -36,7 +36,7 @@ MAX_DIM = 2304  # a layer whose patch has more entries keeps plain rounding (H i
 
 
 class InputMoments:
-    """Running ``sum x x^T`` over a Conv's input patches (or a Gemm/MatMul's input rows), per group.
+    """Running ``sum x x^T`` over a Conv's input patches (or a Gemm's input rows), per group.
 
     ``node`` is the ONNX node (Conv or Gemm); ``weight_shape`` its weight's shape. Geometry the
     accumulator cannot follow (``auto_pad``, a transposed Gemm input) leaves it ``usable = False``
