@@ -38,6 +38,7 @@ ENTROPY_CANDIDATES = 256  # thresholds tried between 128 bins and all bins
 BATCH_BUDGET_BYTES = 256 * 2**20  # outputs of one calibration batch, all stages together at most
 MAX_BATCH = 64
 SAMPLE_ROWS = 128  # per stage, inputs kept for the sensitivity analysis and --keep-fp16 auto
+SAMPLE_BYTES = 128 * 2**20  # and at most this many bytes of them per stage (but 16 rows at least)
 
 
 class AbsHistogram:
@@ -348,8 +349,9 @@ def collect_chain(
     for batch in batches_of(inputs, batch_size):
         x = np.ascontiguousarray(batch, dtype=np.float32)
         for k, session in enumerate(sessions):
-            if kept[k] < SAMPLE_ROWS:
-                samples[k].append(x[: SAMPLE_ROWS - kept[k]].copy())
+            wanted_rows = max(16, min(SAMPLE_ROWS, SAMPLE_BYTES // max(1, x[:1].nbytes)))
+            if kept[k] < wanted_rows:
+                samples[k].append(x[: wanted_rows - kept[k]].copy())
                 kept[k] += len(samples[k][-1])
             fetch = names[k][1:]
             wanted = list(dict.fromkeys(list(stage_outputs[k]) + fetch))

@@ -178,3 +178,17 @@ def test_nearest_rounding_from_a_recipe(tmp_path):
     path.write_text(json.dumps({"source": "default:train", "weight_rounding": "adaround"}))
     with pytest.raises(InputError, match="weight rounding 'adaround' is not one of gptq, nearest"):
         calibrate.load_recipe(path)
+
+
+def test_sample_inputs_kept_for_the_auto_check_are_bounded_in_bytes(monkeypatch):
+    rng = np.random.default_rng(6)
+    model = _conv(rng.normal(0, 1, (2, 3, 3, 3)).astype(np.float32), np.zeros(2, np.float32))
+    x = _smooth_images(rng, 64, 3)
+    stats = calib_stats.collect_chain([model], [["y"]], x, verify.make_session, 8)[0]
+    assert len(stats.sample_inputs) == 64  # fewer than SAMPLE_ROWS: all of them
+    monkeypatch.setattr(calib_stats, "SAMPLE_BYTES", 20 * x[:1].nbytes)
+    stats = calib_stats.collect_chain([model], [["y"]], x, verify.make_session, 8)[0]
+    assert len(stats.sample_inputs) == 20
+    monkeypatch.setattr(calib_stats, "SAMPLE_BYTES", 1)
+    stats = calib_stats.collect_chain([model], [["y"]], x, verify.make_session, 8)[0]
+    assert len(stats.sample_inputs) == 16  # at least 16 rows to judge anything by
