@@ -348,19 +348,15 @@ def layer_sensitivity(
     """
     if len(inputs) == 0:
         return []
+    from hisd_edge.runtime.ort_session import run_batched
+
     plan = plan_qdq(model, exclude)
     names = list(outputs)
-    feed_name = _input_name(model)
-
-    def run(session: Any) -> Dict[str, np.ndarray]:
-        parts = [session.run(names, {feed_name: inputs[i : i + batch]}) for i in range(0, len(inputs), batch)]
-        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
-
-    reference = run(make_session(model.SerializeToString()))
+    reference = run_batched(make_session(model.SerializeToString()), inputs, names, batch)
     rows: List[Dict[str, Any]] = []
     for label in plan.layers:
         single, _ = apply_qdq(model, plan.only(label), amax, input_means, rounded_weights)
-        got = run(make_session(single.SerializeToString()))
+        got = run_batched(make_session(single.SerializeToString()), inputs, names, batch)
         errors, flips = [], 0.0
         for name in names:
             ref, val = reference[name].astype(np.float64), got[name].astype(np.float64)
@@ -370,8 +366,3 @@ def layer_sensitivity(
         rows.append({"layer": label, "rel_error": max(errors), "top1_flips": flips})
     rows.sort(key=lambda r: (-float(r["top1_flips"]), -float(r["rel_error"])))
     return rows
-
-
-def _input_name(model: Any) -> str:
-    inits = {i.name for i in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in inits)

@@ -56,8 +56,9 @@ def quantize_int8(
     try:
         model = onnx.load(str(fp32_path))
         plan = plan_qdq(model, exclude_nodes)
-        rounded = calibration.rounded_weights(model) if hasattr(calibration, "rounded_weights") else {}
-        quantized, skipped = apply_qdq(model, plan, calibration.amax(), calibration.input_means(), rounded)
+        quantized, skipped = apply_qdq(
+            model, plan, calibration.amax(), calibration.input_means(), calibration.rounded_weights(model)
+        )
         if skipped:
             LOG.info("%s: left float (no non-zero range seen): %s", Path(fp32_path).name, ", ".join(skipped[:10]))
         onnx.save(quantized, str(out_path))

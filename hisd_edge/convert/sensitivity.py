@@ -117,9 +117,7 @@ def auto_keep(
 ) -> Tuple[List[Dict[str, Any]], Dict[int, List[str]], Dict[str, Any]]:
     """``--keep-fp16 auto``: (sensitivity rows, or none when not needed; per stage, the layers kept
     float; the record of what was measured, for the manifest). See the module docstring."""
-    inputs = np.asarray(calibrations[0].inputs) if calibrations else np.zeros((0,))
-    if batch:
-        inputs = inputs[: len(inputs) - len(inputs) % batch]
+    inputs = _rows(calibrations[0].inputs, len(calibrations[0].inputs), batch) if calibrations else np.zeros((0,))
     exits = [k for k, kind in enumerate(kinds) if kind == "logits"]
     record: Dict[str, Any] = {
         "mode": "auto",
